@@ -1,0 +1,1 @@
+"""Data: serpentine grids, the synthetic corpus, WebDataset shards and the DataModule."""

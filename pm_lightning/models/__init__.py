@@ -1,0 +1,1 @@
+"""Models: the Flux backbone, adapters (LoRA / asymmetric / masked) and representation alignment."""
