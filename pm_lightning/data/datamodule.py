@@ -1,0 +1,411 @@
+"""ProcessDataModule: streams serpentine-grid shards with webdataset into batch dicts.
+
+Pipeline per DataLoader worker (see docs/DATA.md):
+shard list (ordered, shuffled or resampled) -> split by node and worker -> tar samples ->
+metadata check -> optional domain balancing -> shuffle buffer (still PNG bytes) ->
+PNG decode + per-cell resize -> batches in the contract of docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing as mp
+import random
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
+from typing import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from pm_lightning.data.domains import domain_index
+from pm_lightning.data.grid import frames_to_grid, grid_to_frames
+from pm_lightning.data.shards import expand_shards, shard_indexes
+
+TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
+SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_png")
+
+
+class CorruptSampleWarning(UserWarning):
+    """A shard member was unreadable and its sample skipped."""
+
+
+class ResolutionError(ValueError):
+    """`resolution` does not put grid cells on Flux's 16-px token boundaries."""
+
+
+# ------------------------------------------------------------------------------- resolution
+
+
+def valid_resolution(resolution: int, layouts: list[tuple[int, int]]) -> int:
+    """The multiple of every layout's 16-px cell step nearest to `resolution`."""
+    step = math.lcm(*(TOKEN_PX * n for rc in layouts for n in rc))
+    return max(step, round(resolution / step) * step)
+
+
+def check_resolution(resolution: int, rows: int, cols: int, where: str = "") -> None:
+    """Raise ResolutionError unless resolution/rows and resolution/cols are multiples of 16 px."""
+    if resolution % (TOKEN_PX * rows) == 0 and resolution % (TOKEN_PX * cols) == 0:
+        return
+    fix = valid_resolution(resolution, [(rows, cols)])
+    both = valid_resolution(resolution, [(rows, cols), (2, 2), (3, 3)])
+    raise ResolutionError(
+        f"resolution={resolution} splits a {rows}x{cols} grid{where} into cells that are not multiples of "
+        f"{TOKEN_PX} px (Flux tokens); use resolution={fix} (or {both} for 2x2 and 3x3 grids alike)"
+    )
+
+
+# --------------------------------------------------------------------------------- counters
+
+
+class SkipCounter:
+    """Skipped-sample counts shared by all DataLoader workers (a multiprocessing array)."""
+
+    def __init__(self):
+        self._counts = mp.Array("q", len(SKIP_REASONS))
+
+    def add(self, reason: str, url: str, key: str, detail: str) -> None:
+        """Count one skipped sample and warn with its shard and key."""
+        with self._counts.get_lock():
+            self._counts[SKIP_REASONS.index(reason)] += 1
+        where = f"{url} key {key!r}" if key else url
+        warnings.warn(f"skipped {where} ({reason}): {detail}", CorruptSampleWarning, stacklevel=2)
+
+    def shard_error(self, exn: Exception) -> bool:
+        """webdataset handler for unreadable shards/tar members: count, warn, continue."""
+        url = exn.args[-1] if len(exn.args) > 1 and isinstance(exn.args[-1], str) else "?"  # webdataset appends the url
+        self.add("bad_shard", url, "", repr(exn)[:300])
+        return True
+
+    def as_dict(self) -> dict[str, int]:
+        """Counts by reason."""
+        return dict(zip(SKIP_REASONS, self._counts[:]))
+
+
+# ----------------------------------------------------------------------------------- stages
+
+
+def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> Iterator[dict]:
+    """Keep samples with both parts and valid JSON metadata; check the resolution per layout."""
+    for sample in src:
+        url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+        missing = [part for part in ("grid.png", "json") if part not in sample]
+        if missing:
+            counter.add("missing_part", url, key, f"no {' or '.join(missing)} member")
+            continue
+        try:
+            meta = json.loads(sample["json"])
+            rows, cols = int(meta["rows"]), int(meta["cols"])
+            caption, domain = str(meta["caption"]), str(meta["domain"])
+            steps = [str(s) for s in meta.get("steps") or []]
+        except (ValueError, KeyError, TypeError) as err:
+            counter.add("bad_json", url, key, repr(err))
+            continue
+        check_resolution(resolution, rows, cols, where=f" ({url} key {key!r})")
+        yield dict(key=key, url=url, png=sample["grid.png"], rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
+
+
+def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Random) -> Iterator[dict]:
+    """Keep a sample of domain d with probability min_count / count_d (online counts if none given)."""
+    seen: Counter = Counter()
+    for sample in src:
+        table = counts if counts else seen
+        if not counts:
+            seen[sample["domain"]] += 1
+        n = table.get(sample["domain"], 0)
+        if n == 0 or rng.random() < min(table.values()) / n:
+            yield sample
+
+
+def decode(src: Iterator[dict], counter: SkipCounter, resolution: int, domains: list[str]) -> Iterator[dict]:
+    """PNG bytes -> (H, W, 3) uint8 tensor at resolution x resolution; corrupt PNGs are skipped."""
+    for s in src:
+        try:
+            pixels = decode_grid(s["png"], s["rows"], s["cols"], resolution)
+        except Exception as err:  # any decoder failure is a corrupt member, never a crash
+            counter.add("bad_png", s["url"], s["key"], repr(err)[:300])
+            continue
+        s.pop("png")
+        yield dict(s, pixels=pixels, domain_index=domain_index(s["domain"], domains))
+
+
+def decode_grid(png: bytes, rows: int, cols: int, resolution: int) -> torch.Tensor:
+    """(resolution, resolution, 3) uint8 array; each cell is resized on its own so nothing bleeds across cells."""
+    img = Image.open(io.BytesIO(png))
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    if img.size != (resolution, resolution):
+        cell = resolution // cols, resolution // rows
+        img = frames_to_grid([f.resize(cell, Image.Resampling.BICUBIC) for f in grid_to_frames(img, rows, cols)], rows, cols)
+    return np.asarray(img)  # (H, W, 3) uint8
+
+
+def to_unit_range(pixels: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1], in numpy (single-threaded: no OpenMP
+    oversubscription when DataLoader workers and the trainer share few cores)."""
+    out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=np.float32)
+    np.multiply(pixels.transpose(0, 3, 1, 2), np.float32(2.0 / 255.0), out=out)
+    out -= 1.0
+    return torch.from_numpy(out)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Samples -> the batch dict of docs/ARCHITECTURE.md (pixels float in [-1, 1])."""
+    return {
+        "pixels": to_unit_range(np.stack([s["pixels"] for s in samples])),  # (B, 3, H, W) in [-1, 1]
+        "caption": [s["caption"] for s in samples],
+        "steps": [s["steps"] for s in samples],
+        "domain": torch.tensor([s["domain_index"] for s in samples], dtype=torch.long),
+        "domain_name": [s["domain"] for s in samples],
+        "rows": torch.tensor([s["rows"] for s in samples], dtype=torch.long),
+        "cols": torch.tensor([s["cols"] for s in samples], dtype=torch.long),
+        "key": [s["key"] for s in samples],
+    }
+
+
+# ----------------------------------------------------------------------------------- stream
+
+
+@dataclass
+class StreamConfig:
+    """Everything one ShardStream needs (picklable, sent to DataLoader workers)."""
+
+    urls: list[str]
+    domains: list[str]
+    resolution: int
+    batch_size: int
+    num_workers: int = 0
+    shuffle_buffer: int = 0
+    resampled: bool = False
+    samples_per_epoch: int | None = None
+    balance: bool = False
+    domain_counts: dict[str, int] | None = None
+    seed: int = 0
+
+
+class ShardStream(IterableDataset):
+    """Batches from shards, reseeded every pass.
+
+    `epoch` is bumped by EpochLoader in the main process (seen by fresh workers and by
+    num_workers=0); `passes` counts passes over this copy (persistent workers keep their copy).
+    """
+
+    def __init__(self, cfg: StreamConfig, counter: SkipCounter):
+        super().__init__()
+        self.cfg, self.counter, self.epoch, self.passes = cfg, counter, 0, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        cfg = self.cfg
+        self.passes += 1
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        seed = wds.utils.make_seed(cfg.seed, self._epoch_key(), rank, worker)
+        stages = [
+            *self._shard_stages(),
+            wds.tarfile_to_samples(handler=self.counter.shard_error),
+            lambda src: parse_meta(src, self.counter, cfg.resolution),
+        ]
+        if cfg.balance:
+            stages.append(lambda src: balance(src, cfg.domain_counts, random.Random(seed)))
+        if cfg.shuffle_buffer > 1:
+            stages.append(wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed))
+        stages += [
+            lambda src: decode(src, self.counter, cfg.resolution, cfg.domains),
+            wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
+        ]
+        batches = iter(wds.DataPipeline(*stages))
+        return islice(batches, self._per_worker_batches()) if cfg.resampled else batches
+
+    def _shard_stages(self) -> list:
+        """Shard URL source: resampled (infinite) or an ordered list split by node and worker."""
+        cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, self._epoch_key())
+        if cfg.resampled:  # every worker draws its own shards; seeded per worker and epoch
+            return [wds.ResampledShards(cfg.urls, seed=epoch_seed, deterministic=True)]
+        order_seed = epoch_seed if cfg.shuffle_buffer > 1 else None  # same permutation on every rank
+        return [wds.SimpleShardList(cfg.urls, seed=order_seed), wds.split_by_node, wds.split_by_worker]
+
+    def _epoch_key(self) -> int:
+        """Distinct for every pass, the same in every worker of one pass."""
+        return self.epoch * 100_003 + self.passes
+
+    def _per_worker_batches(self) -> int:
+        """Batches each worker yields per epoch so all ranks and workers add up to samples_per_epoch."""
+        _, world, _, _ = wds.utils.pytorch_worker_info()
+        return math.ceil(self.cfg.samples_per_epoch / (world * max(1, self.cfg.num_workers) * self.cfg.batch_size))
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (resampled streams only)."""
+        if not self.cfg.resampled:
+            raise TypeError("a non-resampled shard stream has no known length")
+        return self._per_worker_batches() * max(1, self.cfg.num_workers)
+
+
+class EpochLoader(DataLoader):
+    """DataLoader that bumps its ShardStream's epoch before each pass, so fresh workers reseed."""
+
+    def __iter__(self):
+        self.dataset.epoch += 1
+        return super().__iter__()
+
+
+# ------------------------------------------------------------------------------- datamodule
+
+
+class ProcessDataModule(L.LightningDataModule):
+    """Serpentine-grid sequences from WebDataset shards (see docs/DATA.md).
+
+    Args:
+        train_shards: shard spec(s): file paths, a directory (all its `*.tar`), globs,
+            brace patterns (`shard-{000000..000009}.tar`) or webdataset URLs (`pipe:...`, http(s)).
+        val_shards: the same for validation (finite, unshuffled, deterministic order), or None.
+        domains: the configured domain list (index = position, others -> UNSEEN_DOMAIN);
+            None = the sorted domain names of the training shards' index.json.
+        resolution: grid side in px; every grid is resized (cell by cell) to resolution x resolution.
+            Must be a multiple of 16 * rows and 16 * cols (e.g. 192 for 3x3, 1056 for 2x2 and 3x3).
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (shards are split between them).
+        shuffle_buffer: samples held for shuffling (0 or 1 = no shuffling).
+        resampled: draw training shards with replacement forever (`wds.ResampledShards`),
+            cut into epochs of `samples_per_epoch`; use it for DDP so every rank gets equal batches.
+        samples_per_epoch: samples per training epoch (all ranks together) when `resampled`;
+            None = the total in the shards' index.json.
+        balance_domains: keep each sample with probability min_count / count_domain, counts from
+            index.json beside the shards (or estimated while streaming): a roughly uniform domain mix.
+        seed: seeds shard order, shuffling and balancing (per epoch, rank and worker).
+        val_batch_size: validation batch size (None = batch_size).
+        pin_memory: pin batches in page-locked memory (GPU training).
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str],
+        val_shards: str | list[str] | None = None,
+        domains: list[str] | None = None,
+        resolution: int = 192,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
+        balance_domains: bool = False,
+        seed: int = 0,
+        val_batch_size: int | None = None,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        for name in ("resolution", "batch_size"):
+            if getattr(self.hparams, name) < 1:
+                raise ValueError(f"ProcessDataModule: {name} must be >= 1, got {getattr(self.hparams, name)}")
+        if num_workers < 0 or shuffle_buffer < 0:
+            raise ValueError("ProcessDataModule: num_workers and shuffle_buffer must be >= 0")
+        if samples_per_epoch is not None and samples_per_epoch < 1:
+            raise ValueError(f"ProcessDataModule: samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        self.domains = list(domains) if domains is not None else None
+        self.counter: SkipCounter | None = None
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Corrupt samples skipped so far, by reason (summed over all workers)."""
+        return self.counter.as_dict() if self.counter else dict.fromkeys(SKIP_REASONS, 0)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Expand shard specs, read index.json, resolve domains, check resolution early."""
+        hp = self.hparams
+        self.train_urls = expand_shards(hp.train_shards)
+        self.val_urls = expand_shards(hp.val_shards) if hp.val_shards else []
+        self.train_index = _merge_indexes(shard_indexes(self.train_urls))
+        if self.domains is None:
+            if self.train_index is None:
+                raise ValueError("ProcessDataModule: give `domains` (no index.json beside the training shards)")
+            self.domains = sorted(self.train_index["domains"])
+        val_index = _merge_indexes(shard_indexes(self.val_urls)) if self.val_urls else None
+        for index in filter(None, (self.train_index, val_index)):
+            for layout in index["layouts"]:
+                rows, cols = (int(n) for n in layout.split("x"))
+                check_resolution(hp.resolution, rows, cols, where=" (from index.json)")
+        if self.counter is None:
+            self.counter = SkipCounter()
+
+    def _stream(self, urls: list[str], train: bool) -> ShardStream:
+        """A ShardStream for the train or validation split."""
+        hp = self.hparams
+        balance_on = train and hp.balance_domains
+        cfg = StreamConfig(
+            urls=urls,
+            domains=list(self.domains),
+            resolution=hp.resolution,
+            batch_size=hp.batch_size if train else (hp.val_batch_size or hp.batch_size),
+            num_workers=hp.num_workers,
+            shuffle_buffer=hp.shuffle_buffer if train else 0,
+            resampled=train and hp.resampled,
+            samples_per_epoch=self._samples_per_epoch() if train and hp.resampled else None,
+            balance=balance_on,
+            domain_counts=self.train_index["domains"] if balance_on and self.train_index else None,
+            seed=hp.seed,
+        )
+        return ShardStream(cfg, self.counter)
+
+    def _samples_per_epoch(self) -> int:
+        """Epoch size of a resampled stream."""
+        if self.hparams.samples_per_epoch:
+            return self.hparams.samples_per_epoch
+        if self.train_index is None:
+            raise ValueError("ProcessDataModule: resampled=True needs samples_per_epoch (no index.json beside the shards)")
+        return self.train_index["total"]
+
+    def _loader(self, stream: ShardStream) -> DataLoader:
+        """Batches are formed inside the stream, so the loader only parallelises it."""
+        return self._make_loader(stream, self.hparams.num_workers)
+
+    def _make_loader(self, stream: ShardStream, workers: int) -> DataLoader:
+        """Persistent workers: no per-epoch start-up (they reseed through ShardStream.passes)."""
+        return EpochLoader(
+            stream,
+            batch_size=None,
+            collate_fn=_as_is,  # batches are complete; skip torch's default_convert walk
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (optionally resampled and balanced) training batches."""
+        if not hasattr(self, "train_urls"):
+            self.setup("fit")
+        return self._loader(self._stream(self.train_urls, train=True))
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Finite, unshuffled validation batches in a deterministic order ([] when no val_shards)."""
+        if not hasattr(self, "train_urls"):
+            self.setup("validate")
+        if not self.val_urls:
+            return []
+        workers = min(self.hparams.num_workers, len(self.val_urls))
+        stream = self._stream(self.val_urls, train=False)
+        return self._make_loader(stream, workers)
+
+
+def _as_is(batch: dict) -> dict:
+    """Identity collate_fn (module level so spawned workers can pickle it)."""
+    return batch
+
+
+def _merge_indexes(indexes: list[dict] | None) -> dict | None:
+    """Sum totals, domain and layout counts over several shard directories' index.json."""
+    if not indexes:
+        return None
+    merged = {"total": 0, "domains": Counter(), "layouts": Counter()}
+    for index in indexes:
+        merged["total"] += int(index.get("total", 0))
+        merged["domains"].update(index.get("domains", {}))
+        merged["layouts"].update(index.get("layouts", {}))
+    merged["domains"], merged["layouts"] = dict(merged["domains"]), dict(merged["layouts"])
+    return merged
