@@ -1,0 +1,78 @@
+"""Optimizers (CAME by default, AdamW as an option) and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+
+OPTIMIZERS = ("came", "adamw")
+SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and schedule.
+
+    Attributes:
+        name: "came" (came-pytorch; ProcessMaker default) or "adamw".
+        lr: peak learning rate.
+        betas: CAME uses three (beta1, beta2, beta3); AdamW the first two.
+        eps: CAME's two epsilons; AdamW uses the first if it is >= 1e-12, else 1e-8.
+        weight_decay: decoupled weight decay.
+        schedule: "constant", "warmup_constant" or "warmup_cosine".
+        warmup_steps: linear warm-up length in optimizer steps.
+        total_steps: length of the cosine decay (warmup_cosine only).
+    """
+
+    name: Literal["came", "adamw"] = "came"
+    lr: float = 1e-4
+    betas: tuple[float, float, float] = (0.9, 0.999, 0.9999)
+    eps: tuple[float, float] = (1e-30, 1e-16)
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "warmup_constant", "warmup_cosine"] = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule == "warmup_cosine" and self.total_steps <= self.warmup_steps:
+            raise ValueError("optimizer.total_steps must exceed optimizer.warmup_steps for warmup_cosine")
+        self.betas, self.eps = tuple(self.betas), tuple(self.eps)
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over `params`."""
+    params = list(params)
+    if cfg.name == "came":
+        from came_pytorch import CAME
+
+        return CAME(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    adam_eps = cfg.eps[0] if cfg.eps[0] >= 1e-12 else 1e-8
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas[:2], eps=adam_eps, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: OptimizerConfig) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step`."""
+    if cfg.schedule == "constant":
+        return 1.0
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "warmup_constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR implementing `cfg.schedule`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
