@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from pm_lightning.data.synth import DOMAINS, contact_sheet, write_corpus
+from pm_lightning.data.synth import DOMAINS, HELDOUT_DOMAINS, contact_sheet, write_corpus
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -18,10 +18,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument("--domains", nargs="+", choices=list(DOMAINS), help="only these domains (default: all)")
+    p.add_argument("--no-held-out", action="store_true", help="leave out the held-out domains (training split)")
     p.add_argument("--preview", type=Path, help="also save a contact sheet PNG: one row of grids per domain")
     args = p.parse_args(argv)
     if args.out is None and args.preview is None:
         p.error("give --out DIR and/or --preview FILE")
+    if args.no_held_out:
+        args.domains = [d for d in (args.domains or DOMAINS) if d not in HELDOUT_DOMAINS]
     counts = {}
     if args.out is not None:
         start = time.perf_counter()

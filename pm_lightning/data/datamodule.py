@@ -191,21 +191,21 @@ class StreamConfig:
 
 
 class ShardStream(IterableDataset):
-    """Batches from shards, reseeded every pass.
+    """Batches from shards, seeded by (seed, epoch, rank, worker).
 
-    `epoch` is bumped by EpochLoader in the main process (seen by fresh workers and by
-    num_workers=0); `passes` counts passes over this copy (persistent workers keep their copy).
+    `epoch` and `skip_batches` are set by EpochLoader in the main process before each pass; workers
+    are started afresh every pass, so they see both. `skip_batches` (a resumed pass) makes every
+    worker drop its first batches before decoding them.
     """
 
     def __init__(self, cfg: StreamConfig, counter: SkipCounter):
         super().__init__()
-        self.cfg, self.counter, self.epoch, self.passes = cfg, counter, 0, 0
+        self.cfg, self.counter, self.epoch, self.skip_batches = cfg, counter, 0, 0
 
     def __iter__(self) -> Iterator[dict]:
         cfg = self.cfg
-        self.passes += 1
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        seed = wds.utils.make_seed(cfg.seed, self._epoch_key(), rank, worker)
+        seed = wds.utils.make_seed(cfg.seed, self.epoch, rank, worker)
         stages = [
             *self._shard_stages(),
             wds.tarfile_to_samples(handler=self.counter.shard_error),
@@ -215,24 +215,23 @@ class ShardStream(IterableDataset):
             stages.append(lambda src: balance(src, cfg.domain_counts, random.Random(seed)))
         if cfg.shuffle_buffer > 1:
             stages.append(wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed))
+        skip = self.skip_batches  # whole rounds of the loader's round-robin over workers: each skips as many
+        if skip:
+            stages.append(lambda src: islice(src, skip * cfg.batch_size, None))
         stages += [
             lambda src: decode(src, self.counter, cfg.resolution, cfg.domains),
             wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
         ]
         batches = iter(wds.DataPipeline(*stages))
-        return islice(batches, self._per_worker_batches()) if cfg.resampled else batches
+        return islice(batches, self._per_worker_batches() - skip) if cfg.resampled else batches
 
     def _shard_stages(self) -> list:
         """Shard URL source: resampled (infinite) or an ordered list split by node and worker."""
-        cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, self._epoch_key())
+        cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, self.epoch)
         if cfg.resampled:  # every worker draws its own shards; seeded per worker and epoch
             return [wds.ResampledShards(cfg.urls, seed=epoch_seed, deterministic=True)]
         order_seed = epoch_seed if cfg.shuffle_buffer > 1 else None  # same permutation on every rank
         return [wds.SimpleShardList(cfg.urls, seed=order_seed), wds.split_by_node, wds.split_by_worker]
-
-    def _epoch_key(self) -> int:
-        """Distinct for every pass, the same in every worker of one pass."""
-        return self.epoch * 100_003 + self.passes
 
     def _per_worker_batches(self) -> int:
         """Batches each worker yields per epoch so all ranks and workers add up to samples_per_epoch."""
@@ -247,11 +246,54 @@ class ShardStream(IterableDataset):
 
 
 class EpochLoader(DataLoader):
-    """DataLoader that bumps its ShardStream's epoch before each pass, so fresh workers reseed."""
+    """DataLoader that numbers its passes (epochs) and can resume in the middle of one.
+
+    Stateful in Lightning's sense (`state_dict` / `load_state_dict`): a checkpoint records the epoch
+    and how many batches of it were consumed; after loading, the next pass re-runs that epoch's
+    seeded stream and skips those batches, so a resumed run sees exactly the batches a straight run
+    would. Lightning does not pre-fetch from loaders with a length, so with `resampled=True` the
+    count is exact; a finite (non-resampled) stream is pre-fetched one batch ahead, so resume at an
+    epoch boundary there.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch, self.consumed, self._resume_skip = -1, 0, 0
 
     def __iter__(self):
-        self.dataset.epoch += 1
-        return super().__iter__()
+        if self._resume_skip:
+            skip, self._resume_skip = self._resume_skip, 0
+        else:
+            self.epoch, skip = self.epoch + 1, 0
+        # workers skip whole rounds of the round-robin (cheap, before decoding); the rest is dropped here
+        rounds = skip // max(1, self.num_workers)
+        self.dataset.epoch, self.dataset.skip_batches = self.epoch, rounds
+        self.consumed = rounds * max(1, self.num_workers)
+        for batch in super().__iter__():
+            self.consumed += 1
+            if self.consumed > skip:
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume inside epoch `state["epoch"]`, or start the next one if it had been finished."""
+        epoch, consumed = state["epoch"], state["consumed"]
+        if _has_len(self) and consumed >= len(self):
+            self.epoch, self._resume_skip = epoch, 0  # finished: the next pass is epoch + 1
+        elif consumed == 0:
+            self.epoch, self._resume_skip = epoch - 1, 0  # not started: the next pass is this epoch
+        else:
+            self.epoch, self._resume_skip = epoch, consumed
+
+
+def _has_len(loader: DataLoader) -> bool:
+    try:
+        len(loader)
+        return True
+    except TypeError:
+        return False
 
 
 # ------------------------------------------------------------------------------- datamodule
@@ -365,14 +407,13 @@ class ProcessDataModule(L.LightningDataModule):
         return self._make_loader(stream, self.hparams.num_workers)
 
     def _make_loader(self, stream: ShardStream, workers: int) -> DataLoader:
-        """Persistent workers: no per-epoch start-up (they reseed through ShardStream.passes)."""
+        """Fresh workers every pass: they read the pass's epoch and resume skip from the stream."""
         return EpochLoader(
             stream,
             batch_size=None,
             collate_fn=_as_is,  # batches are complete; skip torch's default_convert walk
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
             prefetch_factor=4 if workers else None,
         )
 
