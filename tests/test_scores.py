@@ -1,0 +1,82 @@
+"""CLIP score (torchmetrics' formula) and the objective proxies on synthetic sequences."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from pm_lightning.data.synth import TRAIN_DOMAINS, generate_sequence
+from pm_lightning.eval.scores import (clip_score, ground_truth_similarity, pairwise_distance, pixel_features,
+                                      progress_monotonicity, sequence_proxies, step_evenness)
+
+
+def test_clip_score_matches_torchmetrics_formula_and_clips_at_zero():
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    got = clip_score(img, txt)
+    # torchmetrics CLIPScore: normalise both, 100 * (a * b).sum(-1), then max(score, 0) - by hand here
+    ref = [100 * max(float(a @ b / (a.norm() * b.norm())), 0.0) for a, b in zip(img, txt)]
+    assert got.shape == (64,)
+    assert torch.allclose(got, torch.tensor(ref), atol=1e-4)
+    assert (got == 0).any() and (got > 0).any()  # random pairs: some negative cosines, clipped
+    assert clip_score(img[:1], -img[:1]).item() == 0.0
+    assert clip_score(img[:1], 3 * img[:1]).item() == pytest.approx(100.0, abs=1e-4)
+
+
+def test_pairwise_distance_metrics():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert torch.allclose(pairwise_distance(a, torch.tensor([1.0, 0.0])), torch.tensor([0.0, 1.0]))
+    assert torch.allclose(pairwise_distance(a, torch.zeros(2), "l2"), torch.tensor([1.0, 2.0]) / 2 ** 0.5)
+    with pytest.raises(ValueError, match="unknown metric"):
+        pairwise_distance(a, a, "manhattan")
+
+
+@pytest.mark.parametrize("domain", TRAIN_DOMAINS)
+def test_ground_truth_sequence_is_monotone_and_shuffled_is_not(domain):
+    seq = generate_sequence(domain, seed=7)
+    pix = pixel_features(seq.frames)
+    assert progress_monotonicity(pix, metric="l2") == 1.0  # every synthetic step adds to the picture
+    rng = random.Random(0)
+    shuffled = []
+    for _ in range(20):
+        order = list(range(len(seq.frames)))
+        rng.shuffle(order)
+        shuffled.append(progress_monotonicity(pix[order], target=pix[-1], metric="l2"))
+    assert sum(shuffled) / len(shuffled) < 0.8
+
+
+def test_monotonicity_counts_transitions_towards_the_target():
+    x = torch.tensor([[0.0], [3.0], [1.0], [2.0], [4.0]])  # distances to 4: 4, 1, 3, 2, 0
+    assert progress_monotonicity(x, metric="l2") == pytest.approx(3 / 4)
+    assert progress_monotonicity(x, target=torch.tensor([0.0]), metric="l2") == pytest.approx(1 / 4)
+    assert progress_monotonicity(x[:1], metric="l2") != progress_monotonicity(x[:1], metric="l2")  # nan
+
+
+def test_even_steps_beat_a_duplicate_frame():
+    even = torch.arange(9.0)[:, None]
+    assert step_evenness(even, "l2") == pytest.approx(1.0)
+    dup = torch.tensor([0.0, 1, 2, 3, 3, 4, 5, 6, 7])[:, None]
+    s = torch.tensor([1.0, 1, 1, 0, 1, 1, 1, 1])  # 1 - std/mean by hand
+    assert step_evenness(dup, "l2") == pytest.approx((1 - s.std(unbiased=False) / s.mean()).item(), abs=1e-6)
+    assert step_evenness(dup, "l2") < step_evenness(even, "l2")
+    assert step_evenness(torch.zeros(4, 3), "l2") == 0.0
+    assert step_evenness(torch.tensor([[0.0], [0.0], [0.0], [5.0]]), "l2") == 0.0  # CV = 1.41 > 1 clips at 0
+
+
+def test_synthetic_sequence_evenness_drops_with_a_duplicate_frame():
+    seq = generate_sequence("lego", seed=3)
+    pix = pixel_features(seq.frames)
+    with_dup = torch.cat([pix[:4], pix[3:4], pix[4:]])
+    assert step_evenness(with_dup, "l2") < step_evenness(pix, "l2")
+
+
+def test_ground_truth_similarity_and_proxies_dict():
+    x = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    assert ground_truth_similarity(x, x) == pytest.approx(1.0)
+    truth = x[[0, 0, 2, 2, 4, 4, 4, 4, 4]]  # 9 true frames, 5 generated: frame k meets true frame round(2k)
+    assert ground_truth_similarity(x[[0, 1, 2, 3, 4]], truth) < 1.0
+    out = sequence_proxies(x, truth)
+    assert set(out) == {"monotonicity", "evenness", "gt_similarity"}
+    assert set(sequence_proxies(x)) == {"monotonicity", "evenness"}
