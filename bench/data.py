@@ -27,9 +27,9 @@ from PIL import Image, ImageDraw
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.importers import discover_folder
 from pm_lightning.data.shards import ShardConfig, write_shards
+from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_MD = ROOT / "docs" / "BENCHMARKS.md"
 # name: (sequences, frames, frame px, resolution, batch size)
 CASES = {"192 px (3x3 of 64)": (320, 9, 64, 192, 16), "1024 px (2x2 of 512)": (40, 4, 512, 1024, 4)}
 
@@ -125,18 +125,6 @@ def table(rows: list[dict]) -> str:
             f"{r['read_w0'] / r['bare']:.2f} | {r['read_w2']:.1f} | {r['read_w2'] / r['bare']:.2f} |"
         )
     return "\n".join(lines)
-
-
-def write_section(markdown: str) -> None:
-    """Replace (or append) the "## Data" section of docs/BENCHMARKS.md."""
-    text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n\nFigures measured by the `bench/` scripts; rerun them to refresh.\n"
-    lines, out, skipping = text.splitlines(), [], False
-    for line in lines:
-        if line.startswith("## "):
-            skipping = line.strip() == "## Data"
-        if not skipping:
-            out.append(line)
-    BENCH_MD.write_text("\n".join(out).rstrip() + "\n\n" + markdown.rstrip() + "\n")
 
 
 def main() -> None:

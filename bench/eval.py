@@ -22,9 +22,9 @@ from pm_lightning.data.grid import frames_to_grid, layout_for
 from pm_lightning.data.synth import TRAIN_DOMAINS, generate_sequence
 from pm_lightning.eval.encoders import Encoders
 from pm_lightning.eval.scores import clip_score, grid_and_frame_clip_scores
+from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_MD = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Evaluation"
 # name: (grids, frames per grid, frame px)
 CASES = {"192 px (3x3 of 64)": (32, 9, 64), "1024 px (2x2 of 512)": (16, 4, 512)}
@@ -67,18 +67,6 @@ def table(rows: dict[str, dict]) -> str:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['grid']:.1f} | {r['grid_frames']:.1f} | {r['patches']:.1f} ({r['patches'] * r['frames']:.0f} frames/s) |")
     return "\n".join(lines)
-
-
-def write_section(markdown: str) -> None:
-    """Replace (or append) the "## Evaluation" section of docs/BENCHMARKS.md."""
-    text = BENCH_MD.read_text() if BENCH_MD.exists() else "# Benchmarks\n\nFigures measured by the `bench/` scripts; rerun them to refresh.\n"
-    out, skipping = [], False
-    for line in text.splitlines():
-        if line.startswith("## "):
-            skipping = line.strip() == SECTION
-        if not skipping:
-            out.append(line)
-    BENCH_MD.write_text("\n".join(out).rstrip() + "\n\n" + markdown.rstrip() + "\n")
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,8 +20,8 @@ from diffusers import FluxTransformer2DModel
 
 from pm_lightning.models import alignment as al
 from pm_lightning.models.adapters import AdapterConfig, add_adapters, adapter_parameters, use_domains
+from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 SECTION = "## Model core"
 
 # 2 double + 4 single blocks, hidden 4 x 32 = 128
@@ -141,19 +140,6 @@ def table(ms: dict[str, float]) -> str:
     return "\n".join(out)
 
 
-def write_section(body: str) -> None:
-    """Replace (or append) the 'Model core' section of docs/BENCHMARKS.md."""
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\nFigures measured by the `bench/` scripts; rerun them to refresh.\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + ("" if end < 0 else text[end + 1:])
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
@@ -190,7 +176,7 @@ def main() -> None:
     if not args.no_docs:
         body = f"{SECTION}\n\nCommand: `make bench` or `.venv/bin/python bench/models.py`.\n\n{setup}\n\n{result}\n"
         write_section(body)
-        print(f"wrote the '{SECTION[3:]}' section of {DOCS}")
+        print(f"wrote the '{SECTION[3:]}' section of {BENCH_MD}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ exports the domain-free LoRA: all-ones mask / mean of the Bs.
 
 Checkpoint contract (written by the Stage-1 module, a Lightning checkpoint):
 
-* ``ckpt["state_dict"]``: the adapter tensors only, keyed ``model.transformer.<adapter key>`` or
-  ``transformer.<adapter key>``, where ``<adapter key>`` is the module state-dict key with or
+* ``ckpt["state_dict"]``: the adapter tensors only, keyed ``backbone.transformer.<adapter key>`` (what
+  ``Stage1Module`` writes), ``model.transformer.<adapter key>`` or ``transformer.<adapter key>``, where ``<adapter key>`` is the module state-dict key with or
   without peft's adapter name (``...to_q.lora_A.default.weight`` or ``...to_q.lora_A.weight``;
   masked gates ``...lora_gate[.default]``). Other keys (no such prefix, or not adapter tensors) are ignored.
 * ``ckpt["hyper_parameters"]["adapter"]``: a dict of ``AdapterConfig`` fields.
@@ -44,7 +44,7 @@ from pm_lightning.models.adapters import (
 )
 from pm_lightning.models.variants import VARIANTS
 
-PREFIXES = ("model.transformer.", "transformer.")
+PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
 _ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,0 +1,46 @@
+"""Per-domain diffusers LoRA files with every checkpoint and at the end of training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+from pm_lightning.data.domains import UNSEEN_DOMAIN
+
+
+class LoraExport(Callback):
+    """Writes `<dirpath>/<tag>/<domain>.safetensors` (stock `FluxPipeline.load_lora_weights` reads them)."""
+
+    def __init__(self, dirpath: str | None = None, on_checkpoint: bool = True):
+        """
+        Args:
+            dirpath: output folder (default `<run dir>/lora`).
+            on_checkpoint: also export next to every checkpoint (tag `step-N`); the end of training writes `final`.
+        """
+        self.dirpath, self.on_checkpoint = dirpath, on_checkpoint
+        self.last_dir: Path | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.on_checkpoint:
+            self.export(trainer, pl_module, f"step-{trainer.global_step:06d}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.export(trainer, pl_module, "final")
+
+    def export(self, trainer, pl_module, tag: str) -> Path | None:
+        """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind); rank zero only."""
+        if not trainer.is_global_zero:
+            return None
+        from pm_lightning.export import export_domain_lora
+
+        out = Path(self.dirpath or Path(trainer.default_root_dir) / "lora") / tag
+        out.mkdir(parents=True, exist_ok=True)
+        if pl_module.adapter_cfg.kind == "lora":
+            files = {"lora": 0}
+        else:  # every domain, plus the domain-free LoRA for unseen domains (all-ones mask / mean of the Bs)
+            files = {**{name: i for i, name in enumerate(pl_module.domains)}, "unseen": UNSEEN_DOMAIN}
+        for name, index in files.items():
+            export_domain_lora(pl_module.transformer, index, out / f"{name}.safetensors")
+        self.last_dir = out
+        return out

@@ -1,0 +1,109 @@
+"""Validation sample grids for fixed per-domain prompts: saved to disk and logged as images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+from PIL import Image, ImageDraw
+
+from pm_lightning.data.domains import domain_index
+
+
+class SampleGrids(Callback):
+    """Every `every_n_steps` optimizer steps (and at the end), render one grid per fixed prompt."""
+
+    def __init__(
+        self,
+        prompts: list[dict[str, str]] | None = None,
+        every_n_steps: int = 100,
+        resolution: int = 192,
+        num_inference_steps: int = 20,
+        guidance: float = 1.0,
+        seed: int = 0,
+        dirpath: str | None = None,
+        at_start: bool = True,
+    ):
+        """
+        Args:
+            prompts: `[{"domain": name, "caption": text}, ...]`, rendered side by side.
+            every_n_steps: interval in optimizer steps (0 = only at start and end).
+            resolution: grid side in px.
+            num_inference_steps: sampler steps.
+            guidance: Flux-dev guidance.
+            seed: sample i uses seed + i, so grids are comparable across steps.
+            dirpath: where the PNGs go (default `<run dir>/samples`).
+            at_start: also render before the first step (the "before" picture).
+        """
+        for p in prompts or []:
+            if set(p) != {"domain", "caption"}:
+                raise ValueError(f"SampleGrids.prompts entries need exactly 'domain' and 'caption', got {sorted(p)}")
+        self.prompts = list(prompts or [])
+        self.every_n_steps, self.resolution = every_n_steps, resolution
+        self.num_inference_steps, self.guidance, self.seed = num_inference_steps, guidance, seed
+        self.dirpath, self.at_start = dirpath, at_start
+        self.last_path: Path | None = None
+        self._last_step = 0
+
+    def out_dir(self, trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.at_start and trainer.global_step == 0:
+            self.render(trainer, pl_module, "step-000000")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # optimizer steps; several batches share one under accumulation
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self.render(trainer, pl_module, f"step-{step:06d}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.render(trainer, pl_module, "final")
+
+    @torch.no_grad()
+    def render(self, trainer, pl_module, tag: str) -> Path | None:
+        """Generate, save a labelled sheet, log the grids; rank zero only."""
+        if not self.prompts or not trainer.is_global_zero:
+            return None
+        from pm_lightning.inference.pipeline import generate_grids
+
+        domains = torch.tensor([domain_index(p["domain"], pl_module.domains) for p in self.prompts])
+        was_training = pl_module.training
+        pl_module.eval()
+        images = generate_grids(
+            pl_module.backbone.pipeline(),
+            [p["caption"] for p in self.prompts],
+            domains,
+            self.resolution,
+            self.num_inference_steps,
+            self.guidance,
+            self.seed,
+            getattr(pl_module.backbone, "max_sequence_length", None),
+        )
+        pl_module.train(was_training)
+        path = self.out_dir(trainer) / f"{tag}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        labelled_sheet(images, [p["domain"] for p in self.prompts]).save(path)
+        self.last_path = path
+        captions = [f"{p['domain']}: {p['caption']}" for p in self.prompts]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="samples", images=images, caption=captions, step=trainer.global_step)
+        self.on_samples(trainer, pl_module, images, tag)
+        return path
+
+    def on_samples(self, trainer, pl_module, images: list[Image.Image], tag: str) -> None:
+        """Hook for subclasses (scoring): called on rank zero with one grid per entry of `self.prompts`."""
+
+
+def labelled_sheet(images: list[Image.Image], labels: list[str], label_height: int = 14) -> Image.Image:
+    """Images side by side with a text label above each."""
+    w, h = images[0].size
+    sheet = Image.new("RGB", (w * len(images), h + label_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        sheet.paste(img.convert("RGB"), (i * w, label_height))
+        draw.text((i * w + 2, 1), label[: w // 6], fill="black")
+    return sheet

@@ -1,0 +1,1 @@
+"""Inference: Flux pipelines over the framework's backbone, sampling of process grids."""

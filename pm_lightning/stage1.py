@@ -1,0 +1,112 @@
+"""Stage 1: one LoRA over the Flux transformer (plain / asymmetric / masked), flow matching + alignment.
+
+    L = mean_b [ L_fm(b) + lambda(t_b) * L_sup(b) ] + mask_l1 * |gates|_1
+
+Every row of the ProcessMaker ablation is configuration: `adapter.kind` and `alignment.enabled`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import asdict, replace
+
+import torch
+
+from pm_lightning.flow import FlowConfig, interpolate, per_sample_mse, velocity_target
+from pm_lightning.flow_module import VAL_SEED_OFFSET, FlowMatchingModule
+from pm_lightning.models.adapters import AdapterConfig, add_adapters, adapter_parameters, mask_l1, set_domains
+from pm_lightning.models.alignment import AlignmentConfig, alignment_loss, alignment_weight, capture_features, teacher_features
+from pm_lightning.optim import OptimizerConfig
+
+
+class Stage1Module(FlowMatchingModule):
+    """Stage 1 (ProcessMaker / MakeAnything): grids of a whole process from a caption and a domain."""
+
+    def __init__(
+        self,
+        base: str = "tiny",
+        domains: list[str] | None = None,
+        adapter: AdapterConfig | None = None,
+        alignment: AlignmentConfig | None = None,
+        flow: FlowConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        text_cache_dir: str | None = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            base: Flux variant name ("tiny", "flux-dev", ...), a local diffusers directory or a hub id.
+            domains: the domain list; its order defines the adapters' domain indices.
+            adapter: adapter kind, rank, alpha, targets and mask settings (num_domains follows `domains`).
+            alignment: representation alignment to the frozen base (on/off, layers, lambda0, schedule).
+            flow: timestep sampling and the constant guidance input.
+            optimizer: CAME / AdamW and the learning-rate schedule.
+            dtype: dtype of the frozen base ("float32", "bfloat16", "float16"); adapters stay fp32.
+            gradient_checkpointing: recompute block activations in the backward pass.
+            text_cache_dir: on-disk cache of text embeddings keyed by caption text.
+            seed: seed of the per-step noise and timesteps.
+        """
+        super().__init__(base, domains, flow, optimizer, dtype, gradient_checkpointing, text_cache_dir, seed)
+        self.adapter_cfg = replace(adapter or AdapterConfig(), num_domains=max(1, len(self.domains)))
+        self.align_cfg = alignment or AlignmentConfig()
+        self.save_hyperparameters(
+            {
+                "stage": 1,
+                "base": base,
+                "domains": self.domains,
+                "adapter": asdict(self.adapter_cfg),
+                "alignment": asdict(self.align_cfg),
+                "flow": asdict(self.flow_cfg),
+                "optimizer": asdict(self.optim_cfg),
+                "dtype": dtype,
+                "seed": seed,
+            }
+        )
+        self.align_layers: list[int] = []
+
+    def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
+        add_adapters(transformer, self.adapter_cfg)
+        n_blocks = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+        self.align_layers = self.align_cfg.resolve(n_blocks)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return adapter_parameters(self.transformer)
+
+    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms for one batch (noise drawn from `step`)."""
+        x0, cond = self.encode_batch(batch)  # (B, N, 64)
+        noise, t = self.draw_noise(x0, step)
+        inputs = self.transformer_inputs(interpolate(x0, noise, t), t, cond)
+        align = self.align_cfg.enabled and self.training
+        # routing stays set until the next batch: gradient checkpointing re-runs the forward in backward
+        set_domains(self.transformer, batch["domain"].to(self.device))
+        teacher = teacher_features(self.transformer, inputs, self.align_layers) if align else None
+        tap = capture_features(self.transformer, self.align_layers) if align else nullcontext({})
+        with tap as student:
+            pred = self.transformer(**inputs)[0]  # (B, N, 64)
+        terms = {"fm": per_sample_mse(pred, velocity_target(x0, noise)), "t": t}
+        if align:
+            terms["align"] = alignment_loss(student, teacher, self.align_cfg.gamma)  # (B,)
+            terms["lambda"] = alignment_weight(t, self.align_cfg)  # (B,)
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.losses(batch, self.global_step)
+        loss = terms["fm"].mean()
+        self.log("loss/fm", loss, prog_bar=True)
+        if "align" in terms:
+            loss = loss + (terms["lambda"] * terms["align"]).mean()
+            self.log("loss/align", terms["align"].mean(), prog_bar=True)
+            self.log("lambda", terms["lambda"].mean())
+        if self.adapter_cfg.mask_l1 > 0:
+            l1 = mask_l1(self.transformer)
+            loss = loss + self.adapter_cfg.mask_l1 * l1
+            self.log("loss/mask_l1", l1)
+        self.log("loss/total", loss)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        terms = self.losses(batch, VAL_SEED_OFFSET + batch_idx)
+        self.log("val/loss_fm", terms["fm"].mean(), prog_bar=True, batch_size=len(batch["caption"]))

@@ -1,0 +1,46 @@
+"""Shared fixtures: the tiny Flux base and small synthetic shards, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FLUX = REPO / "data" / "tiny-flux"
+TRAIN_DOMAINS = ["lego", "painting", "fabric_toy", "cake", "sketch", "garden", "pixel_art"]
+
+# Two cores: one intra-op thread per test process avoids oversubscription (3x slower otherwise).
+torch.set_num_threads(int(os.environ.get("PM_TEST_THREADS", "1")))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> str:
+    """The embedded tiny Flux when present, else a random pipeline of the same architecture."""
+    if (TINY_FLUX / "model_index.json").is_file():
+        return str(TINY_FLUX)
+    from pm_lightning.tiny.components import TinyFluxConfig, build_pipeline
+    from pm_lightning.tiny.corpus import tokenizer_texts
+
+    out = tmp_path_factory.mktemp("tiny-flux-random")
+    torch.manual_seed(0)
+    build_pipeline(TinyFluxConfig(), tokenizer_texts(20)).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> dict[str, str]:
+    """Train (training domains) and val (all domains) shards of 32-px frames: 96-px 3x3 grids."""
+    from pm_lightning import shards, synth
+
+    root = tmp_path_factory.mktemp("shards")
+    out = {}
+    for split, seed, extra in (("train", 0, ["--no-held-out"]), ("val", 1, [])):
+        synth.main(["--out", str(root / "synth" / split), "--per-domain", "4", "--size", "32", "--seed", str(seed), *extra])
+        assert shards.main(["--src", str(root / "synth" / split), "--out", str(root / split), "--size", "32"]) == 0
+        out[split] = str(root / split)
+    return out
