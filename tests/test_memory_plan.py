@@ -1,0 +1,128 @@
+"""The analytic memory plan: component sums, sharding rules, exact CAME state, flux-dev consistency."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pm_lightning import memory_plan as mp
+from pm_lightning.models.adapters import AdapterConfig
+
+SMALL = dict(
+    patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=32,
+    num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+    axes_dims_rope=(8, 12, 12),
+)
+WORK = mp.Workload(tokens=4608, text_tokens=512, batch=1, align_layers=5)
+
+
+@pytest.fixture(scope="module")
+def small_shape() -> mp.ModelShape:
+    from diffusers import FluxTransformer2DModel
+
+    from pm_lightning.models.adapters import add_adapters
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**SMALL)
+        add_adapters(model, AdapterConfig(kind="masked", rank=16, num_domains=4))
+    return mp.shape_of(model)
+
+
+@pytest.fixture(scope="module")
+def flux_dev() -> dict:
+    """`python -m pm_lightning.memory_plan --json` (flux-dev, masked rank 64, 21 domains, 8 x 48 GiB)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        mp.main(["--json"])
+    return json.loads(out.getvalue())
+
+
+def test_components_sum_to_total(small_shape):
+    for plan in mp.plan_all(small_shape, WORK, gpus=8, gpu_gib=48):
+        assert plan.total == sum(plan.components.values())
+        assert all(v >= 0 for v in plan.components.values())
+        assert plan.fits == (plan.total <= 48 * mp.GiB)
+
+
+def test_sharding_divides_where_it_should(small_shape):
+    one = {p.strategy: p.components for p in mp.plan_all(small_shape, WORK, gpus=1)}
+    eight = {p.strategy: p.components for p in mp.plan_all(small_shape, WORK, gpus=8)}
+    opt = "optimizer state (came, fp32)"
+    # DDP replicates everything
+    assert one["ddp"] == eight["ddp"]
+    # ZeRO-2: states sharded, the frozen base stays whole on every GPU
+    assert eight["zero2"]["frozen base"] == one["zero2"]["frozen base"] == small_shape.base_params * 2
+    assert eight["zero2"][opt] == math.ceil(one["zero2"][opt] / 8)
+    assert eight["zero2"]["adapter grads (fp32)"] == math.ceil(one["zero2"]["adapter grads (fp32)"] / 8)
+    # ZeRO-3 and FSDP shard the base too
+    for name in ("zero3", "fsdp_full_shard", "fsdp_shard_grad_op"):
+        assert eight[name]["frozen base"] == math.ceil(one[name]["frozen base"] / 8)
+        assert eight[name][opt] == math.ceil(one[name][opt] / 8)
+    # activations and the gathered working set do not shrink with more GPUs
+    for name in mp.STRATEGIES:
+        for key in ("activations: block checkpoints", "activations: one block backward", "alignment features", "gathered params (bf16)"):
+            assert eight[name][key] == one[name][key]
+    # SHARD_GRAD_OP keeps every unit gathered; FULL_SHARD only two units (+ root)
+    assert eight["fsdp_shard_grad_op"]["gathered params (bf16)"] == (small_shape.base_params + small_shape.adapter_params) * 2
+    assert eight["fsdp_full_shard"]["gathered params (bf16)"] == (2 * small_shape.largest_unit + small_shape.root_params) * 2
+
+
+def test_came_state_is_exact_for_a_small_module():
+    from came_pytorch import CAME
+
+    model = nn.ModuleDict({"lin": nn.Linear(5, 7), "emb": nn.Embedding(3, 4)})
+    model.register_parameter("cube", nn.Parameter(torch.randn(2, 3, 4)))
+    model.register_parameter("vec", nn.Parameter(torch.randn(6)))
+    for name, make in (("came", lambda ps: CAME(ps, lr=1e-3)), ("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-3))):
+        params = list(model.parameters())
+        opt = make(params)
+        sum(p.sum() for p in params).backward()
+        opt.step()
+        real = sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+        assert real == mp.optimizer_state_elements([p.shape for p in params], name), name
+        model.zero_grad()
+
+
+def test_came_factored_state_is_smaller_for_2d():
+    for shape in [(64, 3072), (18432, 64), (21, 19), (21, 3072, 64)]:
+        assert mp.came_state_elements(shape) < mp.adamw_state_elements(shape)
+    # came = m (full) + 2 x (rows + cols) + RMS
+    assert mp.came_state_elements((64, 3072)) == 64 * 3072 + 2 * (64 + 3072) + 1
+    assert mp.came_state_elements((10,)) == 2 * 10 + 1
+
+
+def test_activation_formula(small_shape):
+    acts = mp.activation_bytes(small_shape, WORK)
+    unit = WORK.tokens * small_shape.hidden * 2
+    assert acts["activations: block checkpoints"] == small_shape.num_blocks * unit
+    assert acts["activations: one block backward"] == (mp.SAVED_PER_BLOCK + mp.GRAD_PER_BLOCK) * unit
+    assert acts["alignment features"] == 5 * 4096 * small_shape.hidden * 2 * mp.ALIGN_PER_LAYER
+    off = mp.activation_bytes(small_shape, mp.Workload(checkpointing=False, align_layers=0))
+    assert off["activations: block checkpoints"] == small_shape.num_blocks * mp.SAVED_PER_BLOCK * unit
+    assert off["alignment features"] == 0
+
+
+def test_flux_dev_consistent_with_params(flux_dev):
+    from pm_lightning.params import count_parameters
+
+    counts = count_parameters("flux-dev", AdapterConfig(rank=64, num_domains=21), kinds=("masked",))
+    assert flux_dev["base_params"] == counts["base"] == 11_901_408_320
+    assert flux_dev["adapter_params"] == counts["trainable"]["masked"] == 306_436_560
+
+
+def test_flux_dev_plan_on_8_a6000(flux_dev):
+    plans = flux_dev["plans"]
+    assert set(plans) == set(mp.STRATEGIES)
+    gib = 2**30
+    assert plans["ddp"]["bytes"]["frozen base"] == 11_901_408_320 * 2  # bf16, whole on every GPU
+    assert plans["zero2"]["bytes"]["frozen base"] == 11_901_408_320 * 2
+    assert plans["zero3"]["bytes"]["frozen base"] == 11_901_408_320 * 2 // 8
+    assert all(p["fits"] for p in plans.values())  # masked rank 64 fits 48 GiB under every strategy
+    assert plans["zero3"]["total"] < plans["fsdp_full_shard"]["total"] < plans["zero2"]["total"] < plans["ddp"]["total"]
+    assert 25 * gib < plans["ddp"]["total"] < 40 * gib
