@@ -1,0 +1,234 @@
+"""Stage 2 (ProcessMaker dual reference) and ReCraft (MakeAnything): clean reference cells, a new LoRA.
+
+    x_t = m * x0 + (1 - m) * ((1 - t) x0 + t eps)        m = 1 on the reference cells' tokens
+    L   = mean_b  sum_n (1 - m_n) |v_theta(x_t, t) - (eps - x0)|^2 / sum_n (1 - m_n)
+
+`mode="dual"`: frames (a, b, c, d) of one sequence in a 2x2 serpentine grid, a (top left) and d
+(bottom left) clean. `mode="recraft"`: the sequence's own grid, its last serpentine cell (the finished
+image) clean. The base is the stage-1 backbone with the stage-1 LoRA file fused into its weights
+(diffusers' own fuse), and a new plain LoRA trains on top. Layouts and masks: `data/references.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from pm_lightning.data.grid import tensor_frames_to_grid
+from pm_lightning.data.references import (
+    MODES,
+    DUAL_LAYOUT,
+    cell_token_mask,
+    check_cell,
+    dual_frames,
+    recraft_frames,
+    reference_positions,
+    selection_generator,
+    stage2_caption,
+    with_clean_references,
+)
+from pm_lightning.flow import FlowConfig, interpolate, per_sample_mse, velocity_target
+from pm_lightning.flow_module import VAL_SEED_OFFSET, FlowMatchingModule
+from pm_lightning.models.adapters import AdapterConfig, add_adapters, adapter_parameters, set_domains, tuner_layers
+from pm_lightning.models.backbone import image_ids, pack
+from pm_lightning.optim import OptimizerConfig
+
+STAGE1_FIX = "run `make train-stage1` first (it writes runs/tiny/lora/final/unseen.safetensors), or set model.init_args.stage1: null to start from the plain base"
+
+
+def check_stage1_file(path: str | Path) -> Path:
+    """The stage-1 LoRA file, or FileNotFoundError naming it and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage-1 LoRA file {str(path)!r} (model.init_args.stage1) not found: {STAGE1_FIX}")
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a file (provenance of the fused stage-1 weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fuse_lora_file(backbone, path: str | Path, adapter_name: str = "stage1", scale: float = 1.0) -> None:
+    """Fold a diffusers-format Flux LoRA file into the transformer's base weights (diffusers' load + fuse + unload).
+
+    Must run before any adapter is injected: unloading removes every peft layer of the transformer.
+    """
+    if any(True for _ in tuner_layers(backbone.transformer)):
+        raise ValueError("fuse LoRA files before adding adapters (diffusers' unload would remove them)")
+    from diffusers.utils import logging as dlogging
+
+    pipe = backbone.pipeline()
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.ERROR)  # "no LoRA keys for CLIPTextModel": expected, the file is transformer-only
+    try:
+        pipe.load_lora_weights(str(check_stage1_file(path)), adapter_name=adapter_name)
+        pipe.fuse_lora(lora_scale=scale, adapter_names=[adapter_name])
+        pipe.unload_lora_weights()
+    finally:
+        dlogging.set_verbosity(level)
+    backbone.requires_grad_(False)
+
+
+class Stage2Module(FlowMatchingModule):
+    """Stage 2 / ReCraft: the learned cells of a grid given clean reference cells, one plain LoRA."""
+
+    def __init__(
+        self,
+        base: str = "tiny",
+        domains: list[str] | None = None,
+        stage1: str | None = None,
+        adapter: AdapterConfig = AdapterConfig(kind="lora", rank=16),
+        mode: str = "dual",
+        cell: int = 64,
+        max_gap: int = 2,
+        step_text: bool = False,
+        flow: FlowConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        text_cache_dir: str | None = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            base: Flux variant name ("tiny", "flux-dev", ...), a local diffusers directory or a hub id.
+            domains: the data's domain list (linked by the CLI); stage 2 routes nothing by domain.
+            stage1: a diffusers-format stage-1 LoRA file fused into the base (e.g. the domain-free
+                `runs/tiny/lora/final/unseen.safetensors`); None = the plain base.
+            adapter: the new LoRA (kind must be "lora").
+            mode: "dual" (2x2, references top left and bottom left) or "recraft" (the sequence's
+                grid, reference = the finished image in the last serpentine cell).
+            cell: dual mode: frame size in px (multiple of 16); the grid is 2 * cell. ReCraft keeps the
+                data module's grid (its per-cell resize), whose side is `data.resolution`.
+            max_gap: dual mode: largest index gap between consecutive chosen frames (1 = consecutive).
+            step_text: dual mode: append ", between: <step b>; <step c>" to the caption when step texts exist.
+            flow: timestep sampling and the constant guidance input.
+            optimizer: CAME / AdamW and the learning-rate schedule.
+            dtype: dtype of the frozen base ("float32", "bfloat16", "float16"); the LoRA stays fp32.
+            gradient_checkpointing: recompute block activations in the backward pass.
+            text_cache_dir: on-disk cache of text embeddings keyed by caption text.
+            seed: seed of the per-step frame choice, noise and timesteps.
+        """
+        super().__init__(base, domains, flow, optimizer, dtype, gradient_checkpointing, text_cache_dir, seed)
+        if adapter.kind != "lora":
+            raise ValueError(f"model.init_args.adapter.kind must be 'lora' for stage 2 (domain-free), got {adapter.kind!r}")
+        if mode not in MODES:
+            raise ValueError(f"model.init_args.mode must be one of {MODES}, got {mode!r}")
+        check_cell(cell)
+        if max_gap < 1:
+            raise ValueError(f"model.init_args.max_gap must be >= 1, got {max_gap}")
+        self.stage1 = str(check_stage1_file(stage1)) if stage1 is not None else None
+        self.adapter_cfg = replace(adapter, num_domains=1)
+        self.mode, self.cell, self.max_gap, self.step_text = mode, cell, max_gap, step_text
+        self.save_hyperparameters(
+            {
+                "stage": 2,
+                "base": base,
+                "domains": self.domains,
+                "stage1": self.stage1,
+                "stage1_sha256": file_sha256(self.stage1) if self.stage1 else None,
+                "adapter": asdict(self.adapter_cfg),
+                "mode": mode,
+                "cell": cell,
+                "max_gap": max_gap,
+                "step_text": step_text,
+                "flow": asdict(self.flow_cfg),
+                "optimizer": asdict(self.optim_cfg),
+                "dtype": dtype,
+                "seed": seed,
+            }
+        )
+
+    # ------------------------------------------------------------------ model
+
+    def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
+        if self.stage1:
+            fuse_lora_file(self.backbone, self.stage1)
+        add_adapters(transformer, self.adapter_cfg)
+        set_domains(transformer, None)  # domain-free routing
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return adapter_parameters(self.transformer)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("stage1_sha256")
+        if saved != self.hparams.get("stage1_sha256"):
+            warnings.warn(f"the stage-1 file {self.stage1!r} differs from the one this checkpoint was trained on", stacklevel=2)
+
+    # ------------------------------------------------------------------ samples
+
+    def reference_samples(self, batch: dict, step: int) -> dict:
+        """Batch dict -> per-sample frames (n, 3, c, c), layout, reference positions and caption for `mode`."""
+        g = selection_generator(self.seed, step, self.global_rank)
+        out = {"frames": [], "rows": [], "cols": [], "references": [], "caption": []}
+        for i, pixels in enumerate(batch["pixels"]):
+            rows, cols = int(batch["rows"][i]), int(batch["cols"][i])
+            caption, steps = batch["caption"][i], batch["steps"][i]
+            if self.mode == "dual":
+                frames, picked = dual_frames(pixels, rows, cols, self.cell, self.max_gap, g)  # (4, 3, c, c)
+                caption = stage2_caption(caption, steps, picked[1:3], self.step_text)
+                rows, cols = DUAL_LAYOUT
+            else:
+                frames = recraft_frames(pixels, rows, cols)  # (n, 3, H/rows, W/cols)
+            out["frames"].append(frames)
+            out["rows"].append(rows)
+            out["cols"].append(cols)
+            out["references"].append(reference_positions(self.mode, rows, cols))
+            out["caption"].append(caption)
+        return out
+
+    @torch.no_grad()
+    def encode_samples(self, samples: dict) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """Packed clean latents (B, N, 64), transformer inputs and the (B, N) reference-token mask.
+
+        Every frame is VAE-encoded on its own, so a clean reference cell holds exactly VAE(frame),
+        which is what inference writes into it.
+        """
+        grids = [self._latent_grid(f, r, c) for f, r, c in zip(samples["frames"], samples["rows"], samples["cols"])]
+        shapes = {g.shape for g in grids}
+        if len(shapes) > 1:
+            raise ValueError(f"samples of one batch give latent grids of different shapes {sorted(shapes)}")
+        latents = torch.stack(grids)  # (B, 16, h, w)
+        h, w = latents.shape[-2:]
+        ids = image_ids(h, w, device=self.device)  # (N, 3)
+        mask = torch.stack([cell_token_mask(ids, r, c, refs) for r, c, refs in
+                            zip(samples["rows"], samples["cols"], samples["references"])])  # (B, N)
+        prompt_embeds, pooled, txt_ids = self.backbone.encode_text(list(samples["caption"]))
+        cond = dict(encoder_hidden_states=prompt_embeds, pooled_projections=pooled, txt_ids=txt_ids, img_ids=ids)
+        return pack(latents), cond, mask
+
+    def _latent_grid(self, frames: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """(n, 3, c, c) frames -> (16, rows*c/8, cols*c/8) latent grid of per-frame encodings."""
+        latents = self.backbone.encode_images(frames.to(self.device, self.backbone.dtype))  # (n, 16, c/8, c/8)
+        return tensor_frames_to_grid(latents, rows, cols)  # (16, h, w)
+
+    # ------------------------------------------------------------------ loss
+
+    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Per-sample flow-matching loss over the learned cells (frames and noise drawn from `step`)."""
+        x0, cond, mask = self.encode_samples(self.reference_samples(batch, step))  # (B, N, 64), (B, N)
+        noise, t = self.draw_noise(x0, step)
+        xt = with_clean_references(interpolate(x0, noise, t), x0, mask)  # references stay clean
+        pred = self.transformer(**self.transformer_inputs(xt, t, cond))[0]  # (B, N, 64)
+        learned = (~mask).unsqueeze(-1)  # (B, N, 1)
+        return {"fm": per_sample_mse(pred, velocity_target(x0, noise), weight=learned), "t": t, "mask": mask}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.losses(batch, self.global_step)["fm"].mean()
+        self.log("loss/fm", loss, prog_bar=True)
+        self.log("loss/total", loss)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        terms = self.losses(batch, VAL_SEED_OFFSET + batch_idx)
+        self.log("val/loss_fm", terms["fm"].mean(), prog_bar=True, batch_size=len(batch["caption"]))
