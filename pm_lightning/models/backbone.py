@@ -1,0 +1,362 @@
+"""FluxBackbone: one loading path for every scale, text encoding (+ on-disk cache), VAE, packing, ids.
+
+`source` is a variant name from `VARIANTS` ("flux-dev", "flux-schnell", "tiny"), a local
+diffusers-format pipeline directory, or a hub id. Every component is loaded with the stock
+diffusers / transformers `from_pretrained(..., subfolder=...)`; the math mirrors `FluxPipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pm_lightning.models.variants import VARIANTS, Variant, get_variant
+
+# -- pure functions: 2x2 latent packing and image position ids, exactly as FluxPipeline -------------
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents -> (B, h/2 * w/2, 4C) tokens, as `FluxPipeline._pack_latents`."""
+    b, c, h, w = latents.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"latent height and width must be even to pack 2x2, got {h}x{w}")
+    x = latents.reshape(b, c, h // 2, 2, w // 2, 2)  # (B, C, h/2, 2, w/2, 2)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, h/2, w/2, C, 2, 2)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)  # (B, N, 4C)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, h/2 * w/2, 4C) tokens -> (B, C, h, w) latents; the exact inverse of `pack`."""
+    b, n, d = tokens.shape
+    if n != (h // 2) * (w // 2) or d % 4:
+        raise ValueError(f"{n} tokens of width {d} do not unpack to a {h}x{w} latent")
+    x = tokens.reshape(b, h // 2, w // 2, d // 4, 2, 2)  # (B, h/2, w/2, C, 2, 2)
+    x = x.permute(0, 3, 1, 4, 2, 5)  # (B, C, h/2, 2, w/2, 2)
+    return x.reshape(b, d // 4, h, w)  # (B, C, h, w)
+
+
+def image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(h/2 * w/2, 3) position ids (0, row, col) of the packed tokens of an h x w latent."""
+    rows = torch.arange(h // 2, device=device).repeat_interleave(w // 2)
+    cols = torch.arange(w // 2, device=device).repeat(h // 2)
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).to(dtype)  # (N, 3)
+
+
+def caption_key(caption: str) -> str:
+    """Cache key of a caption: a hash of its text and nothing else."""
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest()
+
+
+# -- finding the weights ------------------------------------------------------------------------------
+
+
+class BackboneNotFoundError(FileNotFoundError):
+    """The Flux backbone is neither a local directory nor in the Hugging Face cache / hub."""
+
+
+COMPONENTS = ("scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "transformer")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hf_cache_dir() -> str:
+    """The hub cache, read from the environment now (huggingface_hub's constants are fixed at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return str(Path(home).expanduser() / "hub")
+
+
+def hf_offline() -> bool:
+    """HF_HUB_OFFLINE as set now."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def not_found_error(source: str, cause: BaseException | str | None = None) -> BackboneNotFoundError:
+    """The one error for a missing model: what was looked for, and the three ways to provide it."""
+    local = Path(source).expanduser().resolve()
+    offline = " (HF_HUB_OFFLINE=1: no download attempted)" if hf_offline() else ""
+    home = os.environ.get("HF_HOME", "unset")
+    lines = [
+        f"Flux backbone {source!r} not found.",
+        f"  looked for a local directory: {local} (missing or not a diffusers pipeline: no model_index.json)",
+        f"  looked for hub id {source!r} in the Hugging Face cache {hf_cache_dir()} (HF_HOME={home}){offline}",
+    ]
+    if cause is not None:
+        text = str(cause).strip()
+        lines.append(f"  cause: {type(cause).__name__}: {text.splitlines()[0] if text else ''}")
+    lines += [
+        "Provide it in one of three ways:",
+        "  1. a local diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/, "
+        "text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/): pass its path as the backbone source;",
+        "  2. the hub: `huggingface-cli login` (accept the model licence on huggingface.co first), then "
+        "`huggingface-cli download black-forest-labs/FLUX.1-dev` into the cache (set HF_HOME to choose where);",
+        f"  3. the embedded default: source 'tiny' = {VARIANTS['tiny'].source} (rebuild it with `make tiny-base`).",
+    ]
+    return BackboneNotFoundError("\n".join(lines))
+
+
+def resolve_source(source: str) -> str:
+    """A local pipeline directory for `source` without downloading: the directory itself or its cached
+    hub snapshot; else, online, `source` unchanged (a hub id still to download).
+
+    Raises BackboneNotFoundError for an invalid hub id, or when offline (HF_HUB_OFFLINE=1) and not cached.
+    """
+    from huggingface_hub import snapshot_download
+
+    path = Path(source).expanduser()
+    if (path / "model_index.json").is_file():
+        return str(path)
+    try:
+        return snapshot_download(source, cache_dir=hf_cache_dir(), local_files_only=True)
+    except ValueError as err:  # not a valid hub id either (e.g. a missing absolute path)
+        raise not_found_error(source, err) from None
+    except OSError as err:  # not in the cache
+        if hf_offline():
+            raise not_found_error(source, err) from None
+    return source
+
+
+def download_source(source: str) -> str:
+    """Download (or complete in the cache) the pipeline's component folders of hub id `source`; fails fast."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", *(f"{c}/*" for c in COMPONENTS)]
+    try:
+        return snapshot_download(source, cache_dir=hf_cache_dir(), allow_patterns=patterns)
+    except (OSError, ValueError) as err:  # hub, HTTP and cache errors are OSErrors; a bad repo id a ValueError
+        raise not_found_error(source, err) from None
+
+
+def local_root(source: str) -> str:
+    """The local directory to load `source` from: as given, from the cache when offline, else downloaded."""
+    root = resolve_source(source)
+    if (Path(root) / "model_index.json").is_file() or hf_offline():
+        return root
+    return download_source(source)
+
+
+# -- the backbone -------------------------------------------------------------------------------------
+
+
+class FluxBackbone(nn.Module):
+    """Frozen Flux components (transformer, VAE, CLIP + T5 encoders, tokenizers, scheduler) and their math.
+
+    Build with `FluxBackbone.from_pretrained(source)`. Everything is frozen on load; adapters make
+    parts of the transformer trainable afterwards. Text encoders and VAE always stay in eval mode.
+    """
+
+    def __init__(self, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler,
+                 max_sequence_length: int = 512, text_cache_dir: str | os.PathLike | None = None,
+                 source: str = "", guidance: float = 1.0):
+        super().__init__()
+        self.transformer, self.vae = transformer, vae
+        self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
+        self.tokenizer, self.tokenizer_2, self.scheduler = tokenizer, tokenizer_2, scheduler
+        self.max_sequence_length = max_sequence_length
+        self.text_cache_dir = Path(text_cache_dir) if text_cache_dir else None
+        self.source = source
+        self.guidance = guidance
+        self.requires_grad_(False)
+        self.train(False)
+
+    @classmethod
+    def from_pretrained(cls, source: str, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+                        text_cache_dir: str | os.PathLike | None = None,
+                        max_sequence_length: int | None = None) -> "FluxBackbone":
+        """Load every component of `source` (variant name, local directory or hub id) in `dtype`.
+
+        `max_sequence_length` (T5 tokens) defaults to the variant's, else the T5 tokenizer's
+        `model_max_length` capped at 512. A missing model raises `BackboneNotFoundError`.
+        """
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        variant: Variant | None = VARIANTS.get(source)
+        root = local_root(variant.source if variant else source)
+        kw = dict(local_files_only=True)  # `root` is a local directory now
+        try:
+            parts = dict(
+                scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(root, subfolder="scheduler", **kw),
+                tokenizer=AutoTokenizer.from_pretrained(root, subfolder="tokenizer", **kw),
+                tokenizer_2=AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2", **kw),
+                text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw),
+                text_encoder_2=T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2", dtype=dtype, **kw),
+                vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype, **kw),
+                transformer=FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype, **kw),
+            )
+        except (OSError, ValueError) as err:  # hub/HTTP errors subclass OSError; bad repo ids raise ValueError
+            raise not_found_error(variant.source if variant else source, err) from err
+        if max_sequence_length is None:
+            max_sequence_length = variant.max_sequence_length if variant else min(parts["tokenizer_2"].model_max_length, 512)
+        backbone = cls(**parts, max_sequence_length=max_sequence_length, text_cache_dir=text_cache_dir,
+                       source=variant.name if variant else source)
+        backbone.set_gradient_checkpointing(gradient_checkpointing)
+        return backbone
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "FluxBackbone":
+        """Only the transformer follows `mode`; the frozen encoders and VAE stay in eval (no dropout)."""
+        super().train(False)
+        self.transformer.train(mode)
+        self.training = mode
+        return self
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute transformer block activations in the backward pass (memory for compute)."""
+        if enabled:
+            self.transformer.enable_gradient_checkpointing()
+        else:
+            self.transformer.disable_gradient_checkpointing()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (8 for Flux): 2 ** (number of VAE blocks - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)
+
+    # -- text -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode_text_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """FluxPipeline.encode_prompt: CLIP pooled output + T5 last hidden state."""
+        clip_ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids  # (B, 77)
+        clip_dev = next(self.text_encoder.parameters()).device
+        pooled = self.text_encoder(clip_ids.to(clip_dev), output_hidden_states=False).pooler_output  # (B, P)
+        t5_ids = self.tokenizer_2(captions, padding="max_length", max_length=self.max_sequence_length,
+                                  truncation=True, return_tensors="pt").input_ids  # (B, T)
+        t5_dev = next(self.text_encoder_2.parameters()).device
+        embeds = self.text_encoder_2(t5_ids.to(t5_dev), output_hidden_states=False)[0]  # (B, T, D)
+        return embeds.to(self.text_encoder_2.dtype), pooled.to(self.text_encoder.dtype)
+
+    def _cache_dir(self) -> Path:
+        """Per-encoder subfolder, so two backbones never share entries; files inside are keyed by caption only."""
+        ident = f"{self.source}|{self.max_sequence_length}|{self.text_encoder_2.dtype}|{self.text_encoder.dtype}"
+        return self.text_cache_dir / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Captions -> (prompt_embeds (B, T, D), pooled (B, P), txt_ids (T, 3)), as FluxPipeline.encode_prompt.
+
+        With `text_cache_dir` set, each caption's embeddings are read from / written to
+        `<dir>/<encoder id>/<sha256(caption)>.safetensors`.
+        """
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if self.text_cache_dir is None:
+            embeds, pooled = self._encode_text_uncached(captions)
+        else:
+            embeds, pooled = self._encode_text_cached(captions)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=self.text_encoder.dtype)  # (T, 3)
+        return embeds, pooled, txt_ids
+
+    def _encode_text_cached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read cached captions, encode the missing ones in one batch and write them."""
+        from safetensors.torch import load_file, save_file
+
+        folder = self._cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"{caption_key(c)}.safetensors" for c in captions]
+        found = {p: load_file(p) for p in set(paths) if p.is_file()}
+        missing = sorted({c for c, p in zip(captions, paths) if p not in found})
+        if missing:
+            embeds, pooled = self._encode_text_uncached(missing)
+            for i, caption in enumerate(missing):
+                entry = {"prompt_embeds": embeds[i].cpu().contiguous(), "pooled": pooled[i].cpu().contiguous()}
+                path = folder / f"{caption_key(caption)}.safetensors"
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                save_file(entry, tmp, metadata={"caption": caption})
+                os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+                found[path] = entry
+        device = self.device
+        embeds = torch.stack([found[p]["prompt_embeds"] for p in paths]).to(device)  # (B, T, D)
+        pooled = torch.stack([found[p]["pooled"] for p in paths]).to(device)  # (B, P)
+        return embeds, pooled
+
+    # -- images -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 16, H/8, W/8) Flux latents: (z - shift_factor) * scaling_factor."""
+        cfg = self.vae.config
+        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()  # (B, C, h, w)
+        return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 16, h, w) Flux latents -> (B, 3, 8h, 8w) pixels in [-1, 1]; the inverse of `encode_images`."""
+        cfg = self.vae.config
+        z = latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)  # (B, C, h, w)
+        return self.vae.decode(z.to(self.vae.device, self.vae.dtype)).sample.clamp(-1, 1)
+
+    # -- transformer ------------------------------------------------------------------------------
+
+    def predict(self, hidden_states: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor,
+                pooled: torch.Tensor, txt_ids: torch.Tensor, img_ids: torch.Tensor,
+                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Flux velocity for packed tokens (B, N, 64) at `timestep` in [0, 1] -> (B, N, 64).
+
+        `guidance` defaults to the training constant (1.0) when the transformer embeds guidance.
+        """
+        b = hidden_states.shape[0]
+        if self.guidance_embeds:
+            guidance = self.guidance if guidance is None else guidance
+            guidance = torch.as_tensor(guidance, device=hidden_states.device, dtype=torch.float32).expand(b)
+        else:
+            guidance = None
+        timestep = torch.as_tensor(timestep, device=hidden_states.device).to(hidden_states.dtype).expand(b)
+        return self.transformer(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=prompt_embeds,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+
+    forward = predict
+
+    def pipeline(self):
+        """A stock `diffusers.FluxPipeline` sharing these components (for sampling)."""
+        from diffusers import FluxPipeline
+
+        return FluxPipeline(scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder,
+                            tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
+                            tokenizer_2=self.tokenizer_2, transformer=self.transformer)
+
+
+def meta_transformer(variant: str | Variant):
+    """The variant's FluxTransformer2DModel on the `meta` device: its shape, no weights, no storage."""
+    from diffusers import FluxTransformer2DModel
+
+    variant = get_variant(variant) if isinstance(variant, str) else variant
+    config = variant.transformer_config
+    if config is None:
+        root = resolve_source(variant.source)
+        try:
+            config = FluxTransformer2DModel.load_config(root, subfolder="transformer", local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise not_found_error(variant.source, err) from err
+    with torch.device("meta"):
+        return FluxTransformer2DModel.from_config(config)

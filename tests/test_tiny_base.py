@@ -1,0 +1,94 @@
+"""The embedded tiny Flux: stock diffusers loads it, it is small, its tokenizers work offline; recipe helpers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pm_lightning.data.synth import HELDOUT_DOMAINS
+from pm_lightning.models.variants import TINY_FLUX_DIR
+from pm_lightning.tiny.components import EOS_ID, PAD_ID, dir_size_mb
+from pm_lightning.tiny.corpus import frame_caption, frame_pool, sequences
+from pm_lightning.tiny.pretrain import lr_at
+
+CAPTION = "a garden of four red flowers. step 9: the sun shines"
+
+
+def test_stock_flux_pipeline_loads_and_generates_64px():
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(str(TINY_FLUX_DIR))
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(CAPTION, height=64, width=64, num_inference_steps=4, guidance_scale=1.0, max_sequence_length=32,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    assert np.asarray(image).std() > 5  # a picture, not a flat colour
+
+
+def test_directory_is_small_and_safetensors_only():
+    assert dir_size_mb(TINY_FLUX_DIR) < 50
+    weights = [p.name for p in TINY_FLUX_DIR.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".ckpt"}]
+    assert len(weights) == 4 and all(w.endswith(".safetensors") for w in weights)
+
+
+def test_tokenizers_load_offline_with_autotokenizer(monkeypatch):
+    from transformers import AutoTokenizer, CLIPTextConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip_tok = AutoTokenizer.from_pretrained(TINY_FLUX_DIR / "tokenizer")
+    t5_tok = AutoTokenizer.from_pretrained(TINY_FLUX_DIR / "tokenizer_2")
+    assert clip_tok.model_max_length == 77 and t5_tok.model_max_length == 32
+    ids = t5_tok(CAPTION, padding="max_length", max_length=32, truncation=True).input_ids
+    n = len(CAPTION.replace(".", " .").replace(":", " :").split())
+    assert ids[n] == EOS_ID == t5_tok.eos_token_id and ids[n + 1:] == [PAD_ID] * (31 - n)
+    assert t5_tok.unk_token_id not in ids
+    assert t5_tok.batch_decode([ids], skip_special_tokens=True)[0].startswith("a garden of four red flowers")
+    clip_cfg = CLIPTextConfig.from_pretrained(TINY_FLUX_DIR / "text_encoder")
+    assert clip_cfg.eos_token_id == clip_tok.eos_token_id and clip_cfg.pad_token_id == clip_tok.pad_token_id
+
+
+def test_vae_config_carries_flux_latent_statistics():
+    config = json.loads((TINY_FLUX_DIR / "vae" / "config.json").read_text())
+    assert config["latent_channels"] == 16 and len(config["block_out_channels"]) == 4
+    assert config["shift_factor"] != 0.0 and config["scaling_factor"] != 1.0
+
+
+def test_training_log_shows_learning():
+    log = json.loads((TINY_FLUX_DIR / "training_log.json").read_text())
+    val = log["validation"]
+    assert val["trained"]["mean"] < 0.5 * val["untrained"]["mean"]
+    readme = (TINY_FLUX_DIR / "README.md").read_text()
+    assert str(val["trained"]["mean"]) in readme and str(val["untrained"]["mean"]) in readme
+
+
+def test_pretraining_frames_come_from_training_domains_only():
+    pool = frame_pool(64, 1)
+    assert not any(d.replace("_", " ") in c for c in pool.captions for d in HELDOUT_DOMAINS)
+    assert pool.pixels.shape[1:] == (3, 64, 64) and pool.pixels.dtype == torch.uint8
+
+
+def test_frame_caption_numbers_steps_from_one():
+    seq = sequences(["cake"], 0, 1, 16)[0]
+    assert frame_caption(seq, 0) == f"{seq.caption}. step 1: {seq.steps[0]}"
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    assert lr_at(0, 100, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 10) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_builder_runs_a_reduced_recipe(tmp_path):
+    from diffusers import FluxPipeline
+
+    from pm_lightning.tiny_base import main
+
+    main(["--out", str(tmp_path / "tiny"), "--quick", "--vae-steps", "2", "--steps", "2", "--samples", "none"])
+    pipe = FluxPipeline.from_pretrained(str(tmp_path / "tiny"))
+    assert pipe.vae.config.scaling_factor != 1.0
+    assert (tmp_path / "tiny" / "README.md").is_file()
