@@ -1,0 +1,293 @@
+"""The shard stream behind ProcessDataModule: decoding stages, skip counters, the resumable loader.
+
+Samples flow: shard URLs -> tar members -> parsed metadata (resolution checked per layout) ->
+optional domain balancing -> shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members
+are counted by reason and warned about with their shard and key, never raised.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing as mp
+import random
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from pm_lightning.data.domains import domain_index
+from pm_lightning.data.grid import frames_to_grid, grid_to_frames
+
+TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
+SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_png")
+
+
+class CorruptSampleWarning(UserWarning):
+    """A shard member was unreadable and its sample skipped."""
+
+
+class ResolutionError(ValueError):
+    """`resolution` does not put grid cells on Flux's 16-px token boundaries."""
+
+
+# ------------------------------------------------------------------------------- resolution
+
+
+def valid_resolution(resolution: int, layouts: list[tuple[int, int]]) -> int:
+    """The multiple of every layout's 16-px cell step nearest to `resolution`."""
+    step = math.lcm(*(TOKEN_PX * n for rc in layouts for n in rc))
+    return max(step, round(resolution / step) * step)
+
+
+def check_resolution(resolution: int, rows: int, cols: int, where: str = "") -> None:
+    """Raise ResolutionError unless resolution/rows and resolution/cols are multiples of 16 px."""
+    if resolution % (TOKEN_PX * rows) == 0 and resolution % (TOKEN_PX * cols) == 0:
+        return
+    fix = valid_resolution(resolution, [(rows, cols)])
+    both = valid_resolution(resolution, [(rows, cols), (2, 2), (3, 3)])
+    raise ResolutionError(
+        f"resolution={resolution} splits a {rows}x{cols} grid{where} into cells that are not multiples of "
+        f"{TOKEN_PX} px (Flux tokens); use resolution={fix} (or {both} for 2x2 and 3x3 grids alike)"
+    )
+
+
+# --------------------------------------------------------------------------------- counters
+
+
+class SkipCounter:
+    """Skipped-sample counts shared by all DataLoader workers (a multiprocessing array)."""
+
+    def __init__(self):
+        self._counts = mp.Array("q", len(SKIP_REASONS))
+
+    def add(self, reason: str, url: str, key: str, detail: str) -> None:
+        """Count one skipped sample and warn with its shard and key."""
+        with self._counts.get_lock():
+            self._counts[SKIP_REASONS.index(reason)] += 1
+        where = f"{url} key {key!r}" if key else url
+        warnings.warn(f"skipped {where} ({reason}): {detail}", CorruptSampleWarning, stacklevel=2)
+
+    def shard_error(self, exn: Exception) -> bool:
+        """webdataset handler for unreadable shards/tar members: count, warn, continue."""
+        url = exn.args[-1] if len(exn.args) > 1 and isinstance(exn.args[-1], str) else "?"  # webdataset appends the url
+        self.add("bad_shard", url, "", repr(exn)[:300])
+        return True
+
+    def as_dict(self) -> dict[str, int]:
+        """Counts by reason."""
+        return dict(zip(SKIP_REASONS, self._counts[:]))
+
+
+# ----------------------------------------------------------------------------------- stages
+
+
+def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> Iterator[dict]:
+    """Keep samples with both parts and valid JSON metadata; check the resolution per layout."""
+    for sample in src:
+        url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+        missing = [part for part in ("grid.png", "json") if part not in sample]
+        if missing:
+            counter.add("missing_part", url, key, f"no {' or '.join(missing)} member")
+            continue
+        try:
+            meta = json.loads(sample["json"])
+            rows, cols = int(meta["rows"]), int(meta["cols"])
+            caption, domain = str(meta["caption"]), str(meta["domain"])
+            steps = [str(s) for s in meta.get("steps") or []]
+        except (ValueError, KeyError, TypeError) as err:
+            counter.add("bad_json", url, key, repr(err))
+            continue
+        check_resolution(resolution, rows, cols, where=f" ({url} key {key!r})")
+        yield dict(key=key, url=url, png=sample["grid.png"], rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
+
+
+def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Random) -> Iterator[dict]:
+    """Keep a sample of domain d with probability min_count / count_d (online counts if none given)."""
+    seen: Counter = Counter()
+    for sample in src:
+        table = counts if counts else seen
+        if not counts:
+            seen[sample["domain"]] += 1
+        n = table.get(sample["domain"], 0)
+        if n == 0 or rng.random() < min(table.values()) / n:
+            yield sample
+
+
+def decode(src: Iterator[dict], counter: SkipCounter, resolution: int, domains: list[str]) -> Iterator[dict]:
+    """PNG bytes -> (H, W, 3) uint8 tensor at resolution x resolution; corrupt PNGs are skipped."""
+    for s in src:
+        try:
+            pixels = decode_grid(s["png"], s["rows"], s["cols"], resolution)
+        except Exception as err:  # any decoder failure is a corrupt member, never a crash
+            counter.add("bad_png", s["url"], s["key"], repr(err)[:300])
+            continue
+        s.pop("png")
+        yield dict(s, pixels=pixels, domain_index=domain_index(s["domain"], domains))
+
+
+def decode_grid(png: bytes, rows: int, cols: int, resolution: int) -> torch.Tensor:
+    """(resolution, resolution, 3) uint8 array; each cell is resized on its own so nothing bleeds across cells."""
+    img = Image.open(io.BytesIO(png))
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    if img.size != (resolution, resolution):
+        cell = resolution // cols, resolution // rows
+        img = frames_to_grid([f.resize(cell, Image.Resampling.BICUBIC) for f in grid_to_frames(img, rows, cols)], rows, cols)
+    return np.asarray(img)  # (H, W, 3) uint8
+
+
+def to_unit_range(pixels: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1], in numpy (single-threaded: no OpenMP
+    oversubscription when DataLoader workers and the trainer share few cores)."""
+    out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=np.float32)
+    np.multiply(pixels.transpose(0, 3, 1, 2), np.float32(2.0 / 255.0), out=out)
+    out -= 1.0
+    return torch.from_numpy(out)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Samples -> the batch dict of docs/ARCHITECTURE.md (pixels float in [-1, 1])."""
+    return {
+        "pixels": to_unit_range(np.stack([s["pixels"] for s in samples])),  # (B, 3, H, W) in [-1, 1]
+        "caption": [s["caption"] for s in samples],
+        "steps": [s["steps"] for s in samples],
+        "domain": torch.tensor([s["domain_index"] for s in samples], dtype=torch.long),
+        "domain_name": [s["domain"] for s in samples],
+        "rows": torch.tensor([s["rows"] for s in samples], dtype=torch.long),
+        "cols": torch.tensor([s["cols"] for s in samples], dtype=torch.long),
+        "key": [s["key"] for s in samples],
+    }
+
+
+# ----------------------------------------------------------------------------------- stream
+
+
+@dataclass
+class StreamConfig:
+    """Everything one ShardStream needs (picklable, sent to DataLoader workers)."""
+
+    urls: list[str]
+    domains: list[str]
+    resolution: int
+    batch_size: int
+    num_workers: int = 0
+    shuffle_buffer: int = 0
+    resampled: bool = False
+    samples_per_epoch: int | None = None
+    balance: bool = False
+    domain_counts: dict[str, int] | None = None
+    seed: int = 0
+
+
+class ShardStream(IterableDataset):
+    """Batches from shards, seeded by (seed, epoch, rank, worker).
+
+    `epoch` and `skip_batches` are set by EpochLoader in the main process before each pass; workers
+    are started afresh every pass, so they see both. `skip_batches` (a resumed pass) makes every
+    worker drop its first batches before decoding them.
+    """
+
+    def __init__(self, cfg: StreamConfig, counter: SkipCounter):
+        super().__init__()
+        self.cfg, self.counter, self.epoch, self.skip_batches = cfg, counter, 0, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        cfg = self.cfg
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        seed = wds.utils.make_seed(cfg.seed, self.epoch, rank, worker)
+        stages = [
+            *self._shard_stages(),
+            wds.tarfile_to_samples(handler=self.counter.shard_error),
+            lambda src: parse_meta(src, self.counter, cfg.resolution),
+        ]
+        if cfg.balance:
+            stages.append(lambda src: balance(src, cfg.domain_counts, random.Random(seed)))
+        if cfg.shuffle_buffer > 1:
+            stages.append(wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed))
+        skip = self.skip_batches  # whole rounds of the loader's round-robin over workers: each skips as many
+        if skip:
+            stages.append(lambda src: islice(src, skip * cfg.batch_size, None))
+        stages += [
+            lambda src: decode(src, self.counter, cfg.resolution, cfg.domains),
+            wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
+        ]
+        batches = iter(wds.DataPipeline(*stages))
+        return islice(batches, self._per_worker_batches() - skip) if cfg.resampled else batches
+
+    def _shard_stages(self) -> list:
+        """Shard URL source: resampled (infinite) or an ordered list split by node and worker."""
+        cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, self.epoch)
+        if cfg.resampled:  # every worker draws its own shards; seeded per worker and epoch
+            return [wds.ResampledShards(cfg.urls, seed=epoch_seed, deterministic=True)]
+        order_seed = epoch_seed if cfg.shuffle_buffer > 1 else None  # same permutation on every rank
+        return [wds.SimpleShardList(cfg.urls, seed=order_seed), wds.split_by_node, wds.split_by_worker]
+
+    def _per_worker_batches(self) -> int:
+        """Batches each worker yields per epoch so all ranks and workers add up to samples_per_epoch."""
+        _, world, _, _ = wds.utils.pytorch_worker_info()
+        return math.ceil(self.cfg.samples_per_epoch / (world * max(1, self.cfg.num_workers) * self.cfg.batch_size))
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (resampled streams only)."""
+        if not self.cfg.resampled:
+            raise TypeError("a non-resampled shard stream has no known length")
+        return self._per_worker_batches() * max(1, self.cfg.num_workers)
+
+
+class EpochLoader(DataLoader):
+    """DataLoader that numbers its passes (epochs) and can resume in the middle of one.
+
+    Stateful in Lightning's sense (`state_dict` / `load_state_dict`): a checkpoint records the epoch
+    and how many batches of it were consumed; after loading, the next pass re-runs that epoch's
+    seeded stream and skips those batches, so a resumed run sees exactly the batches a straight run
+    would. Lightning does not pre-fetch from loaders with a length, so with `resampled=True` the
+    count is exact; a finite (non-resampled) stream is pre-fetched one batch ahead, so resume at an
+    epoch boundary there.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch, self.consumed, self._resume_skip = -1, 0, 0
+
+    def __iter__(self):
+        if self._resume_skip:
+            skip, self._resume_skip = self._resume_skip, 0
+        else:
+            self.epoch, skip = self.epoch + 1, 0
+        # workers skip whole rounds of the round-robin (cheap, before decoding); the rest is dropped here
+        rounds = skip // max(1, self.num_workers)
+        self.dataset.epoch, self.dataset.skip_batches = self.epoch, rounds
+        self.consumed = rounds * max(1, self.num_workers)
+        for batch in super().__iter__():
+            self.consumed += 1
+            if self.consumed > skip:
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume inside epoch `state["epoch"]`, or start the next one if it had been finished."""
+        epoch, consumed = state["epoch"], state["consumed"]
+        if _has_len(self) and consumed >= len(self):
+            self.epoch, self._resume_skip = epoch, 0  # finished: the next pass is epoch + 1
+        elif consumed == 0:
+            self.epoch, self._resume_skip = epoch - 1, 0  # not started: the next pass is this epoch
+        else:
+            self.epoch, self._resume_skip = epoch, consumed
+
+
+def _has_len(loader: DataLoader) -> bool:
+    try:
+        len(loader)
+        return True
+    except TypeError:
+        return False
