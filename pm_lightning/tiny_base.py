@@ -53,16 +53,17 @@ def build(out: Path, cfg: pretrain.PretrainConfig, model_cfg: components.TinyFlu
 
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
+    components.portable_tokenizer_names(out)
     log["params"] = {n: components.count_params(getattr(pipe, n))
                      for n in ("transformer", "vae", "text_encoder", "text_encoder_2")}
     log["size_mb"] = round(components.dir_size_mb(out), 2)
-    (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     if samples_png is not None:
         from pm_lightning.tiny.samples import sample_sheet
 
         samples_png.parent.mkdir(parents=True, exist_ok=True)
         sample_sheet(out).save(samples_png)
         log["samples_png"] = str(samples_png)
+    (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     write_readme(out, log)
     return log
 

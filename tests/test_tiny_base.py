@@ -88,7 +88,8 @@ def test_builder_runs_a_reduced_recipe(tmp_path):
 
     from pm_lightning.tiny_base import main
 
-    main(["--out", str(tmp_path / "tiny"), "--quick", "--vae-steps", "2", "--steps", "2", "--samples", "none"])
+    main(["--out", str(tmp_path / "tiny"), "--quick", "--vae-steps", "2", "--steps", "2", "--samples", "none",
+          "--threads", str(torch.get_num_threads())])
     pipe = FluxPipeline.from_pretrained(str(tmp_path / "tiny"))
     assert pipe.vae.config.scaling_factor != 1.0
     assert (tmp_path / "tiny" / "README.md").is_file()

@@ -137,6 +137,22 @@ def build_pipeline(cfg: TinyFluxConfig, texts: list[str]):
                         text_encoder_2=t5, tokenizer_2=tok_t5, transformer=transformer(cfg))
 
 
+def portable_tokenizer_names(out: str | Path) -> None:
+    """Name the tokenizers `PreTrainedTokenizerFast` (transformers 5 saves its alias `TokenizersBackend`,
+    which transformers 4 cannot resolve); both versions load the same tokenizer.json under that name."""
+    import json
+
+    out = Path(out)
+    index = json.loads((out / "model_index.json").read_text())
+    for slot in ("tokenizer", "tokenizer_2"):
+        index[slot] = ["transformers", "PreTrainedTokenizerFast"]
+        cfg_path = out / slot / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -26,8 +26,9 @@ Sample with `max_sequence_length={_t5_len(log)}` and `guidance_scale=1.0` (as tr
 
 ## How it was made
 
-- command: `{log['command']}` (`make tiny-base`), seed {log['seed']}, {log['threads']} torch threads
-- total time: {log['total_seconds']} s ({log['total_seconds'] / 60:.1f} min) on a shared 2-core CPU
+- command: `{log['command']}` (`make tiny-base` runs it with the default `--threads 2`), seed {log['seed']},
+  {log['threads']} torch thread(s)
+- total time: {log['total_seconds']} s ({log['total_seconds'] / 60:.1f} min) on a 2-core CPU shared with other jobs
 - training frames per canvas size: {_row(log['frames'])}; validation frames (corpus split seed 1, never trained on): {_row(log['val_frames'])}
 
 | component | class | parameters |
@@ -63,7 +64,9 @@ Training loss (moving average) per canvas size:
 | trained | {' | '.join(str(val['trained'][str(s)]) for s in sizes)} | {val['trained']['mean']} |
 | untrained (random init, same architecture) | {' | '.join(str(val['untrained'][str(s)]) for s in sizes)} | {val['untrained']['mean']} |
 
-Samples: `{log.get('samples_png', 'docs/tiny-flux-samples.png')}`; details in `docs/TINY_FLUX.md`.
+Samples (stock FluxPipeline, 24 steps, guidance 1.0; one held-out validation sequence per training domain at
+64 and 192 px, and rows where only the colour word changes): `{log.get('samples_png', 'docs/tiny-flux-samples.png')}`;
+details in `docs/TINY_FLUX.md`.
 """
 
 

@@ -11,6 +11,15 @@ from pm_lightning.data.synth import TRAIN_DOMAINS
 from pm_lightning.tiny.corpus import VAL_SPLIT_SEED, frame_caption, sequences
 
 CELL = 192
+SMALL = 128  # display size of the 64 px colour samples
+COLOUR_ROWS = {  # caption templates from the corpus, with the colour as the only change along a row
+    "pixel_art": ("pixel art of a {c} heart. step 2: fill the heart with {c}",
+                  ("red", "orange", "yellow", "green", "blue", "purple", "pink")),
+    "lego": ("a lego tower of eight {c} bricks on a gray baseplate. step 9: place the eighth {c} brick",
+             ("red", "orange", "yellow", "white", "blue", "purple")),
+    "garden": ("a garden of four {c} flowers. step 8: the {c} petals open",
+               ("red", "orange", "yellow", "white", "blue", "purple", "pink")),
+}
 
 
 def generate(pipe, caption: str, size: int, seed: int, steps: int, max_sequence_length: int) -> Image.Image:
@@ -30,7 +39,9 @@ def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, 
     max_len = pipe.tokenizer_2.model_max_length
     heads = ["truth (last step)", "64 px: step 1", "64 px: middle step", "64 px: last step", "192 px: last step"]
     label_w, gap, head_h = 150, 4, 16
-    sheet = Image.new("RGB", (label_w + len(heads) * (CELL + gap), head_h + len(domains) * (CELL + gap)), "white")
+    colour_h = head_h + len(COLOUR_ROWS) * (SMALL + head_h + gap)
+    sheet = Image.new("RGB", (label_w + len(heads) * (CELL + gap), head_h + len(domains) * (CELL + gap) + colour_h),
+                      "white")
     draw = ImageDraw.Draw(sheet)
     for c, head in enumerate(heads):
         draw.text((label_w + c * (CELL + gap) + 4, 2), head, fill="black")
@@ -46,6 +57,15 @@ def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, 
         cells.append(generate(pipe, frame_caption(seq, n - 1), CELL, seed + r, steps, max_len))
         for c, img in enumerate(cells):
             sheet.paste(img, (label_w + c * (CELL + gap), y))
+    y = head_h + len(domains) * (CELL + gap)
+    draw.text((4, y + 2), "colour words (64 px, one caption per cell, only the colour changes):", fill="black")
+    for r, (domain, (template, colours)) in enumerate(COLOUR_ROWS.items()):
+        top = y + head_h + r * (SMALL + head_h + gap)
+        draw.text((4, top + head_h + 4), _wrap(template.format(c="<colour>"), 24), fill="black")
+        for c, colour in enumerate(colours):
+            img = generate(pipe, template.format(c=colour), 64, seed + c, steps, max_len)
+            draw.text((label_w + c * (SMALL + gap) + 4, top + 2), colour, fill="black")
+            sheet.paste(img.resize((SMALL, SMALL), Image.NEAREST), (label_w + c * (SMALL + gap), top + head_h))
     return sheet
 
 
