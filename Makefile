@@ -11,15 +11,28 @@ SAMPLES ?= outputs/samples
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval test test-slow bench bench-data clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval test test-slow bench bench-data clean
 
+# constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt $(TORCH)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,judge]'
 	touch $(STAMP)
+
+constraints: $(STAMP)
+	$(BIN)/python tools/pins.py --write
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/pins.py --check
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Synthetic corpus + its WebDataset shards (git-ignored), built only when missing.
 # Train and validation splits come from different seeds, so validation sequences are never trained on;
@@ -37,7 +50,7 @@ tiny-base: $(STAMP)
 
 # Embedded tiny evaluators (open_clip CLIP + patch tokens) on the synthetic corpus; committed in data/tiny-eval.
 tiny-eval: $(STAMP)
-	$(BIN)/python -m pm_lightning.eval.tiny_eval --out data/tiny-eval
+	$(BIN)/python -m pm_lightning.tiny_eval --out data/tiny-eval
 
 # Score generated samples (SAMPLES=dir): per-domain table as markdown + JSON (add --judge for the GPT-4o rubric).
 eval: $(STAMP)
@@ -61,11 +74,12 @@ train-recraft: shards
 	test -f runs/tiny/lora/final/unseen.safetensors || $(MAKE) train-stage1
 	$(BIN)/python -m pm_lightning.fit --config experiments/tiny_recraft.yaml
 
+# The fast tier (the README's test command) and the slow tier (multi-process, subprocess, long runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x --timeout 600
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow --timeout 3600
+	$(BIN)/python -m pytest -q -x -m slow --timeout 1800
 
 # Every benchmark prints its table and rewrites its own section of docs/BENCHMARKS.md.
 bench: $(STAMP)

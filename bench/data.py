@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
 from PIL import Image, ImageDraw
 
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.importers import discover_folder
-from pm_lightning.data.shards import ShardConfig, write_shards
-from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
+from pm_lightning.data.shard_writer import ShardConfig, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (sequences, frames, frame px, resolution, batch size)
@@ -106,7 +106,7 @@ def bench_case(work: Path, name: str, spec: tuple, min_seconds: float) -> dict:
         dm = ProcessDataModule(str(shards), domains=["domain0"], resolution=resolution, batch_size=batch, num_workers=workers, shuffle_buffer=64)
         loader = dm.train_dataloader()
         # interleave baseline and DataModule so both see the same machine load
-        pairs = [(rate(lambda: bare_decode(pngs), min_seconds), rate(lambda: datamodule_pass(loader), min_seconds)) for _ in range(2)]
+        pairs = [(rate(lambda: bare_decode(pngs), min_seconds), rate(lambda loader=loader: datamodule_pass(loader), min_seconds)) for _ in range(2)]
         row[f"bare_{workers}"] = max(p[0] for p in pairs)
         row[f"read_w{workers}"] = max(p[1] for p in pairs)
     row["bare"] = max(row.pop("bare_0"), row.pop("bare_2"))

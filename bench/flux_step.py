@@ -33,12 +33,13 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pm_lightning.flow import sample_timesteps  # noqa: E402
+from docs_section import BENCH_MD, write_section  # noqa: E402 - bench/ is on sys.path when run as a script
+
 from pm_lightning.models.adapters import KINDS, AdapterConfig, adapter_parameters  # noqa: E402
 from pm_lightning.models.alignment import AlignmentConfig  # noqa: E402
 from pm_lightning.models.variants import VARIANTS  # noqa: E402
-from pm_lightning.stage1 import Stage1Module  # noqa: E402
-from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
+from pm_lightning.training.flow import sample_timesteps  # noqa: E402
+from pm_lightning.training.stage1 import Stage1Module  # noqa: E402
 
 SECTION = "## FLUX.1-dev step"
 GPU_COMMAND = ".venv/bin/python bench/flux_step.py --write-docs"
@@ -177,7 +178,7 @@ def init_weights_(transformer: nn.Module, seed: int) -> None:
             p.uniform_(-bound, bound)
         else:
             p.fill_(1.0 if name.endswith("weight") else 0.0)
-    for name, b in transformer.named_buffers():
+    for b in transformer.buffers():
         b.zero_()
 
 

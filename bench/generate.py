@@ -29,12 +29,12 @@ SECTION = "## Generation"
 
 def tiny_base() -> tuple[str, str]:
     """(source, description): the embedded tiny Flux, or a random pipeline of its architecture."""
-    from pm_lightning.models.variants import TINY_FLUX_DIR
+    from pm_lightning.core.paths import tiny_flux_dir
 
-    if (TINY_FLUX_DIR / "model_index.json").is_file():
+    if (tiny_flux_dir() / "model_index.json").is_file():
         return "tiny", "the embedded tiny Flux (data/tiny-flux)"
-    from pm_lightning.tiny.components import TinyFluxConfig, build_pipeline
-    from pm_lightning.tiny.corpus import tokenizer_texts
+    from pm_lightning.tiny.flux_components import TinyFluxConfig, build_pipeline
+    from pm_lightning.tiny.frame_pools import tokenizer_texts
 
     out = Path(tempfile.mkdtemp(prefix="tiny-flux-bench-"))
     torch.manual_seed(0)
@@ -65,11 +65,11 @@ def main() -> None:
     p.add_argument("--no-write-doc", action="store_true", help="print only")
     args = p.parse_args()
     torch.set_num_threads(1)
-    from pm_lightning.data.synth import generate_sequence
+    from pm_lightning.data.synthetic_corpus import generate_sequence
     from pm_lightning.eval.encoders import Encoders
-    from pm_lightning.generate import sample_grid
-    from pm_lightning.inference.adaptive import EncoderScorer, combine, effective_weights, AdaptiveConfig, pair_terms
-    from pm_lightning.inference.references import insert_between
+    from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer, combine, effective_weights, pair_terms
+    from pm_lightning.inference.reference_sampling import insert_between
+    from pm_lightning.inference.session import sample_grid
     from pm_lightning.models.backbone import FluxBackbone
 
     start = time.perf_counter()

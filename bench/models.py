@@ -13,14 +13,14 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers import FluxTransformer2DModel
+from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
 
 from pm_lightning.models import alignment as al
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, adapter_parameters, use_domains
-from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
+from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters, use_domains
 
 SECTION = "## Model core"
 

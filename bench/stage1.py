@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from docs_section import write_section  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +31,8 @@ def make_module(base: str, batch: int, resolution: int):
 
     from pm_lightning.models.adapters import AdapterConfig
     from pm_lightning.models.alignment import AlignmentConfig
-    from pm_lightning.optim import OptimizerConfig
-    from pm_lightning.stage1 import Stage1Module
+    from pm_lightning.training.optim import OptimizerConfig
+    from pm_lightning.training.stage1 import Stage1Module
 
     domains = ["lego", "painting", "fabric_toy", "cake", "sketch", "garden", "pixel_art"]
     module = Stage1Module(
@@ -56,7 +57,7 @@ def run_plain(module, batch: dict, steps: int) -> list[float]:
     """The same work as Lightning's automatic optimisation, by hand."""
     import torch
 
-    from pm_lightning.optim import build_optimizer, build_scheduler
+    from pm_lightning.training.optim import build_optimizer, build_scheduler
 
     optimizer = build_optimizer(module.trainable_parameters(), module.optim_cfg)
     scheduler = build_scheduler(optimizer, module.optim_cfg)

@@ -11,57 +11,38 @@ same outputs as `pm_lightning.generate` (grid.png is the input sequence).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def read_frames(folder: Path) -> tuple[list[Image.Image], dict]:
-    """(frames sorted by file name, meta.json or {})."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(paths) < 2:
-        raise SystemExit(f"{folder}: need at least two frame images, found {len(paths)}")
-    frames = [Image.open(p).convert("RGB") for p in paths]
-    if len({f.size for f in frames}) > 1:
-        size = frames[0].size
-        frames = [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
-    meta_path = Path(folder) / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return frames, meta
-
-
-def input_grid(frames: list[Image.Image]) -> Image.Image:
-    """The input as a serpentine grid (4, 9, n*n frames) or a one-row strip."""
-    from pm_lightning.data.grid import frames_to_grid, layout_for
-
-    try:
-        rows, cols = layout_for(len(frames))
-    except ValueError:
-        rows, cols = 1, len(frames)
-    return frames_to_grid(frames, rows, cols)
+from pm_lightning.inference.flags import common_flags
+from pm_lightning.inference.inputs import input_grid, read_frames
+from pm_lightning.inference.session import InputError, Models, captions_for, run_adaptive
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pm_lightning.generate import Models, captions_for, common_flags, run_adaptive
-    from pm_lightning.inference.adaptive import config_from_args
-    from pm_lightning.inference.outputs import write_sample
-
+    """Parse, run, print where the outputs went; bad input exits with its message."""
     p = argparse.ArgumentParser(prog="python -m pm_lightning.adapt", description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=Path, required=True, help="folder of frame images (sorted by name)")
     p.add_argument("--prompt", default=None, help="sequence caption for stage 2 (default: meta.json caption)")
     p.add_argument("--domain", default="unseen", help="recorded in report.json")
     common_flags(p)
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (InputError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pm_lightning.inference.adaptive import config_from_args
+    from pm_lightning.inference.outputs import write_sample
+
     cfg = config_from_args(args)
     frames, meta = read_frames(args.frames)
     steps = args.steps or meta.get("steps") or None
     if steps and len(steps) != len(frames):
-        raise SystemExit(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
+        raise InputError(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
     prompt = args.prompt if args.prompt is not None else meta.get("caption", "")
     notes: list[str] = []
     models = Models(args.base)

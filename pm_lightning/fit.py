@@ -1,100 +1,18 @@
-"""`python -m pm_lightning.fit --config experiments/X.yaml [--config more.yaml] [--section.key value ...]`.
+"""Train a stage: `python -m pm_lightning.fit --config experiments/X.yaml [--config more.yaml] [--section.key value ...]`.
 
-LightningCLI (jsonargparse) over a stage module and ProcessDataModule: unknown or mistyped keys fail
-at parse time, before any model is built; `--print_config` prints the resolved config; the resolved
-config is saved in the run directory and inside every checkpoint; `--ckpt_path PATH|last` resumes.
+    python -m pm_lightning.fit --config experiments/tiny.yaml                      # make train-stage1
+    python -m pm_lightning.fit --config experiments/tiny.yaml --ckpt_path last     # resume exactly
+    python -m pm_lightning.fit --config experiments/tiny.yaml --print_config       # the resolved config
+    python -m pm_lightning.fit --config experiments/tiny.yaml --trainer.default_root_dir runs/try --trainer.max_steps 3
+
+The CLI: `pm_lightning/training/cli.py`; the run directory: `pm_lightning/training/run_dir.py`.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
-
-from pm_lightning.callbacks import SaveConfigWithCheckpoints
-from pm_lightning.data.datamodule import ProcessDataModule
-from pm_lightning.models.backbone import not_found_error, resolve_source
-from pm_lightning.models.variants import VARIANTS
-from pm_lightning.flow_module import FlowMatchingModule
-from pm_lightning.wandb_logger import AutoWandbLogger
-
-
-def require_local_base(base: str) -> str:
-    """The base's local directory; a hub id must be downloaded first, not fetched by every rank mid-launch."""
-    source = VARIANTS[base].source if base in VARIANTS else base
-    root = resolve_source(source)
-    if not (Path(root) / "model_index.json").is_file():
-        raise not_found_error(source, "not in the local Hugging Face cache (training never downloads on the fly)")
-    return root
-
-
-class ProcessCLI(LightningCLI):
-    """The CLI: the data module's domain list is the model's; extra run-level flags."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--experiment", type=str, default="default", help="experiment name (W&B group)")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from a checkpoint path or 'last'")
-        parser.add_argument("--validate_first", type=bool, default=True, help="validation pass at step 0")
-        parser.link_arguments("data.domains", "model.init_args.domains")
-
-    def before_instantiate_classes(self) -> None:
-        require_local_base(self.config.model.init_args.base)
-
-    def after_instantiate_classes(self) -> None:
-        model = self.model
-        tags = [f"stage{model.hparams.get('stage', '?')}"]
-        if "adapter" in model.hparams:
-            tags.append(f"adapter:{model.hparams['adapter']['kind']}")
-        if "alignment" in model.hparams:
-            tags.append("align:on" if model.hparams["alignment"]["enabled"] else "align:off")
-        for logger in self.trainer.loggers:
-            if isinstance(logger, AutoWandbLogger):
-                logger.describe_run(self.config.experiment, tags)
-
-
-def build_cli(args: list[str] | None = None) -> ProcessCLI:
-    """Parse and instantiate (no training)."""
-    return ProcessCLI(
-        FlowMatchingModule,
-        ProcessDataModule,
-        subclass_mode_model=True,
-        save_config_callback=SaveConfigWithCheckpoints,
-        save_config_kwargs={"overwrite": True},
-        run=False,
-        args=args,
-        parser_kwargs={"default_env": False},
-    )
-
-
-def report(cli: ProcessCLI) -> None:
-    """Print where the run's outputs are."""
-    trainer = cli.trainer
-    lines = [f"run directory:  {Path(trainer.default_root_dir).resolve()}"]
-    for cb in trainer.callbacks:
-        for attr, label in (("last_dir", "LoRA files:    "), ("last_path", "sample grids:  "), ("best_model_path", "checkpoints:   ")):
-            value = getattr(cb, attr, None)
-            if value:
-                lines.append(f"{label} {Path(value).resolve().parent if attr != 'last_dir' else Path(value).resolve()}")
-    for logger in trainer.loggers:
-        if isinstance(logger, AutoWandbLogger):
-            lines.append(f"W&B run:        {logger.run_location()}")
-    print("\n".join(lines))
-
-
-def main(args: list[str] | None = None) -> int:
-    try:
-        cli = build_cli(args)
-    except FileNotFoundError as err:  # a missing base (BackboneNotFoundError), stage-1 file or shard set
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    ckpt = cli.config.ckpt_path
-    if cli.config.validate_first and ckpt is None and cli.datamodule.hparams.val_shards:
-        cli.trainer.validate(cli.model, datamodule=cli.datamodule)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
-    report(cli)
-    return 0
-
+from pm_lightning.training.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ import os
 import sys
 
 from pm_lightning.data.importers import ORDERS, PAD_MODES, discover_folder, discover_makeanything
-from pm_lightning.data.shards import ShardConfig, ShardError, write_shards
+from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from pm_lightning.data.synth import DOMAINS, HELDOUT_DOMAINS, contact_sheet, write_corpus
+from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS, contact_sheet, write_corpus
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,8 +23,8 @@ def tiny_base(tmp_path_factory) -> str:
     """The embedded tiny Flux when present, else a random pipeline of the same architecture."""
     if (TINY_FLUX / "model_index.json").is_file():
         return str(TINY_FLUX)
-    from pm_lightning.tiny.components import TinyFluxConfig, build_pipeline
-    from pm_lightning.tiny.corpus import tokenizer_texts
+    from pm_lightning.tiny.flux_components import TinyFluxConfig, build_pipeline
+    from pm_lightning.tiny.frame_pools import tokenizer_texts
 
     out = tmp_path_factory.mktemp("tiny-flux-random")
     torch.manual_seed(0)

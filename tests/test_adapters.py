@@ -190,8 +190,8 @@ def test_fused_qkv_shares_A_and_gates():
     m = adapted("masked")
     attn = m.single_transformer_blocks[0]
     group = [attn.attn.to_q, attn.attn.to_k, attn.attn.to_v, attn.proj_mlp]
-    assert all(l.lora_A["default"] is group[0].lora_A["default"] for l in group)
-    assert all(l.lora_gate["default"] is group[0].lora_gate["default"] for l in group)
+    assert all(layer.lora_A["default"] is group[0].lora_A["default"] for layer in group)
+    assert all(layer.lora_gate["default"] is group[0].lora_gate["default"] for layer in group)
     assert attn.proj_out.lora_A["default"] is not group[0].lora_A["default"]
     unfused = adapted("masked", fused_qkv=False)
     n = lambda mm: sum(p.numel() for p in adapter_parameters(mm))  # noqa: E731
@@ -208,7 +208,7 @@ def test_state_dict_round_trip_and_mask_l1():
     load_adapter_state_dict(other, adapter_state_dict(m))
     x = random_inputs(m)
     assert torch.equal(run(other, x, [0, 1]), run(m, x, [0, 1]))
-    gates = {id(l.lora_gate["default"]): l.lora_gate["default"] for l in m.modules() if isinstance(l, MaskedLoraLinear)}
+    gates = {id(x.lora_gate["default"]): x.lora_gate["default"] for x in m.modules() if isinstance(x, MaskedLoraLinear)}
     expected = torch.cat([g.abs().flatten() for g in gates.values()]).mean()
     assert torch.allclose(mask_l1(m), expected)
     assert mask_l1(adapted("lora")) == 0
@@ -220,7 +220,7 @@ def test_domain_lora_state_dict_reproduces_the_merged_weights():
     m = adapted("masked")
     randomize(m)
     sd = domain_lora_state_dict(m, 2)
-    before = {n: l.base_layer.weight.detach().clone() for n, l in m.named_modules() if isinstance(l, MaskedLoraLinear)}
+    before = {n: x.base_layer.weight.detach().clone() for n, x in m.named_modules() if isinstance(x, MaskedLoraLinear)}
     merge_adapters(m, 2)
     for name, layer in m.named_modules():
         if isinstance(layer, MaskedLoraLinear):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pm_lightning.core.paths import tiny_eval_dir
 from pm_lightning.inference.adaptive import (
     AdaptiveConfig,
     Thresholds,
@@ -28,10 +29,9 @@ from pm_lightning.inference.adaptive import (
     thresholds,
 )
 from pm_lightning.inference.calibrate import best_split
-from pm_lightning.eval.encoders import TINY_ROOT
 
-HAVE_TINY_EVAL = (TINY_ROOT / "clip" / "open_clip_config.json").is_file()
-needs_tiny_eval = pytest.mark.skipif(not HAVE_TINY_EVAL, reason=f"tiny evaluators missing ({TINY_ROOT}; `make tiny-eval`)")
+HAVE_TINY_EVAL = (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file()
+needs_tiny_eval = pytest.mark.skipif(not HAVE_TINY_EVAL, reason=f"tiny evaluators missing ({tiny_eval_dir()}; `make tiny-eval`)")
 
 
 # ---------------------------------------------------------------- Delta terms
@@ -289,7 +289,7 @@ def scorer():
 
 
 def truth(domain: str, index: int):
-    from pm_lightning.data.synth import generate_sequence, sequence_seed
+    from pm_lightning.data.synthetic_corpus import generate_sequence, sequence_seed
 
     return generate_sequence(domain, sequence_seed(1, domain, index), 64)  # validation split: never trained on
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pm_lightning.data.synth import TRAIN_DOMAINS, generate_sequence, sequence_seed
-from pm_lightning.eval.encoders import TINY_ROOT, EncoderNotFound, Encoders
-from pm_lightning.eval.tiny_eval import EVAL_SPLIT_SEED, zero_shot_prompt
+from pm_lightning.core.paths import tiny_eval_dir
+from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence, sequence_seed
+from pm_lightning.eval.encoders import EncoderNotFound, Encoders
+from pm_lightning.tiny.evaluators import EVAL_SPLIT_SEED, zero_shot_prompt
 
-pytestmark = pytest.mark.skipif(not (TINY_ROOT / "clip" / "open_clip_config.json").is_file(),
+pytestmark = pytest.mark.skipif(not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file(),
                                 reason="data/tiny-eval missing: run `make tiny-eval`")
 
 

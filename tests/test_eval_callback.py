@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger
 from PIL import Image
 
-from pm_lightning.callbacks.evaluation import TABLE_COLUMNS, EvaluationCallback, domain_metrics
+from pm_lightning.training.callbacks.evaluation import TABLE_COLUMNS, EvaluationCallback, domain_metrics
 from tests.openai_stub import OpenAIStub, Reply
 
 KEY = "sk-test-SECRET-callback-42"
@@ -116,7 +116,7 @@ def test_domain_metrics_skip_missing_scores():
 
 
 def test_render_saves_png_and_json_on_rank_zero_only(tmp_path, monkeypatch):
-    import pm_lightning.inference.pipeline as pipeline
+    import pm_lightning.inference.grid_sampling as pipeline
 
     monkeypatch.setattr(pipeline, "generate_grids", lambda pipe, prompts, *a: grids()[: len(prompts)])
     cb = callback(tmp_path)
@@ -158,7 +158,7 @@ def test_offline_wandb_gets_grids_tables_and_metrics(tmp_path, monkeypatch):
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
-    import pm_lightning.inference.pipeline as pipeline
+    import pm_lightning.inference.grid_sampling as pipeline
 
     monkeypatch.setattr(pipeline, "generate_grids", lambda pipe, prompts, *a: grids()[: len(prompts)])
     for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR"):  # table artifacts stage here
@@ -182,9 +182,9 @@ def test_offline_wandb_gets_grids_tables_and_metrics(tmp_path, monkeypatch):
 
 
 def test_real_tiny_encoders(tmp_path):
-    from pm_lightning.eval.encoders import TINY_ROOT
+    from pm_lightning.core.paths import tiny_eval_dir
 
-    if not (TINY_ROOT / "clip" / "open_clip_config.json").is_file():
+    if not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file():
         pytest.skip("data/tiny-eval not built (make tiny-eval)")
     cb = EvaluationCallback(prompts=PROMPTS, dirpath=str(tmp_path / "samples"))
     cb.on_samples(trainer(tmp_path), FakeModule(), grids(), "final")

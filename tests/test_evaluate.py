@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from pm_lightning import evaluate
+from pm_lightning.core.paths import tiny_eval_dir
 from pm_lightning.data.grid import frames_to_grid, layout_for
-from pm_lightning.data.synth import generate_sequence
-from pm_lightning.eval.encoders import TINY_ROOT
+from pm_lightning.data.synthetic_corpus import generate_sequence
 
-pytestmark = pytest.mark.skipif(not (TINY_ROOT / "clip" / "open_clip_config.json").is_file(),
+pytestmark = pytest.mark.skipif(not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file(),
                                 reason="data/tiny-eval missing: run `make tiny-eval`")
 SAMPLE_KEYS = {"sample", "domain", "prompt", "frames", "proxy_target", "align", "clip_frames", "monotonicity_clip",
                "evenness_clip", "monotonicity_pixel", "evenness_pixel"}

@@ -10,8 +10,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from pm_lightning.export import adapter_tensors, main
+from pm_lightning.export import main
 from pm_lightning.models.adapters import AdapterConfig, add_adapters, use_domains
+from pm_lightning.models.lora_files import adapter_tensors
 from tests.helpers import random_inputs, tiny_transformer
 from tests.test_adapters import randomize
 

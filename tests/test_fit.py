@@ -38,13 +38,13 @@ def small_config(tmp_path: Path, tiny_base: str, shards: dict, max_steps: int, e
             "default_root_dir": str(tmp_path / "run"),
             "callbacks": [
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(tmp_path / "run" / "ckpt"), "every_n_train_steps": every, "save_last": True, "save_top_k": -1},
+                    "class_path": "pm_lightning.training.callbacks.RunCheckpoint",
+                    "init_args": {"every_n_train_steps": every, "save_top_k": -1},
                 }
             ],
         },
         "model": {
-            "class_path": "pm_lightning.stage1.Stage1Module",
+            "class_path": "pm_lightning.training.stage1.Stage1Module",
             "init_args": {
                 "base": tiny_base,
                 "adapter": {"kind": "masked", "rank": 4},
@@ -81,7 +81,7 @@ def test_print_config_works_for_every_experiment(config, capsys):
         fit.main(["--config", config, "--print_config"])
     assert exit_.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] in ("pm_lightning.stage1.Stage1Module", "pm_lightning.stage2.Stage2Module")
+    assert printed["model"]["class_path"] in ("pm_lightning.training.stage1.Stage1Module", "pm_lightning.training.stage2.Stage2Module")
     assert printed["data"]["domains"] and "domains" not in printed["model"]["init_args"]  # linked from data
 
 
@@ -113,6 +113,7 @@ def test_unknown_key_fails_at_load_naming_it(monkeypatch, capsys):
     assert "rnak" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_flux_dev_config_without_weights_stops_with_instructions(tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     proc = subprocess.run(
@@ -132,19 +133,19 @@ def test_resume_gives_the_same_adapters_as_a_straight_run(tmp_path, tiny_base, t
     first = small_config(tmp_path / "resumed", tiny_base, tiny_shards, max_steps=2)
     assert fit.main(["--config", str(first)]) == 0
     assert fit.main(["--config", str(first), "--trainer.max_steps", "5", "--ckpt_path", "last"]) == 0
-    a = adapters_of(tmp_path / "straight" / "run" / "ckpt" / "last.ckpt")
-    b = adapters_of(tmp_path / "resumed" / "run" / "ckpt" / "last.ckpt")
+    a = adapters_of(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt")
+    b = adapters_of(tmp_path / "resumed" / "run" / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys() and len(a) > 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    two = adapters_of(tmp_path / "resumed" / "run" / "ckpt" / "epoch=0-step=2.ckpt")
+    two = adapters_of(tmp_path / "resumed" / "run" / "checkpoints" / "epoch=0-step=2.ckpt")
     assert any(not torch.equal(two[k], b[k]) for k in b)  # the resumed run did train
 
 
 def test_checkpoint_holds_trainables_optimizer_loops_and_config(tmp_path, tiny_base, tiny_shards):
     cfg = small_config(tmp_path, tiny_base, tiny_shards, max_steps=2)
     assert fit.main(["--config", str(cfg)]) == 0
-    ckpt = torch.load(tmp_path / "run" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["state_dict"] and all("lora" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"] and "loops" in ckpt
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "consumed": 2}]
@@ -172,6 +173,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_adapters(tmp_path, tiny_base, tiny_shards):
     cfg = small_config(tmp_path, tiny_base, tiny_shards, max_steps=3, every=100)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PM_DUMP_DIR=str(tmp_path / "dump"))
@@ -202,7 +204,7 @@ def test_exported_checkpoint_lora_loads_in_stock_flux_pipeline(tmp_path, tiny_ba
     cfg = small_config(tmp_path, tiny_base, tiny_shards, max_steps=1, every=1)
     assert fit.main(["--config", str(cfg)]) == 0
     out = tmp_path / "lego.safetensors"
-    export.main(["--ckpt", str(tmp_path / "run" / "ckpt" / "last.ckpt"), "--domain", "lego", "--out", str(out)])
+    export.main(["--ckpt", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--domain", "lego", "--out", str(out)])
     from safetensors.torch import load_file
 
     pipe = FluxPipeline.from_pretrained(tiny_base)
@@ -222,3 +224,18 @@ def test_logs_loss_terms_lambda_lr_and_grad_norm(tmp_path, tiny_base, tiny_shard
     logged = {k for row in rows for k, v in row.items() if v}
     assert {"loss/fm", "loss/align", "loss/total", "lambda", "train/lr", "train/grad_norm"} <= logged
     assert all(float(r["train/grad_norm"]) > 0 for r in rows if r.get("train/grad_norm"))
+
+
+def test_validation_loss_is_logged_per_domain_held_out_ones_included(tmp_path, tiny_base, tiny_shards):
+    import csv
+
+    cfg = small_config(tmp_path, tiny_base, tiny_shards, max_steps=1, every=100)
+    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s"}}' % (tmp_path / "csv")
+    args = ["--config", str(cfg), "--trainer.logger", logger, "--data.val_shards", tiny_shards["val"],
+            "--data.val_batch_size", "12", "--trainer.limit_val_batches", "3", "--validate_first", "true"]
+    assert fit.main(args) == 0
+    rows = list(csv.DictReader(open(next((tmp_path / "csv").rglob("metrics.csv")))))
+    logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("val/")}
+    per_domain = {k.split("/")[-1] for k in logged if k.startswith("val/loss_fm/")}
+    assert {"origami", "mosaic"} & per_domain and set(TRAIN_DOMAINS) & per_domain  # held-out and training domains
+    assert "val/loss_fm" in logged and all(v > 0 for v in logged.values())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pm_lightning.flow import (
+from pm_lightning.training.flow import (
     FlowConfig,
     flux_mu,
     interpolate,

@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from pm_lightning import adapt, generate
-from pm_lightning.generate import REPO, default_lora, grid_resolution, stage_file
+from pm_lightning.core.paths import project_home
+from pm_lightning.inference.session import InputError, grid_resolution, stage_file
+from pm_lightning.inference.tiny_defaults import default_lora
 from tests.test_adaptive import needs_tiny_eval
 
 PROMPT = "a lego tower of three red bricks"
@@ -78,7 +80,7 @@ def test_same_seed_in_stock_diffusers_gives_the_same_grid(generated, tiny_base, 
 
 
 def test_recraft_from_a_finished_image(tiny_base, tmp_path):
-    from pm_lightning.data.synth import generate_sequence
+    from pm_lightning.data.synthetic_corpus import generate_sequence
 
     seq = generate_sequence("cake", 3, 32)
     seq.frames[-1].save(tmp_path / "cake.png")
@@ -98,7 +100,7 @@ def test_bad_steps_count_is_refused(tiny_base, tmp_path):
 
 @needs_tiny_eval
 def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_file, tmp_path):
-    from pm_lightning.data.synth import generate_sequence, sequence_seed
+    from pm_lightning.data.synthetic_corpus import generate_sequence, sequence_seed
 
     seq = generate_sequence("garden", sequence_seed(1, "garden", 0), 64)  # a gap the tiny evaluators see (test_adaptive)
     (tmp_path / "gap").mkdir()
@@ -120,17 +122,17 @@ def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_f
 
 
 def test_tiny_defaults_follow_the_experiment_configs(tmp_path):
-    assert default_lora("stage1", "lego") == REPO / "runs/tiny/lora/final/lego.safetensors"
-    assert default_lora("stage1", "mosaic") == REPO / "runs/tiny/lora/final/unseen.safetensors"
-    assert default_lora("stage1", None) == REPO / "runs/tiny/lora/final/unseen.safetensors"
-    assert default_lora("stage2") == REPO / "runs/tiny_stage2/lora/final/lora.safetensors"
-    assert default_lora("recraft") == REPO / "runs/tiny_recraft/lora/final/lora.safetensors"
+    assert default_lora("stage1", "lego") == project_home() / "runs/tiny/lora/final/lego.safetensors"
+    assert default_lora("stage1", "mosaic") == project_home() / "runs/tiny/lora/final/unseen.safetensors"
+    assert default_lora("stage1", None) == project_home() / "runs/tiny/lora/final/unseen.safetensors"
+    assert default_lora("stage2") == project_home() / "runs/tiny_stage2/lora/final/lora.safetensors"
+    assert default_lora("recraft") == project_home() / "runs/tiny_recraft/lora/final/lora.safetensors"
     assert (grid_resolution("tiny", 9), grid_resolution("tiny", 4)) == (192, 192)
     assert (grid_resolution("flux-dev", 9), grid_resolution("flux-dev", 4)) == (1056, 1024)
     notes: list[str] = []
     assert stage_file(None, tmp_path / "missing.safetensors", "stage-1", "make train-stage1", notes) is None
     assert "make train-stage1" in notes[0] and "plain base" in notes[0]
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(InputError, match="not found"):
         stage_file(tmp_path / "nope.safetensors", None, "stage-1", "make train-stage1", [])
 
 

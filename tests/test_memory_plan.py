@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from pm_lightning import memory_plan as mp
+from pm_lightning import memory_plan
 from pm_lightning.models.adapters import AdapterConfig
+from pm_lightning.training import memory_estimate as mp
 
 SMALL = dict(
     patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=32,
@@ -39,7 +40,7 @@ def flux_dev() -> dict:
     """`python -m pm_lightning.memory_plan --json` (flux-dev, masked rank 64, 21 domains, 8 x 48 GiB)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        mp.main(["--json"])
+        memory_plan.main(["--json"])
     return json.loads(out.getvalue())
 
 
@@ -109,7 +110,7 @@ def test_activation_formula(small_shape):
 
 
 def test_flux_dev_consistent_with_params(flux_dev):
-    from pm_lightning.params import count_parameters
+    from pm_lightning.models.param_count import count_parameters
 
     counts = count_parameters("flux-dev", AdapterConfig(rank=64, num_domains=21), kinds=("masked",))
     assert flux_dev["base_params"] == counts["base"] == 11_901_408_320

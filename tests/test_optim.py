@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pm_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler, lr_factor
+from pm_lightning.training.optim import OptimizerConfig, build_optimizer, build_scheduler, lr_factor
 
 
 def test_came_is_default_with_paper_hyperparameters():

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from pm_lightning.params import count_parameters, format_table, main, read_configs
 from pm_lightning.models.adapters import AdapterConfig
+from pm_lightning.models.param_count import count_parameters, format_table, read_configs
+from pm_lightning.params import main
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pm_lightning.data.grid import serpentine_cells, tensor_frames_to_grid
-from pm_lightning.data.references import (
+from pm_lightning.data.reference_cells import (
     cell_token_mask,
     check_cell,
     dual_frames,

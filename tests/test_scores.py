@@ -7,9 +7,16 @@ import random
 import pytest
 import torch
 
-from pm_lightning.data.synth import TRAIN_DOMAINS, generate_sequence
-from pm_lightning.eval.scores import (clip_score, ground_truth_similarity, pairwise_distance, pixel_features,
-                                      progress_monotonicity, sequence_proxies, step_evenness)
+from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence
+from pm_lightning.eval.scores import (
+    clip_score,
+    ground_truth_similarity,
+    pairwise_distance,
+    pixel_features,
+    progress_monotonicity,
+    sequence_proxies,
+    step_evenness,
+)
 
 
 def test_clip_score_matches_torchmetrics_formula_and_clips_at_zero():

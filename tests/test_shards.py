@@ -219,6 +219,7 @@ def test_strict_fails_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_nothing_valid_exits_non_zero_and_writes_nothing(tmp_path):
     raw = tmp_path / "raw"
     make_bad_inputs(raw)

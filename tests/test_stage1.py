@@ -8,8 +8,8 @@ import torch
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.models.adapters import AdapterConfig, adapter_parameters
 from pm_lightning.models.alignment import AlignmentConfig
-from pm_lightning.optim import OptimizerConfig
-from pm_lightning.stage1 import Stage1Module
+from pm_lightning.training.optim import OptimizerConfig
+from pm_lightning.training.stage1 import Stage1Module
 from tests.conftest import TRAIN_DOMAINS
 
 

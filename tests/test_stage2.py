@@ -10,7 +10,7 @@ import yaml
 from pm_lightning import fit
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.grid import serpentine_cells
-from pm_lightning.inference.references import (
+from pm_lightning.inference.reference_sampling import (
     insert_between,
     recraft,
     sample_reference_latents,
@@ -19,8 +19,8 @@ from pm_lightning.inference.references import (
     to_tensor,
 )
 from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, adapters_disabled, add_adapters
-from pm_lightning.optim import OptimizerConfig
-from pm_lightning.stage2 import Stage2Module
+from pm_lightning.training.optim import OptimizerConfig
+from pm_lightning.training.stage2 import Stage2Module
 from tests.conftest import TRAIN_DOMAINS
 from tests.test_fit import small_config
 
@@ -37,8 +37,8 @@ def batch(tiny_shards) -> dict:
 @pytest.fixture(scope="module")
 def stage1_file(tiny_base, tmp_path_factory) -> str:
     """A domain-free stage-1 LoRA in diffusers format (masked adapter, random B), as LoraExport writes it."""
-    from pm_lightning.export import export_domain_lora
     from pm_lightning.models.backbone import FluxBackbone
+    from pm_lightning.models.lora_files import export_domain_lora
 
     backbone = FluxBackbone.from_pretrained(tiny_base)
     add_adapters(backbone.transformer, AdapterConfig(kind="masked", rank=4, num_domains=len(TRAIN_DOMAINS)))
@@ -213,10 +213,10 @@ def test_insert_between_and_recraft_shapes(dual):
 def stage2_config(tmp_path, tiny_base, shards, stage1, max_steps, mode="dual"):
     path = small_config(tmp_path, tiny_base, shards, max_steps=max_steps, every=1)
     cfg = yaml.safe_load(path.read_text())
-    cfg["model"] = {"class_path": "pm_lightning.stage2.Stage2Module", "init_args": {
+    cfg["model"] = {"class_path": "pm_lightning.training.stage2.Stage2Module", "init_args": {
         "base": tiny_base, "stage1": stage1, "mode": mode, "cell": CELL, "max_gap": 2,
         "adapter": {"kind": "lora", "rank": 4}, "optimizer": {"name": "came", "lr": 1e-3}}}
-    cfg["trainer"]["callbacks"].append({"class_path": "pm_lightning.callbacks.LoraExport"})
+    cfg["trainer"]["callbacks"].append({"class_path": "pm_lightning.training.callbacks.LoraExport"})
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -227,7 +227,7 @@ def test_fit_cli_trains_exports_and_resumes_exactly(tmp_path, tiny_base, tiny_sh
     first = stage2_config(tmp_path / "resumed", tiny_base, tiny_shards, stage1_file, max_steps=2)
     assert fit.main(["--config", str(first)]) == 0
     assert fit.main(["--config", str(first), "--trainer.max_steps", "3", "--ckpt_path", "last"]) == 0
-    load = lambda p: torch.load(p / "run" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    load = lambda p: torch.load(p / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     a, b = load(tmp_path / "straight"), load(tmp_path / "resumed")
     assert a["state_dict"].keys() == b["state_dict"].keys() and all("lora" in k for k in a["state_dict"])
     for key in a["state_dict"]:

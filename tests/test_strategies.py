@@ -10,7 +10,7 @@ from diffusers import FluxTransformer2DModel
 from jsonargparse import ArgumentParser
 from lightning.pytorch.strategies import Strategy
 
-from pm_lightning.strategies import FluxFSDPStrategy, flux_block_classes
+from pm_lightning.training.strategies import FluxFSDPStrategy, flux_block_classes
 from tests.conftest import REPO
 from tests.helpers import tiny_transformer
 
@@ -37,10 +37,17 @@ def test_fsdp_wraps_exactly_the_flux_blocks_diffusers_will_not_split():
     assert len(wrapped) == len(model.transformer_blocks) + len(model.single_transformer_blocks)
 
 
-def test_fsdp_overlay_keeps_one_dtype_per_unit():
-    """FSDP flattens a unit into one dtype: the overlay pins the frozen base to fp32 (adapters are fp32)."""
-    overlay = yaml.safe_load((REPO / "experiments/strategies/fsdp.yaml").read_text())
-    assert overlay["model"]["init_args"]["dtype"] == "float32"
+def test_fsdp_keeps_one_dtype_per_unit_without_a_hand_override():
+    """FSDP flattens a unit into one dtype: the base dtype is derived as fp32 from the strategy (adapters are fp32),
+    so neither the overlay nor the configs set it by hand."""
+    import torch
+
+    from pm_lightning.training.precision import base_dtype
+
+    assert base_dtype("bf16-mixed", strategy_from("experiments/strategies/fsdp.yaml")) == torch.float32
+    for config in [*REPO.glob("experiments/*.yaml"), *REPO.glob("experiments/*/*.yaml")]:
+        model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
+        assert "dtype" not in (model.get("init_args") or {}), config
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install '.[deepspeed]')")

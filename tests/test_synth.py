@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pm_lightning.data.synth import (
+from pm_lightning.data.synthetic_corpus import (
     DOMAINS,
     HELDOUT_DOMAINS,
     TRAIN_DOMAINS,
@@ -23,7 +23,7 @@ from pm_lightning.data.synth import (
     generate_sequence,
     write_corpus,
 )
-from pm_lightning.data.synth_domains import COLOURS, NUMBERS
+from pm_lightning.data.synthetic_renderers import COLOURS, NUMBERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_content_accumulates(domain, size):
 
 def test_other_sizes_draw_the_same_picture():
     for domain in DOMAINS:
-        coarse = lambda size: pixels(generate_sequence(domain, 5, size).frames[-1].resize((8, 8), Image.BOX)).astype(int)
+        coarse = lambda size, domain=domain: pixels(generate_sequence(domain, 5, size).frames[-1].resize((8, 8), Image.BOX)).astype(int)
         diff = np.abs(coarse(32) - coarse(256)).mean()
         assert diff < 20, (domain, diff)  # one layout in relative coordinates, whatever the size
 
@@ -117,6 +117,7 @@ def tree_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_cli_writes_the_raw_folder_layout(tmp_path):
     out = tmp_path / "corpus"
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # a different hash seed must not change the corpus

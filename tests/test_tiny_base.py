@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pm_lightning.data.synth import HELDOUT_DOMAINS
-from pm_lightning.models.variants import TINY_FLUX_DIR
-from pm_lightning.tiny.components import EOS_ID, PAD_ID, dir_size_mb
-from pm_lightning.tiny.corpus import frame_caption, frame_pool, sequences
-from pm_lightning.tiny.pretrain import lr_at
+from pm_lightning.core.paths import tiny_flux_dir
+from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS
+from pm_lightning.tiny.flux_components import EOS_ID, PAD_ID, dir_size_mb
+from pm_lightning.tiny.flux_pretrain import lr_at
+from pm_lightning.tiny.frame_pools import frame_caption, frame_pool, sequences
 
 CAPTION = "a garden of four red flowers. step 9: the sun shines"
 
@@ -20,7 +20,7 @@ CAPTION = "a garden of four red flowers. step 9: the sun shines"
 def test_stock_flux_pipeline_loads_and_generates_64px():
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(str(TINY_FLUX_DIR))
+    pipe = FluxPipeline.from_pretrained(str(tiny_flux_dir()))
     pipe.set_progress_bar_config(disable=True)
     image = pipe(CAPTION, height=64, width=64, num_inference_steps=4, guidance_scale=1.0, max_sequence_length=32,
                  generator=torch.Generator().manual_seed(0)).images[0]
@@ -29,8 +29,8 @@ def test_stock_flux_pipeline_loads_and_generates_64px():
 
 
 def test_directory_is_small_and_safetensors_only():
-    assert dir_size_mb(TINY_FLUX_DIR) < 50
-    weights = [p.name for p in TINY_FLUX_DIR.rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".ckpt"}]
+    assert dir_size_mb(tiny_flux_dir()) < 50
+    weights = [p.name for p in tiny_flux_dir().rglob("*") if p.suffix in {".safetensors", ".bin", ".pt", ".ckpt"}]
     assert len(weights) == 4 and all(w.endswith(".safetensors") for w in weights)
 
 
@@ -38,29 +38,29 @@ def test_tokenizers_load_offline_with_autotokenizer(monkeypatch):
     from transformers import AutoTokenizer, CLIPTextConfig
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    clip_tok = AutoTokenizer.from_pretrained(TINY_FLUX_DIR / "tokenizer")
-    t5_tok = AutoTokenizer.from_pretrained(TINY_FLUX_DIR / "tokenizer_2")
+    clip_tok = AutoTokenizer.from_pretrained(tiny_flux_dir() / "tokenizer")
+    t5_tok = AutoTokenizer.from_pretrained(tiny_flux_dir() / "tokenizer_2")
     assert clip_tok.model_max_length == 77 and t5_tok.model_max_length == 32
     ids = t5_tok(CAPTION, padding="max_length", max_length=32, truncation=True).input_ids
     n = len(CAPTION.replace(".", " .").replace(":", " :").split())
     assert ids[n] == EOS_ID == t5_tok.eos_token_id and ids[n + 1:] == [PAD_ID] * (31 - n)
     assert t5_tok.unk_token_id not in ids
     assert t5_tok.batch_decode([ids], skip_special_tokens=True)[0].startswith("a garden of four red flowers")
-    clip_cfg = CLIPTextConfig.from_pretrained(TINY_FLUX_DIR / "text_encoder")
+    clip_cfg = CLIPTextConfig.from_pretrained(tiny_flux_dir() / "text_encoder")
     assert clip_cfg.eos_token_id == clip_tok.eos_token_id and clip_cfg.pad_token_id == clip_tok.pad_token_id
 
 
 def test_vae_config_carries_flux_latent_statistics():
-    config = json.loads((TINY_FLUX_DIR / "vae" / "config.json").read_text())
+    config = json.loads((tiny_flux_dir() / "vae" / "config.json").read_text())
     assert config["latent_channels"] == 16 and len(config["block_out_channels"]) == 4
     assert config["shift_factor"] != 0.0 and config["scaling_factor"] != 1.0
 
 
 def test_training_log_shows_learning():
-    log = json.loads((TINY_FLUX_DIR / "training_log.json").read_text())
+    log = json.loads((tiny_flux_dir() / "training_log.json").read_text())
     val = log["validation"]
     assert val["trained"]["mean"] < 0.5 * val["untrained"]["mean"]
-    readme = (TINY_FLUX_DIR / "README.md").read_text()
+    readme = (tiny_flux_dir() / "README.md").read_text()
     assert str(val["trained"]["mean"]) in readme and str(val["untrained"]["mean"]) in readme
 
 

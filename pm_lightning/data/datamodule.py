@@ -13,7 +13,7 @@ from collections import Counter
 import lightning as L
 from torch.utils.data import DataLoader
 
-from pm_lightning.data.shards import expand_shards, shard_indexes
+from pm_lightning.data.shard_writer import expand_shards, shard_indexes
 from pm_lightning.data.stream import (
     SKIP_REASONS,
     TOKEN_PX,
@@ -85,6 +85,7 @@ class ProcessDataModule(L.LightningDataModule):
             raise ValueError(f"ProcessDataModule: samples_per_epoch must be >= 1, got {samples_per_epoch}")
         self.domains = list(domains) if domains is not None else None
         self.counter: SkipCounter | None = None
+        self.val_domains: list[str] = []
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -102,6 +103,8 @@ class ProcessDataModule(L.LightningDataModule):
                 raise ValueError("ProcessDataModule: give `domains` (no index.json beside the training shards)")
             self.domains = sorted(self.train_index["domains"])
         val_index = _merge_indexes(shard_indexes(self.val_urls)) if self.val_urls else None
+        # validation domains by name (held-out ones included): per-domain validation loss
+        self.val_domains = sorted(val_index["domains"]) if val_index else []
         for index in filter(None, (self.train_index, val_index)):
             for layout in index["layouts"]:
                 rows, cols = (int(n) for n in layout.split("x"))

@@ -13,17 +13,18 @@ All outputs are L2-normalised along the feature dimension and live on the CPU.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pm_lightning.core.paths import tiny_eval_dir
+
 TINY = "tiny"
-TINY_ROOT = Path(os.environ.get("PM_TINY_EVAL", Path(__file__).resolve().parents[2] / "data" / "tiny-eval"))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -35,7 +36,7 @@ def _missing(kind: str, spec: str, looked: str, err: Exception | None = None) ->
     why = f" ({type(err).__name__}: {err})" if err is not None else ""
     return EncoderNotFound(
         f"{kind} encoder {spec!r} is not available: looked for {looked}{why}. "
-        f"Use {kind.lower()}='tiny' for the embedded evaluators in {TINY_ROOT} (built by `make tiny-eval`), "
+        f"Use {kind.lower()}='tiny' for the embedded evaluators in {tiny_eval_dir()} (built by `make tiny-eval`), "
         f"or give a local directory."
     )
 
@@ -51,12 +52,12 @@ class _Clip:
     tokenizer: Callable
 
 
-def load_clip(spec: str, device: str, root: Path = TINY_ROOT) -> _Clip:
+def load_clip(spec: str, device: str, root: Path | None = None) -> _Clip:
     """open_clip model, preprocessing and tokenizer for a spec (see module docstring)."""
     import open_clip
 
     if spec == TINY:
-        clip_dir = Path(root) / "clip"
+        clip_dir = Path(root or tiny_eval_dir()) / "clip"
         if not (clip_dir / "open_clip_config.json").is_file():
             raise EncoderNotFound(f"the embedded tiny CLIP is missing: looked for {clip_dir}/open_clip_config.json; "
                                   f"build it with `make tiny-eval`")
@@ -143,12 +144,12 @@ class Encoders:
         self.device, self.names, self.batch_size = device, names, batch_size
 
     @classmethod
-    def load(cls, clip: str = TINY, dino: str = TINY, device: str = "cpu", root: str | Path = TINY_ROOT) -> "Encoders":
+    def load(cls, clip: str = TINY, dino: str = TINY, device: str = "cpu", root: str | Path | None = None) -> Encoders:
         """Load both encoders; `root` only moves where "tiny" is looked for.
 
         Raises EncoderNotFound (a FileNotFoundError) naming what was looked for and the "tiny" fallback.
         """
-        c = load_clip(clip, device, Path(root))
+        c = load_clip(clip, device, Path(root) if root is not None else None)
         d, dpre = load_dino(dino, device, c)
         return cls(c, d.to(device), dpre, device, {"clip": clip, "dino": dino})
 

@@ -52,7 +52,7 @@ class JudgeResult:
     cached: bool = False
 
     @classmethod
-    def failed(cls, reason: str) -> "JudgeResult":
+    def failed(cls, reason: str) -> JudgeResult:
         return cls(None, None, None, error=reason)
 
     @property
@@ -174,7 +174,7 @@ class Judge:
         base_url: str | None = None,
         timeout: float | None = None,
         cache_dir: str | Path | None = None,
-    ) -> "Judge":
+    ) -> Judge:
         """Arguments win over `OPENAI_MODEL` (default gpt-4o) and `OPENAI_BASE_URL`; the key is always `OPENAI_API_KEY`."""
         return cls(
             model=model or os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL,
@@ -184,10 +184,12 @@ class Judge:
         )
 
     def _make_client(self, api_key: str | None):
+        from pm_lightning.core.extras import MissingExtra, require
+
         try:
-            import openai
-        except ImportError:  # pragma: no cover - openai is a declared dependency
-            self._unavailable = "the judge needs the openai client: pip install openai"
+            openai = require("openai", "the GPT-4o judge")
+        except MissingExtra as err:
+            self._unavailable = str(err)
             return None
         if not api_key and not self.base_url:
             self._unavailable = "no API key: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local endpoint)"

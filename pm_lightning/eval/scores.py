@@ -30,7 +30,7 @@ def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     return 100 * cos.clamp(min=0)
 
 
-def grid_and_frame_clip_scores(enc: "Encoders", grids: list[Image.Image], frames: list[list[Image.Image]],
+def grid_and_frame_clip_scores(enc: Encoders, grids: list[Image.Image], frames: list[list[Image.Image]],
                                prompts: list[str]) -> dict[str, torch.Tensor]:
     """{"grid": (N,) CLIP score of each whole grid, "frames": (N,) mean CLIP score over each sample's frames}."""
     if not (len(grids) == len(frames) == len(prompts)):

@@ -1,1 +1,1 @@
-"""Inference: Flux pipelines over the framework's backbone, sampling of process grids."""
+"""Inference: stage-1 grids, reference-conditioned sampling, adaptive steps, the inference session and its outputs."""

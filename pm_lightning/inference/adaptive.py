@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ class AdaptiveConfig:
             raise ValueError(f"AdaptiveConfig.max_rounds must be >= 0, got {self.max_rounds}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "AdaptiveConfig":
+    def from_dict(cls, values: dict) -> AdaptiveConfig:
         """Build from a mapping; unknown keys are an error naming them."""
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:

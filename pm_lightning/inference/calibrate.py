@@ -10,7 +10,7 @@ each absolute guard as the loosest value that edits at most `max_false` of the t
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -27,7 +27,6 @@ from pm_lightning.inference.adaptive import (
     semantic_delta,
     thresholds,
 )
-
 
 # ---------------------------------------------------------------- calibration of the guards
 
@@ -70,7 +69,7 @@ def corpus_sequences(scorer: Scorer, per_domain: int = 20, size: int = 64, seed:
                      cfg: AdaptiveConfig | None = None) -> dict[str, list[tuple[str, torch.Tensor, dict]]]:
     """{"text"|"no_text": [(kind, pair Deltas, answer)]} for every ground-truth sequence of the synthetic corpus
     (split `seed`, every domain) and its damaged variants (`_variants`): the input of the guard calibration."""
-    from pm_lightning.data.synth import DOMAINS, generate_sequence, sequence_seed
+    from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 
     cfg = cfg or AdaptiveConfig()
     out: dict[str, list] = {"text": [], "no_text": []}

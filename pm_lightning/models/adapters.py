@@ -32,15 +32,17 @@ the fused-group tying, and domain-aware merge / export.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
+from pm_lightning.core.compat import register_custom_lora_layer
 from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, DomainLoraLinear, MaskedLoraLinear
 
@@ -103,7 +105,7 @@ class AdapterConfig:
         return max(1, int(self.mask_fraction * self.rank + 0.5))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AdapterConfig":
+    def from_dict(cls, d: dict) -> AdapterConfig:
         """Build from a plain dict (checkpoint hyper-parameters); unknown keys are errors."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -158,7 +160,7 @@ def add_adapters(transformer: nn.Module, cfg: AdapterConfig) -> list[str]:
     lora_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, target_modules=names, lora_dropout=0.0, init_lora_weights=True)
     factory = _layer_factory(cfg)
     if factory is not None:
-        lora_cfg._register_custom_module({nn.Linear: factory})
+        register_custom_lora_layer(lora_cfg, {nn.Linear: factory})
     inject_adapter_in_model(lora_cfg, transformer)
     if cfg.fused_qkv:
         _tie_fused_groups(transformer, names)

@@ -23,10 +23,10 @@ so teacher and student always compare the same tokens.
 from __future__ import annotations
 
 import math
-from contextvars import ContextVar
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

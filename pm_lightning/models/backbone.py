@@ -94,7 +94,7 @@ def not_found_error(source: str, cause: BaseException | str | None = None) -> Ba
         "text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/): pass its path as the backbone source;",
         "  2. the hub: `huggingface-cli login` (accept the model licence on huggingface.co first), then "
         "`huggingface-cli download black-forest-labs/FLUX.1-dev` into the cache (set HF_HOME to choose where);",
-        f"  3. the embedded default: source 'tiny' = {VARIANTS['tiny'].source} (rebuild it with `make tiny-base`).",
+        f"  3. the embedded default: source 'tiny' = {VARIANTS['tiny'].location()} (rebuild it with `make tiny-base`).",
     ]
     return BackboneNotFoundError("\n".join(lines))
 
@@ -166,7 +166,7 @@ class FluxBackbone(nn.Module):
     @classmethod
     def from_pretrained(cls, source: str, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
                         text_cache_dir: str | os.PathLike | None = None,
-                        max_sequence_length: int | None = None) -> "FluxBackbone":
+                        max_sequence_length: int | None = None) -> FluxBackbone:
         """Load every component of `source` (variant name, local directory or hub id) in `dtype`.
 
         `max_sequence_length` (T5 tokens) defaults to the variant's, else the T5 tokenizer's
@@ -176,7 +176,7 @@ class FluxBackbone(nn.Module):
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
         variant: Variant | None = VARIANTS.get(source)
-        root = local_root(variant.source if variant else source)
+        root = local_root(variant.location() if variant else source)
         kw = dict(local_files_only=True)  # `root` is a local directory now
         try:
             parts = dict(
@@ -189,7 +189,7 @@ class FluxBackbone(nn.Module):
                 transformer=FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype, **kw),
             )
         except (OSError, ValueError) as err:  # hub/HTTP errors subclass OSError; bad repo ids raise ValueError
-            raise not_found_error(variant.source if variant else source, err) from err
+            raise not_found_error(variant.location() if variant else source, err) from err
         if max_sequence_length is None:
             max_sequence_length = variant.max_sequence_length if variant else min(parts["tokenizer_2"].model_max_length, 512)
         backbone = cls(**parts, max_sequence_length=max_sequence_length, text_cache_dir=text_cache_dir,
@@ -199,7 +199,7 @@ class FluxBackbone(nn.Module):
 
     # -- state ------------------------------------------------------------------------------------
 
-    def train(self, mode: bool = True) -> "FluxBackbone":
+    def train(self, mode: bool = True) -> FluxBackbone:
         """Only the transformer follows `mode`; the frozen encoders and VAE stay in eval (no dropout)."""
         super().train(False)
         self.transformer.train(mode)
@@ -353,10 +353,10 @@ def meta_transformer(variant: str | Variant):
     variant = get_variant(variant) if isinstance(variant, str) else variant
     config = variant.transformer_config
     if config is None:
-        root = resolve_source(variant.source)
+        root = resolve_source(variant.location())
         try:
             config = FluxTransformer2DModel.load_config(root, subfolder="transformer", local_files_only=True)
         except (OSError, ValueError) as err:
-            raise not_found_error(variant.source, err) from err
+            raise not_found_error(variant.location(), err) from err
     with torch.device("meta"):
         return FluxTransformer2DModel.from_config(config)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_FLUX_DIR = REPO_ROOT / "data" / "tiny-flux"
+from pm_lightning.core.paths import tiny_flux_dir
+
+EMBEDDED = "embedded:tiny-flux"  # the source of the "tiny" variant: `core.paths.tiny_flux_dir()`, resolved when used
 
 _FLUX_12B = dict(
     patch_size=1,
@@ -33,6 +33,10 @@ class Variant:
     max_sequence_length: int = 512
     align_layers: tuple[int, ...] = field(default=())
 
+    def location(self) -> str:
+        """Hub id or local directory of the weights (the embedded tiny Flux is looked up in the project home)."""
+        return str(tiny_flux_dir()) if self.source == EMBEDDED else self.source
+
 
 VARIANTS: dict[str, Variant] = {
     "flux-dev": Variant(
@@ -50,7 +54,7 @@ VARIANTS: dict[str, Variant] = {
         max_sequence_length=256,
         align_layers=(4, 9, 14, 19, 29),
     ),
-    "tiny": Variant("tiny", str(TINY_FLUX_DIR), None, guidance_embeds=True, resolution=192, max_sequence_length=32),
+    "tiny": Variant("tiny", EMBEDDED, None, guidance_embeds=True, resolution=192, max_sequence_length=32),
 }
 
 

@@ -1,1 +1,1 @@
-"""Building and pretraining the embedded tiny Flux base (`python -m pm_lightning.tiny_base`)."""
+"""The embedded models, built on CPU: the tiny Flux (`python -m pm_lightning.tiny_base`) and the tiny evaluators (`python -m pm_lightning.tiny_eval`)."""

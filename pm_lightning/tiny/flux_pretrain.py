@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pm_lightning.flow import FlowConfig, interpolate, sample_timesteps, velocity_target
 from pm_lightning.models.backbone import image_ids, pack
-from pm_lightning.tiny.corpus import FramePool, random_crops, to_pixels
+from pm_lightning.tiny.frame_pools import FramePool, random_crops, to_pixels
+from pm_lightning.training.flow import FlowConfig, interpolate, sample_timesteps, velocity_target
 
 
 @dataclass

@@ -11,18 +11,15 @@ image) clean. The base is the stage-1 backbone with the stage-1 LoRA file fused 
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import warnings
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 
 from pm_lightning.data.grid import tensor_frames_to_grid
-from pm_lightning.data.references import (
-    MODES,
+from pm_lightning.data.reference_cells import (
     DUAL_LAYOUT,
+    MODES,
     cell_token_mask,
     check_cell,
     dual_frames,
@@ -32,94 +29,43 @@ from pm_lightning.data.references import (
     stage2_caption,
     with_clean_references,
 )
-from pm_lightning.flow import FlowConfig, interpolate, per_sample_mse, velocity_target
-from pm_lightning.flow_module import VAL_SEED_OFFSET, FlowMatchingModule
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, adapter_parameters, set_domains, tuner_layers
+from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters, set_domains
 from pm_lightning.models.backbone import image_ids, pack
-from pm_lightning.optim import OptimizerConfig
-
-STAGE1_FIX = "run `make train-stage1` first (it writes runs/tiny/lora/final/unseen.safetensors), or set model.init_args.stage1: null to start from the plain base"
-
-
-def check_stage1_file(path: str | Path) -> Path:
-    """The stage-1 LoRA file, or FileNotFoundError naming it and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"stage-1 LoRA file {str(path)!r} (model.init_args.stage1) not found: {STAGE1_FIX}")
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a file (provenance of the fused stage-1 weights)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fuse_lora_file(backbone, path: str | Path, adapter_name: str = "stage1", scale: float = 1.0) -> None:
-    """Fold a diffusers-format Flux LoRA file into the transformer's base weights (diffusers' load + fuse + unload).
-
-    Must run before any adapter is injected: unloading removes every peft layer of the transformer.
-    """
-    if any(True for _ in tuner_layers(backbone.transformer)):
-        raise ValueError("fuse LoRA files before adding adapters (diffusers' unload would remove them)")
-    from diffusers.utils import logging as dlogging
-
-    pipe = backbone.pipeline()
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity(logging.ERROR)  # "no LoRA keys for CLIPTextModel": expected, the file is transformer-only
-    try:
-        pipe.load_lora_weights(str(check_stage1_file(path)), adapter_name=adapter_name)
-        pipe.fuse_lora(lora_scale=scale, adapter_names=[adapter_name])
-        pipe.unload_lora_weights()
-    finally:
-        dlogging.set_verbosity(level)
-    backbone.requires_grad_(False)
+from pm_lightning.models.lora_files import check_stage1_file, file_sha256, fuse_lora_file
+from pm_lightning.training.base import FlowMatchingModule
+from pm_lightning.training.flow import interpolate, per_sample_mse, velocity_target
 
 
 class Stage2Module(FlowMatchingModule):
     """Stage 2 / ReCraft: the learned cells of a grid given clean reference cells, one plain LoRA."""
 
+    STAGE = 2
+
     def __init__(
         self,
-        base: str = "tiny",
-        domains: list[str] | None = None,
         stage1: str | None = None,
         adapter: AdapterConfig = AdapterConfig(kind="lora", rank=16),
         mode: str = "dual",
         cell: int = 64,
         max_gap: int = 2,
         step_text: bool = False,
-        flow: FlowConfig | None = None,
-        optimizer: OptimizerConfig | None = None,
-        dtype: str = "float32",
-        gradient_checkpointing: bool = False,
-        text_cache_dir: str | None = None,
-        seed: int = 0,
+        **kwargs,
     ):
         """
         Args:
-            base: Flux variant name ("tiny", "flux-dev", ...), a local diffusers directory or a hub id.
-            domains: the data's domain list (linked by the CLI); stage 2 routes nothing by domain.
             stage1: a diffusers-format stage-1 LoRA file fused into the base (e.g. the domain-free
                 `runs/tiny/lora/final/unseen.safetensors`); None = the plain base.
-            adapter: the new LoRA (kind must be "lora").
+            adapter: the new LoRA (kind must be "lora"); stage 2 routes nothing by domain.
             mode: "dual" (2x2, references top left and bottom left) or "recraft" (the sequence's
                 grid, reference = the finished image in the last serpentine cell).
             cell: dual mode: frame size in px (multiple of 16); the grid is 2 * cell. ReCraft keeps the
                 data module's grid (its per-cell resize), whose side is `data.resolution`.
             max_gap: dual mode: largest index gap between consecutive chosen frames (1 = consecutive).
             step_text: dual mode: append ", between: <step b>; <step c>" to the caption when step texts exist.
-            flow: timestep sampling and the constant guidance input.
-            optimizer: CAME / AdamW and the learning-rate schedule.
-            dtype: dtype of the frozen base ("float32", "bfloat16", "float16"); the LoRA stays fp32.
-            gradient_checkpointing: recompute block activations in the backward pass.
-            text_cache_dir: on-disk cache of text embeddings keyed by caption text.
-            seed: seed of the per-step frame choice, noise and timesteps.
+            **kwargs: the arguments every stage shares (`FlowMatchingModule`: base, domains, flow, optimizer,
+                dtype, gradient_checkpointing, text_cache_dir, seed).
         """
-        super().__init__(base, domains, flow, optimizer, dtype, gradient_checkpointing, text_cache_dir, seed)
+        super().__init__(**kwargs)
         if adapter.kind != "lora":
             raise ValueError(f"model.init_args.adapter.kind must be 'lora' for stage 2 (domain-free), got {adapter.kind!r}")
         if mode not in MODES:
@@ -130,23 +76,14 @@ class Stage2Module(FlowMatchingModule):
         self.stage1 = str(check_stage1_file(stage1)) if stage1 is not None else None
         self.adapter_cfg = replace(adapter, num_domains=1)
         self.mode, self.cell, self.max_gap, self.step_text = mode, cell, max_gap, step_text
-        self.save_hyperparameters(
-            {
-                "stage": 2,
-                "base": base,
-                "domains": self.domains,
-                "stage1": self.stage1,
-                "stage1_sha256": file_sha256(self.stage1) if self.stage1 else None,
-                "adapter": asdict(self.adapter_cfg),
-                "mode": mode,
-                "cell": cell,
-                "max_gap": max_gap,
-                "step_text": step_text,
-                "flow": asdict(self.flow_cfg),
-                "optimizer": asdict(self.optim_cfg),
-                "dtype": dtype,
-                "seed": seed,
-            }
+        self.save_stage_hparams(
+            stage1=self.stage1,
+            stage1_sha256=file_sha256(self.stage1) if self.stage1 else None,
+            adapter=asdict(self.adapter_cfg),
+            mode=mode,
+            cell=cell,
+            max_gap=max_gap,
+            step_text=step_text,
         )
 
     # ------------------------------------------------------------------ model
@@ -228,7 +165,3 @@ class Stage2Module(FlowMatchingModule):
         self.log("loss/fm", loss, prog_bar=True)
         self.log("loss/total", loss)
         return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        terms = self.losses(batch, VAL_SEED_OFFSET + batch_idx)
-        self.log("val/loss_fm", terms["fm"].mean(), prog_bar=True, batch_size=len(batch["caption"]))

@@ -67,7 +67,7 @@ class SampleGrids(Callback):
         """Generate, save a labelled sheet, log the grids; rank zero only."""
         if not self.prompts or not trainer.is_global_zero:
             return None
-        from pm_lightning.inference.pipeline import generate_grids
+        from pm_lightning.inference.grid_sampling import generate_grids
 
         domains = torch.tensor([domain_index(p["domain"], pl_module.domains) for p in self.prompts])
         was_training = pl_module.training

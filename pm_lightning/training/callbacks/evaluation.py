@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from pm_lightning.callbacks.samples import SampleGrids
+from pm_lightning.training.callbacks.samples import SampleGrids
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,6 @@ class EvaluationCallback(SampleGrids):
 
     def __init__(
         self,
-        prompts: list[dict[str, str]] | None = None,
-        every_n_steps: int = 500,
-        resolution: int = 192,
-        num_inference_steps: int = 20,
-        guidance: float = 1.0,
-        seed: int = 0,
-        dirpath: str | None = None,
-        at_start: bool = True,
         clip: str = "tiny",
         judge: bool = False,
         judge_model: str | None = None,
@@ -42,10 +34,10 @@ class EvaluationCallback(SampleGrids):
         judge_timeout: float | None = None,
         judge_cache_dir: str | None = None,
         judge_workers: int = 4,
+        **kwargs,
     ):
         """
         Args:
-            prompts, every_n_steps, resolution, num_inference_steps, guidance, seed, dirpath, at_start: as SampleGrids.
             clip: CLIP encoder for the CLIP score: "tiny" (the embedded evaluator), a local directory,
                 or "MODEL/PRETRAINED" for open_clip (see `pm_lightning.eval.encoders`).
             judge: also score each grid with the GPT-4o rubric (Accuracy, Coherence, Usability).
@@ -55,8 +47,10 @@ class EvaluationCallback(SampleGrids):
             judge_timeout: seconds per judge request (None = 60).
             judge_cache_dir: judge answer cache (default `<samples dir>/judge-cache`).
             judge_workers: judge requests in flight at once.
+            **kwargs: the sample-grid arguments (`SampleGrids`: prompts, every_n_steps, resolution,
+                num_inference_steps, guidance, seed, dirpath, at_start).
         """
-        super().__init__(prompts, every_n_steps, resolution, num_inference_steps, guidance, seed, dirpath, at_start)
+        super().__init__(**kwargs)
         if judge_workers < 1:
             raise ValueError(f"EvaluationCallback.judge_workers must be >= 1, got {judge_workers}")
         if judge_timeout is not None and judge_timeout <= 0:

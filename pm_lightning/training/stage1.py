@@ -12,58 +12,35 @@ from dataclasses import asdict, replace
 
 import torch
 
-from pm_lightning.flow import FlowConfig, interpolate, per_sample_mse, velocity_target
-from pm_lightning.flow_module import VAL_SEED_OFFSET, FlowMatchingModule
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, adapter_parameters, mask_l1, set_domains
-from pm_lightning.models.alignment import AlignmentConfig, alignment_loss, alignment_weight, capture_features, teacher_features
-from pm_lightning.optim import OptimizerConfig
+from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters, mask_l1, set_domains
+from pm_lightning.models.alignment import (
+    AlignmentConfig,
+    alignment_loss,
+    alignment_weight,
+    capture_features,
+    teacher_features,
+)
+from pm_lightning.training.base import FlowMatchingModule
+from pm_lightning.training.flow import interpolate, per_sample_mse, velocity_target
 
 
 class Stage1Module(FlowMatchingModule):
     """Stage 1 (ProcessMaker / MakeAnything): grids of a whole process from a caption and a domain."""
 
-    def __init__(
-        self,
-        base: str = "tiny",
-        domains: list[str] | None = None,
-        adapter: AdapterConfig | None = None,
-        alignment: AlignmentConfig | None = None,
-        flow: FlowConfig | None = None,
-        optimizer: OptimizerConfig | None = None,
-        dtype: str = "float32",
-        gradient_checkpointing: bool = False,
-        text_cache_dir: str | None = None,
-        seed: int = 0,
-    ):
+    STAGE = 1
+
+    def __init__(self, adapter: AdapterConfig | None = None, alignment: AlignmentConfig | None = None, **kwargs):
         """
         Args:
-            base: Flux variant name ("tiny", "flux-dev", ...), a local diffusers directory or a hub id.
-            domains: the domain list; its order defines the adapters' domain indices.
             adapter: adapter kind, rank, alpha, targets and mask settings (num_domains follows `domains`).
             alignment: representation alignment to the frozen base (on/off, layers, lambda0, schedule).
-            flow: timestep sampling and the constant guidance input.
-            optimizer: CAME / AdamW and the learning-rate schedule.
-            dtype: dtype of the frozen base ("float32", "bfloat16", "float16"); adapters stay fp32.
-            gradient_checkpointing: recompute block activations in the backward pass.
-            text_cache_dir: on-disk cache of text embeddings keyed by caption text.
-            seed: seed of the per-step noise and timesteps.
+            **kwargs: the arguments every stage shares (`FlowMatchingModule`: base, domains, flow, optimizer,
+                dtype, gradient_checkpointing, text_cache_dir, seed).
         """
-        super().__init__(base, domains, flow, optimizer, dtype, gradient_checkpointing, text_cache_dir, seed)
+        super().__init__(**kwargs)
         self.adapter_cfg = replace(adapter or AdapterConfig(), num_domains=max(1, len(self.domains)))
         self.align_cfg = alignment or AlignmentConfig()
-        self.save_hyperparameters(
-            {
-                "stage": 1,
-                "base": base,
-                "domains": self.domains,
-                "adapter": asdict(self.adapter_cfg),
-                "alignment": asdict(self.align_cfg),
-                "flow": asdict(self.flow_cfg),
-                "optimizer": asdict(self.optim_cfg),
-                "dtype": dtype,
-                "seed": seed,
-            }
-        )
+        self.save_stage_hparams(adapter=asdict(self.adapter_cfg), alignment=asdict(self.align_cfg))
         self.align_layers: list[int] = []
 
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
@@ -106,7 +83,3 @@ class Stage1Module(FlowMatchingModule):
             self.log("loss/mask_l1", l1)
         self.log("loss/total", loss)
         return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        terms = self.losses(batch, VAL_SEED_OFFSET + batch_idx)
-        self.log("val/loss_fm", terms["fm"].mean(), prog_bar=True, batch_size=len(batch["caption"]))

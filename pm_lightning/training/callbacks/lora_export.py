@@ -32,7 +32,7 @@ class LoraExport(Callback):
         """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind); rank zero only."""
         if not trainer.is_global_zero:
             return None
-        from pm_lightning.export import export_domain_lora
+        from pm_lightning.models.lora_files import export_domain_lora
 
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "lora") / tag
         out.mkdir(parents=True, exist_ok=True)

@@ -1,18 +1,31 @@
-"""What every training stage shares: the frozen Flux backbone, encoding, noise, optimisation, checkpoints."""
+"""The shared stage base: every stage's arguments, the frozen Flux backbone, encoding, noise, optimisation,
+per-domain validation, checkpoints of the trainable weights only.
+
+A stage subclass declares only its own arguments and forwards the rest with `**kwargs`; jsonargparse
+(LightningCLI) follows `super().__init__(**kwargs)`, so `--print_config` and `--help` show the shared keys
+with the documentation below. Hyper-parameters are saved by `save_stage_hparams` only.
+"""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import lightning as L
 import torch
 
-from pm_lightning.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.models.backbone import image_ids, pack
-from pm_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler
+from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
+from pm_lightning.training.metrics import PerDomainMean
+from pm_lightning.training.optim import OptimizerConfig, build_optimizer, build_scheduler
+from pm_lightning.training.precision import base_dtype, parse_dtype
 
 VAL_SEED_OFFSET = 1_000_000  # validation noise never coincides with a training step's noise
 
+
 class FlowMatchingModule(L.LightningModule):
-    """What both stages share: the backbone, text/image encoding, checkpoints of trainable weights only."""
+    """What every stage shares: the backbone, text/image encoding, validation, checkpoints of trainable weights."""
+
+    STAGE = 0  # set by each stage
 
     def __init__(
         self,
@@ -20,18 +33,55 @@ class FlowMatchingModule(L.LightningModule):
         domains: list[str] | None = None,
         flow: FlowConfig | None = None,
         optimizer: OptimizerConfig | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         gradient_checkpointing: bool = False,
         text_cache_dir: str | None = None,
         seed: int = 0,
     ):
+        """
+        Args:
+            base: Flux variant name ("tiny", "flux-dev", ...), a local diffusers directory or a hub id.
+            domains: the domain list (linked from data.domains by the CLI); its order defines the domain indices.
+            flow: timestep sampling and the constant guidance input.
+            optimizer: CAME / AdamW and the learning-rate schedule.
+            dtype: dtype of the frozen base ("float32", "bfloat16", "float16"); null = derived from the trainer's
+                precision and strategy (`pm_lightning/training/precision.py`). Adapters always train in fp32.
+            gradient_checkpointing: recompute block activations in the backward pass.
+            text_cache_dir: on-disk cache of text embeddings keyed by caption text.
+            seed: seed of the per-step noise and timesteps (and of stage 2's frame choice).
+        """
         super().__init__()
+        if dtype is not None:
+            parse_dtype(dtype)  # a wrong name fails at load, not when the model is built
         self.base, self.domains = base, list(domains or [])
         self.flow_cfg, self.optim_cfg = flow or FlowConfig(), optimizer or OptimizerConfig()
         self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
         self.text_cache_dir, self.seed = text_cache_dir, seed
         self.backbone = None
+        self.val_fm: PerDomainMean | None = None
         self.strict_loading = False  # checkpoints hold the trainable weights only
+
+    def save_stage_hparams(self, **own) -> None:
+        """Save the shared arguments and the stage's own (`own`) as the checkpoint's hyper-parameters."""
+        shared = {
+            "stage": self.STAGE,
+            "base": self.base,
+            "domains": self.domains,
+            "flow": asdict(self.flow_cfg),
+            "optimizer": asdict(self.optim_cfg),
+            "dtype": self.dtype_name,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "text_cache_dir": self.text_cache_dir,
+            "seed": self.seed,
+        }
+        self.save_hyperparameters({**shared, **own})
+
+    def model_dtype(self) -> torch.dtype:
+        """The frozen base's dtype: explicit, else from the attached trainer's precision and strategy."""
+        trainer = self._trainer
+        if trainer is None:
+            return base_dtype(None, None, self.dtype_name)
+        return base_dtype(trainer.precision, trainer.strategy, self.dtype_name)
 
     # ------------------------------------------------------------------ model
 
@@ -43,7 +93,7 @@ class FlowMatchingModule(L.LightningModule):
 
         self.backbone = FluxBackbone.from_pretrained(
             self.base,
-            dtype=_dtype(self.dtype_name),
+            dtype=self.model_dtype(),
             gradient_checkpointing=self.gradient_checkpointing,
             text_cache_dir=self.text_cache_dir,
         )
@@ -90,6 +140,32 @@ class FlowMatchingModule(L.LightningModule):
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)  # (B, N, 64)
         return noise, t
 
+    # ------------------------------------------------------------------ validation
+
+    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms of one batch (noise drawn from `step`); "fm" is the flow-matching loss (B,)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """The per-domain validation metric over the model's domains and the validation data's other domains."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        extra = [d for d in getattr(datamodule, "val_domains", None) or [] if d not in self.domains]
+        self.val_fm = PerDomainMean(self.domains + extra)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        fm = self.losses(batch, VAL_SEED_OFFSET + batch_idx)["fm"]  # (B,)
+        self.log("val/loss_fm", fm.mean(), prog_bar=True, batch_size=len(fm), sync_dist=True)
+        if self.val_fm is None:
+            self.setup("validate")
+        self.val_fm.to(fm.device).update(fm, list(batch["domain_name"]))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_fm is None:
+            return
+        per_domain = self.val_fm.compute()  # summed over ranks: the same dict on every rank
+        self.log_dict({f"val/loss_fm/{name}": value for name, value in per_domain.items()}, sync_dist=True)
+        self.val_fm.reset()
+
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):
@@ -113,10 +189,3 @@ class FlowMatchingModule(L.LightningModule):
         keep = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
-
-def _dtype(name: str) -> torch.dtype:
-    """Precision is decided here only."""
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ValueError(f"model.dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pm_lightning.data import synth_domains as sd
-from pm_lightning.data.synth_domains import Canvas
+from pm_lightning.data import synthetic_renderers as sd
+from pm_lightning.data.synthetic_renderers import Canvas
 
 
 # ---------------------------------------------------------------- backgrounds (empty frames)

@@ -1,4 +1,4 @@
-"""Build and train the embedded tiny evaluators: `python -m pm_lightning.eval.tiny_eval --out data/tiny-eval`.
+"""The embedded tiny evaluators, built and trained on CPU (the recipe behind `python -m pm_lightning.tiny_eval`).
 
 One open_clip CLIP (built from `CLIP_CONFIG` with open_clip's own class) trained contrastively
 on CPU with one seed, on 64 px frames and 3x3 / 2x2 grids of the synthetic corpus's training
@@ -12,7 +12,6 @@ retrieval. Writes `OUT/clip/{open_clip_config.json, open_clip_model.safetensors}
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,7 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from pm_lightning.data.grid import frames_to_grid, layout_for
-from pm_lightning.data.synth import HELDOUT_DOMAINS, TRAIN_DOMAINS, Sequence, generate_sequence, sequence_seed
+from pm_lightning.data.synthetic_corpus import (
+    HELDOUT_DOMAINS,
+    TRAIN_DOMAINS,
+    Sequence,
+    generate_sequence,
+    sequence_seed,
+)
 
 TRAIN_SPLIT_SEED, EVAL_SPLIT_SEED = 0, 1  # the corpus split seeds of `make shards`: 0 = train, 1 = validation
 CLIP_CONFIG = {
@@ -303,22 +308,3 @@ Caption retrieval (each image against every caption of its group):
 |---|---:|---:|---:|---:|---:|---:|
 {ret}
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("data/tiny-eval"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=TinyEvalConfig.steps)
-    p.add_argument("--train-per-domain", type=int, default=TinyEvalConfig.train_per_domain)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    cfg = TinyEvalConfig(seed=args.seed, steps=args.steps, train_per_domain=args.train_per_domain)
-    command = "python -m pm_lightning.eval.tiny_eval " + " ".join(argv if argv is not None else sys.argv[1:])
-    log = build(args.out, cfg, args.threads, command.strip())
-    print(json.dumps(log["metrics"], indent=1))
-
-
-if __name__ == "__main__":
-    main()

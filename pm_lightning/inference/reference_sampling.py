@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 
 from pm_lightning.data.grid import layout_for, tensor_frames_to_grid, tensor_grid_to_frames
-from pm_lightning.data.references import DUAL_LAYOUT, DUAL_REFERENCES, cell_token_mask, check_cell, with_clean_references
+from pm_lightning.data.reference_cells import (
+    DUAL_LAYOUT,
+    DUAL_REFERENCES,
+    cell_token_mask,
+    check_cell,
+    with_clean_references,
+)
 from pm_lightning.models.adapters import use_domains
 from pm_lightning.models.backbone import image_ids, pack, unpack
 from pm_lightning.models.variants import VARIANTS

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from pm_lightning.data.synth import TRAIN_DOMAINS
-from pm_lightning.tiny.corpus import VAL_SPLIT_SEED, frame_caption, sequences
+from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS
+from pm_lightning.tiny.frame_pools import VAL_SPLIT_SEED, frame_caption, sequences
 
 CELL = 192
 SMALL = 128  # display size of the 64 px colour samples
@@ -59,7 +59,7 @@ def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, 
             sheet.paste(img, (label_w + c * (CELL + gap), y))
     y = head_h + len(domains) * (CELL + gap)
     draw.text((4, y + 2), "colour words (64 px, one caption per cell, only the colour changes):", fill="black")
-    for r, (domain, (template, colours)) in enumerate(COLOUR_ROWS.items()):
+    for r, (template, colours) in enumerate(COLOUR_ROWS.values()):
         top = y + head_h + r * (SMALL + head_h + gap)
         draw.text((4, top + head_h + 4), _wrap(template.format(c="<colour>"), 24), fill="black")
         for c, colour in enumerate(colours):

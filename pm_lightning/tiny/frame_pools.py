@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pm_lightning.data.synth import DOMAINS, TRAIN_DOMAINS, Sequence, generate_sequence, sequence_seed
+from pm_lightning.data.synthetic_corpus import DOMAINS, TRAIN_DOMAINS, Sequence, generate_sequence, sequence_seed
 
 TRAIN_SPLIT_SEED = 0  # the corpus split seeds of `make shards`: 0 = train, 1 = validation
 VAL_SPLIT_SEED = 1

@@ -1,0 +1,53 @@
+"""The private APIs of other libraries that the project leans on, each wrapped here and nowhere else.
+
+An upgrade that changes one of them fails here, loudly, with the library and what changed
+(`tests/test_compat.py` calls each wrapper against the installed versions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CompatError(RuntimeError):
+    """An installed library no longer has a private API that pm_lightning relies on."""
+
+
+def register_custom_lora_layer(lora_config, mapping: dict) -> None:
+    """peft: make `inject_adapter_in_model` build our layer classes (masked / asymmetric LoRA) for `nn.Linear`.
+
+    peft's hook for custom layers is the private `LoraConfig._register_custom_module(mapping)`
+    (mapping: base layer type -> factory(base_layer, adapter_name, **kwargs)).
+    """
+    register = getattr(lora_config, "_register_custom_module", None)
+    if register is None:
+        import peft
+
+        raise CompatError(
+            f"peft {peft.__version__}: LoraConfig._register_custom_module is gone, so masked / asymmetric "
+            "adapters cannot be injected; pin peft to the version in constraints.txt"
+        )
+    register(mapping)
+
+
+def wandb_init_kwargs(logger) -> dict[str, Any]:
+    """Lightning: the keyword arguments `WandbLogger` will pass to `wandb.init` (mutable until the run starts).
+
+    Lightning keeps them in the private `WandbLogger._wandb_init`; the run's group, tags and directory are
+    decided after the logger is built (by the CLI), so they are written there.
+    """
+    init = getattr(logger, "_wandb_init", None)
+    if not isinstance(init, dict) or not hasattr(logger, "_save_dir"):
+        import lightning
+
+        raise CompatError(
+            f"lightning {lightning.__version__}: WandbLogger no longer keeps `_wandb_init` (dict) and `_save_dir`; "
+            "the W&B run's group, tags and directory cannot be set; pin lightning to the version in constraints.txt"
+        )
+    return init
+
+
+def set_wandb_dir(logger, path: str) -> None:
+    """Lightning: move a not-yet-started `WandbLogger`'s files to `path` (its `save_dir`)."""
+    wandb_init_kwargs(logger)["dir"] = path
+    logger._save_dir = path

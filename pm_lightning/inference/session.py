@@ -1,0 +1,177 @@
+"""One inference session: the backbone and the LoRA files on it, stage-1 grids, stage-2 insertions, adaptive steps.
+
+What `python -m pm_lightning.generate` and `python -m pm_lightning.adapt` (and later the web demo) share.
+Stage 1 is the stock diffusers `FluxPipeline` with the exported stage-1 LoRA loaded by
+`pipe.load_lora_weights(file)`, so the same seed in stock diffusers gives the same grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1
+
+
+class InputError(ValueError):
+    """Bad user input to an inference command (a missing file, a count that does not fit)."""
+
+
+def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
+    """Grid side in px: the variant's training resolution (tiny 192, else 1024) rounded up to whole 16-px cells
+    per row (FLUX.1-dev: 9 frames -> 1056, 4 frames -> 1024)."""
+    from pm_lightning.data.grid import layout_for
+    from pm_lightning.models.variants import VARIANTS
+
+    rows, _ = layout_for(frames)
+    if override:
+        if override % (16 * rows):
+            raise InputError(f"--resolution {override} does not split into {rows} cells of whole 16-px tokens")
+        return override
+    variant = VARIANTS.get(base) or next((v for v in VARIANTS.values() if Path(v.location()).resolve() == Path(base).resolve()), None)
+    res = variant.resolution if variant is not None and variant.resolution else 1024
+    return math.ceil(res / (16 * rows)) * 16 * rows
+
+
+# ---------------------------------------------------------------- models
+
+
+class Models:
+    """One backbone and which LoRA files are fused into it / loaded on it; reloads only when the fused file changes."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.backbone = None
+        self.fused: str | None = None
+        self.loaded: str | None = None
+
+    def use(self, fused: Path | None, lora: Path | None):
+        """The backbone with `fused` folded into its weights and `lora` loaded (diffusers' load_lora_weights)."""
+        from pm_lightning.models.backbone import FluxBackbone
+        from pm_lightning.models.lora_files import fuse_lora_file, quiet_diffusers
+
+        fused, lora = (str(fused) if fused else None), (str(lora) if lora else None)
+        if self.backbone is None or (self.fused is not None and self.fused != fused):
+            self.backbone, self.fused, self.loaded = FluxBackbone.from_pretrained(self.base), None, None
+        if self.loaded is not None and self.loaded != lora:
+            self.backbone.pipeline().unload_lora_weights()
+            self.loaded = None
+        if fused is not None and self.fused is None:
+            fuse_lora_file(self.backbone, fused)
+            self.fused = fused
+        if lora is not None and self.loaded is None:
+            with quiet_diffusers():
+                self.backbone.pipeline().load_lora_weights(lora, adapter_name="pm")
+            self.loaded = lora
+        return self.backbone
+
+
+@torch.no_grad()
+def sample_grid(backbone, prompt: str, resolution: int, num_inference_steps: int, guidance: float, seed: int) -> Image.Image:
+    """Stage 1: one grid from the stock FluxPipeline call (CPU generator seeded with `seed`)."""
+    pipe = backbone.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt=prompt, height=resolution, width=resolution, num_inference_steps=num_inference_steps,
+               guidance_scale=guidance, generator=torch.Generator(device="cpu").manual_seed(seed),
+               max_sequence_length=backbone.max_sequence_length)
+    return out.images[0]
+
+
+def make_insert_fn(backbone, prompt: str, cell: int, num_inference_steps: int, guidance: float, seed: int):
+    """Stage-2 insertion (a, b, n) -> n frames; call c uses seed + 1000 + c, so reruns are identical."""
+    from pm_lightning.inference.reference_sampling import insert_between
+
+    calls = itertools.count()
+
+    def insert_fn(a: Image.Image, b: Image.Image, n: int) -> list[Image.Image]:
+        return insert_between(backbone, a, b, prompt, n=n, cell=cell, num_inference_steps=num_inference_steps,
+                              guidance=guidance, seed=seed + 1000 + next(calls))
+
+    return insert_fn
+
+
+def stage_file(flag: Path | None, default: Path | None, what: str, make: str, notes: list[str]) -> Path | None:
+    """The flag's file (must exist), else the default when it exists, else None with a note."""
+    if flag is not None:
+        if not Path(flag).is_file():
+            raise InputError(f"{what} file {str(flag)!r} not found")
+        return Path(flag)
+    if default is not None and default.is_file():
+        return default
+    notes.append(f"no {what} LoRA ({default} missing; `{make}` writes it): the plain base is used" if default
+                 else f"no {what} LoRA given: the plain base is used")
+    return None
+
+
+def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, args, cfg, notes: list[str]):
+    """Adaptive steps on `frames` with stage-2 insertions and the evaluators; returns the AdaptiveResult."""
+    from pm_lightning.eval.encoders import Encoders
+    from pm_lightning.inference.adaptive import EncoderScorer, adapt_sequence
+
+    tiny = models.base == "tiny"
+    stage2 = stage_file(args.stage2, default_lora("stage2") if tiny else None, "stage-2", "make train-stage2", notes)
+    fuse = args.stage2_fuse or (fused_stage1("stage2") if tiny and stage2 is not None else None)
+    if fuse is not None and not Path(fuse).is_file():
+        raise InputError(f"stage-1 file fused under the stage-2 LoRA {str(fuse)!r} not found (--stage2-fuse)")
+    backbone = models.use(fuse, stage2)
+    cell = args.cell or max(16, frames[0].size[0] // 16 * 16)
+    insert_fn = make_insert_fn(backbone, prompt, cell, args.num_inference_steps, args.guidance, args.seed)
+    scorer = EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino))
+    result = adapt_sequence(frames, scorer, insert_fn, cfg, steps)
+    result.report["models"] = {"stage2": str(stage2) if stage2 else None, "stage2_fused_stage1": str(fuse) if fuse else None,
+                               "cell": cell, "clip": args.clip, "dino": args.dino}
+    return result
+
+
+def captions_for(result, steps, n: int) -> list[str]:
+    """One caption per final frame: its step text, or where it came from."""
+    if result is None:
+        return [steps[k] if steps else f"step {k + 1}" for k in range(n)]
+    out = []
+    for f in result.frames:
+        if f.origin.get("source") == "inserted":
+            a, b = f.origin["between"]
+            out.append(f"(inserted between {a} and {b}, round {f.origin['round']})")
+        else:
+            out.append(f.text or f"step {int(f.label) + 1}")
+    return out
+
+
+def default_frames(domain: str | None) -> int:
+    from pm_lightning.data.synthetic_corpus import DOMAINS
+
+    return DOMAINS.get(domain or "", 9)
+
+
+def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: list[str]):
+    """The sequence before adaptive steps: a stage-1 grid from the prompt, or ReCraft from `args.image`.
+
+    Returns (grid image, frames, the LoRA files used); a missing default LoRA means the plain base, noted.
+    """
+    from pm_lightning.data.grid import frames_to_grid, grid_to_frames, layout_for
+
+    rows, cols = layout_for(frames_n)
+    tiny = models.base == "tiny"
+    if args.image is None:
+        stage1 = stage_file(args.stage1, default_lora("stage1", args.domain) if tiny else None, "stage-1",
+                            "make train-stage1", notes)
+        grid = sample_grid(models.use(None, stage1), args.prompt, resolution, args.num_inference_steps, args.guidance, args.seed)
+        frames = grid_to_frames(grid, rows, cols)
+        used = {"stage1": str(stage1) if stage1 else None}
+    else:
+        from pm_lightning.inference.reference_sampling import recraft
+
+        recraft_file = stage_file(args.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes)
+        fuse = args.recraft_fuse or (fused_stage1("recraft") if tiny and recraft_file is not None else None)
+        backbone = models.use(fuse, recraft_file)
+        frames = recraft(backbone, Image.open(args.image).convert("RGB"), args.prompt, frames=frames_n,
+                         cell=resolution // rows, num_inference_steps=args.num_inference_steps,
+                         guidance=args.guidance, seed=args.seed)
+        grid = frames_to_grid(frames, rows, cols)
+        used = {"recraft": str(recraft_file) if recraft_file else None, "recraft_fused_stage1": str(fuse) if fuse else None,
+                "image": str(args.image)}
+    return grid, frames, used

@@ -1,0 +1,48 @@
+"""Default LoRA files for the embedded tiny model: where `make train-stage1/2/recraft` write them.
+
+Read from the tiny experiment configs (`experiments/tiny*.yaml`, found through `core.paths`), so moving a
+run root in a config moves the default here too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pm_lightning.core.paths import experiment_config, project_path
+
+CONFIGS = {"stage1": "tiny", "stage2": "tiny_stage2", "recraft": "tiny_recraft"}
+
+
+def _yaml(kind: str) -> dict:
+    """The tiny experiment config for `kind` (stage1, stage2, recraft) as a dict."""
+    import yaml
+
+    return yaml.safe_load(experiment_config(CONFIGS[kind]).read_text())
+
+
+def _project_path(value: str | None) -> Path | None:
+    return project_path(value) if value else None
+
+
+def lora_dir(kind: str) -> Path:
+    """`<trainer.default_root_dir>/lora/final` of the tiny config for `kind` (where LoraExport writes at the end)."""
+    root = _yaml(kind).get("trainer", {}).get("default_root_dir", f"runs/{CONFIGS[kind]}")
+    return _project_path(root) / "lora" / "final"
+
+
+def training_domains() -> list[str]:
+    """The stage-1 tiny config's domain list (data.domains)."""
+    return list(_yaml("stage1").get("data", {}).get("domains", []))
+
+
+def default_lora(kind: str, domain: str | None = None) -> Path:
+    """Default LoRA file: stage1 -> <domain>.safetensors (unseen.safetensors for an unknown domain), else lora.safetensors."""
+    if kind == "stage1":
+        name = domain if domain in training_domains() else "unseen"
+        return lora_dir("stage1") / f"{name}.safetensors"
+    return lora_dir(kind) / "lora.safetensors"
+
+
+def fused_stage1(kind: str) -> Path | None:
+    """The stage-1 file the tiny stage-2 / ReCraft config fuses under its LoRA (model.init_args.stage1)."""
+    return _project_path(_yaml(kind).get("model", {}).get("init_args", {}).get("stage1"))

@@ -1,0 +1,159 @@
+"""LoRA files in diffusers format: per-domain export, reading a training checkpoint's adapters, fusing a file.
+
+The exported file holds ``transformer.<module>.lora_A.weight`` (r, k) and ``transformer.<module>.lora_B.weight``
+(d, r) for every adapted Linear, no alphas: the alpha / r scale is folded into B, so diffusers'
+default (alpha = r, scale 1) reproduces the trained output exactly. Per kind:
+masked -> B diag(m_domain) (the domain's gates folded into B); asymmetric -> A with B_domain;
+lora -> A, B. A shared A (``fused_qkv``) is written once per module. Domain index -1 (``unseen``)
+exports the domain-free LoRA: all-ones mask / mean of the Bs.
+
+Checkpoint contract (written by the stage modules, a Lightning checkpoint):
+
+* ``ckpt["state_dict"]``: the adapter tensors only, keyed ``backbone.transformer.<adapter key>`` (what
+  the stage modules write), ``model.transformer.<adapter key>`` or ``transformer.<adapter key>``, where
+  ``<adapter key>`` is the module state-dict key with or without peft's adapter name
+  (``...to_q.lora_A.default.weight`` or ``...to_q.lora_A.weight``; masked gates ``...lora_gate[.default]``).
+  Other keys (no such prefix, or not adapter tensors) are ignored.
+* ``ckpt["hyper_parameters"]["adapter"]``: a dict of ``AdapterConfig`` fields.
+* ``ckpt["hyper_parameters"]["domains"]``: the domain names; their order gives the indices.
+* ``ckpt["hyper_parameters"]["base"]``: the base model: a variant name (``VARIANTS``), a local
+  diffusers pipeline directory or a hub id.
+
+Only the transformer's shape is needed to read a checkpoint, so it is built on the ``meta`` device from
+its config (no base weights are read); the adapters alone get real storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pm_lightning.data.domains import UNSEEN_DOMAIN
+from pm_lightning.models.adapters import (
+    AdapterConfig,
+    add_adapters,
+    domain_lora_state_dict,
+    load_adapter_state_dict,
+    materialize_adapters,
+    tuner_layers,
+)
+from pm_lightning.models.variants import VARIANTS
+
+PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
+_ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def export_domain_lora(transformer: nn.Module, domain: int, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write `domain`'s adapter of `transformer` as a diffusers Flux LoRA file; returns the path."""
+    from diffusers import FluxPipeline
+
+    path = Path(path)
+    sd = {k: v.to(dtype) for k, v in domain_lora_state_dict(transformer, domain).items()}
+    FluxPipeline.save_lora_weights(path.parent, transformer_lora_layers=sd, weight_name=path.name)
+    return path
+
+
+def transformer_skeleton(base: str) -> nn.Module:
+    """The base FluxTransformer2DModel on the meta device, from a variant name, pipeline directory or hub id."""
+    from diffusers import FluxTransformer2DModel
+
+    variant = VARIANTS.get(base)
+    if variant is not None and variant.transformer_config is not None:
+        config = variant.transformer_config
+    else:
+        source = variant.location() if variant is not None else base
+        config = FluxTransformer2DModel.load_config(source, subfolder="transformer")
+    with torch.device("meta"):
+        return FluxTransformer2DModel.from_config(config)
+
+
+def adapter_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter entries of a checkpoint state dict, with the transformer prefix removed."""
+    out = {}
+    for key, value in state_dict.items():
+        prefix = next((p for p in PREFIXES if key.startswith(p)), None)
+        if prefix is not None and _ADAPTER_KEY.search(key):
+            out[key[len(prefix) :]] = value
+    return out
+
+
+def domain_index_of(name: str, domains: list[str]) -> int:
+    """Index of `name` in the checkpoint's domain list; "unseen" -> -1; anything else is an error."""
+    if name == "unseen":
+        return UNSEEN_DOMAIN
+    if name not in domains:
+        raise ValueError(f"unknown domain {name!r}; the checkpoint knows {domains} (or 'unseen')")
+    return domains.index(name)
+
+
+def load_checkpoint_adapters(ckpt_path: str | Path, base: str | None = None) -> tuple[nn.Module, AdapterConfig, list[str]]:
+    """(meta transformer with the checkpoint's adapters loaded, its AdapterConfig, its domain list)."""
+    # A trusted local checkpoint: Lightning stores hyper-parameters as plain Python objects.
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    hp = ckpt.get("hyper_parameters", {})
+    missing = [k for k in ("adapter", "domains", "base") if k not in hp and not (k == "base" and base)]
+    if missing:
+        raise ValueError(f"{ckpt_path}: hyper_parameters lacks {missing} (see pm_lightning.export's docstring)")
+    cfg = AdapterConfig.from_dict(dict(hp["adapter"]))
+    transformer = transformer_skeleton(base or hp["base"])
+    with torch.device("meta"):
+        add_adapters(transformer, cfg)
+    materialize_adapters(transformer, "cpu")
+    load_adapter_state_dict(transformer, adapter_tensors(ckpt["state_dict"]))
+    return transformer, cfg, list(hp["domains"])
+
+
+STAGE1_FIX = ("run `make train-stage1` first (it writes runs/tiny/lora/final/unseen.safetensors), "
+              "or set model.init_args.stage1: null to start from the plain base")
+
+
+def check_stage1_file(path: str | Path) -> Path:
+    """The stage-1 LoRA file, or FileNotFoundError naming it and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage-1 LoRA file {str(path)!r} (model.init_args.stage1) not found: {STAGE1_FIX}")
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a file (provenance of the fused stage-1 weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def quiet_diffusers():
+    """Hide "no LoRA keys for CLIPTextModel": expected, the files are transformer-only."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def fuse_lora_file(backbone, path: str | Path, adapter_name: str = "stage1", scale: float = 1.0) -> None:
+    """Fold a diffusers-format Flux LoRA file into the transformer's base weights (diffusers' load + fuse + unload).
+
+    Must run before any adapter is injected: unloading removes every peft layer of the transformer.
+    """
+    if any(True for _ in tuner_layers(backbone.transformer)):
+        raise ValueError("fuse LoRA files before adding adapters (diffusers' unload would remove them)")
+    pipe = backbone.pipeline()
+    with quiet_diffusers():
+        pipe.load_lora_weights(str(check_stage1_file(path)), adapter_name=adapter_name)
+        pipe.fuse_lora(lora_scale=scale, adapter_names=[adapter_name])
+        pipe.unload_lora_weights()
+    backbone.requires_grad_(False)

@@ -1,0 +1,133 @@
+"""One run directory: every output under `trainer.default_root_dir`, refusal of a used directory, short runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pm_lightning import fit
+from pm_lightning.training.run_dir import RUN_OUTPUTS, RunDirectoryInUse, check_run_directory
+from tests.test_fit import small_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+
+def full_run_config(tmp_path: Path, tiny_base: str, shards: dict, root: Path) -> Path:
+    """A tiny stage-1 run with every kind of output: checkpoints, W&B (offline), LoRA exports, sample grids."""
+    path = small_config(tmp_path, tiny_base, shards, max_steps=2, every=100)  # shorter than the interval
+    cfg = yaml.safe_load(path.read_text())
+    cfg["trainer"]["default_root_dir"] = str(root)
+    cfg["trainer"]["logger"] = {
+        "class_path": "pm_lightning.training.wandb_logger.AutoWandbLogger",
+        "init_args": {"project": "pm_lightning_tests", "offline": True},
+    }
+    cfg["trainer"]["callbacks"] += [
+        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
+        {
+            "class_path": "pm_lightning.training.callbacks.SampleGrids",
+            "init_args": {
+                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
+                "every_n_steps": 0,
+                "resolution": 64,
+                "num_inference_steps": 2,
+                "at_start": False,
+            },
+        },
+    ]
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def listing(root: Path) -> dict[str, float]:
+    """Every file and its mtime; wandb-core's service log is left out: the service outlives a run inside one
+    Python process (tests run several fits in one process) and keeps appending to the first run's copy."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.name != "debug-core.log")
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.fixture
+def run_env(tmp_path, monkeypatch, tiny_base, tiny_shards):
+    """An empty working directory (to catch stray outputs) and a config whose run root is `runs/a` in it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = full_run_config(tmp_path / "cfg", tiny_base, tiny_shards, cwd / "runs" / "a")
+    return cwd, config
+
+
+def test_every_output_lands_in_the_run_directory_and_moves_with_it(run_env):
+    cwd, config = run_env
+    assert fit.main(["--config", str(config)]) == 0
+    a = cwd / "runs" / "a"
+    assert sorted(p.name for p in cwd.iterdir()) == ["runs"] and sorted(p.name for p in (cwd / "runs").iterdir()) == ["a"]
+    assert {p.name for p in a.iterdir()} == set(RUN_OUTPUTS)
+    assert (a / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (a / "lora").iterdir()) == ["final", "step-000002"]  # the end-of-run checkpoint's export
+    assert (a / "samples" / "final.png").is_file() and any((a / "wandb").iterdir())
+
+    # Lightning's own flag moves all of it; the first run is untouched
+    before = listing(a)
+    assert fit.main(["--config", str(config), "--trainer.default_root_dir", str(cwd / "runs" / "b")]) == 0
+    assert listing(a) == before
+    assert {p.name for p in (cwd / "runs" / "b").iterdir()} == set(RUN_OUTPUTS)
+    assert sorted(p.name for p in (cwd / "runs").iterdir()) == ["a", "b"]
+
+
+def test_a_run_shorter_than_the_checkpoint_interval_resumes(run_env):
+    cwd, config = run_env
+    assert fit.main(["--config", str(config)]) == 0
+    last = cwd / "runs" / "a" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert fit.main(["--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"]) == 0
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # resumed into it, no last-v1.ckpt
+    assert (cwd / "runs" / "a" / "lora" / "step-000003").is_dir()
+
+
+def test_resuming_a_directory_without_a_run_says_so(tmp_path, capsys, run_env):
+    cwd, config = run_env
+    assert fit.main(["--config", str(config), "--ckpt_path", "last"]) == 2
+    assert "no " + str(cwd / "runs" / "a" / "checkpoints" / "last.ckpt") in capsys.readouterr().err
+
+
+def test_a_new_run_refuses_a_used_directory_and_start_over_moves_it_aside(run_env, capsys):
+    cwd, config = run_env
+    assert fit.main(["--config", str(config)]) == 0
+    a = cwd / "runs" / "a"
+    before = listing(a)
+    capsys.readouterr()
+    assert fit.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(a) in err and "--ckpt_path last" in err and "--start_over true" in err
+    assert listing(a) == before  # nothing written, nothing overwritten
+
+    assert fit.main(["--config", str(config), "--start_over", "true"]) == 0
+    moved = [p for p in (cwd / "runs").iterdir() if p.name.startswith("a.prev-")]
+    assert len(moved) == 1 and listing(moved[0]) == before  # the earlier run, intact
+    assert (a / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_check_run_directory_rules(tmp_path):
+    root = tmp_path / "run"
+    assert check_run_directory(root, resuming=False, start_over=False) is None  # nothing there yet
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "samples").mkdir()
+    assert check_run_directory(root, resuming=False, start_over=False) is None  # no checkpoint: nothing to lose
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(RunDirectoryInUse, match="--ckpt_path last"):
+        check_run_directory(root, resuming=False, start_over=False)
+    assert check_run_directory(root, resuming=True, start_over=False) is None
+    moved = check_run_directory(root, resuming=False, start_over=True)
+    assert not root.exists() and (moved / "checkpoints" / "last.ckpt").read_bytes() == b"x"
+
+
+def test_saved_config_is_the_run_directory_s(run_env):
+    cwd, config = run_env
+    assert fit.main(["--config", str(config)]) == 0
+    saved = yaml.safe_load((cwd / "runs" / "a" / "config.yaml").read_text())
+    assert saved["trainer"]["default_root_dir"] == str(cwd / "runs" / "a")
+    assert json.dumps(saved["model"]["init_args"]["adapter"])  # the resolved model config is there
