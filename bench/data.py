@@ -47,13 +47,17 @@ def make_raw(root: Path, sequences: int, frames: int, px: int) -> None:
                 x, y, r = rng.uniform(0, px), rng.uniform(0, px), rng.uniform(px / 16, px / 5)
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
             img.save(seq / f"{k:02d}.png")
-        (seq / "meta.json").write_text(json.dumps({"caption": f"shapes {s}", "steps": [f"add shapes {k}" for k in range(frames)]}))
+        (seq / "meta.json").write_text(
+            json.dumps({"caption": f"shapes {s}", "steps": [f"add shapes {k}" for k in range(frames)]})
+        )
 
 
 def bench_write(raw: Path, out: Path, px: int, per_shard: int, workers: int) -> float:
     """Sequences per second for raw folder -> shards."""
     start = time.perf_counter()
-    report = write_shards(discover_folder(raw), out, ShardConfig(size=px, max_per_shard=per_shard, workers=workers), on_skip=print)
+    report = write_shards(
+        discover_folder(raw), out, ShardConfig(size=px, max_per_shard=per_shard, workers=workers), on_skip=print
+    )
     return report.total / (time.perf_counter() - start)
 
 
@@ -103,10 +107,23 @@ def bench_case(work: Path, name: str, spec: tuple, min_seconds: float) -> dict:
     row["write_w2"] = bench_write(raw, work / f"shards{px}_w2", px, sequences // 4, workers=2)
     pngs = extract_pngs(shards, work / f"png{px}")
     for workers in (0, 2):
-        dm = ProcessDataModule(str(shards), domains=["domain0"], resolution=resolution, batch_size=batch, num_workers=workers, shuffle_buffer=64)
+        dm = ProcessDataModule(
+            str(shards),
+            domains=["domain0"],
+            resolution=resolution,
+            batch_size=batch,
+            num_workers=workers,
+            shuffle_buffer=64,
+        )
         loader = dm.train_dataloader()
         # interleave baseline and DataModule so both see the same machine load
-        pairs = [(rate(lambda: bare_decode(pngs), min_seconds), rate(lambda loader=loader: datamodule_pass(loader), min_seconds)) for _ in range(2)]
+        pairs = [
+            (
+                rate(lambda: bare_decode(pngs), min_seconds),
+                rate(lambda loader=loader: datamodule_pass(loader), min_seconds),
+            )
+            for _ in range(2)
+        ]
         row[f"bare_{workers}"] = max(p[0] for p in pairs)
         row[f"read_w{workers}"] = max(p[1] for p in pairs)
     row["bare"] = max(row.pop("bare_0"), row.pop("bare_2"))
@@ -154,7 +171,8 @@ def main() -> None:
         "with one fused numpy pass per batch, hence ratios above 1 at 1024 px. With 2 workers every float batch crosses "
         "process boundaries through shared memory (about 9 ms per 7 MB), and on 2 cores already busy with other jobs the "
         "workers add no CPU: there the 0-worker figure is the one to compare; workers pay off on machines with free cores.\n\n"
-        + md + "\n"
+        + md
+        + "\n"
     )
     if not args.no_write_doc:
         write_section(section)

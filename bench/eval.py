@@ -34,7 +34,11 @@ def make_grids(count: int, frames: int, px: int) -> tuple[list, list, list]:
     """(grids, frame lists, prompts) of synthetic sequences with `frames` frames."""
     domains = [d for d in TRAIN_DOMAINS if len(generate_sequence(d, 0, 16).frames) == frames]
     seqs = [generate_sequence(domains[i % len(domains)], i, px) for i in range(count)]
-    return [frames_to_grid(s.frames, *layout_for(frames)) for s in seqs], [s.frames for s in seqs], [s.caption for s in seqs]
+    return (
+        [frames_to_grid(s.frames, *layout_for(frames)) for s in seqs],
+        [s.frames for s in seqs],
+        [s.caption for s in seqs],
+    )
 
 
 def rate(fn, items: int, min_seconds: float) -> float:
@@ -62,10 +66,14 @@ def bench_case(enc: Encoders, spec: tuple, min_seconds: float) -> dict:
 
 def table(rows: dict[str, dict]) -> str:
     """Markdown table of the figures."""
-    lines = ["| grids | CLIP score, grid only (grids/s) | CLIP score, grid + frames (grids/s) | DINO patch tokens, every frame (grids/s) |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "| grids | CLIP score, grid only (grids/s) | CLIP score, grid + frames (grids/s) | DINO patch tokens, every frame (grids/s) |",
+        "|---|---:|---:|---:|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['grid']:.1f} | {r['grid_frames']:.1f} | {r['patches']:.1f} ({r['patches'] * r['frames']:.0f} frames/s) |")
+        lines.append(
+            f"| {name} | {r['grid']:.1f} | {r['grid_frames']:.1f} | {r['patches']:.1f} ({r['patches'] * r['frames']:.0f} frames/s) |"
+        )
     return "\n".join(lines)
 
 
@@ -86,12 +94,11 @@ def main() -> None:
         f"Command: `make bench` (= `python bench/eval.py`), {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores "
         f"(shared with other jobs), {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"1 thread, {time.perf_counter() - start:.0f} s in all.\n\n"
-        "The embedded tiny evaluators (`Encoders.load(clip=\"tiny\", dino=\"tiny\")`: the tiny open_clip CLIP at 64 px "
+        'The embedded tiny evaluators (`Encoders.load(clip="tiny", dino="tiny")`: the tiny open_clip CLIP at 64 px '
         "and its visual tower's 8x8 patch tokens), batches of up to 64 images, fp32 CPU. Each figure includes PIL "
         "preprocessing (resize to 64 px, normalisation) and, for CLIP scores, the text embedding of each grid's prompt; "
         "at 1024 px most of the time is the PIL resize. Grid + frames embeds the grid and each of its frames (10 or 5 "
-        "images per grid); patch tokens are computed for every frame of a grid.\n\n"
-        + md + "\n"
+        "images per grid); patch tokens are computed for every frame of a grid.\n\n" + md + "\n"
     )
     if not args.no_write_doc:
         write_section(section)

@@ -53,8 +53,13 @@ PEAK_BF16_DENSE = (  # first substring of torch.cuda.get_device_name() that matc
     ("A6000", 155e12),
 )
 SMALL = dict(  # the CPU config: 2 double + 4 single blocks, width 4 x 32 = 128 instead of 24 x 128 = 3072
-    num_layers=2, num_single_layers=4, attention_head_dim=32, num_attention_heads=4,
-    joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=(8, 12, 12),
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,
+    pooled_projection_dim=32,
+    axes_dims_rope=(8, 12, 12),
 )
 FULL_MODEL_FLOPS, FULL_EXECUTED_FLOPS = 2.081e14, 2.843e14  # flux-dev defaults, from --flops-only --scale full
 LATENT_CHANNELS, PX_PER_TOKEN = 16, 16  # VAE: 16 channels, 8 px per latent cell; packing 2 x 2 cells per token
@@ -308,8 +313,11 @@ def measure(setup: StepSetup, steps: int, warmup: int) -> dict:
         "align_layers": module.align_layers if setup.align else [],
     }
     if cuda:
-        out.update(weights_gib=weights_gib, peak_gib=torch.cuda.max_memory_allocated(device) / 2**30,
-                   reserved_gib=torch.cuda.max_memory_reserved(device) / 2**30)
+        out.update(
+            weights_gib=weights_gib,
+            peak_gib=torch.cuda.max_memory_allocated(device) / 2**30,
+            reserved_gib=torch.cuda.max_memory_reserved(device) / 2**30,
+        )
     else:
         out["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB, whole process
     return out
@@ -357,8 +365,10 @@ def table(setup: StepSetup, r: dict) -> str:
         ("peak memory, GiB", f"{r['peak_gib']:.2f}" + (" (max_memory_allocated)" if cuda else " (process max RSS)")),
     ]
     if cuda:
-        rows += [("weights + adapters after build, GiB", f"{r['weights_gib']:.2f}"),
-                 ("peak reserved, GiB", f"{r['reserved_gib']:.2f}")]
+        rows += [
+            ("weights + adapters after build, GiB", f"{r['weights_gib']:.2f}"),
+            ("peak reserved, GiB", f"{r['reserved_gib']:.2f}"),
+        ]
     rows += [
         ("base / trainable parameters", f"{r['base']:,} / {r['trainable']:,}"),
         ("alignment layers", str(r["align_layers"]) if r["align_layers"] else "-"),
@@ -407,14 +417,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, StepSetup]:
     ap.add_argument("--peak-flops", type=float, help="peak dense bf16 FLOP/s (overrides the table by device name)")
     ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (1: steadier on a shared machine)")
     ap.add_argument("--flops-only", action="store_true", help="only count FLOPs on the meta device (no run)")
-    ap.add_argument("--write-docs", action="store_true", help="rewrite the 'FLUX.1-dev step' section of docs/BENCHMARKS.md")
+    ap.add_argument(
+        "--write-docs", action="store_true", help="rewrite the 'FLUX.1-dev step' section of docs/BENCHMARKS.md"
+    )
     args = ap.parse_args(argv)
     full = (args.scale or ("full" if torch.device(args.device).type == "cuda" else "small")) == "full"
     setup = StepSetup(
-        scale="full" if full else "small", variant=args.variant, device=args.device,
+        scale="full" if full else "small",
+        variant=args.variant,
+        device=args.device,
         precision=args.precision or ("bf16-mixed" if torch.device(args.device).type == "cuda" else "32"),
-        resolution=args.resolution or (1024 if full else 256), text_tokens=args.text_tokens or (512 if full else 32),
-        kind=args.kind, rank=args.rank or (64 if full else 16), domains=args.domains, batch=args.batch, align=not args.no_align,
+        resolution=args.resolution or (1024 if full else 256),
+        text_tokens=args.text_tokens or (512 if full else 32),
+        kind=args.kind,
+        rank=args.rank or (64 if full else 16),
+        domains=args.domains,
+        batch=args.batch,
+        align=not args.no_align,
     )
     return args, setup
 
@@ -423,12 +442,17 @@ def main(argv: list[str] | None = None) -> dict:
     args, setup = parse_args(argv)
     if torch.device(setup.device).type == "cpu":
         torch.set_num_threads(args.threads)
-    print(f"mode: {'GPU full-size' if setup.scale == 'full' else 'scaled-down'} ({setup.scale}) on {device_name(setup.device)}, "
-          f"{setup.precision}", flush=True)
+    print(
+        f"mode: {'GPU full-size' if setup.scale == 'full' else 'scaled-down'} ({setup.scale}) on {device_name(setup.device)}, "
+        f"{setup.precision}",
+        flush=True,
+    )
     if args.flops_only:
         result = {"model_flops": count_flops(setup, False), "executed_flops": count_flops(setup, True)}
-        print(f"{describe(setup)}\nmodel FLOPs per step (no recompute): {result['model_flops']:.4g}\n"
-              f"executed FLOPs per step (with recompute): {result['executed_flops']:.4g}")
+        print(
+            f"{describe(setup)}\nmodel FLOPs per step (no recompute): {result['model_flops']:.4g}\n"
+            f"executed FLOPs per step (with recompute): {result['executed_flops']:.4g}"
+        )
         return result
     try:
         result = run(setup, args.steps, args.warmup, args.peak_flops)
@@ -440,12 +464,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(setup_line + "\n\n" + body)
     if args.write_docs:
         when = f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}"
-        pending = ("" if setup.scale == "full" else
-                   "\n\nFull-size GPU figures: pending a run of the command above on a GPU. The full step's FLOPs, "
-                   "counted on the meta device (`bench/flux_step.py --flops-only --scale full`): "
-                   f"{FULL_MODEL_FLOPS:.3g} model / {FULL_EXECUTED_FLOPS:.3g} executed per step (docs/SCALING.md).")
-        write_section(f"{SECTION}\n\nCommand: `{GPU_COMMAND}` on a GPU (on CPU it runs the scaled-down config). "
-                      f"{when}.\n\n{setup_line}\n\n{body}{pending}\n")
+        pending = (
+            ""
+            if setup.scale == "full"
+            else "\n\nFull-size GPU figures: pending a run of the command above on a GPU. The full step's FLOPs, "
+            "counted on the meta device (`bench/flux_step.py --flops-only --scale full`): "
+            f"{FULL_MODEL_FLOPS:.3g} model / {FULL_EXECUTED_FLOPS:.3g} executed per step (docs/SCALING.md)."
+        )
+        write_section(
+            f"{SECTION}\n\nCommand: `{GPU_COMMAND}` on a GPU (on CPU it runs the scaled-down config). "
+            f"{when}.\n\n{setup_line}\n\n{body}{pending}\n"
+        )
         print(f"wrote the '{SECTION[3:]}' section of {BENCH_MD}")
     result["setup"] = setup
     return result

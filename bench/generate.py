@@ -77,8 +77,12 @@ def main() -> None:
     backbone = FluxBackbone.from_pretrained(source)
     seq = generate_sequence("lego", 0, 64)
     grid_s = timed(lambda: sample_grid(backbone, seq.caption, 192, args.steps, 1.0, 0), args.repeats)
-    insert_s = timed(lambda: insert_between(backbone, seq.frames[2], seq.frames[5], seq.caption, n=2, cell=64,
-                                            num_inference_steps=args.steps), args.repeats)
+    insert_s = timed(
+        lambda: insert_between(
+            backbone, seq.frames[2], seq.frames[5], seq.caption, n=2, cell=64, num_inference_steps=args.steps
+        ),
+        args.repeats,
+    )
     scorer = EncoderScorer(Encoders.load(clip="tiny", dino="tiny"))
     weights = effective_weights(AdaptiveConfig(), True)
 
@@ -89,14 +93,16 @@ def main() -> None:
 
     pair_s = timed(score_pair, max(args.repeats, 20))
     ratio = pair_s / insert_s
-    md = "\n".join([
-        "| figure | seconds | note |",
-        "|---|---:|---|",
-        f"| stage-1 grid, 192 px (3x3 of 64 px), {args.steps} steps | {grid_s:.3f} | stock FluxPipeline |",
-        f"| stage-2 insertion, 2 frames (2x2 of 64 px), {args.steps} steps | {insert_s:.3f} | `insert_between(n=2)` |",
-        f"| scoring one pair (glob + loc + sem), nothing cached | {pair_s:.4f} | {100 * ratio:.2f}% of one insertion "
-        f"(goal < 5%: {'met' if ratio < 0.05 else 'NOT met'}) |",
-    ])
+    md = "\n".join(
+        [
+            "| figure | seconds | note |",
+            "|---|---:|---|",
+            f"| stage-1 grid, 192 px (3x3 of 64 px), {args.steps} steps | {grid_s:.3f} | stock FluxPipeline |",
+            f"| stage-2 insertion, 2 frames (2x2 of 64 px), {args.steps} steps | {insert_s:.3f} | `insert_between(n=2)` |",
+            f"| scoring one pair (glob + loc + sem), nothing cached | {pair_s:.4f} | {100 * ratio:.2f}% of one insertion "
+            f"(goal < 5%: {'met' if ratio < 0.05 else 'NOT met'}) |",
+        ]
+    )
     print(md)
     section = (
         f"{SECTION}\n\n"

@@ -26,8 +26,15 @@ SECTION = "## Model core"
 
 # 2 double + 4 single blocks, hidden 4 x 32 = 128
 BENCH_TRANSFORMER = dict(
-    patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=32,
-    num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+    patch_size=1,
+    in_channels=64,
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,
+    pooled_projection_dim=32,
+    guidance_embeds=True,
     axes_dims_rope=(8, 12, 12),
 )
 BATCH, GRID, TEXT, RANK, DOMAINS = 4, 12, 32, 16, 4  # 12 x 12 image tokens = a 192 px grid
@@ -92,7 +99,9 @@ def train_step(model, inputs, domains, align: al.AlignmentConfig | None) -> Call
                 pred = model(**inputs)[0]
             loss = ((pred - target) ** 2).mean(dim=(1, 2))  # (B,)
             if align:
-                loss = loss + al.alignment_weight(inputs["timestep"], align) * al.alignment_loss(student, teacher, align.gamma)
+                loss = loss + al.alignment_weight(inputs["timestep"], align) * al.alignment_loss(
+                    student, teacher, align.gamma
+                )
             loss.mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -98,8 +98,15 @@ def run_lightning(module, batch: dict, steps: int) -> list[float]:
 
     timer = Timer()
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, gradient_clip_val=1.0, callbacks=[timer], num_sanity_val_steps=0,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
     )
     loader = torch.utils.data.DataLoader(Repeat(), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
@@ -119,8 +126,24 @@ def child(args) -> None:
 
 
 def spawn(args, mode: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--batch", str(args.batch), "--resolution", str(args.resolution), "--base", args.base, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--resolution",
+        str(args.resolution),
+        "--base",
+        args.base,
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -163,7 +186,9 @@ def main() -> None:
     text = table(results, args)
     print(text)
     if args.write_docs:
-        write_section(f"## Stage 1 loop\n\nCommand: `.venv/bin/python bench/stage1.py --write-docs` (part of `make bench`).\n\n{text}\n")
+        write_section(
+            f"## Stage 1 loop\n\nCommand: `.venv/bin/python bench/stage1.py --write-docs` (part of `make bench`).\n\n{text}\n"
+        )
 
 
 if __name__ == "__main__":

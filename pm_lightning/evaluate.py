@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the results."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=Path, required=True, help="folder of generated samples")
-    p.add_argument("--out", type=Path, default=None, help="results JSON (default SAMPLES/results.json; markdown next to it)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default SAMPLES/results.json; markdown next to it)"
+    )
     p.add_argument("--clip", default="tiny", help='"tiny", an open_clip "MODEL/PRETRAINED" or a local open_clip dir')
     p.add_argument("--dino", default="tiny", help='"tiny" or a DINOv2 hub id / local dir')
     p.add_argument("--device", default="cpu")
@@ -42,8 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.judge:
         from pm_lightning.eval.judge import Judge  # openai client only when asked for
 
-        judge = Judge.from_env(model=args.judge_model, base_url=args.judge_base_url, timeout=args.judge_timeout,
-                               cache_dir=args.judge_cache)
+        judge = Judge.from_env(
+            model=args.judge_model, base_url=args.judge_base_url, timeout=args.judge_timeout, cache_dir=args.judge_cache
+        )
     results = evaluate(args.samples, enc, judge)
     out = args.out or args.samples / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", type=Path, default=None, help="ReCraft: the finished image -> the steps before it")
     p.add_argument("--recraft", type=Path, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)")
     p.add_argument("--recraft-fuse", type=Path, default=None, help="stage-1 LoRA the ReCraft LoRA was trained on")
-    p.add_argument("--frames", type=int, choices=(4, 9), default=None,
-                   help="frames of the grid (default: the synthetic domain's count, else 9)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        choices=(4, 9),
+        default=None,
+        help="frames of the grid (default: the synthetic domain's count, else 9)",
+    )
     p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: tiny 192, else 1024 / 1056)")
     common_flags(p)
     return p.parse_args(argv)
@@ -83,9 +88,17 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "mode": "recraft" if args.image else "text",
         "steps": args.steps,
-        "settings": {"base": args.base, "frames": frames_n, "rows": rows, "cols": cols, "resolution": resolution,
-                     "num_inference_steps": args.num_inference_steps, "guidance": args.guidance,
-                     "max_sequence_length": models.backbone.max_sequence_length, "adaptive": args.adaptive},
+        "settings": {
+            "base": args.base,
+            "frames": frames_n,
+            "rows": rows,
+            "cols": cols,
+            "resolution": resolution,
+            "num_inference_steps": args.num_inference_steps,
+            "guidance": args.guidance,
+            "max_sequence_length": models.backbone.max_sequence_length,
+            "adaptive": args.adaptive,
+        },
         "models": used,
         "notes": notes,
         "adaptive": result.report if result is not None else None,

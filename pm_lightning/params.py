@@ -22,7 +22,9 @@ from pm_lightning.models.variants import VARIANTS
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pm_lightning.params", description=__doc__.split("\n")[0])
     p.add_argument("--config", action="append", default=[], help="LightningCLI YAML (repeatable; merged in order)")
-    p.add_argument("--variant", choices=sorted(VARIANTS), help="Flux variant (default flux-dev, or the config's model.base)")
+    p.add_argument(
+        "--variant", choices=sorted(VARIANTS), help="Flux variant (default flux-dev, or the config's model.base)"
+    )
     p.add_argument("--rank", type=int, help="LoRA rank (default 64, or the config's)")
     p.add_argument("--domains", type=int, help="number of domains (default 21, or the config's domain list)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

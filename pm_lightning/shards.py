@@ -15,15 +15,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pm_lightning.shards", description=__doc__)
     p.add_argument("--src", required=True, help="input root")
     p.add_argument("--out", required=True, help="output directory for shard-*.tar and index.json")
-    p.add_argument("--format", choices=("folder", "makeanything"), default="folder", help="input layout (default: folder)")
-    p.add_argument("--frames", type=int, choices=(9, 4), default=9, help="makeanything: frames per grid, 9 -> 3x3, 4 -> 2x2")
-    p.add_argument("--order", choices=ORDERS, default="s", help="makeanything: 's' = row 0 left-to-right (ours); 'reverse-s' = row 0 right-to-left (ɔ)")
-    p.add_argument("--domain-names", default=None, help="makeanything: comma-separated names for --lora_up_cur indices 0,1,...")
+    p.add_argument(
+        "--format", choices=("folder", "makeanything"), default="folder", help="input layout (default: folder)"
+    )
+    p.add_argument(
+        "--frames", type=int, choices=(9, 4), default=9, help="makeanything: frames per grid, 9 -> 3x3, 4 -> 2x2"
+    )
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="s",
+        help="makeanything: 's' = row 0 left-to-right (ours); 'reverse-s' = row 0 right-to-left (ɔ)",
+    )
+    p.add_argument(
+        "--domain-names", default=None, help="makeanything: comma-separated names for --lora_up_cur indices 0,1,..."
+    )
     p.add_argument("--size", type=int, default=64, help="frame side in px (default 64)")
     p.add_argument("--pad", choices=PAD_MODES, default="white", help="fill for non-square frames (default white)")
     p.add_argument("--max-per-shard", type=int, default=1000, help="samples per tar (default 1000)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="rendering processes")
-    p.add_argument("--shuffle-seed", type=int, default=0, help="seed of the write-order permutation; -1 keeps sorted key order")
+    p.add_argument(
+        "--shuffle-seed", type=int, default=0, help="seed of the write-order permutation; -1 keeps sorted key order"
+    )
     p.add_argument("--strict", action="store_true", help="any skipped input is an error; nothing is written")
     return p.parse_args(argv)
 

@@ -23,8 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-steps", type=int, default=pretrain.PretrainConfig.vae_steps)
     p.add_argument("--steps", type=int, default=pretrain.PretrainConfig.steps, help="transformer steps")
     p.add_argument("--quick", action="store_true", help="tiny pools and a few steps (smoke test of the recipe)")
-    p.add_argument("--samples", type=Path, default=Path("docs/tiny-flux-samples.png"),
-                   help="where to draw the sample sheet; 'none' to skip")
+    p.add_argument(
+        "--samples",
+        type=Path,
+        default=Path("docs/tiny-flux-samples.png"),
+        help="where to draw the sample sheet; 'none' to skip",
+    )
     args = p.parse_args(argv)
     cfg = pretrain.PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps)
     if args.quick:

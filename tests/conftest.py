@@ -40,7 +40,9 @@ def tiny_shards(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("shards")
     out = {}
     for split, seed, extra in (("train", 0, ["--no-held-out"]), ("val", 1, [])):
-        synth.main(["--out", str(root / "synth" / split), "--per-domain", "4", "--size", "32", "--seed", str(seed), *extra])
+        synth.main(
+            ["--out", str(root / "synth" / split), "--per-domain", "4", "--size", "32", "--seed", str(seed), *extra]
+        )
         assert shards.main(["--src", str(root / "synth" / split), "--out", str(root / split), "--size", "32"]) == 0
         out[split] = str(root / split)
     return out

@@ -24,4 +24,7 @@ class DumpAdapters(Callback):
         out = Path(os.environ["PM_DUMP_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().clone() for k, v in adapter_state_dict(pl_module.transformer).items()}
-        torch.save({"step": trainer.global_step, "weights": weights, "batch_keys": self.batch_keys}, out / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"step": trainer.global_step, "weights": weights, "batch_keys": self.batch_keys},
+            out / f"rank{trainer.global_rank}.pt",
+        )

@@ -32,7 +32,9 @@ def image_ids(h: int, w: int) -> torch.Tensor:
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).float()
 
 
-def random_inputs(model: FluxTransformer2DModel, batch: int = 2, h: int = 3, w: int = 3, txt: int = 5, seed: int = 1) -> dict:
+def random_inputs(
+    model: FluxTransformer2DModel, batch: int = 2, h: int = 3, w: int = 3, txt: int = 5, seed: int = 1
+) -> dict:
     """Forward kwargs for `model` with an h x w grid of image tokens and `txt` text tokens."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config

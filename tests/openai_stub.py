@@ -48,12 +48,16 @@ class OpenAIStub:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                reply = stub._next({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                reply = stub._next(
+                    {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                )
                 time.sleep(reply.delay)
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                 if reply.status != 200:
-                    return self._send(reply.status, {"error": {"message": f"scripted {reply.status}", "type": "server_error"}})
+                    return self._send(
+                        reply.status, {"error": {"message": f"scripted {reply.status}", "type": "server_error"}}
+                    )
                 self._send(200, completion(body.get("model", "stub"), reply.content))
 
             def _send(self, status: int, payload: dict) -> None:

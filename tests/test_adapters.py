@@ -52,7 +52,14 @@ def run(m, inputs, domains) -> torch.Tensor:
 
 def sample(inputs: dict, i: int) -> dict:
     """Inputs of sample i alone (batch 1)."""
-    return {k: (v[i : i + 1] if k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance") else v) for k, v in inputs.items()}
+    return {
+        k: (
+            v[i : i + 1]
+            if k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance")
+            else v
+        )
+        for k, v in inputs.items()
+    }
 
 
 def copy_lora_into(src, dst, transform=lambda k, v: v) -> None:
@@ -111,7 +118,10 @@ def test_masked_gradient_reaches_only_the_selected_domain_gates():
             assert gate.shape == (3, round(0.3 * RANK))
             assert gate.grad[2].abs().sum() > 0 and gate.grad[:2].abs().sum() == 0
             own = {id(p) for p in layer.parameters()} - {id(p) for p in layer.base_layer.parameters()}
-            assert sum(p.numel() for p in layer.parameters() if id(p) in own) == RANK * (layer.in_features + layer.out_features) + gate.numel()
+            assert (
+                sum(p.numel() for p in layer.parameters() if id(p) in own)
+                == RANK * (layer.in_features + layer.out_features) + gate.numel()
+            )
 
 
 @pytest.mark.parametrize("kind", ["lora", "masked", "asymmetric"])
@@ -239,7 +249,15 @@ def test_set_domains_validates():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("kind", "moe"), ("rank", 0), ("alpha", -1.0), ("num_domains", 0), ("target_modules", []), ("mask_fraction", 1.5), ("mask_l1", -0.1)],
+    [
+        ("kind", "moe"),
+        ("rank", 0),
+        ("alpha", -1.0),
+        ("num_domains", 0),
+        ("target_modules", []),
+        ("mask_fraction", 1.5),
+        ("mask_l1", -0.1),
+    ],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"AdapterConfig.{field}"):

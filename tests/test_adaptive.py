@@ -31,7 +31,9 @@ from pm_lightning.inference.adaptive import (
 from pm_lightning.inference.calibrate import best_split
 
 HAVE_TINY_EVAL = (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file()
-needs_tiny_eval = pytest.mark.skipif(not HAVE_TINY_EVAL, reason=f"tiny evaluators missing ({tiny_eval_dir()}; `make tiny-eval`)")
+needs_tiny_eval = pytest.mark.skipif(
+    not HAVE_TINY_EVAL, reason=f"tiny evaluators missing ({tiny_eval_dir()}; `make tiny-eval`)"
+)
 
 
 # ---------------------------------------------------------------- Delta terms
@@ -118,7 +120,9 @@ def test_flags_and_config_file_build_the_config(tmp_path):
     p = argparse.ArgumentParser()
     add_config_flags(p)
     (tmp_path / "a.yaml").write_text("k1: 1.5\nmax_frames: 12\n")
-    cfg = config_from_args(p.parse_args(["--adaptive-config", str(tmp_path / "a.yaml"), "--max-frames", "14", "--add-floor", "0.4"]))
+    cfg = config_from_args(
+        p.parse_args(["--adaptive-config", str(tmp_path / "a.yaml"), "--max-frames", "14", "--add-floor", "0.4"])
+    )
     assert (cfg.k1, cfg.max_frames, cfg.add_floor, cfg.w_glob) == (1.5, 14, 0.4, 0.6)
     assert config_from_args(p.parse_args([])) == AdaptiveConfig()
 
@@ -257,7 +261,9 @@ def test_loop_deletes_a_duplicate():
 def test_loop_is_bounded_by_rounds_and_frames():
     frames = [flat(0), flat(200)]
     copies = lambda a, b, n: [a.copy() for _ in range(n)]  # noqa: E731  a bad inserter: the jump never closes
-    res = adapt_sequence(frames, AngleScorer(), copies, AdaptiveConfig(add_floor=0.08, del_ceiling=0.0, max_rounds=3, max_frames=6))
+    res = adapt_sequence(
+        frames, AngleScorer(), copies, AdaptiveConfig(add_floor=0.08, del_ceiling=0.0, max_rounds=3, max_frames=6)
+    )
     assert len(res.report["rounds"]) <= 3 and 2 <= len(res.images) <= 6
     assert reds(res.images)[0] == 0 and reds(res.images)[-1] == 200
 
@@ -308,10 +314,12 @@ def test_ground_truth_smooth_sequences_are_left_unchanged(scorer, domain):
 
 
 @needs_tiny_eval
-@pytest.mark.parametrize("domain,index,k", [("garden", 0, 7), ("garden", 1, 6), ("sketch", 1, 4), ("cake", 1, 1), ("pixel_art", 0, 1)])
+@pytest.mark.parametrize(
+    "domain,index,k", [("garden", 0, 7), ("garden", 1, 6), ("sketch", 1, 4), ("cake", 1, 1), ("pixel_art", 0, 1)]
+)
 def test_ground_truth_missing_frame_gets_an_insertion_at_that_pair(scorer, domain, index, k):
     seq = truth(domain, index)
-    frames = seq.frames[:k] + seq.frames[k + 1:]
+    frames = seq.frames[:k] + seq.frames[k + 1 :]
     res = adapt_sequence(frames, scorer, lambda a, b, n: [seq.frames[k]] * n)
     assert [(d["action"], d["pair"]) for d in applied(res)] == [("insert", k - 1)], res.report["rounds"][0]
     assert res.images[k] is seq.frames[k]
@@ -323,7 +331,7 @@ def test_ground_truth_duplicate_frame_is_deleted(scorer, domain, index, k):
     from pm_lightning.inference.calibrate import near_duplicate
 
     seq = truth(domain, index)
-    frames = seq.frames[:k + 1] + [near_duplicate(seq.frames[k])] + seq.frames[k + 1:]
+    frames = seq.frames[: k + 1] + [near_duplicate(seq.frames[k])] + seq.frames[k + 1 :]
     res = adapt_sequence(frames, scorer, lambda *a: pytest.fail("no insertion expected"))
     edits = applied(res)
     assert [(d["action"], d["frame"] in (k, k + 1)) for d in edits] == [("delete", True)], res.report["rounds"][0]

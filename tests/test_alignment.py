@@ -70,8 +70,12 @@ def test_resolve_layers_tiny_values_and_explicit():
 
 def test_config_validation_names_field():
     assert al.AlignmentConfig().resolve(57) == [4, 9, 14, 19, 29]
-    for kwargs, field in [(dict(lambda0=-1), "lambda0"), (dict(gamma=-0.1), "gamma"),
-                          (dict(schedule="nope"), "schedule"), (dict(layers=[1, 1]), "layers")]:
+    for kwargs, field in [
+        (dict(lambda0=-1), "lambda0"),
+        (dict(gamma=-0.1), "gamma"),
+        (dict(schedule="nope"), "schedule"),
+        (dict(layers=[1, 1]), "layers"),
+    ]:
         with pytest.raises(ValueError, match=f"AlignmentConfig.{field}"):
             al.AlignmentConfig(**kwargs)
 
@@ -122,8 +126,12 @@ def test_alignment_loss_is_mean_over_layers():
 
 @pytest.mark.parametrize(
     "name, values",
-    [("constant", (1, 1, 1)), ("linear", (1, 0.5, 0)), ("cosine", (1, math.sqrt(0.5), 0)),
-     ("sigmoid", (1 / (1 + math.exp(-5)), 0.5, 1 / (1 + math.exp(5))))],
+    [
+        ("constant", (1, 1, 1)),
+        ("linear", (1, 0.5, 0)),
+        ("cosine", (1, math.sqrt(0.5), 0)),
+        ("sigmoid", (1 / (1 + math.exp(-5)), 0.5, 1 / (1 + math.exp(5)))),
+    ],
 )
 def test_schedules(name, values):
     t = torch.tensor([0.0, 0.5, 1.0])
@@ -146,8 +154,10 @@ def test_teacher_early_stop_matches_full_pass_and_skips_later_blocks():
     with adapters_disabled(model), torch.no_grad(), al.capture_features(model, layers) as full:
         model(**inputs)
     calls = {i: 0 for i in range(N_BLOCKS)}
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
-               for i, b in enumerate(al.align_blocks(model))]
+    handles = [
+        b.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, b in enumerate(al.align_blocks(model))
+    ]
     handles.append(model.proj_out.register_forward_hook(lambda m, a, o: calls.__setitem__("out", 1)))
     teacher = al.teacher_features(model, inputs, layers)
     for h in handles:

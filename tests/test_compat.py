@@ -59,7 +59,9 @@ def test_extras_fail_with_an_install_hint(monkeypatch):
 
     assert extras.require("math", "a test") is __import__("math")
     monkeypatch.setitem(extras.EXTRAS, "no_such_module_pm", "deepspeed")
-    with pytest.raises(extras.MissingExtra, match=r"the DeepSpeed strategy needs .*pip install 'pm_lightning\[deepspeed\]'"):
+    with pytest.raises(
+        extras.MissingExtra, match=r"the DeepSpeed strategy needs .*pip install 'pm_lightning\[deepspeed\]'"
+    ):
         extras.require("no_such_module_pm", "the DeepSpeed strategy")
 
 

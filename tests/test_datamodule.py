@@ -36,7 +36,15 @@ def grid_png(rows: int, cols: int, seed: int) -> bytes:
 
 def sample(key: str, domain: str, rows: int = 3, cols: int = 3, seed: int = 0) -> dict:
     """One shard sample in the project's format."""
-    meta = {"caption": f"a {domain}", "domain": domain, "rows": rows, "cols": cols, "frames": rows * cols, "steps": [f"s{k}" for k in range(rows * cols)], "source": key}
+    meta = {
+        "caption": f"a {domain}",
+        "domain": domain,
+        "rows": rows,
+        "cols": cols,
+        "frames": rows * cols,
+        "steps": [f"s{k}" for k in range(rows * cols)],
+        "source": key,
+    }
     return {"__key__": key, "grid.png": grid_png(rows, cols, seed), "json": json.dumps(meta).encode()}
 
 
@@ -53,13 +61,17 @@ def write_shards(out: Path, per_shard: list[list[dict]], index: bool = True) -> 
     if index:
         flat = [json.loads(s["json"]) for shard in per_shard for s in shard if "json" in s]
         layouts = Counter(f"{m['rows']}x{m['cols']}" for m in flat)
-        (out / "index.json").write_text(json.dumps({"total": len(flat), "domains": Counter(m["domain"] for m in flat), "layouts": layouts}))
+        (out / "index.json").write_text(
+            json.dumps({"total": len(flat), "domains": Counter(m["domain"] for m in flat), "layouts": layouts})
+        )
     return paths
 
 
 def corpus(out: Path, shards: int = 3, per_shard: int = 5, **kw) -> list[str]:
     """`shards` shards of clay/lego samples with unique keys."""
-    data = [[sample(f"s{i}_{j}", ("clay", "lego")[j % 2], seed=i * 10 + j) for j in range(per_shard)] for i in range(shards)]
+    data = [
+        [sample(f"s{i}_{j}", ("clay", "lego")[j % 2], seed=i * 10 + j) for j in range(per_shard)] for i in range(shards)
+    ]
     return write_shards(out, data, **kw)
 
 
@@ -87,7 +99,9 @@ def test_batch_contract(tmp_path):
 
 def test_unseen_domain_index(tmp_path):
     corpus(tmp_path, shards=1)
-    dm = ProcessDataModule(str(tmp_path), domains=["clay"], resolution=48, batch_size=5, num_workers=0, shuffle_buffer=0)
+    dm = ProcessDataModule(
+        str(tmp_path), domains=["clay"], resolution=48, batch_size=5, num_workers=0, shuffle_buffer=0
+    )
     batch = next(iter(dm.train_dataloader()))
     expected = [0 if n == "clay" else UNSEEN_DOMAIN for n in batch["domain_name"]]
     assert batch["domain"].tolist() == expected and UNSEEN_DOMAIN in expected and "lego" in batch["domain_name"]
@@ -102,7 +116,9 @@ def test_domains_default_to_index(tmp_path):
 
 def test_two_workers_see_every_sample_once_per_epoch(tmp_path):
     corpus(tmp_path, shards=4, per_shard=5)
-    dm = ProcessDataModule(str(tmp_path), domains=["clay"], resolution=48, batch_size=3, num_workers=2, shuffle_buffer=8)
+    dm = ProcessDataModule(
+        str(tmp_path), domains=["clay"], resolution=48, batch_size=3, num_workers=2, shuffle_buffer=8
+    )
     loader = dm.train_dataloader()
     expected = sorted(f"s{i}_{j}" for i in range(4) for j in range(5))
     first, second = keys_of(loader), keys_of(loader)
@@ -112,7 +128,15 @@ def test_two_workers_see_every_sample_once_per_epoch(tmp_path):
 
 def test_validation_is_finite_and_deterministic(tmp_path):
     corpus(tmp_path / "val", shards=2)
-    dm = ProcessDataModule(str(tmp_path / "val"), val_shards=str(tmp_path / "val"), domains=["clay"], resolution=48, batch_size=4, num_workers=2, resampled=True)
+    dm = ProcessDataModule(
+        str(tmp_path / "val"),
+        val_shards=str(tmp_path / "val"),
+        domains=["clay"],
+        resolution=48,
+        batch_size=4,
+        num_workers=2,
+        resampled=True,
+    )
     loader = dm.val_dataloader()
     first = keys_of(loader)
     assert sorted(first) == sorted(f"s{i}_{j}" for i in range(2) for j in range(5))
@@ -135,7 +159,9 @@ def corrupt_shards(tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_members_are_skipped_and_counted(tmp_path, workers):
     corrupt_shards(tmp_path)
-    dm = ProcessDataModule(str(tmp_path), domains=["lego"], resolution=48, batch_size=2, num_workers=workers, shuffle_buffer=0)
+    dm = ProcessDataModule(
+        str(tmp_path), domains=["lego"], resolution=48, batch_size=2, num_workers=workers, shuffle_buffer=0
+    )
     with pytest.warns(CorruptSampleWarning) if workers == 0 else _no_check():
         keys = keys_of(dm.train_dataloader())
     assert sorted(keys) == ["good0", "good1", "good2", "good3"]
@@ -170,9 +196,21 @@ def imbalanced(tmp_path: Path, index: bool) -> None:
 @pytest.mark.parametrize("index", [True, False])
 def test_balanced_sampling_is_roughly_uniform(tmp_path, index):
     imbalanced(tmp_path, index)
-    kw = dict(domains=["big", "small"], resolution=16, batch_size=20, num_workers=0, resampled=True, samples_per_epoch=400, shuffle_buffer=50)
+    kw = dict(
+        domains=["big", "small"],
+        resolution=16,
+        batch_size=20,
+        num_workers=0,
+        resampled=True,
+        samples_per_epoch=400,
+        shuffle_buffer=50,
+    )
     plain = Counter(n for b in ProcessDataModule(str(tmp_path), **kw).train_dataloader() for n in b["domain_name"])
-    balanced = Counter(n for b in ProcessDataModule(str(tmp_path), balance_domains=True, **kw).train_dataloader() for n in b["domain_name"])
+    balanced = Counter(
+        n
+        for b in ProcessDataModule(str(tmp_path), balance_domains=True, **kw).train_dataloader()
+        for n in b["domain_name"]
+    )
     assert sum(plain.values()) == sum(balanced.values()) == 400
     assert plain["small"] / 400 < 0.15
     assert 0.38 < balanced["small"] / 400 < 0.62
@@ -180,7 +218,15 @@ def test_balanced_sampling_is_roughly_uniform(tmp_path, index):
 
 def test_resampled_epoch_length(tmp_path):
     corpus(tmp_path, shards=2)
-    dm = ProcessDataModule(str(tmp_path), domains=["clay"], resolution=48, batch_size=4, num_workers=2, resampled=True, samples_per_epoch=40)
+    dm = ProcessDataModule(
+        str(tmp_path),
+        domains=["clay"],
+        resolution=48,
+        batch_size=4,
+        num_workers=2,
+        resampled=True,
+        samples_per_epoch=40,
+    )
     loader = dm.train_dataloader()
     assert len(loader) == 10
     assert len(keys_of(loader)) == 40
@@ -239,7 +285,15 @@ def _keys(batches) -> list[list[str]]:
 def test_loader_resumes_mid_epoch_exactly(tmp_path, workers):
     """State after k batches, loaded into a fresh loader, continues with the straight run's batches."""
     corpus(tmp_path / "s", shards=4, per_shard=6)
-    kw = dict(domains=["a", "b"], resolution=48, batch_size=2, num_workers=workers, shuffle_buffer=4, resampled=True, samples_per_epoch=16)
+    kw = dict(
+        domains=["a", "b"],
+        resolution=48,
+        batch_size=2,
+        num_workers=workers,
+        shuffle_buffer=4,
+        resampled=True,
+        samples_per_epoch=16,
+    )
 
     def loader():
         dm = ProcessDataModule(str(tmp_path / "s"), **kw)
@@ -263,7 +317,15 @@ def test_loader_resumes_mid_epoch_exactly(tmp_path, workers):
 
 def test_loader_state_at_epoch_end_starts_the_next_epoch(tmp_path):
     corpus(tmp_path / "s", shards=2, per_shard=6)
-    kw = dict(domains=["a", "b"], resolution=48, batch_size=2, num_workers=0, shuffle_buffer=4, resampled=True, samples_per_epoch=8)
+    kw = dict(
+        domains=["a", "b"],
+        resolution=48,
+        batch_size=2,
+        num_workers=0,
+        shuffle_buffer=4,
+        resampled=True,
+        samples_per_epoch=8,
+    )
     dm = ProcessDataModule(str(tmp_path / "s"), **kw)
     straight = dm.train_dataloader()
     _keys(straight)

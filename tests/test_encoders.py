@@ -10,8 +10,10 @@ from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence,
 from pm_lightning.eval.encoders import EncoderNotFound, Encoders
 from pm_lightning.tiny.evaluators import EVAL_SPLIT_SEED, zero_shot_prompt
 
-pytestmark = pytest.mark.skipif(not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file(),
-                                reason="data/tiny-eval missing: run `make tiny-eval`")
+pytestmark = pytest.mark.skipif(
+    not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file(),
+    reason="data/tiny-eval missing: run `make tiny-eval`",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,16 @@ def test_dinov2_path_loads_a_local_transformers_model(tmp_path, enc):
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             image_size=56, patch_size=14)).save_pretrained(tmp_path / "dino")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=56,
+            patch_size=14,
+        )
+    ).save_pretrained(tmp_path / "dino")
     e = Encoders.load(clip="tiny", dino=str(tmp_path / "dino"))
     images = [generate_sequence("cake", 1).frames[-1], generate_sequence("lego", 1).frames[-1]]
     tok = e.patch_tokens(images)

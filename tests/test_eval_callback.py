@@ -65,7 +65,9 @@ class FakeModule(torch.nn.Module):
 
 
 def trainer(tmp_path: Path, loggers=(), step: int = 10, rank_zero: bool = True):
-    return SimpleNamespace(global_step=step, loggers=list(loggers), default_root_dir=str(tmp_path), is_global_zero=rank_zero)
+    return SimpleNamespace(
+        global_step=step, loggers=list(loggers), default_root_dir=str(tmp_path), is_global_zero=rank_zero
+    )
 
 
 def grids() -> list[Image.Image]:
@@ -86,9 +88,16 @@ def test_scores_json_and_per_domain_metrics(tmp_path):
     assert report["step"] == 10 and [r["domain"] for r in report["rows"]] == ["lego", "lego", "painting"]
     clip = [r["clip_score"] for r in report["rows"]]
     assert all(0 < c <= 100 for c in clip)
-    assert report["rows"][0] == {"domain": "lego", "prompt": "a red lego tower", "clip_score": clip[0],
-                                 "accuracy": None, "coherence": None, "usability": None, "judge_error": None}
-    (metrics, step), = rec.calls
+    assert report["rows"][0] == {
+        "domain": "lego",
+        "prompt": "a red lego tower",
+        "clip_score": clip[0],
+        "accuracy": None,
+        "coherence": None,
+        "usability": None,
+        "judge_error": None,
+    }
+    ((metrics, step),) = rec.calls
     assert step == 10
     assert metrics["eval/lego/clip_score"] == pytest.approx((clip[0] + clip[1]) / 2)
     assert metrics["eval/painting/clip_score"] == pytest.approx(clip[2])
@@ -111,8 +120,14 @@ def test_domain_metrics_skip_missing_scores():
         {"domain": "b", "clip_score": 10.0, "coherence": 2.0},
     ]
     m = domain_metrics(rows)
-    assert m == {"eval/a/clip_score": 25.0, "eval/a/coherence": 4.0, "eval/b/clip_score": 10.0,
-                 "eval/b/coherence": 2.0, "eval/mean/clip_score": 17.5, "eval/mean/coherence": 3.0}
+    assert m == {
+        "eval/a/clip_score": 25.0,
+        "eval/a/coherence": 4.0,
+        "eval/b/clip_score": 10.0,
+        "eval/b/coherence": 2.0,
+        "eval/mean/clip_score": 17.5,
+        "eval/mean/coherence": 3.0,
+    }
 
 
 def test_render_saves_png_and_json_on_rank_zero_only(tmp_path, monkeypatch):

@@ -12,10 +12,23 @@ from pm_lightning.core.paths import tiny_eval_dir
 from pm_lightning.data.grid import frames_to_grid, layout_for
 from pm_lightning.data.synthetic_corpus import generate_sequence
 
-pytestmark = pytest.mark.skipif(not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file(),
-                                reason="data/tiny-eval missing: run `make tiny-eval`")
-SAMPLE_KEYS = {"sample", "domain", "prompt", "frames", "proxy_target", "align", "clip_frames", "monotonicity_clip",
-               "evenness_clip", "monotonicity_pixel", "evenness_pixel"}
+pytestmark = pytest.mark.skipif(
+    not (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file(),
+    reason="data/tiny-eval missing: run `make tiny-eval`",
+)
+SAMPLE_KEYS = {
+    "sample",
+    "domain",
+    "prompt",
+    "frames",
+    "proxy_target",
+    "align",
+    "clip_frames",
+    "monotonicity_clip",
+    "evenness_clip",
+    "monotonicity_pixel",
+    "evenness_pixel",
+}
 
 
 def write_sample(folder: Path, domain: str, seed: int, ground_truth: bool) -> None:
@@ -50,8 +63,15 @@ def test_cli_writes_table_and_json(samples, tmp_path, capsys):
     evaluate.main(["--samples", str(samples), "--out", str(out)])
     data = json.loads(out.read_text())
     assert set(data) >= {"columns", "domains", "mean", "samples", "skipped", "encoders", "markdown"}
-    assert list(data["columns"]) == ["align", "clip_frames", "monotonicity_clip", "evenness_clip",
-                                     "monotonicity_pixel", "evenness_pixel", "gt_similarity"]
+    assert list(data["columns"]) == [
+        "align",
+        "clip_frames",
+        "monotonicity_clip",
+        "evenness_clip",
+        "monotonicity_pixel",
+        "evenness_pixel",
+        "gt_similarity",
+    ]
     assert set(data["domains"]) == {"cake", "lego"} and data["domains"]["cake"]["n"] == 2
     assert len(data["samples"]) == 4 and all(SAMPLE_KEYS <= set(s) for s in data["samples"])
     assert len(data["skipped"]) == 1 and "domain" in data["skipped"][0]["reason"]
@@ -75,14 +95,31 @@ def test_cli_with_judge_adds_its_columns(samples, tmp_path, monkeypatch):
         def score(self, grid, prompt):
             self.calls.append(prompt)
             ok = "cake" in prompt
-            return judge_mod.JudgeResult(4.0 if ok else None, 5.0 if ok else None, 3.0 if ok else None,
-                                         error=None if ok else "request failed: timed out")
+            return judge_mod.JudgeResult(
+                4.0 if ok else None,
+                5.0 if ok else None,
+                3.0 if ok else None,
+                error=None if ok else "request failed: timed out",
+            )
 
     seen = {}
     monkeypatch.setattr(judge_mod.Judge, "from_env", classmethod(lambda cls, **kw: seen.update(kw) or FakeJudge()))
     out = tmp_path / "judged.json"
-    data = evaluate.main(["--samples", str(samples), "--out", str(out), "--judge", "--judge-model", "m",
-                          "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-timeout", "3"])
+    data = evaluate.main(
+        [
+            "--samples",
+            str(samples),
+            "--out",
+            str(out),
+            "--judge",
+            "--judge-model",
+            "m",
+            "--judge-base-url",
+            "http://127.0.0.1:9/v1",
+            "--judge-timeout",
+            "3",
+        ]
+    )
     assert seen["model"] == "m" and seen["base_url"] == "http://127.0.0.1:9/v1" and seen["timeout"] == 3.0
     assert {"accuracy", "coherence", "usability"} <= set(data["columns"])
     assert data["domains"]["cake"]["coherence"] == 5.0 and data["domains"]["lego"]["coherence"] is None

@@ -57,7 +57,10 @@ def test_exported_lora_loads_in_flux_pipeline_and_matches(tmp_path, kind):
         out_file = tmp_path / f"{name}.safetensors"
         main(["--ckpt", str(tmp_path / "last.ckpt"), "--domain", name, "--out", str(out_file)])
         file_keys = set(load_file(str(out_file)))
-        assert all(k.startswith("transformer.") and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")) for k in file_keys)
+        assert all(
+            k.startswith("transformer.") and (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight"))
+            for k in file_keys
+        )
         pipe = stock_pipeline(out_file)
         loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="exported")
         assert {f"transformer.{k}" for k in loaded} == file_keys  # no missing, no unexpected keys

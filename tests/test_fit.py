@@ -81,7 +81,10 @@ def test_print_config_works_for_every_experiment(config, capsys):
         fit.main(["--config", config, "--print_config"])
     assert exit_.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] in ("pm_lightning.training.stage1.Stage1Module", "pm_lightning.training.stage2.Stage2Module")
+    assert printed["model"]["class_path"] in (
+        "pm_lightning.training.stage1.Stage1Module",
+        "pm_lightning.training.stage2.Stage2Module",
+    )
     assert printed["data"]["domains"] and "domains" not in printed["model"]["init_args"]  # linked from data
 
 
@@ -118,10 +121,19 @@ def test_flux_dev_config_without_weights_stops_with_instructions(tmp_path):
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pm_lightning.fit", "--config", "experiments/fabric_toys.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
-    for needle in ("black-forest-labs/FLUX.1-dev", "huggingface-cli login", "HF_HOME", "local diffusers-format directory"):
+    for needle in (
+        "black-forest-labs/FLUX.1-dev",
+        "huggingface-cli login",
+        "HF_HOME",
+        "local diffusers-format directory",
+    ):
         assert needle in proc.stderr
     assert not (REPO / "runs" / "fabric_toys" / "checkpoints").exists()
 
@@ -179,11 +191,22 @@ def test_two_process_ddp_ends_with_identical_adapters(tmp_path, tiny_base, tiny_
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PM_DUMP_DIR=str(tmp_path / "dump"))
     proc = subprocess.run(
         [
-            sys.executable, "-m", "pm_lightning.fit", "--config", str(cfg),
-            "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            sys.executable,
+            "-m",
+            "pm_lightning.fit",
+            "--config",
+            str(cfg),
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
             "--trainer.callbacks+=tests.ddp_probe.DumpAdapters",
         ],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0 = torch.load(tmp_path / "dump" / "rank0.pt")
@@ -218,7 +241,9 @@ def test_logs_loss_terms_lambda_lr_and_grad_norm(tmp_path, tiny_base, tiny_shard
     import csv
 
     cfg = small_config(tmp_path, tiny_base, tiny_shards, max_steps=3, every=100)
-    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s"}}' % (tmp_path / "csv")
+    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s"}}' % (
+        tmp_path / "csv"
+    )
     assert fit.main(["--config", str(cfg), "--trainer.logger", logger, "--trainer.log_every_n_steps", "1"]) == 0
     rows = list(csv.DictReader(open(next((tmp_path / "csv").rglob("metrics.csv")))))
     logged = {k for row in rows for k, v in row.items() if v}
@@ -230,9 +255,23 @@ def test_validation_loss_is_logged_per_domain_held_out_ones_included(tmp_path, t
     import csv
 
     cfg = small_config(tmp_path, tiny_base, tiny_shards, max_steps=1, every=100)
-    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s"}}' % (tmp_path / "csv")
-    args = ["--config", str(cfg), "--trainer.logger", logger, "--data.val_shards", tiny_shards["val"],
-            "--data.val_batch_size", "12", "--trainer.limit_val_batches", "3", "--validate_first", "true"]
+    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s"}}' % (
+        tmp_path / "csv"
+    )
+    args = [
+        "--config",
+        str(cfg),
+        "--trainer.logger",
+        logger,
+        "--data.val_shards",
+        tiny_shards["val"],
+        "--data.val_batch_size",
+        "12",
+        "--trainer.limit_val_batches",
+        "3",
+        "--validate_first",
+        "true",
+    ]
     assert fit.main(args) == 0
     rows = list(csv.DictReader(open(next((tmp_path / "csv").rglob("metrics.csv")))))
     logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("val/")}

@@ -46,7 +46,16 @@ def test_cpu_mode_runs_and_reports(fs, counts):
         result = fs.main(["--device", "cpu", "--steps", "1", "--warmup", "1", "--peak-flops", "1e12"])
     text = out.getvalue()
     assert "scaled-down" in text and "| seconds per step (median) |" in text
-    for key in ("sec_per_step", "peak_gib", "model_flops", "executed_flops", "achieved_flops", "mfu", "hfu", "trainable"):
+    for key in (
+        "sec_per_step",
+        "peak_gib",
+        "model_flops",
+        "executed_flops",
+        "achieved_flops",
+        "mfu",
+        "hfu",
+        "trainable",
+    ):
         assert result[key] > 0, key
     assert (result["executed_flops"], result["model_flops"]) == (counts["executed"], counts["model"])
     assert result["executed_flops"] > result["model_flops"]  # recomputation under checkpointing

@@ -30,15 +30,34 @@ def lora_file(tiny_base, tmp_path_factory):
     t = FluxTransformer2DModel.from_pretrained(tiny_base, subfolder="transformer")
     t.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
     out = tmp_path_factory.mktemp("lora")
-    FluxPipeline.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(t), weight_name="lora.safetensors")
+    FluxPipeline.save_lora_weights(
+        out, transformer_lora_layers=get_peft_model_state_dict(t), weight_name="lora.safetensors"
+    )
     return out / "lora.safetensors"
 
 
 @pytest.fixture(scope="module")
 def generated(tiny_base, lora_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "lego"
-    generate.main(["--base", tiny_base, "--stage1", str(lora_file), "--prompt", PROMPT, "--domain", "lego",
-                   "--seed", "7", *FAST, "--steps", *[f"brick {k}" for k in range(1, 10)], "--out", str(out)])
+    generate.main(
+        [
+            "--base",
+            tiny_base,
+            "--stage1",
+            str(lora_file),
+            "--prompt",
+            PROMPT,
+            "--domain",
+            "lego",
+            "--seed",
+            "7",
+            *FAST,
+            "--steps",
+            *[f"brick {k}" for k in range(1, 10)],
+            "--out",
+            str(out),
+        ]
+    )
     return out
 
 
@@ -51,10 +70,15 @@ def stock_grid(tiny_base, lora_file, report: dict) -> np.ndarray:
     if lora_file is not None:
         pipe.load_lora_weights(str(lora_file))
     s = report["settings"]
-    image = pipe(prompt=report["prompt"], height=s["resolution"], width=s["resolution"],
-                 num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance"],
-                 generator=torch.Generator("cpu").manual_seed(report["seed"]),
-                 max_sequence_length=s["max_sequence_length"]).images[0]
+    image = pipe(
+        prompt=report["prompt"],
+        height=s["resolution"],
+        width=s["resolution"],
+        num_inference_steps=s["num_inference_steps"],
+        guidance_scale=s["guidance"],
+        generator=torch.Generator("cpu").manual_seed(report["seed"]),
+        max_sequence_length=s["max_sequence_length"],
+    ).images[0]
     return np.asarray(image)
 
 
@@ -85,8 +109,24 @@ def test_recraft_from_a_finished_image(tiny_base, tmp_path):
     seq = generate_sequence("cake", 3, 32)
     seq.frames[-1].save(tmp_path / "cake.png")
     out = tmp_path / "recraft"
-    generate.main(["--base", tiny_base, "--prompt", seq.caption, "--image", str(tmp_path / "cake.png"), "--frames", "4",
-                   "--num-inference-steps", "2", "--resolution", "64", "--out", str(out)])
+    generate.main(
+        [
+            "--base",
+            tiny_base,
+            "--prompt",
+            seq.caption,
+            "--image",
+            str(tmp_path / "cake.png"),
+            "--frames",
+            "4",
+            "--num-inference-steps",
+            "2",
+            "--resolution",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["mode"] == "recraft" and report["settings"]["frames"] == 4
     assert any("ReCraft" in n and "plain base" in n for n in report["notes"])
@@ -102,14 +142,30 @@ def test_bad_steps_count_is_refused(tiny_base, tmp_path):
 def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_file, tmp_path):
     from pm_lightning.data.synthetic_corpus import generate_sequence, sequence_seed
 
-    seq = generate_sequence("garden", sequence_seed(1, "garden", 0), 64)  # a gap the tiny evaluators see (test_adaptive)
+    seq = generate_sequence(
+        "garden", sequence_seed(1, "garden", 0), 64
+    )  # a gap the tiny evaluators see (test_adaptive)
     (tmp_path / "gap").mkdir()
     for k, frame in enumerate(seq.frames[:7] + seq.frames[8:]):
         frame.save(tmp_path / "gap" / f"{k:02d}.png")
     (tmp_path / "gap" / "meta.json").write_text(json.dumps({"caption": seq.caption}))  # no step texts
     out = tmp_path / "adapted"
-    adapt.main(["--frames", str(tmp_path / "gap"), "--base", tiny_base, "--stage2", str(lora_file), "--max-rounds", "1",
-                "--num-inference-steps", "2", "--out", str(out)])
+    adapt.main(
+        [
+            "--frames",
+            str(tmp_path / "gap"),
+            "--base",
+            tiny_base,
+            "--stage2",
+            str(lora_file),
+            "--max-rounds",
+            "1",
+            "--num-inference-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["prompt"] == seq.caption and report["adaptive"]["sem_dropped"]
     rnd = report["adaptive"]["rounds"][0]
@@ -139,8 +195,28 @@ def test_tiny_defaults_follow_the_experiment_configs(tmp_path):
 @needs_tiny_eval
 def test_generate_adaptive_switches_from_the_stage1_to_the_stage2_lora(tiny_base, lora_file, tmp_path):
     out = tmp_path / "adaptive"
-    generate.main(["--base", tiny_base, "--stage1", str(lora_file), "--stage2", str(lora_file), "--prompt", PROMPT,
-                   *FAST, "--adaptive", "--max-rounds", "1", "--add-floor", "0.001", "--del-ceiling", "0", "--out", str(out)])
+    generate.main(
+        [
+            "--base",
+            tiny_base,
+            "--stage1",
+            str(lora_file),
+            "--stage2",
+            str(lora_file),
+            "--prompt",
+            PROMPT,
+            *FAST,
+            "--adaptive",
+            "--max-rounds",
+            "1",
+            "--add-floor",
+            "0.001",
+            "--del-ceiling",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads((out / "report.json").read_text())
     rnd = report["adaptive"]["rounds"][0]
     assert report["adaptive"]["sem_dropped"] and rnd["weights"]["sem"] == 0 and len(rnd["pairs"]) == 8

@@ -21,7 +21,17 @@ def grid(color: str = "red") -> Image.Image:
 
 def judge(stub: OpenAIStub, **kw) -> Judge:
     """Short time-out and back-off so the whole file runs in seconds."""
-    return Judge(**{"model": "gpt-4o", "base_url": stub.base_url, "api_key": KEY, "timeout": 2.0, "max_retries": 2, "backoff": 0.05, **kw})
+    return Judge(
+        **{
+            "model": "gpt-4o",
+            "base_url": stub.base_url,
+            "api_key": KEY,
+            "timeout": 2.0,
+            "max_retries": 2,
+            "backoff": 0.05,
+            **kw,
+        }
+    )
 
 
 def test_success_sends_image_data_url_prompt_and_key():
@@ -63,7 +73,10 @@ def test_client_error_is_not_retried():
     assert len(stub.requests) == 1 and "BadRequestError 400" in result.error
 
 
-@pytest.mark.parametrize("answer", ["The sequence is fine, 4 out of 5.", '{"Accuracy": 7, "Coherence": 5, "Usability": 4}', '{"Accuracy": "good"}'])
+@pytest.mark.parametrize(
+    "answer",
+    ["The sequence is fine, 4 out of 5.", '{"Accuracy": 7, "Coherence": 5, "Usability": 4}', '{"Accuracy": "good"}'],
+)
 def test_malformed_answer_is_recorded_not_raised(answer):
     with OpenAIStub([Reply(answer)]) as stub:
         result = judge(stub).score(grid(), "p")
@@ -100,7 +113,11 @@ def test_code_fenced_json_is_accepted():
     fenced = 'Here you go:\n```json\n{"Accuracy": 5, "Coherence": 4.5, "Usability": 4}\n```'
     with OpenAIStub([Reply(fenced)]) as stub:
         assert judge(stub).score(grid(), "p") == JudgeResult(5.0, 4.5, 4.0)
-    assert parse_scores('```\n{"accuracy": 1, "coherence": 1, "usability": 1}\n```') == {"accuracy": 1.0, "coherence": 1.0, "usability": 1.0}
+    assert parse_scores('```\n{"accuracy": 1, "coherence": 1, "usability": 1}\n```') == {
+        "accuracy": 1.0,
+        "coherence": 1.0,
+        "usability": 1.0,
+    }
     assert parse_scores('Scores: {"Accuracy": 3, "Coherence": 2, "Usability": 1} as asked.')["coherence"] == 2.0
 
 

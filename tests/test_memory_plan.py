@@ -16,8 +16,15 @@ from pm_lightning.models.adapters import AdapterConfig
 from pm_lightning.training import memory_estimate as mp
 
 SMALL = dict(
-    patch_size=1, in_channels=64, num_layers=2, num_single_layers=4, attention_head_dim=32,
-    num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True,
+    patch_size=1,
+    in_channels=64,
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,
+    pooled_projection_dim=32,
+    guidance_embeds=True,
     axes_dims_rope=(8, 12, 12),
 )
 WORK = mp.Workload(tokens=4608, text_tokens=512, batch=1, align_layers=5)
@@ -67,11 +74,22 @@ def test_sharding_divides_where_it_should(small_shape):
         assert eight[name][opt] == math.ceil(one[name][opt] / 8)
     # activations and the gathered working set do not shrink with more GPUs
     for name in mp.STRATEGIES:
-        for key in ("activations: block checkpoints", "activations: one block backward", "alignment features", "gathered params (bf16)"):
+        for key in (
+            "activations: block checkpoints",
+            "activations: one block backward",
+            "alignment features",
+            "gathered params (bf16)",
+        ):
             assert eight[name][key] == one[name][key]
     # SHARD_GRAD_OP keeps every unit gathered; FULL_SHARD only two units (+ root)
-    assert eight["fsdp_shard_grad_op"]["gathered params (bf16)"] == (small_shape.base_params + small_shape.adapter_params) * 2
-    assert eight["fsdp_full_shard"]["gathered params (bf16)"] == (2 * small_shape.largest_unit + small_shape.root_params) * 2
+    assert (
+        eight["fsdp_shard_grad_op"]["gathered params (bf16)"]
+        == (small_shape.base_params + small_shape.adapter_params) * 2
+    )
+    assert (
+        eight["fsdp_full_shard"]["gathered params (bf16)"]
+        == (2 * small_shape.largest_unit + small_shape.root_params) * 2
+    )
 
 
 def test_came_state_is_exact_for_a_small_module():

@@ -13,7 +13,9 @@ def test_came_is_default_with_paper_hyperparameters():
     opt = build_optimizer([p], OptimizerConfig())
     assert isinstance(opt, CAME)
     group = opt.param_groups[0]
-    assert group["lr"] == 1e-4 and tuple(group["betas"]) == (0.9, 0.999, 0.9999) and tuple(group["eps"]) == (1e-30, 1e-16)
+    assert (
+        group["lr"] == 1e-4 and tuple(group["betas"]) == (0.9, 0.999, 0.9999) and tuple(group["eps"]) == (1e-30, 1e-16)
+    )
 
 
 def test_came_and_adamw_both_reduce_a_quadratic():

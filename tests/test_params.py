@@ -45,7 +45,9 @@ def test_kinds_are_ordered(flux_dev):
 
 
 def test_tiny_counts_and_table():
-    counts = count_parameters("flux-dev", AdapterConfig(rank=1, num_domains=2, target_modules=["proj_out"]), kinds=("lora",))
+    counts = count_parameters(
+        "flux-dev", AdapterConfig(rank=1, num_domains=2, target_modules=["proj_out"]), kinds=("lora",)
+    )
     # 38 single-block proj_out Linears (15360 -> 3072) at rank 1
     assert counts["trainable"]["lora"] == 38 * (15360 + 3072)
     assert "lora" in format_table(counts)
@@ -54,6 +56,8 @@ def test_tiny_counts_and_table():
 def test_read_configs(tmp_path):
     a = tmp_path / "a.yaml"
     b = tmp_path / "b.yaml"
-    a.write_text("model:\n  init_args:\n    base: flux-dev\n    adapter: {kind: masked, rank: 32}\ndata:\n  domains: [x]\n")
+    a.write_text(
+        "model:\n  init_args:\n    base: flux-dev\n    adapter: {kind: masked, rank: 32}\ndata:\n  domains: [x]\n"
+    )
     b.write_text("data:\n  domains: [x, y, z]\n")
     assert read_configs([str(a), str(b)]) == ("flux-dev", {"kind": "masked", "rank": 32}, 3)

@@ -11,8 +11,16 @@ from pm_lightning.training.precision import base_dtype, parse_dtype
 
 @pytest.mark.parametrize(
     ("precision", "expected"),
-    [("32-true", torch.float32), ("32", torch.float32), (None, torch.float32), ("bf16-mixed", torch.bfloat16),
-     ("bf16-true", torch.bfloat16), ("16-mixed", torch.float16), ("16-true", torch.float16), ("64-true", torch.float32)],
+    [
+        ("32-true", torch.float32),
+        ("32", torch.float32),
+        (None, torch.float32),
+        ("bf16-mixed", torch.bfloat16),
+        ("bf16-true", torch.bfloat16),
+        ("16-mixed", torch.float16),
+        ("16-true", torch.float16),
+        ("64-true", torch.float32),
+    ],
 )
 def test_precision_decides_the_base_dtype(precision, expected):
     assert base_dtype(precision, SingleDeviceStrategy("cpu")) == expected

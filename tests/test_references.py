@@ -43,10 +43,17 @@ def test_four_frame_sequences_give_the_whole_sequence_and_gap_one_is_consecutive
 
 
 def test_selection_generator_depends_on_seed_step_rank_only():
-    draw = lambda *a: [select_dual_frames(9, 2, selection_generator(*a)), torch.rand(4, generator=selection_generator(*a))]
+    draw = lambda *a: [
+        select_dual_frames(9, 2, selection_generator(*a)),
+        torch.rand(4, generator=selection_generator(*a)),
+    ]
     a, b = draw(0, 5, 0), draw(0, 5, 0)
     assert a[0] == b[0] and torch.equal(a[1], b[1])
-    assert not torch.equal(draw(0, 6, 0)[1], a[1]) and not torch.equal(draw(0, 5, 1)[1], a[1]) and not torch.equal(draw(1, 5, 0)[1], a[1])
+    assert (
+        not torch.equal(draw(0, 6, 0)[1], a[1])
+        and not torch.equal(draw(0, 5, 1)[1], a[1])
+        and not torch.equal(draw(1, 5, 0)[1], a[1])
+    )
 
 
 def labelled_grid(rows: int, cols: int, cell_tokens: int) -> torch.Tensor:
@@ -56,11 +63,14 @@ def labelled_grid(rows: int, cols: int, cell_tokens: int) -> torch.Tensor:
     return tensor_frames_to_grid(frames, rows, cols)[None]
 
 
-@pytest.mark.parametrize("mode,rows,cols,cell_tokens,expected_cell", [
-    ("dual", 2, 2, 4, [(0, 0), (1, 0)]),  # top left and bottom left
-    ("recraft", 3, 3, 4, [(2, 2)]),  # bottom right
-    ("recraft", 2, 2, 6, [(1, 0)]),  # bottom left: the last serpentine cell, in training and inference alike
-])
+@pytest.mark.parametrize(
+    "mode,rows,cols,cell_tokens,expected_cell",
+    [
+        ("dual", 2, 2, 4, [(0, 0), (1, 0)]),  # top left and bottom left
+        ("recraft", 3, 3, 4, [(2, 2)]),  # bottom right
+        ("recraft", 2, 2, 6, [(1, 0)]),  # bottom left: the last serpentine cell, in training and inference alike
+    ],
+)
 def test_token_masks_pick_exactly_the_reference_cells(mode, rows, cols, cell_tokens, expected_cell):
     positions = reference_positions(mode, rows, cols)
     assert [serpentine_cells(rows, cols)[k] for k in positions] == expected_cell

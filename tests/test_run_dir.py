@@ -63,10 +63,15 @@ def test_every_output_lands_in_the_run_directory_and_moves_with_it(run_env):
     cwd, config = run_env
     assert fit.main(["--config", str(config)]) == 0
     a = cwd / "runs" / "a"
-    assert sorted(p.name for p in cwd.iterdir()) == ["runs"] and sorted(p.name for p in (cwd / "runs").iterdir()) == ["a"]
+    assert sorted(p.name for p in cwd.iterdir()) == ["runs"] and sorted(p.name for p in (cwd / "runs").iterdir()) == [
+        "a"
+    ]
     assert {p.name for p in a.iterdir()} == set(RUN_OUTPUTS)
     assert (a / "checkpoints" / "last.ckpt").is_file()
-    assert sorted(p.name for p in (a / "lora").iterdir()) == ["final", "step-000002"]  # the end-of-run checkpoint's export
+    assert sorted(p.name for p in (a / "lora").iterdir()) == [
+        "final",
+        "step-000002",
+    ]  # the end-of-run checkpoint's export
     assert (a / "samples" / "final.png").is_file() and any((a / "wandb").iterdir())
 
     # Lightning's own flag moves all of it; the first run is untouched

@@ -35,7 +35,7 @@ def test_clip_score_matches_torchmetrics_formula_and_clips_at_zero():
 def test_pairwise_distance_metrics():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     assert torch.allclose(pairwise_distance(a, torch.tensor([1.0, 0.0])), torch.tensor([0.0, 1.0]))
-    assert torch.allclose(pairwise_distance(a, torch.zeros(2), "l2"), torch.tensor([1.0, 2.0]) / 2 ** 0.5)
+    assert torch.allclose(pairwise_distance(a, torch.zeros(2), "l2"), torch.tensor([1.0, 2.0]) / 2**0.5)
     with pytest.raises(ValueError, match="unknown metric"):
         pairwise_distance(a, a, "manhattan")
 

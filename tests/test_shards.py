@@ -26,7 +26,9 @@ def colour(domain: int, seq: int, k: int) -> tuple[int, int, int]:
     return (40 * domain + 10, 20 * seq + 5, 25 * k + 3)
 
 
-def make_sequence(root: Path, domain: str, seq: str, colours: list, caption: str | None = "a cat", steps=None, size=(SIZE, SIZE)) -> Path:
+def make_sequence(
+    root: Path, domain: str, seq: str, colours: list, caption: str | None = "a cat", steps=None, size=(SIZE, SIZE)
+) -> Path:
     """Write one raw sequence folder with solid-colour frames."""
     path = root / domain / seq
     path.mkdir(parents=True)
@@ -224,7 +226,17 @@ def test_nothing_valid_exits_non_zero_and_writes_nothing(tmp_path):
     raw = tmp_path / "raw"
     make_bad_inputs(raw)
     proc = subprocess.run(
-        [sys.executable, "-m", "pm_lightning.shards", "--src", str(raw), "--out", str(tmp_path / "out"), "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "pm_lightning.shards",
+            "--src",
+            str(raw),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+        ],
         capture_output=True,
         text=True,
     )

@@ -15,7 +15,9 @@ from tests.conftest import TRAIN_DOMAINS
 
 @pytest.fixture(scope="module")
 def batch(tiny_shards) -> dict:
-    dm = ProcessDataModule(tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16)
+    dm = ProcessDataModule(
+        tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16
+    )
     return next(iter(dm.train_dataloader()))
 
 

@@ -30,7 +30,9 @@ CELL = 32  # 64-px 2x2 grids: fast
 
 @pytest.fixture(scope="module")
 def batch(tiny_shards) -> dict:
-    dm = ProcessDataModule(tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16)
+    dm = ProcessDataModule(
+        tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16
+    )
     return next(iter(dm.train_dataloader()))
 
 
@@ -50,8 +52,16 @@ def stage1_file(tiny_base, tmp_path_factory) -> str:
 
 
 def make_module(tiny_base, stage1=None, mode="dual", **kw) -> Stage2Module:
-    module = Stage2Module(base=tiny_base, domains=TRAIN_DOMAINS, stage1=stage1, adapter=AdapterConfig(kind="lora", rank=4),
-                          mode=mode, cell=CELL, optimizer=OptimizerConfig(name="adamw", lr=1e-3), **kw)
+    module = Stage2Module(
+        base=tiny_base,
+        domains=TRAIN_DOMAINS,
+        stage1=stage1,
+        adapter=AdapterConfig(kind="lora", rank=4),
+        mode=mode,
+        cell=CELL,
+        optimizer=OptimizerConfig(name="adamw", lr=1e-3),
+        **kw,
+    )
     module.configure_model()
     return module
 
@@ -69,8 +79,10 @@ def dual(tiny_base, stage1_file) -> Stage2Module:
 
 def perturbed_output(module, where: torch.Tensor, delta: float = 3.0):
     """A forward hook adding `delta` to the transformer's prediction at tokens `where` (B, N)."""
+
     def hook(mod, args, kwargs, out):
         return (out[0] + delta * where.unsqueeze(-1).to(out[0]), *out[1:])
+
     return module.transformer.register_forward_hook(hook, with_kwargs=True)
 
 
@@ -88,7 +100,9 @@ def test_loss_ignores_the_prediction_in_reference_cells(dual, batch):
 
 def test_reference_cells_of_xt_are_exactly_clean(dual, batch):
     seen = {}
-    handle = dual.transformer.register_forward_pre_hook(lambda m, a, kw: seen.update(xt=kw["hidden_states"]), with_kwargs=True)
+    handle = dual.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.update(xt=kw["hidden_states"]), with_kwargs=True
+    )
     try:
         mask = dual.losses(batch, step=7)["mask"]
     finally:
@@ -119,7 +133,7 @@ def test_recraft_masks_the_last_serpentine_cell_of_each_sequence(tiny_base, batc
         tok = 96 // 16
         r, c = serpentine_cells(rows, cols)[-1]
         rect = torch.zeros(tok, tok, dtype=torch.bool)
-        rect[r * tok // rows:(r + 1) * tok // rows, c * tok // cols:(c + 1) * tok // cols] = True
+        rect[r * tok // rows : (r + 1) * tok // rows, c * tok // cols : (c + 1) * tok // cols] = True
         assert torch.equal(mask[i], rect.flatten())
     terms = module.losses(batch, step=0)
     assert terms["fm"].shape == (4,) and torch.isfinite(terms["fm"]).all()
@@ -143,8 +157,16 @@ def transformer_output(backbone, transformer, seed=0):
     ids = torch.stack([torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], -1)  # (16, 3): a 4x4 token grid
     embeds, pooled, txt_ids = backbone.encode_text(["a lego tower"])
     guidance = torch.ones(1) if transformer.config.guidance_embeds else None
-    return transformer(hidden_states=torch.randn(1, 16, 64, generator=g), timestep=torch.tensor([0.5]), guidance=guidance,
-                       pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
+    return transformer(
+        hidden_states=torch.randn(1, 16, 64, generator=g),
+        timestep=torch.tensor([0.5]),
+        guidance=guidance,
+        pooled_projections=pooled,
+        encoder_hidden_states=embeds,
+        txt_ids=txt_ids,
+        img_ids=ids,
+        return_dict=False,
+    )[0]
 
 
 def test_stage1_fuse_changes_the_base_as_the_unfused_lora_does(tiny_base, stage1_file, dual):
@@ -167,8 +189,15 @@ def test_missing_stage1_file_names_the_file_and_the_fix(tmp_path):
     assert str(missing) in str(err.value) and "stage1: null" in str(err.value)
 
 
-@pytest.mark.parametrize("kw,key", [(dict(mode="triple"), "mode"), (dict(cell=40), "cell"), (dict(max_gap=0), "max_gap"),
-                                    (dict(adapter=AdapterConfig(kind="masked")), "adapter.kind")])
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        (dict(mode="triple"), "mode"),
+        (dict(cell=40), "cell"),
+        (dict(max_gap=0), "max_gap"),
+        (dict(adapter=AdapterConfig(kind="masked")), "adapter.kind"),
+    ],
+)
 def test_bad_settings_fail_at_construction_naming_the_key(kw, key):
     with pytest.raises(ValueError, match=key.split(".")[-1]):
         Stage2Module(**kw)
@@ -185,7 +214,9 @@ def frame(value: float, cell: int = CELL):
 
 def test_inference_keeps_reference_latents_exact_and_frames_up_to_the_vae(dual):
     refs = {0: frame(-0.5), 3: frame(0.5)}
-    latents, x_ref, mask = sample_reference_latents(dual.backbone, "a lego tower", refs, 2, 2, CELL, num_inference_steps=3)
+    latents, x_ref, mask = sample_reference_latents(
+        dual.backbone, "a lego tower", refs, 2, 2, CELL, num_inference_steps=3
+    )
     assert torch.equal(latents[0, mask], x_ref[0, mask].to(latents))
     frames = sample_with_references(dual.backbone, "a lego tower", refs, 2, 2, CELL, num_inference_steps=3)
     assert len(frames) == 4 and all(f.size == (CELL, CELL) for f in frames)
@@ -201,7 +232,9 @@ def test_insert_between_and_recraft_shapes(dual):
     two = insert_between(dual.backbone, a, b, "a lego tower", n=2, cell=CELL, num_inference_steps=2)
     one = insert_between(dual.backbone, a, b, "a lego tower", n=1, cell=CELL, num_inference_steps=2)
     assert len(two) == 2 and len(one) == 1
-    assert np.array_equal(np.asarray(one[0]), np.asarray(two[0])) or np.array_equal(np.asarray(one[0]), np.asarray(two[1]))
+    assert np.array_equal(np.asarray(one[0]), np.asarray(two[0])) or np.array_equal(
+        np.asarray(one[0]), np.asarray(two[1])
+    )
     for frames in (9, 4):
         out = recraft(dual.backbone, frame(0.3, 48), "a lego tower", frames=frames, cell=CELL, num_inference_steps=2)
         assert len(out) == frames and all(f.size == (CELL, CELL) for f in out)
@@ -213,9 +246,18 @@ def test_insert_between_and_recraft_shapes(dual):
 def stage2_config(tmp_path, tiny_base, shards, stage1, max_steps, mode="dual"):
     path = small_config(tmp_path, tiny_base, shards, max_steps=max_steps, every=1)
     cfg = yaml.safe_load(path.read_text())
-    cfg["model"] = {"class_path": "pm_lightning.training.stage2.Stage2Module", "init_args": {
-        "base": tiny_base, "stage1": stage1, "mode": mode, "cell": CELL, "max_gap": 2,
-        "adapter": {"kind": "lora", "rank": 4}, "optimizer": {"name": "came", "lr": 1e-3}}}
+    cfg["model"] = {
+        "class_path": "pm_lightning.training.stage2.Stage2Module",
+        "init_args": {
+            "base": tiny_base,
+            "stage1": stage1,
+            "mode": mode,
+            "cell": CELL,
+            "max_gap": 2,
+            "adapter": {"kind": "lora", "rank": 4},
+            "optimizer": {"name": "came", "lr": 1e-3},
+        },
+    }
     cfg["trainer"]["callbacks"].append({"class_path": "pm_lightning.training.callbacks.LoraExport"})
     path.write_text(yaml.safe_dump(cfg))
     return path

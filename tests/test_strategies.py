@@ -50,7 +50,9 @@ def test_fsdp_keeps_one_dtype_per_unit_without_a_hand_override():
         assert "dtype" not in (model.get("init_args") or {}), config
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install '.[deepspeed]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install '.[deepspeed]')"
+)
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_configs_build_their_zero_stage(stage):
     strategy = strategy_from(f"experiments/strategies/deepspeed_zero{stage}.yaml")

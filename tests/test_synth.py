@@ -77,7 +77,9 @@ def test_content_accumulates(domain, size):
 
 def test_other_sizes_draw_the_same_picture():
     for domain in DOMAINS:
-        coarse = lambda size, domain=domain: pixels(generate_sequence(domain, 5, size).frames[-1].resize((8, 8), Image.BOX)).astype(int)
+        coarse = lambda size, domain=domain: pixels(
+            generate_sequence(domain, 5, size).frames[-1].resize((8, 8), Image.BOX)
+        ).astype(int)
         diff = np.abs(coarse(32) - coarse(256)).mean()
         assert diff < 20, (domain, diff)  # one layout in relative coordinates, whatever the size
 
@@ -121,7 +123,19 @@ def tree_files(root: Path) -> dict[str, bytes]:
 def test_cli_writes_the_raw_folder_layout(tmp_path):
     out = tmp_path / "corpus"
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # a different hash seed must not change the corpus
-    cmd = [sys.executable, "-m", "pm_lightning.synth", "--out", str(out), "--per-domain", "2", "--size", "32", "--seed", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pm_lightning.synth",
+        "--out",
+        str(out),
+        "--per-domain",
+        "2",
+        "--size",
+        "32",
+        "--seed",
+        "4",
+    ]
     subprocess.run(cmd, check=True, cwd=REPO, env=env, capture_output=True)
     assert sorted(p.name for p in out.iterdir()) == sorted(DOMAINS)
     for domain, frames in DOMAINS.items():
@@ -140,7 +154,9 @@ def test_cli_writes_the_raw_folder_layout(tmp_path):
 
 
 def test_write_corpus_subset_and_unknown_domain(tmp_path):
-    assert write_corpus(tmp_path, per_domain=1, domains=HELDOUT_DOMAINS, progress=False) == {d: 1 for d in HELDOUT_DOMAINS}
+    assert write_corpus(tmp_path, per_domain=1, domains=HELDOUT_DOMAINS, progress=False) == {
+        d: 1 for d in HELDOUT_DOMAINS
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(HELDOUT_DOMAINS)
     with pytest.raises(ValueError, match="unknown synthetic domain"):
         generate_sequence("watercolour", 0)

@@ -22,8 +22,15 @@ def test_stock_flux_pipeline_loads_and_generates_64px():
 
     pipe = FluxPipeline.from_pretrained(str(tiny_flux_dir()))
     pipe.set_progress_bar_config(disable=True)
-    image = pipe(CAPTION, height=64, width=64, num_inference_steps=4, guidance_scale=1.0, max_sequence_length=32,
-                 generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipe(
+        CAPTION,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        max_sequence_length=32,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
     assert image.size == (64, 64)
     assert np.asarray(image).std() > 5  # a picture, not a flat colour
 
@@ -43,7 +50,7 @@ def test_tokenizers_load_offline_with_autotokenizer(monkeypatch):
     assert clip_tok.model_max_length == 77 and t5_tok.model_max_length == 32
     ids = t5_tok(CAPTION, padding="max_length", max_length=32, truncation=True).input_ids
     n = len(CAPTION.replace(".", " .").replace(":", " :").split())
-    assert ids[n] == EOS_ID == t5_tok.eos_token_id and ids[n + 1:] == [PAD_ID] * (31 - n)
+    assert ids[n] == EOS_ID == t5_tok.eos_token_id and ids[n + 1 :] == [PAD_ID] * (31 - n)
     assert t5_tok.unk_token_id not in ids
     assert t5_tok.batch_decode([ids], skip_special_tokens=True)[0].startswith("a garden of four red flowers")
     clip_cfg = CLIPTextConfig.from_pretrained(tiny_flux_dir() / "text_encoder")
@@ -88,8 +95,21 @@ def test_builder_runs_a_reduced_recipe(tmp_path):
 
     from pm_lightning.tiny_base import main
 
-    main(["--out", str(tmp_path / "tiny"), "--quick", "--vae-steps", "2", "--steps", "2", "--samples", "none",
-          "--threads", str(torch.get_num_threads())])
+    main(
+        [
+            "--out",
+            str(tmp_path / "tiny"),
+            "--quick",
+            "--vae-steps",
+            "2",
+            "--steps",
+            "2",
+            "--samples",
+            "none",
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+    )
     pipe = FluxPipeline.from_pretrained(str(tmp_path / "tiny"))
     assert pipe.vae.config.scaling_factor != 1.0
     assert (tmp_path / "tiny" / "README.md").is_file()

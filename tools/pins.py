@@ -1,7 +1,7 @@
 """Dependency files that must agree with pyproject.toml: constraints.txt (exact CI versions) and environment.yml.
 
-    python tools/pins.py --write   # constraints.txt from this environment, environment.yml from pyproject.toml
-    python tools/pins.py --check   # fail when either has drifted (make lint runs this)
+python tools/pins.py --write   # constraints.txt from this environment, environment.yml from pyproject.toml
+python tools/pins.py --check   # fail when either has drifted (make lint runs this)
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def environment_yml() -> str:
 
 def frozen() -> str:
     """This environment's exact versions (the editable project itself left out)."""
-    out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True, capture_output=True, text=True
+    )
     pins = sorted((line for line in out.stdout.splitlines() if "==" in line), key=str.lower)
     head = "# Exact versions CI tests (`make constraints` rewrites this from .venv); `make setup` installs with it.\n"
     return head + "\n".join(pins) + "\n"
@@ -80,7 +82,9 @@ def problems() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--write", action="store_true", help="rewrite constraints.txt (from this environment) and environment.yml")
+    p.add_argument(
+        "--write", action="store_true", help="rewrite constraints.txt (from this environment) and environment.yml"
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when either file has drifted")
     args = p.parse_args(argv)
     if args.write:

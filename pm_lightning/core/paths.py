@@ -29,7 +29,9 @@ def project_home() -> Path:
     if os.environ.get(ENV):
         home = Path(os.environ[ENV]).expanduser().resolve()
         if not home.is_dir():
-            raise ProjectFilesNotFound(f"{ENV}={os.environ[ENV]!r} is not a directory: point it at a pm_lightning checkout")
+            raise ProjectFilesNotFound(
+                f"{ENV}={os.environ[ENV]!r} is not a directory: point it at a pm_lightning checkout"
+            )
         return home
     checkout = Path(__file__).resolve().parents[2]  # <checkout>/pm_lightning/core/paths.py
     for candidate in (checkout, Path.cwd()):

@@ -59,8 +59,10 @@ def load_clip(spec: str, device: str, root: Path | None = None) -> _Clip:
     if spec == TINY:
         clip_dir = Path(root or tiny_eval_dir()) / "clip"
         if not (clip_dir / "open_clip_config.json").is_file():
-            raise EncoderNotFound(f"the embedded tiny CLIP is missing: looked for {clip_dir}/open_clip_config.json; "
-                                  f"build it with `make tiny-eval`")
+            raise EncoderNotFound(
+                f"the embedded tiny CLIP is missing: looked for {clip_dir}/open_clip_config.json; "
+                f"build it with `make tiny-eval`"
+            )
         name, pretrained, looked = f"local-dir:{clip_dir}", None, f"{clip_dir}"
     elif spec.startswith(("hf-hub:", "local-dir:")):
         name, pretrained, looked = spec, None, spec
@@ -100,8 +102,10 @@ def load_dino(spec: str, device: str, clip: _Clip | None) -> tuple[torch.nn.Modu
     if spec == TINY:
         visual = getattr(clip.model, "visual", None) if clip is not None else None
         if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
-            raise ValueError("dino='tiny' takes the patch tokens of the CLIP's open_clip ViT visual tower, and this CLIP "
-                             "has none: use clip='tiny' or give a DINOv2 model (e.g. dino='facebook/dinov2-base')")
+            raise ValueError(
+                "dino='tiny' takes the patch tokens of the CLIP's open_clip ViT visual tower, and this CLIP "
+                "has none: use clip='tiny' or give a DINOv2 model (e.g. dino='facebook/dinov2-base')"
+            )
         return _ClipPatches(clip.model.visual).eval(), clip.preprocess
     from transformers import AutoImageProcessor, AutoModel
 
@@ -117,8 +121,13 @@ def load_dino(spec: str, device: str, clip: _Clip | None) -> tuple[torch.nn.Modu
         from torchvision import transforms as T
 
         size = model.config.image_size
-        preprocess = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
-                                T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        preprocess = T.Compose(
+            [
+                T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
     return _HFPatches(model), preprocess
 
 
@@ -131,14 +140,21 @@ class _HFPatches(torch.nn.Module):
         self.skip = 1 + getattr(model.config, "num_register_tokens", 0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixels).last_hidden_state[:, self.skip:]  # (N, P, E)
+        return self.model(pixel_values=pixels).last_hidden_state[:, self.skip :]  # (N, P, E)
 
 
 class Encoders:
     """CLIP image/text embeddings and DINO patch tokens, all L2-normalised, on CPU tensors."""
 
-    def __init__(self, clip: _Clip, dino: torch.nn.Module, dino_preprocess: Callable, device: str, names: dict,
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        clip: _Clip,
+        dino: torch.nn.Module,
+        dino_preprocess: Callable,
+        device: str,
+        names: dict,
+        batch_size: int = 64,
+    ):
         self.clip_model, self.preprocess, self.tokenizer = clip.model, clip.preprocess, clip.tokenizer
         self.dino, self.dino_preprocess = dino, dino_preprocess
         self.device, self.names, self.batch_size = device, names, batch_size
@@ -156,7 +172,7 @@ class Encoders:
     def _batched(self, fn: Callable, items: list, prep: Callable) -> torch.Tensor:
         out = []
         for i in range(0, len(items), self.batch_size):
-            x = torch.stack([prep(it) for it in items[i:i + self.batch_size]]).to(self.device)  # (B, 3, H, W)
+            x = torch.stack([prep(it) for it in items[i : i + self.batch_size]]).to(self.device)  # (B, 3, H, W)
             out.append(fn(x).float().cpu())
         return torch.cat(out)
 
@@ -168,8 +184,10 @@ class Encoders:
     @torch.no_grad()
     def text_embeddings(self, texts: list[str]) -> torch.Tensor:
         """(N, D) L2-normalised CLIP text embeddings."""
-        out = [self.clip_model.encode_text(self.tokenizer(texts[i:i + self.batch_size]).to(self.device)).float().cpu()
-               for i in range(0, len(texts), self.batch_size)]
+        out = [
+            self.clip_model.encode_text(self.tokenizer(texts[i : i + self.batch_size]).to(self.device)).float().cpu()
+            for i in range(0, len(texts), self.batch_size)
+        ]
         return F.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()

@@ -158,7 +158,9 @@ class Judge:
             cache_dir: on-disk answer cache (one JSON per key); None = memory only.
         """
         if max_retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError(f"Judge: need max_retries >= 0, timeout > 0, backoff >= 0, got {max_retries}, {timeout}, {backoff}")
+            raise ValueError(
+                f"Judge: need max_retries >= 0, timeout > 0, backoff >= 0, got {max_retries}, {timeout}, {backoff}"
+            )
         self.model, self.timeout, self.max_retries, self.backoff = model, timeout, max_retries, backoff
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -199,8 +201,10 @@ class Judge:
 
     def __repr__(self) -> str:
         key = "'***'" if self._secrets else None
-        return (f"Judge(model={self.model!r}, base_url={self.base_url!r}, api_key={key}, "
-                f"timeout={self.timeout}, max_retries={self.max_retries})")
+        return (
+            f"Judge(model={self.model!r}, base_url={self.base_url!r}, api_key={key}, "
+            f"timeout={self.timeout}, max_retries={self.max_retries})"
+        )
 
     def score(self, grid: Image.Image, prompt: str) -> JudgeResult:
         """Rubric scores for `grid` (a PIL image) against `prompt`; failures come back as `error`, never raised."""
@@ -277,4 +281,3 @@ class Judge:
             os.replace(tmp, self.cache_dir / f"{key}.json")
         except OSError as err:
             log.warning("judge: cache write failed: %s", err)
-

@@ -79,9 +79,12 @@ def score_sample(enc, sample: Sample, judge=None) -> dict:
     n, t = len(sample.frames), sample.ground_truth or []
     emb = enc.image_embeddings([sample.grid, *sample.frames, *t])  # (1 + T + T', D)
     text = enc.text_embeddings([sample.prompt])  # (1, D)
-    frames_emb, truth_emb = emb[1:1 + n], emb[1 + n:]
+    frames_emb, truth_emb = emb[1 : 1 + n], emb[1 + n :]
     row = {
-        "sample": str(sample.path), "domain": sample.domain, "prompt": sample.prompt, "frames": n,
+        "sample": str(sample.path),
+        "domain": sample.domain,
+        "prompt": sample.prompt,
+        "frames": n,
         "proxy_target": "ground_truth" if t else "last_frame",
         "align": clip_score(emb[:1], text).item(),
         "clip_frames": clip_score(frames_emb, text.expand(n, -1)).mean().item(),
@@ -124,8 +127,7 @@ def _fmt(key: str, value) -> str:
 def markdown_table(domains: dict, mean: dict, keys: list[str]) -> str:
     """Paper-style table: one row per domain, then the mean over domains."""
     headers = dict(COLUMNS)
-    lines = ["| Domain | n | " + " | ".join(headers[k] for k in keys) + " |",
-             "|---|---:|" + "---:|" * len(keys)]
+    lines = ["| Domain | n | " + " | ".join(headers[k] for k in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for name, vals in [*domains.items(), ("**mean over domains**", mean)]:
         lines.append(f"| {name} | {vals['n']} | " + " | ".join(_fmt(k, vals[k]) for k in keys) + " |")
     return "\n".join(lines)
@@ -147,6 +149,13 @@ def evaluate(samples_dir: Path, enc, judge=None) -> dict:
         rows.append(score_sample(enc, sample, judge))
     keys = [k for k, _ in COLUMNS if (judge is not None or k not in JUDGE_KEYS)]
     domains, mean = aggregate(rows, keys)
-    return {"columns": {k: dict(COLUMNS)[k] for k in keys}, "domains": domains, "mean": mean, "samples": rows,
-            "skipped": skipped, "encoders": enc.names, "judge": repr(judge) if judge is not None else None,
-            "markdown": markdown_table(domains, mean, keys)}
+    return {
+        "columns": {k: dict(COLUMNS)[k] for k in keys},
+        "domains": domains,
+        "mean": mean,
+        "samples": rows,
+        "skipped": skipped,
+        "encoders": enc.names,
+        "judge": repr(judge) if judge is not None else None,
+        "markdown": markdown_table(domains, mean, keys),
+    }

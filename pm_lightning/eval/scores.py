@@ -30,11 +30,14 @@ def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
     return 100 * cos.clamp(min=0)
 
 
-def grid_and_frame_clip_scores(enc: Encoders, grids: list[Image.Image], frames: list[list[Image.Image]],
-                               prompts: list[str]) -> dict[str, torch.Tensor]:
+def grid_and_frame_clip_scores(
+    enc: Encoders, grids: list[Image.Image], frames: list[list[Image.Image]], prompts: list[str]
+) -> dict[str, torch.Tensor]:
     """{"grid": (N,) CLIP score of each whole grid, "frames": (N,) mean CLIP score over each sample's frames}."""
     if not (len(grids) == len(frames) == len(prompts)):
-        raise ValueError(f"{len(grids)} grids, {len(frames)} frame lists and {len(prompts)} prompts: need one of each per sample")
+        raise ValueError(
+            f"{len(grids)} grids, {len(frames)} frame lists and {len(prompts)} prompts: need one of each per sample"
+        )
     text = enc.text_embeddings(prompts)  # (N, D)
     grid = clip_score(enc.image_embeddings(grids), text)
     counts = [len(f) for f in frames]
@@ -53,8 +56,9 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor, metric: str = "cosine") 
     raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
-def progress_monotonicity(features: torch.Tensor, target: torch.Tensor | None = None, metric: str = "cosine",
-                          tol: float = 0.0) -> float:
+def progress_monotonicity(
+    features: torch.Tensor, target: torch.Tensor | None = None, metric: str = "cosine", tol: float = 0.0
+) -> float:
     """Fraction of transitions k -> k+1 that move strictly closer to the final frame (`target`, else the last)."""
     if features.shape[0] < 2:
         return float("nan")
@@ -87,7 +91,9 @@ def pixel_features(images: list[Image.Image], size: int = 64) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrs)).reshape(len(images), -1)
 
 
-def sequence_proxies(features: torch.Tensor, truth: torch.Tensor | None = None, metric: str = "cosine") -> dict[str, float]:
+def sequence_proxies(
+    features: torch.Tensor, truth: torch.Tensor | None = None, metric: str = "cosine"
+) -> dict[str, float]:
     """{"monotonicity", "evenness"} of a sequence's (T, D) features (+ "gt_similarity" given (T', D) true-frame features).
 
     Monotonicity aims at the true final frame when `truth` is given, else at the sequence's own last frame.

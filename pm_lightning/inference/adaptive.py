@@ -49,11 +49,15 @@ class AdaptiveConfig:
         if self.w_glob + self.w_loc <= 0:
             raise ValueError("AdaptiveConfig.w_glob + w_loc must be > 0 (the visual terms always exist)")
         if self.del_ceiling >= self.add_floor:
-            raise ValueError(f"AdaptiveConfig.del_ceiling ({self.del_ceiling}) must be below add_floor ({self.add_floor})")
+            raise ValueError(
+                f"AdaptiveConfig.del_ceiling ({self.del_ceiling}) must be below add_floor ({self.add_floor})"
+            )
         if self.two_frame_ratio < 1:
             raise ValueError(f"AdaptiveConfig.two_frame_ratio must be >= 1, got {self.two_frame_ratio}")
         if not 2 <= self.min_frames <= self.max_frames:
-            raise ValueError(f"AdaptiveConfig needs 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+            raise ValueError(
+                f"AdaptiveConfig needs 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}"
+            )
         if self.max_rounds < 0:
             raise ValueError(f"AdaptiveConfig.max_rounds must be >= 0, got {self.max_rounds}")
 
@@ -69,7 +73,9 @@ class AdaptiveConfig:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One `--<field>` flag per AdaptiveConfig field (dashes for underscores), default None = config value."""
     group = parser.add_argument_group("adaptive steps (AdaptiveConfig, docs/ADAPTIVE.md)")
-    group.add_argument("--adaptive-config", default=None, help="YAML/JSON file of AdaptiveConfig fields (flags override)")
+    group.add_argument(
+        "--adaptive-config", default=None, help="YAML/JSON file of AdaptiveConfig fields (flags override)"
+    )
     for f in fields(AdaptiveConfig):
         default = f.default if f.default is not MISSING else None
         group.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=None, help=f"default {default}")
@@ -256,8 +262,10 @@ class EncoderScorer:
             v, p = self.enc.image_embeddings(new), self.enc.patch_tokens(new)  # (m, D), (m, P, E)
             for k, im in enumerate(new):
                 self._cache[id(im)] = (im, v[k], p[k])
-        return (torch.stack([self._cache[id(im)][1] for im in images]),
-                torch.stack([self._cache[id(im)][2] for im in images]))
+        return (
+            torch.stack([self._cache[id(im)][1] for im in images]),
+            torch.stack([self._cache[id(im)][2] for im in images]),
+        )
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         return self.enc.text_embeddings(list(texts))
@@ -296,7 +304,9 @@ class AdaptiveResult:
         return [f.image for f in self.frames]
 
 
-def initial_frames(images: list[Image.Image], steps: Sequence[str] | None, scorer: Scorer) -> tuple[list[Frame], str | None]:
+def initial_frames(
+    images: list[Image.Image], steps: Sequence[str] | None, scorer: Scorer
+) -> tuple[list[Frame], str | None]:
     """Frames labelled by input index, with text embeddings when every frame has a step text; and why not, if not."""
     steps = list(steps) if steps else []
     note = None
@@ -307,8 +317,10 @@ def initial_frames(images: list[Image.Image], steps: Sequence[str] | None, score
     elif not all(s.strip() for s in steps):
         note = "some step texts are empty: Delta_sem dropped, weights renormalised over Delta_glob and Delta_loc"
     sem = scorer.text_features(steps) if note is None else None
-    return [Frame(im, str(k), steps[k] if steps else None, None if sem is None else sem[k], {"source": "input", "index": k})
-            for k, im in enumerate(images)], note
+    return [
+        Frame(im, str(k), steps[k] if steps else None, None if sem is None else sem[k], {"source": "input", "index": k})
+        for k, im in enumerate(images)
+    ], note
 
 
 def _between(a: Frame, b: Frame, k: int, n: int) -> torch.Tensor | None:
@@ -319,8 +331,14 @@ def _between(a: Frame, b: Frame, k: int, n: int) -> torch.Tensor | None:
     return F.normalize((1 - t) * a.sem + t * b.sem, dim=-1)
 
 
-def run_round(frames: list[Frame], scorer: Scorer, insert_fn: InsertFn, cfg: AdaptiveConfig, round_no: int,
-              resize_to: tuple[int, int] | None = None) -> tuple[list[Frame], dict]:
+def run_round(
+    frames: list[Frame],
+    scorer: Scorer,
+    insert_fn: InsertFn,
+    cfg: AdaptiveConfig,
+    round_no: int,
+    resize_to: tuple[int, int] | None = None,
+) -> tuple[list[Frame], dict]:
     """Score every adjacent pair, decide, apply; returns the new frames and the round's report entry."""
     has_sem = all(f.sem is not None for f in frames)
     sem = torch.stack([f.sem for f in frames]) if has_sem else None
@@ -329,9 +347,15 @@ def run_round(frames: list[Frame], scorer: Scorer, insert_fn: InsertFn, cfg: Ada
     delta = combine(terms, weights)  # (n-1,)
     thr = thresholds(delta, cfg)
     decisions = decide(delta, thr, cfg)
-    pairs = [{"pair": [i, i + 1], "frames": [frames[i].label, frames[i + 1].label],
-              **{name: (None if terms[name] is None else round(float(terms[name][i]), 6)) for name in TERMS},
-              "delta": round(float(delta[i]), 6)} for i in range(len(frames) - 1)]
+    pairs = [
+        {
+            "pair": [i, i + 1],
+            "frames": [frames[i].label, frames[i + 1].label],
+            **{name: (None if terms[name] is None else round(float(terms[name][i]), 6)) for name in TERMS},
+            "delta": round(float(delta[i]), 6),
+        }
+        for i in range(len(frames) - 1)
+    ]
     drop = {d.frame for d in decisions if d.applied and d.action == "delete"}
     inserts = {d.pair: d for d in decisions if d.applied and d.action == "insert"}
     out: list[Frame] = []
@@ -346,8 +370,15 @@ def run_round(frames: list[Frame], scorer: Scorer, insert_fn: InsertFn, cfg: Ada
             for k, im in enumerate(new, start=1):
                 if resize_to is not None and im.size != resize_to:
                     im = im.resize(resize_to, Image.Resampling.BICUBIC)
-                out.append(Frame(im, f"r{round_no}:{a.label}-{b.label}#{k}", None, _between(a, b, k, n),
-                                 {"source": "inserted", "round": round_no, "between": [a.label, b.label], "k": k, "of": n}))
+                out.append(
+                    Frame(
+                        im,
+                        f"r{round_no}:{a.label}-{b.label}#{k}",
+                        None,
+                        _between(a, b, k, n),
+                        {"source": "inserted", "round": round_no, "between": [a.label, b.label], "k": k, "of": n},
+                    )
+                )
     report = {
         "round": round_no,
         "frames_before": len(frames),
@@ -356,14 +387,25 @@ def run_round(frames: list[Frame], scorer: Scorer, insert_fn: InsertFn, cfg: Ada
         "sem_dropped": not has_sem,
         "thresholds": {**asdict(thr), "add_floor": cfg.add_floor, "del_ceiling": cfg.del_ceiling},
         "pairs": pairs,
-        "decisions": [{k: v for k, v in asdict(d).items() if not (k == "frame" and d.action == "insert")
-                       and not (k == "n" and d.action == "delete")} for d in decisions],
+        "decisions": [
+            {
+                k: v
+                for k, v in asdict(d).items()
+                if not (k == "frame" and d.action == "insert") and not (k == "n" and d.action == "delete")
+            }
+            for d in decisions
+        ],
     }
     return out, report
 
 
-def adapt_sequence(images: list[Image.Image], scorer: Scorer, insert_fn: InsertFn, cfg: AdaptiveConfig | None = None,
-                   steps: Sequence[str] | None = None) -> AdaptiveResult:
+def adapt_sequence(
+    images: list[Image.Image],
+    scorer: Scorer,
+    insert_fn: InsertFn,
+    cfg: AdaptiveConfig | None = None,
+    steps: Sequence[str] | None = None,
+) -> AdaptiveResult:
     """Bounded rounds of score -> decide -> edit until a round applies nothing (or max_rounds).
 
     Args:
@@ -393,7 +435,8 @@ def adapt_sequence(images: list[Image.Image], scorer: Scorer, insert_fn: InsertF
     report = {
         "config": asdict(cfg),
         "sem_dropped": note is not None,
-        "note": note or "Delta_sem from the step texts (inserted frames: interpolated text embeddings of their neighbours)",
+        "note": note
+        or "Delta_sem from the step texts (inserted frames: interpolated text embeddings of their neighbours)",
         "rounds": rounds,
         "stopped": stop,
         "input_frames": len(images),

@@ -65,8 +65,9 @@ def _variants(n: int) -> list[tuple[str, list[int], dict]]:
     return out
 
 
-def corpus_sequences(scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 1,
-                     cfg: AdaptiveConfig | None = None) -> dict[str, list[tuple[str, torch.Tensor, dict]]]:
+def corpus_sequences(
+    scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 1, cfg: AdaptiveConfig | None = None
+) -> dict[str, list[tuple[str, torch.Tensor, dict]]]:
     """{"text"|"no_text": [(kind, pair Deltas, answer)]} for every ground-truth sequence of the synthetic corpus
     (split `seed`, every domain) and its damaged variants (`_variants`): the input of the guard calibration."""
     from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
@@ -80,16 +81,20 @@ def corpus_sequences(scorer: Scorer, per_domain: int = 20, size: int = 64, seed:
             v, p = scorer.image_features(seq.frames + [near_duplicate(f) for f in seq.frames])  # (2n, D), (2n, P, E)
             u = scorer.text_features(seq.steps)  # (n, D)
             for kind, order, answer in _variants(n):
-                terms = {"glob": global_delta(v[order]), "loc": local_delta(p[order]),
-                         "sem": semantic_delta(u[[k % n for k in order]])}
+                terms = {
+                    "glob": global_delta(v[order]),
+                    "loc": local_delta(p[order]),
+                    "sem": semantic_delta(u[[k % n for k in order]]),
+                }
                 for mode, has in (("text", True), ("no_text", False)):
                     w = effective_weights(cfg, has)
                     out[mode].append((kind, combine({**terms, "sem": terms["sem"] if has else None}, w), answer))
     return out
 
 
-def guard_rates(items: list[tuple[str, list[float], dict, Thresholds]], add_floor: float,
-                del_ceiling: float) -> dict[str, float]:
+def guard_rates(
+    items: list[tuple[str, list[float], dict, Thresholds]], add_floor: float, del_ceiling: float
+) -> dict[str, float]:
     """Round-one outcome rates of the decision rule with these guards: false edits on true sequences, hits on damaged.
 
     `items`: (kind, pair Deltas, answer, the sequence's relative thresholds); the guards are applied here.
@@ -130,8 +135,11 @@ def calibrate(scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 
         ceilings = [round(0.005 * k, 3) for k in range(0, 31)]
         add_rows = {f: guard_rates(items, f, 0.0) for f in floors}
         del_rows = {c: guard_rates(items, 1.0, c) for c in ceilings}
-        add = min(f for f in floors if add_rows[f]["false_insert"] <= max_false) if any(
-            add_rows[f]["false_insert"] <= max_false for f in floors) else floors[-1]
+        add = (
+            min(f for f in floors if add_rows[f]["false_insert"] <= max_false)
+            if any(add_rows[f]["false_insert"] <= max_false for f in floors)
+            else floors[-1]
+        )
         ceil = max(c for c in ceilings if del_rows[c]["false_delete"] <= max_false)
         ratios = {"gap1": [], "gap2": []}
         for kind, delta, answer, thr in items:
@@ -139,15 +147,29 @@ def calibrate(scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 
                 bar = max(thr.tau_add, add)
                 ratios[kind].append(float(delta[answer["pair"]]) / bar)
         ratio, ratio_err = best_split(ratios["gap1"], ratios["gap2"])
-        pairs = {"duplicate": [x[a["frames"][0]] for k, x, a, _ in items if k == "dup"],
-                 "normal": [v for k, x, _, _ in items if k == "true" for v in x],
-                 "skip1": [x[a["pair"]] for k, x, a, _ in items if k == "gap1"],
-                 "skip2": [x[a["pair"]] for k, x, a, _ in items if k == "gap2"]}
-        stats = {c: {q: float(torch.tensor(v).quantile(x)) for q, x in (("p05", 0.05), ("p25", 0.25), ("p50", 0.5),
-                                                                        ("p75", 0.75), ("p95", 0.95))} for c, v in pairs.items()}
-        result[mode] = {"pair_quantiles": stats, "add_floor": add, "del_ceiling": ceil, "two_frame_ratio": max(1.0, ratio),
-                        "two_frame_ratio_balanced_error": ratio_err,
-                        "add_sweep": add_rows, "del_sweep": del_rows, "sequences": sum(it[0] == "true" for it in items)}
+        pairs = {
+            "duplicate": [x[a["frames"][0]] for k, x, a, _ in items if k == "dup"],
+            "normal": [v for k, x, _, _ in items if k == "true" for v in x],
+            "skip1": [x[a["pair"]] for k, x, a, _ in items if k == "gap1"],
+            "skip2": [x[a["pair"]] for k, x, a, _ in items if k == "gap2"],
+        }
+        stats = {
+            c: {
+                q: float(torch.tensor(v).quantile(x))
+                for q, x in (("p05", 0.05), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("p95", 0.95))
+            }
+            for c, v in pairs.items()
+        }
+        result[mode] = {
+            "pair_quantiles": stats,
+            "add_floor": add,
+            "del_ceiling": ceil,
+            "two_frame_ratio": max(1.0, ratio),
+            "two_frame_ratio_balanced_error": ratio_err,
+            "add_sweep": add_rows,
+            "del_sweep": del_rows,
+            "sequences": sum(it[0] == "true" for it in items),
+        }
     return result
 
 
@@ -158,7 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1, help="corpus split seed (1 = validation, never trained on)")
     p.add_argument("--clip", default="tiny", help="CLIP spec for Encoders.load")
     p.add_argument("--dino", default="tiny", help="DINO spec for Encoders.load")
-    p.add_argument("--max-false", type=float, default=0.1, help="largest share of true sequences a guard may let be edited")
+    p.add_argument(
+        "--max-false", type=float, default=0.1, help="largest share of true sequences a guard may let be edited"
+    )
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     args = p.parse_args(argv)
     import json
@@ -166,9 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     from pm_lightning.eval.encoders import Encoders
 
     torch.set_num_threads(1)
-    result = calibrate(EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino)), args.per_domain, args.size, args.seed, args.max_false)
+    result = calibrate(
+        EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino)),
+        args.per_domain,
+        args.size,
+        args.seed,
+        args.max_false,
+    )
     for mode, r in result.items():
-        print(f"\n### {'with step texts' if mode == 'text' else 'no step texts (Delta_sem dropped)'}, {r['sequences']} true sequences\n")
+        print(
+            f"\n### {'with step texts' if mode == 'text' else 'no step texts (Delta_sem dropped)'}, {r['sequences']} true sequences\n"
+        )
         print("| pair Delta | p05 | p25 | p50 | p75 | p95 |\n|---|---:|---:|---:|---:|---:|")
         for cat, q in r["pair_quantiles"].items():
             print(f"| {cat} | " + " | ".join(f"{v:.3f}" for v in q.values()) + " |")
@@ -179,10 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         for c, x in r["del_sweep"].items():
             print(f"| {c:.3f} | {x['false_delete']:.3f} | {x['dup']:.3f} |")
         a, d = r["add_sweep"][r["add_floor"]], r["del_sweep"][r["del_ceiling"]]
-        print(f"\nat the chosen guards: false insert {a['false_insert']:.3f}, hit 1 missing {a['gap1']:.3f}, hit 2 missing "
-              f"{a['gap2']:.3f}; false delete {d['false_delete']:.3f}, hit repeated {d['dup']:.3f}")
-        print(f"chosen: add_floor {r['add_floor']:.2f}, del_ceiling {r['del_ceiling']:.3f}, "
-              f"two_frame_ratio {r['two_frame_ratio']:.3f} (1- vs 2-frame gaps, balanced error {r['two_frame_ratio_balanced_error']:.3f})")
+        print(
+            f"\nat the chosen guards: false insert {a['false_insert']:.3f}, hit 1 missing {a['gap1']:.3f}, hit 2 missing "
+            f"{a['gap2']:.3f}; false delete {d['false_delete']:.3f}, hit repeated {d['dup']:.3f}"
+        )
+        print(
+            f"chosen: add_floor {r['add_floor']:.2f}, del_ceiling {r['del_ceiling']:.3f}, "
+            f"two_frame_ratio {r['two_frame_ratio']:.3f} (1- vs 2-frame gaps, balanced error {r['two_frame_ratio_balanced_error']:.3f})"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

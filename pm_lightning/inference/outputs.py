@@ -30,7 +30,9 @@ def write_frames(folder: Path, frames: Sequence[Image.Image]) -> list[str]:
 def write_gif(path: Path, frames: Sequence[Image.Image], ms_per_frame: int = 700) -> None:
     """An endlessly looping GIF of the frames (all resized to the first frame's size)."""
     size = frames[0].size
-    images = [f.convert("RGB") if f.size == size else f.convert("RGB").resize(size, Image.Resampling.BICUBIC) for f in frames]
+    images = [
+        f.convert("RGB") if f.size == size else f.convert("RGB").resize(size, Image.Resampling.BICUBIC) for f in frames
+    ]
     images[0].save(path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
@@ -39,20 +41,29 @@ def strip_html(report: dict, frame_paths: Sequence[str], captions: Sequence[str]
     esc = html.escape
     figures = "\n".join(
         f'<figure><img src="{esc(p)}" alt="frame {k}"><figcaption><b>{k}</b> {esc(c)}</figcaption></figure>'
-        for k, (p, c) in enumerate(zip(frame_paths, captions)))
+        for k, (p, c) in enumerate(zip(frame_paths, captions))
+    )
     rows = []
     for rnd in (report.get("adaptive") or {}).get("rounds", []):
         t = rnd["thresholds"]
         for d in rnd["decisions"]:
             what = f"insert {d['n']}" if d["action"] == "insert" else f"delete frame {d['frame']}"
-            rows.append(f"<tr><td>{rnd['round']}</td><td>{d['pair']}-{d['pair'] + 1}</td><td>{esc(what)}</td>"
-                        f"<td>{d['delta']:.4f}</td><td>{d['threshold']:.4f}</td><td>{t['mu']:.4f} / {t['sigma']:.4f}</td>"
-                        f"<td>{'yes' if d['applied'] else 'no: ' + esc(d['reason'])}</td></tr>")
-    table = ("<h2>Adaptive decisions</h2><table><tr><th>round</th><th>pair</th><th>edit</th><th>Delta</th>"
-             "<th>threshold</th><th>mu / sigma</th><th>applied</th></tr>" + "".join(rows) + "</table>") if rows else ""
+            rows.append(
+                f"<tr><td>{rnd['round']}</td><td>{d['pair']}-{d['pair'] + 1}</td><td>{esc(what)}</td>"
+                f"<td>{d['delta']:.4f}</td><td>{d['threshold']:.4f}</td><td>{t['mu']:.4f} / {t['sigma']:.4f}</td>"
+                f"<td>{'yes' if d['applied'] else 'no: ' + esc(d['reason'])}</td></tr>"
+            )
+    table = (
+        (
+            "<h2>Adaptive decisions</h2><table><tr><th>round</th><th>pair</th><th>edit</th><th>Delta</th>"
+            "<th>threshold</th><th>mu / sigma</th><th>applied</th></tr>" + "".join(rows) + "</table>"
+        )
+        if rows
+        else ""
+    )
     notes = "".join(f"<li>{esc(n)}</li>" for n in report.get("notes", []))
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{esc(report.get('prompt', ''))}</title>
+<html><head><meta charset="utf-8"><title>{esc(report.get("prompt", ""))}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
 .strip {{ display: flex; gap: 8px; overflow-x: auto; align-items: flex-start; }}
@@ -61,8 +72,8 @@ figure img {{ width: 160px; image-rendering: pixelated; border: 1px solid #ccc; 
 figcaption {{ font-size: 12px; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
 </style></head><body>
-<h1>{esc(report.get('prompt', ''))}</h1>
-<p>domain <b>{esc(str(report.get('domain', '')))}</b>, seed {esc(str(report.get('seed', '')))}, {len(frame_paths)} frames</p>
+<h1>{esc(report.get("prompt", ""))}</h1>
+<p>domain <b>{esc(str(report.get("domain", "")))}</b>, seed {esc(str(report.get("seed", "")))}, {len(frame_paths)} frames</p>
 <ul>{notes}</ul>
 <div class="strip">
 {figures}
@@ -74,8 +85,9 @@ table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px so
 """
 
 
-def write_sample(out: str | Path, grid: Image.Image | None, frames: Sequence[Image.Image], captions: Sequence[str],
-                 report: dict) -> Path:
+def write_sample(
+    out: str | Path, grid: Image.Image | None, frames: Sequence[Image.Image], captions: Sequence[str], report: dict
+) -> Path:
     """Write every output of one sample into `out`; returns the folder.
 
     Args:

@@ -40,12 +40,16 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
 
 
 @torch.no_grad()
-def reference_latents(backbone, references: dict[int, Image.Image], rows: int, cols: int, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_latents(
+    backbone, references: dict[int, Image.Image], rows: int, cols: int, cell: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, N, 64) packed latents holding VAE(frame) in each reference cell (zeros elsewhere) and the (N,) mask."""
     n = rows * cols
     bad = sorted(k for k in references if not 0 <= k < n)
     if bad or not references:
-        raise ValueError(f"reference positions must be a non-empty subset of 0..{n - 1} for a {rows}x{cols} grid, got {sorted(references)}")
+        raise ValueError(
+            f"reference positions must be a non-empty subset of 0..{n - 1} for a {rows}x{cols} grid, got {sorted(references)}"
+        )
     frames = torch.stack([to_tensor(references[k], cell) for k in sorted(references)])  # (k, 3, cell, cell)
     encoded = backbone.encode_images(frames.to(backbone.device, backbone.dtype))  # (k, 16, c/8, c/8)
     latents = encoded.new_zeros(n, *encoded.shape[1:])  # (n, 16, c/8, c/8)
@@ -56,8 +60,17 @@ def reference_latents(backbone, references: dict[int, Image.Image], rows: int, c
 
 
 @torch.no_grad()
-def sample_reference_latents(backbone, prompt: str, references: dict[int, Image.Image], rows: int, cols: int, cell: int,
-                             num_inference_steps: int = 20, guidance: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_reference_latents(
+    backbone,
+    prompt: str,
+    references: dict[int, Image.Image],
+    rows: int,
+    cols: int,
+    cell: int,
+    num_inference_steps: int = 20,
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sampler's final packed latents (1, N, 64), the clean reference latents and the (N,) mask."""
     check_cell(cell)
     x_ref, mask = reference_latents(backbone, references, rows, cols, cell)  # (1, N, 64), (N,)
@@ -74,16 +87,32 @@ def sample_reference_latents(backbone, prompt: str, references: dict[int, Image.
     pipe = backbone.pipeline()
     pipe.set_progress_bar_config(disable=True)
     with use_domains(backbone.transformer, None):
-        out = pipe(prompt=prompt, height=rows * cell, width=cols * cell, latents=start,
-                   num_inference_steps=num_inference_steps, guidance_scale=guidance,
-                   max_sequence_length=backbone.max_sequence_length, callback_on_step_end=write_back,
-                   output_type="latent")
+        out = pipe(
+            prompt=prompt,
+            height=rows * cell,
+            width=cols * cell,
+            latents=start,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance,
+            max_sequence_length=backbone.max_sequence_length,
+            callback_on_step_end=write_back,
+            output_type="latent",
+        )
     return out.images, x_ref, mask
 
 
 @torch.no_grad()
-def sample_with_references(backbone, prompt: str, references: dict[int, Image.Image], rows: int, cols: int, cell: int,
-                           num_inference_steps: int = 20, guidance: float = 1.0, seed: int = 0) -> list[Image.Image]:
+def sample_with_references(
+    backbone,
+    prompt: str,
+    references: dict[int, Image.Image],
+    rows: int,
+    cols: int,
+    cell: int,
+    num_inference_steps: int = 20,
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> list[Image.Image]:
     """Every frame of a rows x cols serpentine grid, in temporal order, given clean frames at some positions.
 
     Args:
@@ -99,14 +128,25 @@ def sample_with_references(backbone, prompt: str, references: dict[int, Image.Im
         own (as each frame is encoded on its own), so a reference frame comes back as exactly
         vae-decode(vae-encode(frame)): the VAE's GroupNorm and mid-block attention never mix cells.
     """
-    latents, _, _ = sample_reference_latents(backbone, prompt, references, rows, cols, cell, num_inference_steps, guidance, seed)
+    latents, _, _ = sample_reference_latents(
+        backbone, prompt, references, rows, cols, cell, num_inference_steps, guidance, seed
+    )
     grid = unpack(latents, rows * cell // 8, cols * cell // 8)[0]  # (16, h, w)
     cells = tensor_grid_to_frames(grid, rows, cols)  # (n, 16, c/8, c/8) in temporal order
     return [to_pil(f) for f in backbone.decode_latents(cells)]  # each cell decoded on its own, as encoded
 
 
-def insert_between(backbone, frame_a: Image.Image, frame_b: Image.Image, prompt: str, n: int = 2, cell: int = 64,
-                   num_inference_steps: int = 20, guidance: float = 1.0, seed: int = 0) -> list[Image.Image]:
+def insert_between(
+    backbone,
+    frame_a: Image.Image,
+    frame_b: Image.Image,
+    prompt: str,
+    n: int = 2,
+    cell: int = 64,
+    num_inference_steps: int = 20,
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> list[Image.Image]:
     """The `n` (1 or 2) new frames between `frame_a` and `frame_b` (dual reference, 2x2 layout).
 
     n = 2: the two middle cells (top right, bottom right) in temporal order. n = 1: of those two, the
@@ -117,11 +157,13 @@ def insert_between(backbone, frame_a: Image.Image, frame_b: Image.Image, prompt:
         raise ValueError(f"n must be 1 or 2, got {n}")
     refs = dict(zip(DUAL_REFERENCES, (frame_a, frame_b)))
     frames = sample_with_references(backbone, prompt, refs, *DUAL_LAYOUT, cell, num_inference_steps, guidance, seed)
-    middle = frames[DUAL_REFERENCES[0] + 1:DUAL_REFERENCES[1]]
+    middle = frames[DUAL_REFERENCES[0] + 1 : DUAL_REFERENCES[1]]
     if n == 2:
         return middle
     a, b = (np.asarray(frames[k], dtype=np.float32) for k in DUAL_REFERENCES)
-    imbalance = [abs(np.abs(np.asarray(x, np.float32) - a).mean() - np.abs(np.asarray(x, np.float32) - b).mean()) for x in middle]
+    imbalance = [
+        abs(np.abs(np.asarray(x, np.float32) - a).mean() - np.abs(np.asarray(x, np.float32) - b).mean()) for x in middle
+    ]
     return [middle[int(np.argmin(imbalance))]]
 
 
@@ -132,8 +174,16 @@ def default_cell(backbone, rows: int, cols: int) -> int:
     return max(16, resolution // max(rows, cols) // 16 * 16)
 
 
-def recraft(backbone, image: Image.Image, prompt: str, frames: int = 9, cell: int | None = None,
-            num_inference_steps: int = 20, guidance: float = 1.0, seed: int = 0) -> list[Image.Image]:
+def recraft(
+    backbone,
+    image: Image.Image,
+    prompt: str,
+    frames: int = 9,
+    cell: int | None = None,
+    num_inference_steps: int = 20,
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> list[Image.Image]:
     """ReCraft: the whole process ending in `image` (9 -> 3x3, 4 -> 2x2), the finished image in the last cell.
 
     The finished image sits in the last serpentine cell (3x3: bottom right; 2x2: bottom left), the
@@ -142,4 +192,6 @@ def recraft(backbone, image: Image.Image, prompt: str, frames: int = 9, cell: in
     """
     rows, cols = layout_for(frames)
     cell = cell or default_cell(backbone, rows, cols)
-    return sample_with_references(backbone, prompt, {rows * cols - 1: image}, rows, cols, cell, num_inference_steps, guidance, seed)
+    return sample_with_references(
+        backbone, prompt, {rows * cols - 1: image}, rows, cols, cell, num_inference_steps, guidance, seed
+    )

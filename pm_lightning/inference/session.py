@@ -32,7 +32,9 @@ def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
         if override % (16 * rows):
             raise InputError(f"--resolution {override} does not split into {rows} cells of whole 16-px tokens")
         return override
-    variant = VARIANTS.get(base) or next((v for v in VARIANTS.values() if Path(v.location()).resolve() == Path(base).resolve()), None)
+    variant = VARIANTS.get(base) or next(
+        (v for v in VARIANTS.values() if Path(v.location()).resolve() == Path(base).resolve()), None
+    )
     res = variant.resolution if variant is not None and variant.resolution else 1024
     return math.ceil(res / (16 * rows)) * 16 * rows
 
@@ -71,13 +73,21 @@ class Models:
 
 
 @torch.no_grad()
-def sample_grid(backbone, prompt: str, resolution: int, num_inference_steps: int, guidance: float, seed: int) -> Image.Image:
+def sample_grid(
+    backbone, prompt: str, resolution: int, num_inference_steps: int, guidance: float, seed: int
+) -> Image.Image:
     """Stage 1: one grid from the stock FluxPipeline call (CPU generator seeded with `seed`)."""
     pipe = backbone.pipeline()
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(prompt=prompt, height=resolution, width=resolution, num_inference_steps=num_inference_steps,
-               guidance_scale=guidance, generator=torch.Generator(device="cpu").manual_seed(seed),
-               max_sequence_length=backbone.max_sequence_length)
+    out = pipe(
+        prompt=prompt,
+        height=resolution,
+        width=resolution,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance,
+        generator=torch.Generator(device="cpu").manual_seed(seed),
+        max_sequence_length=backbone.max_sequence_length,
+    )
     return out.images[0]
 
 
@@ -88,8 +98,17 @@ def make_insert_fn(backbone, prompt: str, cell: int, num_inference_steps: int, g
     calls = itertools.count()
 
     def insert_fn(a: Image.Image, b: Image.Image, n: int) -> list[Image.Image]:
-        return insert_between(backbone, a, b, prompt, n=n, cell=cell, num_inference_steps=num_inference_steps,
-                              guidance=guidance, seed=seed + 1000 + next(calls))
+        return insert_between(
+            backbone,
+            a,
+            b,
+            prompt,
+            n=n,
+            cell=cell,
+            num_inference_steps=num_inference_steps,
+            guidance=guidance,
+            seed=seed + 1000 + next(calls),
+        )
 
     return insert_fn
 
@@ -102,8 +121,11 @@ def stage_file(flag: Path | None, default: Path | None, what: str, make: str, no
         return Path(flag)
     if default is not None and default.is_file():
         return default
-    notes.append(f"no {what} LoRA ({default} missing; `{make}` writes it): the plain base is used" if default
-                 else f"no {what} LoRA given: the plain base is used")
+    notes.append(
+        f"no {what} LoRA ({default} missing; `{make}` writes it): the plain base is used"
+        if default
+        else f"no {what} LoRA given: the plain base is used"
+    )
     return None
 
 
@@ -122,8 +144,13 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
     insert_fn = make_insert_fn(backbone, prompt, cell, args.num_inference_steps, args.guidance, args.seed)
     scorer = EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino))
     result = adapt_sequence(frames, scorer, insert_fn, cfg, steps)
-    result.report["models"] = {"stage2": str(stage2) if stage2 else None, "stage2_fused_stage1": str(fuse) if fuse else None,
-                               "cell": cell, "clip": args.clip, "dino": args.dino}
+    result.report["models"] = {
+        "stage2": str(stage2) if stage2 else None,
+        "stage2_fused_stage1": str(fuse) if fuse else None,
+        "cell": cell,
+        "clip": args.clip,
+        "dino": args.dino,
+    }
     return result
 
 
@@ -157,21 +184,36 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
     rows, cols = layout_for(frames_n)
     tiny = models.base == "tiny"
     if args.image is None:
-        stage1 = stage_file(args.stage1, default_lora("stage1", args.domain) if tiny else None, "stage-1",
-                            "make train-stage1", notes)
-        grid = sample_grid(models.use(None, stage1), args.prompt, resolution, args.num_inference_steps, args.guidance, args.seed)
+        stage1 = stage_file(
+            args.stage1, default_lora("stage1", args.domain) if tiny else None, "stage-1", "make train-stage1", notes
+        )
+        grid = sample_grid(
+            models.use(None, stage1), args.prompt, resolution, args.num_inference_steps, args.guidance, args.seed
+        )
         frames = grid_to_frames(grid, rows, cols)
         used = {"stage1": str(stage1) if stage1 else None}
     else:
         from pm_lightning.inference.reference_sampling import recraft
 
-        recraft_file = stage_file(args.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes)
+        recraft_file = stage_file(
+            args.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes
+        )
         fuse = args.recraft_fuse or (fused_stage1("recraft") if tiny and recraft_file is not None else None)
         backbone = models.use(fuse, recraft_file)
-        frames = recraft(backbone, Image.open(args.image).convert("RGB"), args.prompt, frames=frames_n,
-                         cell=resolution // rows, num_inference_steps=args.num_inference_steps,
-                         guidance=args.guidance, seed=args.seed)
+        frames = recraft(
+            backbone,
+            Image.open(args.image).convert("RGB"),
+            args.prompt,
+            frames=frames_n,
+            cell=resolution // rows,
+            num_inference_steps=args.num_inference_steps,
+            guidance=args.guidance,
+            seed=args.seed,
+        )
         grid = frames_to_grid(frames, rows, cols)
-        used = {"recraft": str(recraft_file) if recraft_file else None, "recraft_fused_stage1": str(fuse) if fuse else None,
-                "image": str(args.image)}
+        used = {
+            "recraft": str(recraft_file) if recraft_file else None,
+            "recraft_fused_stage1": str(fuse) if fuse else None,
+            "image": str(args.image),
+        }
     return grid, frames, used

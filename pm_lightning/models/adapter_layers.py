@@ -30,7 +30,9 @@ UNSEEN = -1
 class DomainLoraLinear(PeftLoraLinear):
     """peft LoRA Linear whose update depends on each sample's domain (abstract: see subclasses)."""
 
-    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config, num_domains: int = 1, **kwargs) -> None:
+    def update_layer(
+        self, adapter_name: str, r: int, lora_alpha: float, config, num_domains: int = 1, **kwargs
+    ) -> None:
         self.num_domains = num_domains
         self.domains: torch.Tensor | None = None  # (B,) long, -1 = unseen; None = all unseen
         self.merge_domain: int = UNSEEN  # the domain that merge()/unmerge() fold in

@@ -50,7 +50,10 @@ KINDS = ("lora", "asymmetric", "masked")
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 # Linears that BFL's checkpoint fuses into one layer (img_attn.qkv, txt_attn.qkv, single linear1).
 FUSED_GROUPS = {
-    "transformer_blocks": (("attn.to_q", "attn.to_k", "attn.to_v"), ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
+    "transformer_blocks": (
+        ("attn.to_q", "attn.to_k", "attn.to_v"),
+        ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    ),
     "single_transformer_blocks": (("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),),
 }
 
@@ -86,7 +89,9 @@ class AdapterConfig:
         if not isinstance(self.num_domains, int) or self.num_domains < 1:
             raise ValueError(f"AdapterConfig.num_domains must be a positive integer, got {self.num_domains!r}")
         if self.target_modules is not None and (isinstance(self.target_modules, str) or not self.target_modules):
-            raise ValueError(f"AdapterConfig.target_modules must be a non-empty list of names or None, got {self.target_modules!r}")
+            raise ValueError(
+                f"AdapterConfig.target_modules must be a non-empty list of names or None, got {self.target_modules!r}"
+            )
         if not 0.0 <= self.mask_fraction <= 1.0:
             raise ValueError(f"AdapterConfig.mask_fraction must be in [0, 1], got {self.mask_fraction!r}")
         if not self.mask_l1 >= 0.0:
@@ -157,7 +162,9 @@ def add_adapters(transformer: nn.Module, cfg: AdapterConfig) -> list[str]:
     if not names:
         raise ValueError(f"AdapterConfig.target_modules={cfg.target_modules!r} matched no Linear in {BLOCK_LISTS}")
     transformer.requires_grad_(False)
-    lora_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, target_modules=names, lora_dropout=0.0, init_lora_weights=True)
+    lora_cfg = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.lora_alpha, target_modules=names, lora_dropout=0.0, init_lora_weights=True
+    )
     factory = _layer_factory(cfg)
     if factory is not None:
         register_custom_lora_layer(lora_cfg, {nn.Linear: factory})
@@ -370,7 +377,9 @@ def load_adapter_state_dict(transformer: nn.Module, sd: dict[str, torch.Tensor])
     expected = set(adapter_state_dict(transformer))
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise KeyError(f"adapter state dict mismatch: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+        raise KeyError(
+            f"adapter state dict mismatch: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
     set_peft_model_state_dict(transformer, sd)
 
 

@@ -105,7 +105,9 @@ def resolve_layers(
     if layers is not None:
         bad = [i for i in layers if not 0 <= int(i) < num_blocks]
         if bad or not layers:
-            raise ValueError(f"alignment layers {list(layers)} must be non-empty indices in [0, {num_blocks - 1}]; bad: {bad}")
+            raise ValueError(
+                f"alignment layers {list(layers)} must be non-empty indices in [0, {num_blocks - 1}]; bad: {bad}"
+            )
         return sorted({int(i) for i in layers})
     if reference_depth < 2:
         raise ValueError(f"reference_depth must be >= 2, got {reference_depth}")
@@ -199,10 +201,14 @@ def layer_distance(h_t: torch.Tensor, h_s: torch.Tensor, gamma: float = 0.1) -> 
     return (cos_dist + gamma * mse).mean(-1)  # (B,)
 
 
-def alignment_loss(student: dict[int, torch.Tensor], teacher: dict[int, torch.Tensor], gamma: float = 0.1) -> torch.Tensor:
+def alignment_loss(
+    student: dict[int, torch.Tensor], teacher: dict[int, torch.Tensor], gamma: float = 0.1
+) -> torch.Tensor:
     """L_sup per sample: the mean over hooked layers of layer_distance(teacher, student) -> (B,)."""
     if set(student) != set(teacher) or not student:
-        raise ValueError(f"student layers {sorted(student)} and teacher layers {sorted(teacher)} must match and be non-empty")
+        raise ValueError(
+            f"student layers {sorted(student)} and teacher layers {sorted(teacher)} must match and be non-empty"
+        )
     per_layer = [layer_distance(teacher[i], student[i], gamma) for i in sorted(student)]  # L x (B,)
     return torch.stack(per_layer).mean(0)  # (B,)
 

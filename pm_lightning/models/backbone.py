@@ -149,9 +149,20 @@ class FluxBackbone(nn.Module):
     parts of the transformer trainable afterwards. Text encoders and VAE always stay in eval mode.
     """
 
-    def __init__(self, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler,
-                 max_sequence_length: int = 512, text_cache_dir: str | os.PathLike | None = None,
-                 source: str = "", guidance: float = 1.0):
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        scheduler,
+        max_sequence_length: int = 512,
+        text_cache_dir: str | os.PathLike | None = None,
+        source: str = "",
+        guidance: float = 1.0,
+    ):
         super().__init__()
         self.transformer, self.vae = transformer, vae
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
@@ -164,9 +175,14 @@ class FluxBackbone(nn.Module):
         self.train(False)
 
     @classmethod
-    def from_pretrained(cls, source: str, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
-                        text_cache_dir: str | os.PathLike | None = None,
-                        max_sequence_length: int | None = None) -> FluxBackbone:
+    def from_pretrained(
+        cls,
+        source: str,
+        dtype: torch.dtype = torch.float32,
+        gradient_checkpointing: bool = False,
+        text_cache_dir: str | os.PathLike | None = None,
+        max_sequence_length: int | None = None,
+    ) -> FluxBackbone:
         """Load every component of `source` (variant name, local directory or hub id) in `dtype`.
 
         `max_sequence_length` (T5 tokens) defaults to the variant's, else the T5 tokenizer's
@@ -186,14 +202,22 @@ class FluxBackbone(nn.Module):
                 text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw),
                 text_encoder_2=T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2", dtype=dtype, **kw),
                 vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype, **kw),
-                transformer=FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype, **kw),
+                transformer=FluxTransformer2DModel.from_pretrained(
+                    root, subfolder="transformer", torch_dtype=dtype, **kw
+                ),
             )
         except (OSError, ValueError) as err:  # hub/HTTP errors subclass OSError; bad repo ids raise ValueError
             raise not_found_error(variant.location() if variant else source, err) from err
         if max_sequence_length is None:
-            max_sequence_length = variant.max_sequence_length if variant else min(parts["tokenizer_2"].model_max_length, 512)
-        backbone = cls(**parts, max_sequence_length=max_sequence_length, text_cache_dir=text_cache_dir,
-                       source=variant.name if variant else source)
+            max_sequence_length = (
+                variant.max_sequence_length if variant else min(parts["tokenizer_2"].model_max_length, 512)
+            )
+        backbone = cls(
+            **parts,
+            max_sequence_length=max_sequence_length,
+            text_cache_dir=text_cache_dir,
+            source=variant.name if variant else source,
+        )
         backbone.set_gradient_checkpointing(gradient_checkpointing)
         return backbone
 
@@ -239,12 +263,18 @@ class FluxBackbone(nn.Module):
     @torch.no_grad()
     def _encode_text_uncached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """FluxPipeline.encode_prompt: CLIP pooled output + T5 last hidden state."""
-        clip_ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids  # (B, 77)
+        clip_ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids  # (B, 77)
         clip_dev = next(self.text_encoder.parameters()).device
         pooled = self.text_encoder(clip_ids.to(clip_dev), output_hidden_states=False).pooler_output  # (B, P)
-        t5_ids = self.tokenizer_2(captions, padding="max_length", max_length=self.max_sequence_length,
-                                  truncation=True, return_tensors="pt").input_ids  # (B, T)
+        t5_ids = self.tokenizer_2(
+            captions, padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="pt"
+        ).input_ids  # (B, T)
         t5_dev = next(self.text_encoder_2.parameters()).device
         embeds = self.text_encoder_2(t5_ids.to(t5_dev), output_hidden_states=False)[0]  # (B, T, D)
         return embeds.to(self.text_encoder_2.dtype), pooled.to(self.text_encoder.dtype)
@@ -310,9 +340,16 @@ class FluxBackbone(nn.Module):
 
     # -- transformer ------------------------------------------------------------------------------
 
-    def predict(self, hidden_states: torch.Tensor, timestep: torch.Tensor, prompt_embeds: torch.Tensor,
-                pooled: torch.Tensor, txt_ids: torch.Tensor, img_ids: torch.Tensor,
-                guidance: torch.Tensor | float | None = None) -> torch.Tensor:
+    def predict(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        txt_ids: torch.Tensor,
+        img_ids: torch.Tensor,
+        guidance: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
         """Flux velocity for packed tokens (B, N, 64) at `timestep` in [0, 1] -> (B, N, 64).
 
         `guidance` defaults to the training constant (1.0) when the transformer embeds guidance.
@@ -341,9 +378,15 @@ class FluxBackbone(nn.Module):
         """A stock `diffusers.FluxPipeline` sharing these components (for sampling)."""
         from diffusers import FluxPipeline
 
-        return FluxPipeline(scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder,
-                            tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
-                            tokenizer_2=self.tokenizer_2, transformer=self.transformer)
+        return FluxPipeline(
+            scheduler=self.scheduler,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            transformer=self.transformer,
+        )
 
 
 def meta_transformer(variant: str | Variant):

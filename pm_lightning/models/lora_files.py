@@ -50,7 +50,9 @@ _ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def export_domain_lora(transformer: nn.Module, domain: int, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+def export_domain_lora(
+    transformer: nn.Module, domain: int, path: str | Path, dtype: torch.dtype = torch.float32
+) -> Path:
     """Write `domain`'s adapter of `transformer` as a diffusers Flux LoRA file; returns the path."""
     from diffusers import FluxPipeline
 
@@ -93,7 +95,9 @@ def domain_index_of(name: str, domains: list[str]) -> int:
     return domains.index(name)
 
 
-def load_checkpoint_adapters(ckpt_path: str | Path, base: str | None = None) -> tuple[nn.Module, AdapterConfig, list[str]]:
+def load_checkpoint_adapters(
+    ckpt_path: str | Path, base: str | None = None
+) -> tuple[nn.Module, AdapterConfig, list[str]]:
     """(meta transformer with the checkpoint's adapters loaded, its AdapterConfig, its domain list)."""
     # A trusted local checkpoint: Lightning stores hyper-parameters as plain Python objects.
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -110,8 +114,10 @@ def load_checkpoint_adapters(ckpt_path: str | Path, base: str | None = None) -> 
     return transformer, cfg, list(hp["domains"])
 
 
-STAGE1_FIX = ("run `make train-stage1` first (it writes runs/tiny/lora/final/unseen.safetensors), "
-              "or set model.init_args.stage1: null to start from the plain base")
+STAGE1_FIX = (
+    "run `make train-stage1` first (it writes runs/tiny/lora/final/unseen.safetensors), "
+    "or set model.init_args.stage1: null to start from the plain base"
+)
 
 
 def check_stage1_file(path: str | Path) -> Path:

@@ -39,8 +39,13 @@ CLIP_CONFIG = {
     "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 96, "layers": 3, "head_width": 32, "mlp_ratio": 4.0},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
-PREPROCESS_CONFIG = {"size": 64, "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
-                     "interpolation": "bicubic", "resize_mode": "shortest"}
+PREPROCESS_CONFIG = {
+    "size": 64,
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 
 
 @dataclass
@@ -72,8 +77,12 @@ def frame_texts(seq: Sequence, k: int) -> list[str]:
     """Texts that describe frame k: frame caption, domain + step, the step alone, the domain prompt
     (+ the caption on the last frame)."""
     step = seq.steps[k]
-    texts = [f"{seq.caption}. step {k + 1}: {step}", f"a {domain_phrase(seq.domain)} process, step {k + 1}: {step}", step,
-             zero_shot_prompt(seq.domain)]
+    texts = [
+        f"{seq.caption}. step {k + 1}: {step}",
+        f"a {domain_phrase(seq.domain)} process, step {k + 1}: {step}",
+        step,
+        zero_shot_prompt(seq.domain),
+    ]
     if k == len(seq.frames) - 1:
         texts.append(seq.caption)
     return texts
@@ -121,10 +130,15 @@ def train(model, tokenizer, frames, grids, texts, cfg: TinyEvalConfig, log_every
     rng = random.Random(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup)
-                                              * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+    )
     n_grid = round(cfg.batch_size * cfg.grid_fraction)
     history, t0 = [], time.time()
     model.train()
@@ -188,8 +202,13 @@ def build_model():
     import open_clip
 
     model = open_clip.CLIP(**CLIP_CONFIG)
-    preprocess = open_clip.image_transform(PREPROCESS_CONFIG["size"], is_train=False, mean=PREPROCESS_CONFIG["mean"],
-                                           std=PREPROCESS_CONFIG["std"], interpolation="bicubic")
+    preprocess = open_clip.image_transform(
+        PREPROCESS_CONFIG["size"],
+        is_train=False,
+        mean=PREPROCESS_CONFIG["mean"],
+        std=PREPROCESS_CONFIG["std"],
+        interpolation="bicubic",
+    )
     tokenizer = open_clip.SimpleTokenizer(context_length=CLIP_CONFIG["text_cfg"]["context_length"])
     return model, preprocess, tokenizer
 
@@ -242,19 +261,32 @@ def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
     m = enc.clip_model
     metrics = {
         "train_domains_only": measure(m, enc.tokenizer, enc.preprocess, eval_train, list(TRAIN_DOMAINS)),
-        "all_domains": measure(m, enc.tokenizer, enc.preprocess, eval_train + eval_heldout,
-                               list(TRAIN_DOMAINS) + list(HELDOUT_DOMAINS)),
+        "all_domains": measure(
+            m, enc.tokenizer, enc.preprocess, eval_train + eval_heldout, list(TRAIN_DOMAINS) + list(HELDOUT_DOMAINS)
+        ),
         "retrieval_train_domains": retrieval(m, enc.tokenizer, enc.preprocess, eval_train),
         "retrieval_heldout_domains": retrieval(m, enc.tokenizer, enc.preprocess, eval_heldout),
     }
     size = sum(f.stat().st_size for f in clip_dir.iterdir())
     log = {
-        "command": command, "seed": cfg.seed, "threads": threads, "config": asdict(cfg), "clip_config": CLIP_CONFIG,
-        "train_split_seed": TRAIN_SPLIT_SEED, "eval_split_seed": EVAL_SPLIT_SEED,
-        "train_frames": len(frames), "train_grids": len(grids), "params": sum(p.numel() for p in model.parameters()),
-        "size_mb": round(size / 2**20, 2), "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
-        "total_seconds": round(time.time() - t0), "load_average": [round(load0, 1), round(os.getloadavg()[0], 1)],
-        "torch": torch.__version__, "metrics": metrics, "history": history,
+        "command": command,
+        "seed": cfg.seed,
+        "threads": threads,
+        "config": asdict(cfg),
+        "clip_config": CLIP_CONFIG,
+        "train_split_seed": TRAIN_SPLIT_SEED,
+        "eval_split_seed": EVAL_SPLIT_SEED,
+        "train_frames": len(frames),
+        "train_grids": len(grids),
+        "params": sum(p.numel() for p in model.parameters()),
+        "size_mb": round(size / 2**20, 2),
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
+        "total_seconds": round(time.time() - t0),
+        "load_average": [round(load0, 1), round(os.getloadavg()[0], 1)],
+        "torch": torch.__version__,
+        "metrics": metrics,
+        "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(log, indent=1) + "\n")
     (out / "README.md").write_text(readme(log))
@@ -269,34 +301,40 @@ def readme(log: dict) -> str:
     """OUT/README.md: what the files are, how they were made, what they measure."""
     m = log["metrics"]
     tr, al = m["train_domains_only"], m["all_domains"]
-    rows = "\n".join(f"| {d} | {'held out' if d in HELDOUT_DOMAINS else 'train'} | {_pct(al['zero_shot_per_domain'].get(d))} |"
-                     for d in list(TRAIN_DOMAINS) + list(HELDOUT_DOMAINS))
+    rows = "\n".join(
+        f"| {d} | {'held out' if d in HELDOUT_DOMAINS else 'train'} | {_pct(al['zero_shot_per_domain'].get(d))} |"
+        for d in list(TRAIN_DOMAINS) + list(HELDOUT_DOMAINS)
+    )
     ret = "\n".join(
         f"| {name} | {r['retrieval_candidates']} | {_pct(r['final_frame_to_caption_top1'])} | {_pct(r['final_frame_to_caption_top5'])} | "
         f"{_pct(r['grid_to_caption_top1'])} | {_pct(r['grid_to_caption_top5'])} | {_pct(r['caption_to_grid_top1'])} |"
-        for name, r in (("training domains", m["retrieval_train_domains"]), ("held-out domains", m["retrieval_heldout_domains"])))
+        for name, r in (
+            ("training domains", m["retrieval_train_domains"]),
+            ("held-out domains", m["retrieval_heldout_domains"]),
+        )
+    )
     return f"""# Embedded tiny evaluators
 
-Made by `{log['command']}` (`make tiny-eval`): seed {log['seed']}, CPU, {log['threads']} thread(s), torch {log['torch']},
-{log['train_seconds']} s wall-clock of data + training ({log['train_cpu_seconds']} s of CPU time: the 2 cores were shared,
-load average {log['load_average'][0]} at the start, {log['load_average'][1]} at the end), {log['total_seconds']} s in all.
+Made by `{log["command"]}` (`make tiny-eval`): seed {log["seed"]}, CPU, {log["threads"]} thread(s), torch {log["torch"]},
+{log["train_seconds"]} s wall-clock of data + training ({log["train_cpu_seconds"]} s of CPU time: the 2 cores were shared,
+load average {log["load_average"][0]} at the start, {log["load_average"][1]} at the end), {log["total_seconds"]} s in all.
 Do not edit by hand; rerun the command.
 
-- `clip/open_clip_config.json`, `clip/open_clip_model.safetensors`: an open_clip `CLIP` ({log['params']:,} parameters,
-  {log['size_mb']} MB fp16; unused token-embedding rows stored as zeros), loadable with
+- `clip/open_clip_config.json`, `clip/open_clip_model.safetensors`: an open_clip `CLIP` ({log["params"]:,} parameters,
+  {log["size_mb"]} MB fp16; unused token-embedding rows stored as zeros), loadable with
   `open_clip.create_model_and_transforms("local-dir:data/tiny-eval/clip")` or `Encoders.load(clip="tiny")`.
-  Trained contrastively for {log['config']['steps']} steps (batch {log['config']['batch_size']}) on {log['train_frames']} frames
-  and {log['train_grids']} grids (64 px) of the training domains, split seed {log['train_split_seed']}.
+  Trained contrastively for {log["config"]["steps"]} steps (batch {log["config"]["batch_size"]}) on {log["train_frames"]} frames
+  and {log["train_grids"]} grids (64 px) of the training domains, split seed {log["train_split_seed"]}.
 - The tiny patch-token encoder (`dino="tiny"`) is this model's visual tower: its 8x8 patch tokens after `ln_post`.
 - `metrics.json`: the full training log and measurements.
 
-## Measured on split seed {log['eval_split_seed']} (never trained on), {log['config']['eval_per_domain']} sequences per domain
+## Measured on split seed {log["eval_split_seed"]} (never trained on), {log["config"]["eval_per_domain"]} sequences per domain
 
 Domain classification of every frame by text prompts (CLIP's zero-shot protocol, no classifier head) against
 "a <domain> process" (a training text for the training domains; never seen for the held-out ones):
-{_pct(tr.get('zero_shot_train_domains'))} over the 7 training domains (7-way);
-with all 9 prompts: {_pct(al.get('zero_shot_train_domains'))} on training-domain frames,
-{_pct(al.get('zero_shot_heldout_domains'))} on held-out-domain frames (their words were never trained on).
+{_pct(tr.get("zero_shot_train_domains"))} over the 7 training domains (7-way);
+with all 9 prompts: {_pct(al.get("zero_shot_train_domains"))} on training-domain frames,
+{_pct(al.get("zero_shot_heldout_domains"))} on held-out-domain frames (their words were never trained on).
 
 | domain | split | zero-shot accuracy (9-way) |
 |---|---|---:|

@@ -21,28 +21,44 @@ from pm_lightning.tiny import frame_pools as corpus
 from pm_lightning.tiny.flux_readme import write_readme
 
 
-def build(out: Path, cfg: pretrain.PretrainConfig, model_cfg: components.TinyFluxConfig, threads: int,
-          samples_png: Path | None, command: str) -> dict:
+def build(
+    out: Path,
+    cfg: pretrain.PretrainConfig,
+    model_cfg: components.TinyFluxConfig,
+    threads: int,
+    samples_png: Path | None,
+    command: str,
+) -> dict:
     """The whole recipe; returns the training log (also written to `out/training_log.json`)."""
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     pipe = components.build_pipeline(model_cfg, corpus.tokenizer_texts())
-    log = {"command": command, "seed": cfg.seed, "threads": threads, "config": _jsonable(cfg),
-           "t5_max_length": model_cfg.t5_max_length}
+    log = {
+        "command": command,
+        "seed": cfg.seed,
+        "threads": threads,
+        "config": _jsonable(cfg),
+        "t5_max_length": model_cfg.t5_max_length,
+    }
 
     starts = {size: 1000 * i for i, size in enumerate(sorted(cfg.pools))}  # disjoint sequences per size
     frames = {s: corpus.frame_pool(s, n, start=starts[s], seed=cfg.seed) for s, n in cfg.pools.items()}
-    val_frames = {s: corpus.frame_pool(s, cfg.val_per_domain, split_seed=corpus.VAL_SPLIT_SEED, final_caption_only=0)
-                  for s in cfg.pools}
+    val_frames = {
+        s: corpus.frame_pool(s, cfg.val_per_domain, split_seed=corpus.VAL_SPLIT_SEED, final_caption_only=0)
+        for s in cfg.pools
+    }
     log["frames"] = {str(s): len(p) for s, p in frames.items()}
     log["val_frames"] = {str(s): len(p) for s, p in val_frames.items()}
 
     log["vae"] = pretrain.train_vae(pipe.vae, frames, cfg)
     shift, std = pretrain.latent_stats(pipe.vae, frames)
     pipe.vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(1.0 / std, 4))
-    log["vae"].update(shift_factor=round(shift, 4), scaling_factor=round(1.0 / std, 4),
-                      val_l1={str(s): round(pretrain.reconstruction_l1(pipe.vae, p), 4) for s, p in val_frames.items()})
+    log["vae"].update(
+        shift_factor=round(shift, 4),
+        scaling_factor=round(1.0 / std, 4),
+        val_l1={str(s): round(pretrain.reconstruction_l1(pipe.vae, p), 4) for s, p in val_frames.items()},
+    )
 
     pools = {s: pretrain.latent_pool(pipe, p) for s, p in frames.items()}
     val_pools = {s: pretrain.latent_pool(pipe, p) for s, p in val_frames.items()}
@@ -54,8 +70,9 @@ def build(out: Path, cfg: pretrain.PretrainConfig, model_cfg: components.TinyFlu
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     components.portable_tokenizer_names(out)
-    log["params"] = {n: components.count_params(getattr(pipe, n))
-                     for n in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+    log["params"] = {
+        n: components.count_params(getattr(pipe, n)) for n in ("transformer", "vae", "text_encoder", "text_encoder_2")
+    }
     log["size_mb"] = round(components.dir_size_mb(out), 2)
     if samples_png is not None:
         from pm_lightning.tiny.flux_samples import sample_sheet
@@ -79,8 +96,9 @@ def _validation(pipe, model_cfg, val_pools, flow, seed: int) -> dict:
     trained = pretrain.validation_loss(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, val_pools, flow)
     torch.manual_seed(seed + 100)
     clip, t5 = components.text_encoders(model_cfg, len(pipe.tokenizer))
-    untrained = pretrain.validation_loss(components.transformer(model_cfg).eval(), clip.eval(), t5.eval(),
-                                         val_pools, flow)
+    untrained = pretrain.validation_loss(
+        components.transformer(model_cfg).eval(), clip.eval(), t5.eval(), val_pools, flow
+    )
     return {"trained": trained, "untrained": untrained}
 
 

@@ -17,8 +17,13 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 # Flux.1-dev's scheduler config: the sampler's resolution-dependent shift matches training's "flux" shift.
 SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-    base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=1.15,
+    base_image_seq_len=256,
+    max_image_seq_len=4096,
 )
 
 
@@ -43,10 +48,18 @@ class TinyFluxConfig:
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_groups: int = 1  # one group: more than 1 lets flat colours collapse in the output GroupNorm
     latent_channels: int = 16
-    transformer: dict = field(default_factory=lambda: dict(
-        patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
-        attention_head_dim=32, num_attention_heads=4, guidance_embeds=True, axes_dims_rope=(8, 12, 12),
-    ))
+    transformer: dict = field(
+        default_factory=lambda: dict(
+            patch_size=1,
+            in_channels=64,
+            num_layers=2,
+            num_single_layers=4,
+            attention_head_dim=32,
+            num_attention_heads=4,
+            guidance_embeds=True,
+            axes_dims_rope=(8, 12, 12),
+        )
+    )
 
     def __post_init__(self):
         if len(self.vae_channels) != 4:
@@ -67,27 +80,55 @@ def train_tokenizer(texts: Iterable[str], model_max_length: int):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=list(SPECIALS), min_frequency=1))
     assert [tok.token_to_id(s) for s in SPECIALS] == [PAD_ID, EOS_ID, UNK_ID]
-    tok.post_processor = processors.TemplateProcessing(single="$A [EOS]", pair="$A [EOS] $B [EOS]",
-                                                       special_tokens=[("[EOS]", EOS_ID)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]",
-                                   model_max_length=model_max_length, padding_side="right")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A [EOS]", pair="$A [EOS] $B [EOS]", special_tokens=[("[EOS]", EOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+        model_max_length=model_max_length,
+        padding_side="right",
+    )
 
 
 def text_encoders(cfg: TinyFluxConfig, vocab_size: int):
     """(CLIPTextModel, T5EncoderModel), random, with the tokenizer's special ids."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=cfg.text_dim, intermediate_size=4 * cfg.text_dim,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=2, max_position_embeddings=cfg.clip_max_length,
-        projection_dim=cfg.text_dim, pad_token_id=PAD_ID, bos_token_id=EOS_ID, eos_token_id=EOS_ID,
-    ))
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=vocab_size, d_model=cfg.text_dim, d_kv=16, d_ff=4 * cfg.text_dim, num_layers=cfg.text_layers,
-        num_heads=4, relative_attention_num_buckets=16, relative_attention_max_distance=64, dropout_rate=0.0,
-        feed_forward_proj="gated-gelu", pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
-        tie_word_embeddings=False,
-    ))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.text_dim,
+            intermediate_size=4 * cfg.text_dim,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=2,
+            max_position_embeddings=cfg.clip_max_length,
+            projection_dim=cfg.text_dim,
+            pad_token_id=PAD_ID,
+            bos_token_id=EOS_ID,
+            eos_token_id=EOS_ID,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=cfg.text_dim,
+            d_kv=16,
+            d_ff=4 * cfg.text_dim,
+            num_layers=cfg.text_layers,
+            num_heads=4,
+            relative_attention_num_buckets=16,
+            relative_attention_max_distance=64,
+            dropout_rate=0.0,
+            feed_forward_proj="gated-gelu",
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+            decoder_start_token_id=PAD_ID,
+            tie_word_embeddings=False,
+        )
+    )
     return clip, t5
 
 
@@ -97,18 +138,28 @@ def vae(cfg: TinyFluxConfig):
 
     n = len(cfg.vae_channels)
     model = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_channels, layers_per_block=1, norm_num_groups=cfg.vae_groups,
-        sample_size=192, scaling_factor=1.0, shift_factor=0.0, use_quant_conv=False, use_post_quant_conv=False,
-        mid_block_add_attention=False, force_upcast=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        norm_num_groups=cfg.vae_groups,
+        sample_size=192,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=False,
+        force_upcast=False,
     )
     # Start with a near-deterministic posterior (std ~ 0.02): with the usual logvar ~ 0 the decoder
     # first sees mostly noise, which slows a small VAE's training by hundreds of steps.
     with torch.no_grad():
         conv = model.encoder.conv_out
-        conv.weight[cfg.latent_channels:].mul_(0.01)
-        conv.bias[cfg.latent_channels:].fill_(-8.0)
+        conv.weight[cfg.latent_channels :].mul_(0.01)
+        conv.bias[cfg.latent_channels :].fill_(-8.0)
     return model
 
 
@@ -116,8 +167,9 @@ def transformer(cfg: TinyFluxConfig):
     """A random FluxTransformer2DModel reading `text_dim`-wide text features."""
     from diffusers import FluxTransformer2DModel
 
-    return FluxTransformer2DModel(**cfg.transformer, joint_attention_dim=cfg.text_dim,
-                                  pooled_projection_dim=cfg.text_dim)
+    return FluxTransformer2DModel(
+        **cfg.transformer, joint_attention_dim=cfg.text_dim, pooled_projection_dim=cfg.text_dim
+    )
 
 
 def scheduler():
@@ -133,8 +185,15 @@ def build_pipeline(cfg: TinyFluxConfig, texts: list[str]):
     tok_clip = train_tokenizer(texts, cfg.clip_max_length)
     tok_t5 = train_tokenizer(texts, cfg.t5_max_length)
     clip, t5 = text_encoders(cfg, len(tok_clip))
-    return FluxPipeline(scheduler=scheduler(), vae=vae(cfg), text_encoder=clip, tokenizer=tok_clip,
-                        text_encoder_2=t5, tokenizer_2=tok_t5, transformer=transformer(cfg))
+    return FluxPipeline(
+        scheduler=scheduler(),
+        vae=vae(cfg),
+        text_encoder=clip,
+        tokenizer=tok_clip,
+        text_encoder_2=t5,
+        tokenizer_2=tok_t5,
+        transformer=transformer(cfg),
+    )
 
 
 def portable_tokenizer_names(out: str | Path) -> None:

@@ -112,8 +112,10 @@ def latent_stats(vae, pools: dict[int, FramePool], per_pool: int = 256) -> tuple
 def encode_pool(vae, pool: FramePool, batch: int = 32) -> torch.Tensor:
     """(N, 16, S/8, S/8) Flux latents (z - shift) * scale of every frame in the pool."""
     cfg = vae.config
-    out = [(vae.encode(to_pixels(x)).latent_dist.mode() - cfg.shift_factor) * cfg.scaling_factor
-           for x in pool.pixels.split(batch)]
+    out = [
+        (vae.encode(to_pixels(x)).latent_dist.mode() - cfg.shift_factor) * cfg.scaling_factor
+        for x in pool.pixels.split(batch)
+    ]
     return torch.cat(out)
 
 
@@ -158,9 +160,14 @@ def flow_loss(transformer, clip, t5, batch: LatentPool, generator: torch.Generat
     t = sample_timesteps(b, flow, x0.shape[1], generator)  # (B,)
     noise = torch.randn(x0.shape, generator=generator)
     pred = transformer(
-        hidden_states=interpolate(x0, noise, t), timestep=t, guidance=torch.full((b,), flow.guidance),
-        pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=torch.zeros(embeds.shape[1], 3),
-        img_ids=image_ids(h, w), return_dict=False,
+        hidden_states=interpolate(x0, noise, t),
+        timestep=t,
+        guidance=torch.full((b,), flow.guidance),
+        pooled_projections=pooled,
+        encoder_hidden_states=embeds,
+        txt_ids=torch.zeros(embeds.shape[1], 3),
+        img_ids=image_ids(h, w),
+        return_dict=False,
     )[0]  # (B, N, 64)
     return F.mse_loss(pred, velocity_target(x0, noise))
 
@@ -198,13 +205,18 @@ def train_transformer(pipe, pools: dict[int, LatentPool], cfg: PretrainConfig, f
             history.append({"step": step + 1, **{str(s): round(v, 4) for s, v in sorted(ema.items())}})
     for m in modules:
         m.eval()
-    return {"steps": cfg.steps, "seconds": round(time.time() - start), "loss_history": history,
-            "final_loss": {str(s): round(v, 4) for s, v in sorted(ema.items())}}
+    return {
+        "steps": cfg.steps,
+        "seconds": round(time.time() - start),
+        "loss_history": history,
+        "final_loss": {str(s): round(v, 4) for s, v in sorted(ema.items())},
+    }
 
 
 @torch.no_grad()
-def validation_loss(transformer, clip, t5, pools: dict[int, LatentPool], flow: FlowConfig, seed: int = 1234,
-                    batch: int = 32) -> dict:
+def validation_loss(
+    transformer, clip, t5, pools: dict[int, LatentPool], flow: FlowConfig, seed: int = 1234, batch: int = 32
+) -> dict:
     """Flow-matching loss per canvas size on held-out frames with fixed t and noise (comparable across models)."""
     out = {}
     for size, pool in sorted(pools.items()):

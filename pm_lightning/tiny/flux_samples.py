@@ -13,20 +13,33 @@ from pm_lightning.tiny.frame_pools import VAL_SPLIT_SEED, frame_caption, sequenc
 CELL = 192
 SMALL = 128  # display size of the 64 px colour samples
 COLOUR_ROWS = {  # caption templates from the corpus, with the colour as the only change along a row
-    "pixel_art": ("pixel art of a {c} heart. step 2: fill the heart with {c}",
-                  ("red", "orange", "yellow", "green", "blue", "purple", "pink")),
-    "lego": ("a lego tower of eight {c} bricks on a gray baseplate. step 9: place the eighth {c} brick",
-             ("red", "orange", "yellow", "white", "blue", "purple")),
-    "garden": ("a garden of four {c} flowers. step 8: the {c} petals open",
-               ("red", "orange", "yellow", "white", "blue", "purple", "pink")),
+    "pixel_art": (
+        "pixel art of a {c} heart. step 2: fill the heart with {c}",
+        ("red", "orange", "yellow", "green", "blue", "purple", "pink"),
+    ),
+    "lego": (
+        "a lego tower of eight {c} bricks on a gray baseplate. step 9: place the eighth {c} brick",
+        ("red", "orange", "yellow", "white", "blue", "purple"),
+    ),
+    "garden": (
+        "a garden of four {c} flowers. step 8: the {c} petals open",
+        ("red", "orange", "yellow", "white", "blue", "purple", "pink"),
+    ),
 }
 
 
 def generate(pipe, caption: str, size: int, seed: int, steps: int, max_sequence_length: int) -> Image.Image:
     """One image from the stock pipeline (guidance 1.0, as trained)."""
     g = torch.Generator().manual_seed(seed)
-    return pipe(caption, height=size, width=size, num_inference_steps=steps, guidance_scale=1.0,
-                generator=g, max_sequence_length=max_sequence_length).images[0]
+    return pipe(
+        caption,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        generator=g,
+        max_sequence_length=max_sequence_length,
+    ).images[0]
 
 
 def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, seed: int = 0) -> Image.Image:
@@ -40,8 +53,9 @@ def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, 
     heads = ["truth (last step)", "64 px: step 1", "64 px: middle step", "64 px: last step", "192 px: last step"]
     label_w, gap, head_h = 150, 4, 16
     colour_h = head_h + len(COLOUR_ROWS) * (SMALL + head_h + gap)
-    sheet = Image.new("RGB", (label_w + len(heads) * (CELL + gap), head_h + len(domains) * (CELL + gap) + colour_h),
-                      "white")
+    sheet = Image.new(
+        "RGB", (label_w + len(heads) * (CELL + gap), head_h + len(domains) * (CELL + gap) + colour_h), "white"
+    )
     draw = ImageDraw.Draw(sheet)
     for c, head in enumerate(heads):
         draw.text((label_w + c * (CELL + gap) + 4, 2), head, fill="black")

@@ -26,8 +26,11 @@ def frame_caption(seq: Sequence, k: int) -> str:
 
 def sequences(domains, split_seed: int, count: int, size: int, start: int = 0) -> list[Sequence]:
     """Sequences `start .. start+count-1` of each domain of one corpus split, rendered at `size` px."""
-    return [generate_sequence(d, sequence_seed(split_seed, d, i), size)
-            for d in domains for i in range(start, start + count)]
+    return [
+        generate_sequence(d, sequence_seed(split_seed, d, i), size)
+        for d in domains
+        for i in range(start, start + count)
+    ]
 
 
 def tokenizer_texts(per_domain: int = 200) -> list[str]:
@@ -61,8 +64,15 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 127.5 - 1
 
 
-def frame_pool(size: int, per_domain: int, split_seed: int = TRAIN_SPLIT_SEED, domains=TRAIN_DOMAINS,
-               final_caption_only: float = 0.15, seed: int = 0, start: int = 0) -> FramePool:
+def frame_pool(
+    size: int,
+    per_domain: int,
+    split_seed: int = TRAIN_SPLIT_SEED,
+    domains=TRAIN_DOMAINS,
+    final_caption_only: float = 0.15,
+    seed: int = 0,
+    start: int = 0,
+) -> FramePool:
     """Every frame of `per_domain` sequences per domain at `size` px, captioned per step.
 
     With probability `final_caption_only` the last frame also appears captioned with the bare
@@ -86,4 +96,4 @@ def random_crops(pool: FramePool, batch: int, crop: int, g: torch.Generator) -> 
     size = pool.pixels.shape[-1]
     ys = torch.randint(size - crop + 1, (batch,), generator=g)
     xs = torch.randint(size - crop + 1, (batch,), generator=g)
-    return torch.stack([pool.pixels[i, :, y:y + crop, x:x + crop] for i, y, x in zip(idx, ys, xs)])
+    return torch.stack([pool.pixels[i, :, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)])

@@ -128,7 +128,9 @@ class FlowMatchingModule(L.LightningModule):
 
     def transformer_inputs(self, xt: torch.Tensor, t: torch.Tensor, cond: dict) -> dict:
         """Keyword arguments of the Flux transformer for noisy tokens `xt` at times `t`."""
-        inputs = dict(cond, hidden_states=xt.to(self.backbone.dtype), timestep=t.to(self.backbone.dtype), return_dict=False)
+        inputs = dict(
+            cond, hidden_states=xt.to(self.backbone.dtype), timestep=t.to(self.backbone.dtype), return_dict=False
+        )
         if self.transformer.config.guidance_embeds:
             inputs["guidance"] = torch.full_like(t, self.flow_cfg.guidance, dtype=self.backbone.dtype)
         return inputs
@@ -188,4 +190,3 @@ class FlowMatchingModule(L.LightningModule):
         # every name of a shared (tied) tensor too: fused q/k/v adapters share one A
         keep = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-

@@ -36,7 +36,9 @@ class ProcessCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--experiment", type=str, default="default", help="experiment name (W&B group)")
-        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume from a checkpoint path or 'last'")
+        parser.add_argument(
+            "--ckpt_path", type=str | None, default=None, help="resume from a checkpoint path or 'last'"
+        )
         parser.add_argument("--validate_first", type=bool, default=True, help="validation pass at step 0")
         parser.add_argument(
             "--start_over",
@@ -84,7 +86,11 @@ def report(cli: ProcessCLI) -> None:
     trainer = cli.trainer
     lines = [f"run directory:  {Path(trainer.default_root_dir).resolve()}"]
     for cb in trainer.callbacks:
-        for attr, label in (("last_dir", "LoRA files:    "), ("last_path", "sample grids:  "), ("best_model_path", "checkpoints:   ")):
+        for attr, label in (
+            ("last_dir", "LoRA files:    "),
+            ("last_path", "sample grids:  "),
+            ("best_model_path", "checkpoints:   "),
+        ):
             value = getattr(cb, attr, None)
             if value:
                 lines.append(f"{label} {Path(value).resolve().parent if attr != 'last_dir' else Path(value).resolve()}")
@@ -99,7 +105,10 @@ def main(args: list[str] | None = None) -> int:
     try:
         cli = build_cli(args)
         ckpt = resolve_ckpt_path(cli.config.ckpt_path, cli.trainer.default_root_dir)
-    except (FileNotFoundError, RunDirectoryInUse) as err:  # a missing base / stage-1 file / shard set / last.ckpt; a used run dir
+    except (
+        FileNotFoundError,
+        RunDirectoryInUse,
+    ) as err:  # a missing base / stage-1 file / shard set / last.ckpt; a used run dir
         print(f"error: {err}", file=sys.stderr)
         return 2
     if cli.config.validate_first and ckpt is None and cli.datamodule.hparams.val_shards:

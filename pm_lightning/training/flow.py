@@ -44,13 +44,17 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def flux_mu(image_seq_len: int, base_len: int = 256, max_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+def flux_mu(
+    image_seq_len: int, base_len: int = 256, max_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15
+) -> float:
     """Flux's resolution-dependent mu: linear in the number of image tokens."""
     slope = (max_shift - base_shift) / (max_len - base_len)
     return image_seq_len * slope + base_shift - slope * base_len
 
 
-def sample_timesteps(batch: int, cfg: FlowConfig, image_seq_len: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def sample_timesteps(
+    batch: int, cfg: FlowConfig, image_seq_len: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
     """(B,) training timesteps in (0, 1): logit-normal, then shifted as configured."""
     u = torch.randn(batch, generator=generator, device=device) * cfg.logit_std + cfg.logit_mean  # (B,)
     t = torch.sigmoid(u)

@@ -98,7 +98,10 @@ def shape_of(transformer: torch.nn.Module) -> ModelShape:
     """The ModelShape of a Flux transformer with adapters (real or meta device)."""
     blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
     units = tuple(
-        (sum(p.numel() for p in b.parameters() if not p.requires_grad), sum(p.numel() for p in b.parameters() if p.requires_grad))
+        (
+            sum(p.numel() for p in b.parameters() if not p.requires_grad),
+            sum(p.numel() for p in b.parameters() if p.requires_grad),
+        )
         for b in blocks
     )
     cfg = transformer.config
@@ -189,7 +192,11 @@ def activation_bytes(shape: ModelShape, work: Workload) -> dict[str, int]:
     else:
         ckpt, block = shape.num_blocks * SAVED_PER_BLOCK * unit, GRAD_PER_BLOCK * unit
     align = work.align_layers * work.batch * work.image_tokens * shape.hidden * BF16 * ALIGN_PER_LAYER
-    return {"activations: block checkpoints": ckpt, "activations: one block backward": block, "alignment features": align}
+    return {
+        "activations: block checkpoints": ckpt,
+        "activations: one block backward": block,
+        "alignment features": align,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- strategies
@@ -216,7 +223,14 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy("ddp", "experiments/strategies/ddp.yaml", "ddp", False, False, "none"),
         Strategy("fsdp_full_shard", "experiments/strategies/fsdp.yaml", "fsdp", True, True, "units"),
-        Strategy("fsdp_shard_grad_op", "experiments/strategies/fsdp.yaml (sharding_strategy: SHARD_GRAD_OP)", "fsdp", True, True, "all"),
+        Strategy(
+            "fsdp_shard_grad_op",
+            "experiments/strategies/fsdp.yaml (sharding_strategy: SHARD_GRAD_OP)",
+            "fsdp",
+            True,
+            True,
+            "all",
+        ),
         Strategy("zero2", "experiments/strategies/deepspeed_zero2.yaml", "deepspeed", False, True, "none"),
         Strategy("zero3", "experiments/strategies/deepspeed_zero3.yaml", "deepspeed", True, True, "units"),
     )
@@ -292,7 +306,9 @@ def plan_all(shape: ModelShape, work: Workload, gpus: int = 8, gpu_gib: float = 
 def format_table(plans: list[Plan], shape: ModelShape, work: Workload) -> str:
     """A markdown table: one row per component, one column per strategy, GiB per GPU."""
     names = list(plans[0].components)
-    head = f"| GiB per GPU ({plans[0].gpus} x {plans[0].gpu_gib:g} GiB) | " + " | ".join(p.strategy for p in plans) + " |"
+    head = (
+        f"| GiB per GPU ({plans[0].gpus} x {plans[0].gpu_gib:g} GiB) | " + " | ".join(p.strategy for p in plans) + " |"
+    )
     lines = [
         f"base {shape.base_params:,} params, adapters {shape.adapter_params:,} ({work.optimizer}); {work.tokens} tokens "
         f"({work.image_tokens} image + {work.text_tokens} text) x batch {work.batch} per GPU; "
@@ -312,7 +328,16 @@ def to_json(plans: list[Plan], shape: ModelShape, work: Workload) -> dict:
     return {
         "base_params": shape.base_params,
         "adapter_params": shape.adapter_params,
-        "workload": {"tokens": work.tokens, "text_tokens": work.text_tokens, "batch": work.batch,
-                     "align_layers": work.align_layers, "checkpointing": work.checkpointing, "optimizer": work.optimizer},
-        "plans": {p.strategy: {"gpus": p.gpus, "gpu_gib": p.gpu_gib, "bytes": p.components, "total": p.total, "fits": p.fits} for p in plans},
+        "workload": {
+            "tokens": work.tokens,
+            "text_tokens": work.text_tokens,
+            "batch": work.batch,
+            "align_layers": work.align_layers,
+            "checkpointing": work.checkpointing,
+            "optimizer": work.optimizer,
+        },
+        "plans": {
+            p.strategy: {"gpus": p.gpus, "gpu_gib": p.gpu_gib, "bytes": p.components, "total": p.total, "fits": p.fits}
+            for p in plans
+        },
     }

@@ -8,7 +8,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    """"float32" / "bfloat16" / "float16" -> torch dtype, with the choices in the error."""
+    """ "float32" / "bfloat16" / "float16" -> torch dtype, with the choices in the error."""
     if name not in DTYPES:
         raise ValueError(f"model.init_args.dtype must be one of {sorted(DTYPES)} or null (derived), got {name!r}")
     return DTYPES[name]

@@ -67,7 +67,9 @@ class Stage2Module(FlowMatchingModule):
         """
         super().__init__(**kwargs)
         if adapter.kind != "lora":
-            raise ValueError(f"model.init_args.adapter.kind must be 'lora' for stage 2 (domain-free), got {adapter.kind!r}")
+            raise ValueError(
+                f"model.init_args.adapter.kind must be 'lora' for stage 2 (domain-free), got {adapter.kind!r}"
+            )
         if mode not in MODES:
             raise ValueError(f"model.init_args.mode must be one of {MODES}, got {mode!r}")
         check_cell(cell)
@@ -100,7 +102,9 @@ class Stage2Module(FlowMatchingModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("stage1_sha256")
         if saved != self.hparams.get("stage1_sha256"):
-            warnings.warn(f"the stage-1 file {self.stage1!r} differs from the one this checkpoint was trained on", stacklevel=2)
+            warnings.warn(
+                f"the stage-1 file {self.stage1!r} differs from the one this checkpoint was trained on", stacklevel=2
+            )
 
     # ------------------------------------------------------------------ samples
 
@@ -138,8 +142,12 @@ class Stage2Module(FlowMatchingModule):
         latents = torch.stack(grids)  # (B, 16, h, w)
         h, w = latents.shape[-2:]
         ids = image_ids(h, w, device=self.device)  # (N, 3)
-        mask = torch.stack([cell_token_mask(ids, r, c, refs) for r, c, refs in
-                            zip(samples["rows"], samples["cols"], samples["references"])])  # (B, N)
+        mask = torch.stack(
+            [
+                cell_token_mask(ids, r, c, refs)
+                for r, c, refs in zip(samples["rows"], samples["cols"], samples["references"])
+            ]
+        )  # (B, N)
         prompt_embeds, pooled, txt_ids = self.backbone.encode_text(list(samples["caption"]))
         cond = dict(encoder_hidden_states=prompt_embeds, pooled_projections=pooled, txt_ids=txt_ids, img_ids=ids)
         return pack(latents), cond, mask

@@ -46,7 +46,9 @@ class AutoWandbLogger(WandbLogger):
         """
         self.auto_offline = not has_wandb_credentials() if offline is None else offline
         self.explicit_save_dir = save_dir is not None
-        super().__init__(project=project, save_dir=save_dir, name=name, group=group, tags=tags, offline=self.auto_offline, **kwargs)
+        super().__init__(
+            project=project, save_dir=save_dir, name=name, group=group, tags=tags, offline=self.auto_offline, **kwargs
+        )
 
     def use_run_dir(self, run_dir: str) -> None:
         """Put the W&B files under the run directory unless `save_dir` was given (before the run starts)."""

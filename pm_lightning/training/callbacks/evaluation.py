@@ -132,8 +132,11 @@ class EvaluationCallback(SampleGrids):
 
         tables = {}
         for domain in dict.fromkeys(r["domain"] for r in rows):
-            data = [[r["domain"], r["prompt"], wandb.Image(im, caption=r["prompt"]), *(r.get(m) for m in METRICS)]
-                    for r, im in zip(rows, images) if r["domain"] == domain]
+            data = [
+                [r["domain"], r["prompt"], wandb.Image(im, caption=r["prompt"]), *(r.get(m) for m in METRICS)]
+                for r, im in zip(rows, images)
+                if r["domain"] == domain
+            ]
             tables[f"eval/{domain}/table"] = wandb.Table(columns=TABLE_COLUMNS, data=data)
         logger.log_metrics({**metrics, **tables}, step=step)  # one W&B history row for scalars and tables
 
@@ -155,4 +158,3 @@ def domain_metrics(rows: list[dict]) -> dict[str, float]:
         if values:
             out[f"eval/mean/{m}"] = sum(values) / len(values)
     return out
-
