@@ -46,3 +46,13 @@ def tiny_shards(tmp_path_factory) -> dict[str, str]:
         assert shards.main(["--src", str(root / "synth" / split), "--out", str(root / split), "--size", "32"]) == 0
         out[split] = str(root / split)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped (with the reason) on machines without it."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (the gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
