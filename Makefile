@@ -11,7 +11,7 @@ SAMPLES ?= outputs/samples
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval test test-slow bench bench-data clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval test test-slow bench bench-gpu bench-data clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -88,7 +88,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/stage1.py --write-docs
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/flux_step.py --write-docs
+
+# On a GPU (no download): FLUX.1-dev-shaped inference, step caches, torch.compile; writes docs/BENCHMARKS.md.
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu_inference.py --write-docs
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data.py

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags
 from pm_lightning.inference.inputs import input_grid, read_frames
 from pm_lightning.inference.session import InputError, Models, captions_for, run_adaptive
@@ -55,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         "mode": "adapt",
         "input": str(args.frames),
         "steps": steps,
-        "settings": {"base": args.base, "num_inference_steps": args.num_inference_steps, "guidance": args.guidance},
+        "settings": {
+            "base": args.base,
+            "num_inference_steps": args.num_inference_steps,
+            "guidance": args.guidance,
+            "cache": vars(cache_from_args(args)),
+            "insert_batch": args.insert_batch,
+        },
         "notes": notes,
         "adaptive": result.report,
         "timings": {"adaptive_s": round(time.perf_counter() - start, 3)},

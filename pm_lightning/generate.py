@@ -7,7 +7,8 @@
 
 Stage 1: stock diffusers `FluxPipeline` with the exported stage-1 LoRA loaded by `pipe.load_lora_weights(file)`,
 so the same seed in stock diffusers gives the same grid. `--adaptive`: sliding-window adaptive steps
-(`inference/adaptive.py`) with stage-2 insertions (`inference/references.insert_between`). `--image`: ReCraft.
+(`inference/adaptive.py`) with stage-2 insertions (`inference/reference_sampling.py`, every insertion of a round
+in one sampler call). `--cache first-block|taylorseer`: diffusers step caches (`inference/cache.py`). `--image`: ReCraft.
 With base "tiny" the LoRA files default to what `make train-stage1` / `make train-stage2` / `make train-recraft`
 write (paths read from experiments/tiny*.yaml); a missing file means the plain base, and the report says so.
 Outputs: `inference/outputs.py` (grid.png, frames/, sequence.gif, report.json, index.html).
@@ -20,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags
 from pm_lightning.inference.session import (
     InputError,
@@ -98,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             "guidance": args.guidance,
             "max_sequence_length": models.backbone.max_sequence_length,
             "adaptive": args.adaptive,
+            "cache": vars(cache_from_args(args)),
+            "insert_batch": args.insert_batch,
         },
         "models": used,
         "notes": notes,

@@ -336,3 +336,23 @@ def test_ground_truth_duplicate_frame_is_deleted(scorer, domain, index, k):
     edits = applied(res)
     assert [(d["action"], d["frame"] in (k, k + 1)) for d in edits] == [("delete", True)], res.report["rounds"][0]
     assert len(res.images) == len(seq.frames)
+
+
+def test_a_round_samples_all_its_insertions_in_one_batch_call():
+    """Two gaps in one sequence: both insertions of round 1 reach the batch function together, in pair order,
+    and the result equals the per-pair path."""
+    truth = smooth(11)
+    frames = truth[:3] + truth[4:8] + truth[9:]  # gaps at pairs 2 and 6
+    calls = []
+
+    def batch(requests):
+        calls.append([(reds([a, b]), n) for a, b, n in requests])
+        return [midpoint_insert(a, b, n) for a, b, n in requests]
+
+    res = adapt_sequence(frames, AngleScorer(), cfg=STUB_CFG, insert_batch=batch)
+    assert calls == [[([48, 96], 1), ([168, 216], 1)]]  # one call for the round, not one per pair
+    assert reds(res.images) == reds(truth)
+    per_pair = adapt_sequence(frames, AngleScorer(), midpoint_insert, STUB_CFG)
+    assert reds(per_pair.images) == reds(res.images) and per_pair.report == res.report
+    with pytest.raises(ValueError, match="exactly one"):
+        adapt_sequence(frames, AngleScorer(), midpoint_insert, STUB_CFG, insert_batch=batch)

@@ -225,3 +225,17 @@ def test_generate_adaptive_switches_from_the_stage1_to_the_stage2_lora(tiny_base
     n = 9 + sum(d["n"] for d in applied)
     assert len(report["adaptive"]["final_frames"]) == n == len(list((out / "frames").iterdir()))
     assert report["adaptive"]["models"]["stage2"] == str(lora_file) and report["models"]["stage1"] == str(lora_file)
+
+
+@pytest.mark.parametrize("cache", ["first-block", "taylorseer"])
+def test_generate_with_a_step_cache_records_it(tiny_base, lora_file, tmp_path, cache):
+    """The cache switch reaches the stock pipeline call with a diffusers LoRA loaded, and the report says so."""
+    out = tmp_path / cache
+    args = ["--base", tiny_base, "--stage1", str(lora_file), "--prompt", PROMPT, "--num-inference-steps", "6"]
+    generate.main([*args, "--resolution", "96", "--cache", cache, "--cache-warmup", "2", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["cache"]["mode"] == cache and (out / "grid.png").is_file()
+    generate.main([*args, "--resolution", "96", "--out", str(tmp_path / "plain")])
+    assert not np.array_equal(
+        np.asarray(Image.open(out / "grid.png")), np.asarray(Image.open(tmp_path / "plain" / "grid.png"))
+    )

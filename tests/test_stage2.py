@@ -215,9 +215,9 @@ def frame(value: float, cell: int = CELL):
 def test_inference_keeps_reference_latents_exact_and_frames_up_to_the_vae(dual):
     refs = {0: frame(-0.5), 3: frame(0.5)}
     latents, x_ref, mask = sample_reference_latents(
-        dual.backbone, "a lego tower", refs, 2, 2, CELL, num_inference_steps=3
+        dual.backbone, ["a lego tower"], [refs], 2, 2, CELL, num_inference_steps=3, seeds=[0]
     )
-    assert torch.equal(latents[0, mask], x_ref[0, mask].to(latents))
+    assert mask.shape == latents.shape[:2] and torch.equal(latents[mask], x_ref[mask].to(latents))
     frames = sample_with_references(dual.backbone, "a lego tower", refs, 2, 2, CELL, num_inference_steps=3)
     assert len(frames) == 4 and all(f.size == (CELL, CELL) for f in frames)
     for k, ref in refs.items():
@@ -276,3 +276,69 @@ def test_fit_cli_trains_exports_and_resumes_exactly(tmp_path, tiny_base, tiny_sh
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert a["hyper_parameters"]["stage"] == 2 and a["hyper_parameters"]["mode"] == "dual"
     assert (tmp_path / "straight" / "run" / "lora" / "final" / "lora.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- batched insertions and step caches
+
+
+def test_batched_insertions_equal_one_by_one(dual):
+    """Every insertion of a round in one sampler call (chunked by max_batch) gives, per seed, the frames of
+    sampling it alone."""
+    from pm_lightning.inference.reference_sampling import insert_between_batch
+
+    frames = [frame(v) for v in (-0.6, -0.2, 0.2, 0.6)]
+    requests = [(frames[0], frames[1], 2), (frames[1], frames[2], 1), (frames[2], frames[3], 2)]
+    seeds = [11, 12, 13]
+    batched = insert_between_batch(dual.backbone, requests, "a lego tower", seeds, CELL, 3, max_batch=2)
+    alone = [
+        insert_between(dual.backbone, a, b, "a lego tower", n=n, cell=CELL, num_inference_steps=3, seed=s)
+        for (a, b, n), s in zip(requests, seeds)
+    ]
+    assert [len(x) for x in batched] == [2, 1, 2]
+    for got, want in zip(batched, alone):
+        for g, w in zip(got, want):
+            diff = np.abs(np.asarray(g, np.int16) - np.asarray(w, np.int16))
+            assert diff.max() <= 1, diff.max()  # identical up to 8-bit rounding of float reduction order
+
+
+def _block_calls(transformer):
+    """Count computations of the last block's attention query projection: a cached step calls the block (the hook
+    replaces its forward) but never computes inside it."""
+    counter = {"n": 0}
+    handle = transformer.single_transformer_blocks[-1].attn.to_q.register_forward_hook(
+        lambda *a: counter.__setitem__("n", counter["n"] + 1)
+    )
+    return counter, handle
+
+
+@pytest.mark.parametrize("mode", ["first-block", "taylorseer"])
+def test_step_caches_skip_work_but_never_the_reference_write_back(dual, mode):
+    from pm_lightning.inference.cache import CacheConfig, transformer_cache
+
+    refs = [{0: frame(-0.5), 3: frame(0.5)}]
+    args = (dual.backbone, ["a lego tower"], refs, 2, 2, CELL)
+    counter, handle = _block_calls(dual.backbone.transformer)
+    try:
+        plain, _, _ = sample_reference_latents(*args, num_inference_steps=8, seeds=[0])
+        full_calls, counter["n"] = counter["n"], 0
+        cfg = CacheConfig(mode, threshold=10.0, interval=3, warmup=2)  # first-block: skip whenever it may
+        with transformer_cache(dual.backbone.transformer, cfg):
+            cached, x_ref, mask = sample_reference_latents(*args, num_inference_steps=8, seeds=[0])
+        cached_calls = counter["n"]
+    finally:
+        handle.remove()
+    assert full_calls == 8 and cached_calls < full_calls  # the cache skipped work
+    assert torch.equal(cached[mask], x_ref[mask].to(cached))  # references written back on every step, cached or not
+    assert not torch.equal(cached, plain)  # the cached result is an approximation
+    assert not getattr(dual.backbone.transformer, "_cache_config", None)  # disabled again after the block
+
+
+def test_first_block_cache_at_threshold_zero_equals_no_cache(dual):
+    """The hooks compose with the LoRA layers: never skipping, the cached sampler gives the uncached latents."""
+    from pm_lightning.inference.cache import CacheConfig, transformer_cache
+
+    args = (dual.backbone, ["a lego tower"], [{0: frame(-0.5), 3: frame(0.5)}], 2, 2, CELL)
+    plain, _, _ = sample_reference_latents(*args, num_inference_steps=4, seeds=[3])
+    with transformer_cache(dual.backbone.transformer, CacheConfig("first-block", threshold=0.0)):
+        cached, _, _ = sample_reference_latents(*args, num_inference_steps=4, seeds=[3])
+    assert torch.allclose(cached, plain, atol=1e-5)

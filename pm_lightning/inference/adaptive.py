@@ -292,6 +292,13 @@ class Frame:
 
 
 InsertFn = Callable[[Image.Image, Image.Image, int], list[Image.Image]]
+# every insertion of a round at once: [(frame_a, frame_b, n), ...] -> [n new frames, ...] (one sampler call)
+BatchInsertFn = Callable[[list[tuple[Image.Image, Image.Image, int]]], list[list[Image.Image]]]
+
+
+def one_by_one(insert_fn: InsertFn) -> BatchInsertFn:
+    """A per-pair insert function as a batch function (calls it once per request, in order)."""
+    return lambda requests: [list(insert_fn(a, b, n)) for a, b, n in requests]
 
 
 @dataclass
@@ -334,7 +341,7 @@ def _between(a: Frame, b: Frame, k: int, n: int) -> torch.Tensor | None:
 def run_round(
     frames: list[Frame],
     scorer: Scorer,
-    insert_fn: InsertFn,
+    insert_batch: BatchInsertFn,
     cfg: AdaptiveConfig,
     round_no: int,
     resize_to: tuple[int, int] | None = None,
@@ -358,15 +365,18 @@ def run_round(
     ]
     drop = {d.frame for d in decisions if d.applied and d.action == "delete"}
     inserts = {d.pair: d for d in decisions if d.applied and d.action == "insert"}
+    pairs_in = sorted(inserts)  # every insertion of the round in one batch, in pair order
+    made = insert_batch([(frames[i].image, frames[i + 1].image, inserts[i].n) for i in pairs_in]) if pairs_in else []
+    new_frames = dict(zip(pairs_in, made))
     out: list[Frame] = []
     for i, frame in enumerate(frames):
         if i not in drop:
             out.append(frame)
         if i in inserts:
             a, b, n = frame, frames[i + 1], inserts[i].n
-            new = list(insert_fn(a.image, b.image, n))
+            new = list(new_frames[i])
             if len(new) != n:
-                raise ValueError(f"insert_fn returned {len(new)} frames, asked for {n}")
+                raise ValueError(f"insert function returned {len(new)} frames, asked for {n}")
             for k, im in enumerate(new, start=1):
                 if resize_to is not None and im.size != resize_to:
                     im = im.resize(resize_to, Image.Resampling.BICUBIC)
@@ -402,16 +412,20 @@ def run_round(
 def adapt_sequence(
     images: list[Image.Image],
     scorer: Scorer,
-    insert_fn: InsertFn,
+    insert_fn: InsertFn | None = None,
     cfg: AdaptiveConfig | None = None,
     steps: Sequence[str] | None = None,
+    insert_batch: BatchInsertFn | None = None,
 ) -> AdaptiveResult:
     """Bounded rounds of score -> decide -> edit until a round applies nothing (or max_rounds).
 
     Args:
         images: the frames in temporal order (same size; inserted frames are resized to it).
         scorer: image/text features (`EncoderScorer(Encoders.load(...))`, or a stub in tests).
-        insert_fn: (frame_a, frame_b, n) -> n new frames between them (stage 2's `insert_between`).
+        insert_fn: (frame_a, frame_b, n) -> n new frames between them (stage 2's `insert_between`), called
+            once per insertion; or
+        insert_batch: [(frame_a, frame_b, n), ...] -> their new frames, called once per round with every
+            insertion the round decided (stage 2's `insert_between_batch`: one sampler call). Give one of the two.
         cfg: thresholds, guards and bounds.
         steps: one step text per frame, or None (Delta_sem dropped, said in the report).
 
@@ -419,6 +433,9 @@ def adapt_sequence(
         The final frames (with labels / origins) and a JSON-ready report of every round's Deltas,
         thresholds and decisions.
     """
+    if (insert_fn is None) == (insert_batch is None):
+        raise ValueError("adapt_sequence: give exactly one of insert_fn and insert_batch")
+    insert_batch = insert_batch or one_by_one(insert_fn)
     cfg = cfg or AdaptiveConfig()
     frames, note = initial_frames(list(images), steps, scorer)
     size = frames[0].image.size if frames else None
@@ -427,7 +444,7 @@ def adapt_sequence(
     if len(frames) < 2:
         stop = "fewer than two frames: nothing to compare"
     for r in range(1, cfg.max_rounds + 1 if len(frames) >= 2 else 1):
-        frames, entry = run_round(frames, scorer, insert_fn, cfg, r, size)
+        frames, entry = run_round(frames, scorer, insert_batch, cfg, r, size)
         rounds.append(entry)
         if not any(d["applied"] for d in entry["decisions"]):
             stop = "converged: no edit applied"

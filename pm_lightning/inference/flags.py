@@ -9,6 +9,7 @@ from pathlib import Path
 def common_flags(p: argparse.ArgumentParser) -> None:
     """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
     from pm_lightning.inference.adaptive import add_config_flags
+    from pm_lightning.inference.cache import add_cache_flags
 
     p.add_argument("--base", default="tiny", help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id")
     p.add_argument("--stage2", type=Path, default=None, help="stage-2 (dual reference) LoRA file")
@@ -27,5 +28,9 @@ def common_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--clip", default="tiny", help="CLIP for the adaptive steps (Encoders.load spec)")
     p.add_argument("--dino", default="tiny", help="DINO for the adaptive steps (Encoders.load spec)")
+    p.add_argument(
+        "--insert-batch", type=int, default=8, help="stage-2 insertions sampled together per call (memory cap)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_cache_flags(p)
     add_config_flags(p)

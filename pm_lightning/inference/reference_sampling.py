@@ -8,6 +8,8 @@ latent grid is cut into cells and each cell is decoded on its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image
@@ -62,33 +64,47 @@ def reference_latents(
 @torch.no_grad()
 def sample_reference_latents(
     backbone,
-    prompt: str,
-    references: dict[int, Image.Image],
+    prompts: Sequence[str],
+    references: Sequence[dict[int, Image.Image]],
     rows: int,
     cols: int,
     cell: int,
     num_inference_steps: int = 20,
     guidance: float = 1.0,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sampler's final packed latents (1, N, 64), the clean reference latents and the (N,) mask."""
+    """One sampler call for a batch of grids: the final packed latents (B, N, 64), the clean reference latents
+    (B, N, 64) and the (B, N) reference masks.
+
+    Item i has its own prompt, reference frames and noise (a CPU generator seeded with `seeds[i]`), so an item's
+    result does not depend on what else is in the batch (up to floating-point reduction order).
+    """
     check_cell(cell)
-    x_ref, mask = reference_latents(backbone, references, rows, cols, cell)  # (1, N, 64), (N,)
+    if not len(prompts) == len(references) == len(seeds) > 0:
+        raise ValueError(
+            f"one prompt, reference dict and seed per grid, got {len(prompts)}, {len(references)}, {len(seeds)}"
+        )
+    refs = [reference_latents(backbone, r, rows, cols, cell) for r in references]
+    x_ref = torch.cat([x for x, _ in refs])  # (B, N, 64)
+    keep = torch.stack([m for _, m in refs]).to(x_ref.device)  # (B, N)
     h, w = rows * cell // 8, cols * cell // 8
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = pack(torch.randn((1, backbone.latent_channels, h, w), generator=generator))  # (1, N, 64)
-    keep = mask[None].to(x_ref.device)  # (1, N)
+    noise = torch.cat(
+        [
+            pack(torch.randn((1, backbone.latent_channels, h, w), generator=torch.Generator("cpu").manual_seed(s)))
+            for s in seeds
+        ]
+    )  # (B, N, 64)
     start = with_clean_references(noise.to(x_ref), x_ref, keep)
 
     def write_back(pipe, step, timestep, kwargs):
-        latents = kwargs["latents"]
+        latents = kwargs["latents"]  # a cached transformer step still passes through here: the write-back never skips
         return {"latents": with_clean_references(latents, x_ref.to(latents), keep.to(latents.device))}
 
     pipe = backbone.pipeline()
     pipe.set_progress_bar_config(disable=True)
     with use_domains(backbone.transformer, None):
         out = pipe(
-            prompt=prompt,
+            prompt=list(prompts),
             height=rows * cell,
             width=cols * cell,
             latents=start,
@@ -98,7 +114,20 @@ def sample_reference_latents(
             callback_on_step_end=write_back,
             output_type="latent",
         )
-    return out.images, x_ref, mask
+    return out.images, x_ref, keep
+
+
+def decode_cells(backbone, latents: torch.Tensor, rows: int, cols: int, cell: int) -> list[list[Image.Image]]:
+    """(B, N, 64) packed latent grids -> per grid, its rows * cols frames in temporal order.
+
+    Each cell is decoded on its own (as each frame is encoded on its own), so a reference frame comes back as
+    exactly vae-decode(vae-encode(frame)): the VAE's GroupNorm and mid-block attention never mix cells.
+    """
+    out = []
+    for grid in unpack(latents, rows * cell // 8, cols * cell // 8):  # (16, h, w) each
+        cells = tensor_grid_to_frames(grid, rows, cols)  # (n, 16, c/8, c/8) in temporal order
+        out.append([to_pil(f) for f in backbone.decode_latents(cells)])
+    return out
 
 
 @torch.no_grad()
@@ -124,16 +153,59 @@ def sample_with_references(
         num_inference_steps, guidance, seed: sampler settings (noise from a CPU generator).
 
     Returns:
-        rows * cols PIL frames of `cell` px, reference positions included. Each cell is decoded on its
-        own (as each frame is encoded on its own), so a reference frame comes back as exactly
-        vae-decode(vae-encode(frame)): the VAE's GroupNorm and mid-block attention never mix cells.
+        rows * cols PIL frames of `cell` px, reference positions included (see `decode_cells`).
     """
     latents, _, _ = sample_reference_latents(
-        backbone, prompt, references, rows, cols, cell, num_inference_steps, guidance, seed
+        backbone, [prompt], [references], rows, cols, cell, num_inference_steps, guidance, [seed]
     )
-    grid = unpack(latents, rows * cell // 8, cols * cell // 8)[0]  # (16, h, w)
-    cells = tensor_grid_to_frames(grid, rows, cols)  # (n, 16, c/8, c/8) in temporal order
-    return [to_pil(f) for f in backbone.decode_latents(cells)]  # each cell decoded on its own, as encoded
+    return decode_cells(backbone, latents, rows, cols, cell)[0]
+
+
+def _middle(frames: list[Image.Image], n: int) -> list[Image.Image]:
+    """The n (1 or 2) new frames of a sampled dual-reference grid.
+
+    n = 2: the two middle cells (top right, bottom right) in temporal order. n = 1: of those two, the
+    one whose pixel distances to a and b are most balanced (min |d(x, a) - d(x, b)|, the nearest to the
+    midpoint of the pair); the layout is always the trained 2x2, never a layout the model has not seen.
+    """
+    middle = frames[DUAL_REFERENCES[0] + 1 : DUAL_REFERENCES[1]]
+    if n == 2:
+        return middle
+    a, b = (np.asarray(frames[k], dtype=np.float32) for k in DUAL_REFERENCES)
+    imbalance = [
+        abs(np.abs(np.asarray(x, np.float32) - a).mean() - np.abs(np.asarray(x, np.float32) - b).mean()) for x in middle
+    ]
+    return [middle[int(np.argmin(imbalance))]]
+
+
+def insert_between_batch(
+    backbone,
+    requests: Sequence[tuple[Image.Image, Image.Image, int]],
+    prompt: str,
+    seeds: Sequence[int],
+    cell: int = 64,
+    num_inference_steps: int = 20,
+    guidance: float = 1.0,
+    max_batch: int = 8,
+) -> list[list[Image.Image]]:
+    """Every insertion of `requests` [(frame_a, frame_b, n), ...] in sampler calls of at most `max_batch` grids.
+
+    Request i uses `seeds[i]`; its frames equal `insert_between(..., seed=seeds[i])` (tests/test_stage2.py).
+    """
+    if any(n not in (1, 2) for _, _, n in requests):
+        raise ValueError(f"n must be 1 or 2, got {[n for _, _, n in requests]}")
+    if len(seeds) != len(requests) or max_batch < 1:
+        raise ValueError(f"one seed per request and max_batch >= 1, got {len(seeds)} seeds, max_batch {max_batch}")
+    out: list[list[Image.Image]] = []
+    for lo in range(0, len(requests), max_batch):
+        chunk, chunk_seeds = requests[lo : lo + max_batch], seeds[lo : lo + max_batch]
+        refs = [dict(zip(DUAL_REFERENCES, (a, b))) for a, b, _ in chunk]
+        latents, _, _ = sample_reference_latents(
+            backbone, [prompt] * len(chunk), refs, *DUAL_LAYOUT, cell, num_inference_steps, guidance, chunk_seeds
+        )
+        grids = decode_cells(backbone, latents, *DUAL_LAYOUT, cell)
+        out += [_middle(frames, n) for frames, (_, _, n) in zip(grids, chunk)]
+    return out
 
 
 def insert_between(
@@ -147,24 +219,10 @@ def insert_between(
     guidance: float = 1.0,
     seed: int = 0,
 ) -> list[Image.Image]:
-    """The `n` (1 or 2) new frames between `frame_a` and `frame_b` (dual reference, 2x2 layout).
-
-    n = 2: the two middle cells (top right, bottom right) in temporal order. n = 1: of those two, the
-    one whose pixel distances to a and b are most balanced (min |d(x, a) - d(x, b)|, the nearest to the
-    midpoint of the pair); the layout is always the trained 2x2, never a layout the model has not seen.
-    """
-    if n not in (1, 2):
-        raise ValueError(f"n must be 1 or 2, got {n}")
-    refs = dict(zip(DUAL_REFERENCES, (frame_a, frame_b)))
-    frames = sample_with_references(backbone, prompt, refs, *DUAL_LAYOUT, cell, num_inference_steps, guidance, seed)
-    middle = frames[DUAL_REFERENCES[0] + 1 : DUAL_REFERENCES[1]]
-    if n == 2:
-        return middle
-    a, b = (np.asarray(frames[k], dtype=np.float32) for k in DUAL_REFERENCES)
-    imbalance = [
-        abs(np.abs(np.asarray(x, np.float32) - a).mean() - np.abs(np.asarray(x, np.float32) - b).mean()) for x in middle
+    """The `n` (1 or 2) new frames between `frame_a` and `frame_b` (dual reference, 2x2 layout; see `_middle`)."""
+    return insert_between_batch(backbone, [(frame_a, frame_b, n)], prompt, [seed], cell, num_inference_steps, guidance)[
+        0
     ]
-    return [middle[int(np.argmin(imbalance))]]
 
 
 def default_cell(backbone, rows: int, cols: int) -> int:

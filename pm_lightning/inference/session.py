@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from pm_lightning.inference.cache import CacheConfig, cache_from_args, transformer_cache
 from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1
 
 
@@ -74,43 +75,55 @@ class Models:
 
 @torch.no_grad()
 def sample_grid(
-    backbone, prompt: str, resolution: int, num_inference_steps: int, guidance: float, seed: int
+    backbone,
+    prompt: str,
+    resolution: int,
+    num_inference_steps: int,
+    guidance: float,
+    seed: int,
+    cache: CacheConfig | None = None,
 ) -> Image.Image:
-    """Stage 1: one grid from the stock FluxPipeline call (CPU generator seeded with `seed`)."""
+    """Stage 1: one grid from the stock FluxPipeline call (CPU generator seeded with `seed`), optionally cached."""
     pipe = backbone.pipeline()
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        prompt=prompt,
-        height=resolution,
-        width=resolution,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance,
-        generator=torch.Generator(device="cpu").manual_seed(seed),
-        max_sequence_length=backbone.max_sequence_length,
-    )
+    with transformer_cache(backbone.transformer, cache):
+        out = pipe(
+            prompt=prompt,
+            height=resolution,
+            width=resolution,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            max_sequence_length=backbone.max_sequence_length,
+        )
     return out.images[0]
 
 
-def make_insert_fn(backbone, prompt: str, cell: int, num_inference_steps: int, guidance: float, seed: int):
-    """Stage-2 insertion (a, b, n) -> n frames; call c uses seed + 1000 + c, so reruns are identical."""
-    from pm_lightning.inference.reference_sampling import insert_between
+def make_insert_fn(
+    backbone,
+    prompt: str,
+    cell: int,
+    num_inference_steps: int,
+    guidance: float,
+    seed: int,
+    max_batch: int = 8,
+    cache: CacheConfig | None = None,
+):
+    """Stage-2 insertions as a batch function for `adapt_sequence(insert_batch=...)`: one sampler call per round
+    (chunks of `max_batch` grids). Insertion c (counted over the whole run, in pair order) uses seed + 1000 + c,
+    so a rerun, or the same insertions sampled one by one, gives the same frames."""
+    from pm_lightning.inference.reference_sampling import insert_between_batch
 
     calls = itertools.count()
 
-    def insert_fn(a: Image.Image, b: Image.Image, n: int) -> list[Image.Image]:
-        return insert_between(
-            backbone,
-            a,
-            b,
-            prompt,
-            n=n,
-            cell=cell,
-            num_inference_steps=num_inference_steps,
-            guidance=guidance,
-            seed=seed + 1000 + next(calls),
-        )
+    def insert_batch(requests: list[tuple[Image.Image, Image.Image, int]]) -> list[list[Image.Image]]:
+        seeds = [seed + 1000 + next(calls) for _ in requests]
+        with transformer_cache(backbone.transformer, cache):
+            return insert_between_batch(
+                backbone, requests, prompt, seeds, cell, num_inference_steps, guidance, max_batch=max_batch
+            )
 
-    return insert_fn
+    return insert_batch
 
 
 def stage_file(flag: Path | None, default: Path | None, what: str, make: str, notes: list[str]) -> Path | None:
@@ -141,9 +154,18 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
         raise InputError(f"stage-1 file fused under the stage-2 LoRA {str(fuse)!r} not found (--stage2-fuse)")
     backbone = models.use(fuse, stage2)
     cell = args.cell or max(16, frames[0].size[0] // 16 * 16)
-    insert_fn = make_insert_fn(backbone, prompt, cell, args.num_inference_steps, args.guidance, args.seed)
+    insert_batch = make_insert_fn(
+        backbone,
+        prompt,
+        cell,
+        args.num_inference_steps,
+        args.guidance,
+        args.seed,
+        args.insert_batch,
+        cache_from_args(args),
+    )
     scorer = EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino))
-    result = adapt_sequence(frames, scorer, insert_fn, cfg, steps)
+    result = adapt_sequence(frames, scorer, cfg=cfg, steps=steps, insert_batch=insert_batch)
     result.report["models"] = {
         "stage2": str(stage2) if stage2 else None,
         "stage2_fused_stage1": str(fuse) if fuse else None,
@@ -188,7 +210,13 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
             args.stage1, default_lora("stage1", args.domain) if tiny else None, "stage-1", "make train-stage1", notes
         )
         grid = sample_grid(
-            models.use(None, stage1), args.prompt, resolution, args.num_inference_steps, args.guidance, args.seed
+            models.use(None, stage1),
+            args.prompt,
+            resolution,
+            args.num_inference_steps,
+            args.guidance,
+            args.seed,
+            cache_from_args(args),
         )
         frames = grid_to_frames(grid, rows, cols)
         used = {"stage1": str(stage1) if stage1 else None}
@@ -200,16 +228,17 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
         )
         fuse = args.recraft_fuse or (fused_stage1("recraft") if tiny and recraft_file is not None else None)
         backbone = models.use(fuse, recraft_file)
-        frames = recraft(
-            backbone,
-            Image.open(args.image).convert("RGB"),
-            args.prompt,
-            frames=frames_n,
-            cell=resolution // rows,
-            num_inference_steps=args.num_inference_steps,
-            guidance=args.guidance,
-            seed=args.seed,
-        )
+        with transformer_cache(backbone.transformer, cache_from_args(args)):
+            frames = recraft(
+                backbone,
+                Image.open(args.image).convert("RGB"),
+                args.prompt,
+                frames=frames_n,
+                cell=resolution // rows,
+                num_inference_steps=args.num_inference_steps,
+                guidance=args.guidance,
+                seed=args.seed,
+            )
         grid = frames_to_grid(frames, rows, cols)
         used = {
             "recraft": str(recraft_file) if recraft_file else None,
