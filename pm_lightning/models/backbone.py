@@ -8,13 +8,17 @@ diffusers / transformers `from_pretrained(..., subfolder=...)`; the math mirrors
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pm_lightning.core.atomic import atomic_path
 from pm_lightning.models.variants import VARIANTS, Variant, get_variant
+
+log = logging.getLogger(__name__)
 
 # -- pure functions: 2x2 latent packing and image position ids, exactly as FluxPipeline -------------
 
@@ -303,18 +307,25 @@ class FluxBackbone(nn.Module):
         from safetensors.torch import load_file, save_file
 
         folder = self._cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / f"{caption_key(c)}.safetensors" for c in captions]
-        found = {p: load_file(p) for p in set(paths) if p.is_file()}
+        found = {}
+        for path in set(paths):
+            if path.is_file():
+                try:
+                    found[path] = load_file(path)
+                except Exception as err:  # noqa: BLE001 - a damaged entry is re-encoded, never fatal
+                    log.warning("text cache entry %s is unreadable (%s): encoding the caption again", path, err)
         missing = sorted({c for c, p in zip(captions, paths) if p not in found})
         if missing:
             embeds, pooled = self._encode_text_uncached(missing)
             for i, caption in enumerate(missing):
                 entry = {"prompt_embeds": embeds[i].cpu().contiguous(), "pooled": pooled[i].cpu().contiguous()}
                 path = folder / f"{caption_key(caption)}.safetensors"
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                save_file(entry, tmp, metadata={"caption": caption})
-                os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+                try:  # atomic: concurrent workers never read half a file
+                    with atomic_path(path) as tmp:
+                        save_file(entry, tmp, metadata={"caption": caption})
+                except OSError as err:  # a full disk costs the cache, not the run
+                    log.warning("text cache: %s; continuing without caching this caption", err)
                 found[path] = entry
         device = self.device
         embeds = torch.stack([found[p]["prompt_embeds"] for p in paths]).to(device)  # (B, T, D)

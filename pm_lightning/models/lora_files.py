@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pm_lightning.core.atomic import atomic_path
 from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.adapters import (
     AdapterConfig,
@@ -53,12 +54,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def export_domain_lora(
     transformer: nn.Module, domain: int, path: str | Path, dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Write `domain`'s adapter of `transformer` as a diffusers Flux LoRA file; returns the path."""
+    """Write `domain`'s adapter of `transformer` as a diffusers Flux LoRA file, atomically; returns the path."""
     from diffusers import FluxPipeline
 
     path = Path(path)
     sd = {k: v.to(dtype) for k, v in domain_lora_state_dict(transformer, domain).items()}
-    FluxPipeline.save_lora_weights(path.parent, transformer_lora_layers=sd, weight_name=path.name)
+    with atomic_path(path) as tmp:
+        FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=sd, weight_name=tmp.name)
     return path
 
 

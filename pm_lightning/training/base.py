@@ -16,6 +16,7 @@ import torch
 from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.training.metrics import PerDomainMean
+from pm_lightning.training.nonfinite import NonFiniteGuard
 from pm_lightning.training.optim import OptimizerConfig, build_optimizer, build_scheduler
 from pm_lightning.training.precision import base_dtype, parse_dtype
 
@@ -37,6 +38,7 @@ class FlowMatchingModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         text_cache_dir: str | None = None,
         seed: int = 0,
+        max_nonfinite_steps: int = 5,
     ):
         """
         Args:
@@ -49,6 +51,8 @@ class FlowMatchingModule(L.LightningModule):
             gradient_checkpointing: recompute block activations in the backward pass.
             text_cache_dir: on-disk cache of text embeddings keyed by caption text.
             seed: seed of the per-step noise and timesteps (and of stage 2's frame choice).
+            max_nonfinite_steps: consecutive steps with a non-finite loss or gradient that are skipped (no optimizer
+                update) before the run stops with a message naming the step and the last good checkpoint.
         """
         super().__init__()
         if dtype is not None:
@@ -59,6 +63,8 @@ class FlowMatchingModule(L.LightningModule):
         self.text_cache_dir, self.seed = text_cache_dir, seed
         self.backbone = None
         self.val_fm: PerDomainMean | None = None
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self.last_terms: dict[str, torch.Tensor | float] = {}  # the last step's loss terms, for messages
         self.strict_loading = False  # checkpoints hold the trainable weights only
 
     def save_stage_hparams(self, **own) -> None:
@@ -73,6 +79,7 @@ class FlowMatchingModule(L.LightningModule):
             "gradient_checkpointing": self.gradient_checkpointing,
             "text_cache_dir": self.text_cache_dir,
             "seed": self.seed,
+            "max_nonfinite_steps": self.nonfinite.limit,
         }
         self.save_hyperparameters({**shared, **own})
 
@@ -174,6 +181,19 @@ class FlowMatchingModule(L.LightningModule):
         optimizer = build_optimizer(self.trainable_parameters(), self.optim_cfg)
         scheduler = build_scheduler(optimizer, self.optim_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's closure (training_step + backward), then the optimizer step only when the loss and every
+        gradient are finite on every rank (`training/nonfinite.py`); a skipped step leaves weights and optimizer
+        state untouched (its batch was consumed, so it still counts in global_step and max_steps)."""
+        loss = optimizer_closure()
+        if self.nonfinite.check(self, loss):
+            optimizer.step(closure=lambda: loss)  # backward already ran: the step's closure only hands the loss on
+        else:
+            optimizer.zero_grad(set_to_none=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.log("train/skipped_steps", float(self.nonfinite.skipped))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # one fused norm over the trainable grads (Lightning's grad_norm() builds a per-parameter dict);

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from pm_lightning.core.atomic import WriteFailed
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.models.backbone import not_found_error, resolve_source
 from pm_lightning.models.variants import VARIANTS
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.callbacks import SaveConfigWithCheckpoints
+from pm_lightning.training.nonfinite import NonFiniteTraining, last_checkpoint
 from pm_lightning.training.run_dir import RunDirectoryInUse, check_run_directory, resolve_ckpt_path
 from pm_lightning.training.wandb_logger import AutoWandbLogger
 
@@ -116,6 +118,12 @@ def main(args: list[str] | None = None) -> int:
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
         report(cli)
+    except NonFiniteTraining as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except WriteFailed as err:  # a checkpoint could not be written: stopping beats training without one
+        print(f"error: {err}. Resume from {last_checkpoint(cli.trainer)} with --ckpt_path last.", file=sys.stderr)
+        return 4
     finally:
         for logger in cli.trainer.loggers:
             if isinstance(logger, AutoWandbLogger):

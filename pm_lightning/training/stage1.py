@@ -22,6 +22,7 @@ from pm_lightning.models.alignment import (
 )
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.flow import interpolate, per_sample_mse, velocity_target
+from pm_lightning.training.nonfinite import terms_of
 
 
 class Stage1Module(FlowMatchingModule):
@@ -82,4 +83,5 @@ class Stage1Module(FlowMatchingModule):
             loss = loss + self.adapter_cfg.mask_l1 * l1
             self.log("loss/mask_l1", l1)
         self.log("loss/total", loss)
+        self.last_terms = terms_of({"loss/fm": terms["fm"], "loss/align": terms.get("align", 0.0), "loss/total": loss})
         return loss

@@ -34,6 +34,7 @@ from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.models.lora_files import check_stage1_file, file_sha256, fuse_lora_file
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.flow import interpolate, per_sample_mse, velocity_target
+from pm_lightning.training.nonfinite import terms_of
 
 
 class Stage2Module(FlowMatchingModule):
@@ -172,4 +173,5 @@ class Stage2Module(FlowMatchingModule):
         loss = self.losses(batch, self.global_step)["fm"].mean()
         self.log("loss/fm", loss, prog_bar=True)
         self.log("loss/total", loss)
+        self.last_terms = terms_of({"loss/fm": loss})
         return loss

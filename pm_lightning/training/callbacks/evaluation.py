@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+from pm_lightning.core.atomic import atomic_path
 from pm_lightning.training.callbacks.samples import SampleGrids
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,8 @@ class EvaluationCallback(SampleGrids):
         if self._judge is not None:
             report["judge_model"] = self._judge.model
         path = self.out_dir(trainer) / f"{tag}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1))
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
         self.last_scores = report
         for logger in trainer.loggers:
             self._log(logger, rows, images, metrics, trainer.global_step)

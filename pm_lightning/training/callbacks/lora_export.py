@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lightning.pytorch import Callback
 
 from pm_lightning.data.domains import UNSEEN_DOMAIN
+from pm_lightning.models.lora_files import export_domain_lora
+
+log = logging.getLogger(__name__)
 
 
 class LoraExport(Callback):
@@ -20,6 +24,7 @@ class LoraExport(Callback):
         """
         self.dirpath, self.on_checkpoint = dirpath, on_checkpoint
         self.last_dir: Path | None = None
+        self.failures = 0
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self.on_checkpoint:
@@ -32,15 +37,23 @@ class LoraExport(Callback):
         """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind); rank zero only."""
         if not trainer.is_global_zero:
             return None
-        from pm_lightning.models.lora_files import export_domain_lora
-
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "lora") / tag
         out.mkdir(parents=True, exist_ok=True)
         if pl_module.adapter_cfg.kind == "lora":
             files = {"lora": 0}
         else:  # every domain, plus the domain-free LoRA for unseen domains (all-ones mask / mean of the Bs)
             files = {**{name: i for i, name in enumerate(pl_module.domains)}, "unseen": UNSEEN_DOMAIN}
+        written = 0
         for name, index in files.items():
-            export_domain_lora(pl_module.transformer, index, out / f"{name}.safetensors")
-        self.last_dir = out
+            try:  # non-essential: the checkpoint holds the adapters, and `python -m pm_lightning.export` rebuilds a file
+                export_domain_lora(pl_module.transformer, index, out / f"{name}.safetensors")
+                written += 1
+            except OSError as err:
+                self.failures += 1
+                log.warning(
+                    "LoRA export: %s; training continues (rebuild it from a checkpoint: python -m pm_lightning.export)",
+                    err,
+                )
+        if written:
+            self.last_dir = out
         return out

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
 from PIL import Image, ImageDraw
 
+from pm_lightning.core.atomic import atomic_path
 from pm_lightning.data.domains import domain_index
+
+log = logging.getLogger(__name__)
 
 
 class SampleGrids(Callback):
@@ -45,22 +49,32 @@ class SampleGrids(Callback):
         self.dirpath, self.at_start = dirpath, at_start
         self.last_path: Path | None = None
         self._last_step = 0
+        self.failures = 0
 
     def out_dir(self, trainer) -> Path:
         return Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.at_start and trainer.global_step == 0:
-            self.render(trainer, pl_module, "step-000000")
+            self.safe_render(trainer, pl_module, "step-000000")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps; several batches share one under accumulation
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
             self._last_step = step
-            self.render(trainer, pl_module, f"step-{step:06d}")
+            self.safe_render(trainer, pl_module, f"step-{step:06d}")
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.render(trainer, pl_module, "final")
+        self.safe_render(trainer, pl_module, "final")
+
+    def safe_render(self, trainer, pl_module, tag: str) -> Path | None:
+        """`render`, where a failed write (disk full, a read-only folder) is reported and training goes on."""
+        try:
+            return self.render(trainer, pl_module, tag)
+        except OSError as err:
+            self.failures += 1
+            log.warning("sample grids %s: %s; training continues", tag, err)
+            return None
 
     @torch.no_grad()
     def render(self, trainer, pl_module, tag: str) -> Path | None:
@@ -85,7 +99,8 @@ class SampleGrids(Callback):
         pl_module.train(was_training)
         path = self.out_dir(trainer) / f"{tag}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        labelled_sheet(images, [p["domain"] for p in self.prompts]).save(path)
+        with atomic_path(path) as tmp:
+            labelled_sheet(images, [p["domain"] for p in self.prompts]).save(tmp, format="PNG")
         self.last_path = path
         captions = [f"{p['domain']}: {p['caption']}" for p in self.prompts]
         for logger in trainer.loggers:

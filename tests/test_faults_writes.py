@@ -1,0 +1,104 @@
+"""Write failures: outputs are replaced atomically; a failed sample grid or LoRA export is reported and training
+goes on; a failed checkpoint stops the run with the file named and the earlier checkpoints intact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from pm_lightning import fit
+from pm_lightning.core.atomic import WriteFailed, atomic_path
+from tests.test_fit import small_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+
+def test_atomic_path_keeps_the_previous_file_on_any_failure(tmp_path):
+    target = tmp_path / "out" / "file.bin"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"v1")
+    with pytest.raises(WriteFailed, match=str(target)), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert target.read_bytes() == b"v1" and sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_lora_export_is_atomic_and_loads_in_diffusers(tmp_path, tiny_base):
+    from diffusers import FluxPipeline
+
+    from pm_lightning.models.adapters import AdapterConfig, add_adapters
+    from pm_lightning.models.lora_files import export_domain_lora
+
+    pipe = FluxPipeline.from_pretrained(tiny_base)
+    add_adapters(pipe.transformer, AdapterConfig(kind="masked", rank=4, num_domains=2))
+    out = export_domain_lora(pipe.transformer, 0, tmp_path / "lego.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lego.safetensors"]  # no temporary file left
+    FluxPipeline.from_pretrained(tiny_base).load_lora_weights(str(out))
+
+
+def run_config(tmp_path, tiny_base, tiny_shards, every=2, max_steps=4):
+    path = small_config(tmp_path, tiny_base, tiny_shards, max_steps=max_steps, every=every)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["trainer"]["callbacks"] += [
+        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
+        {
+            "class_path": "pm_lightning.training.callbacks.SampleGrids",
+            "init_args": {
+                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
+                "every_n_steps": 2,
+                "resolution": 64,
+                "num_inference_steps": 2,
+                "at_start": False,
+            },
+        },
+    ]
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_sample_and_lora_write_failures_do_not_stop_training(tmp_path, tiny_base, tiny_shards, monkeypatch, caplog):
+    import pm_lightning.training.callbacks.lora_export as lora_export
+    import pm_lightning.training.callbacks.samples as samples
+
+    def full_disk(path):
+        raise WriteFailed(f"writing {path} failed ([Errno 28] No space left on device); the previous file is intact")
+
+    real_atomic = samples.atomic_path
+
+    def failing_png(path):
+        if str(path).endswith(".png"):
+            full_disk(path)
+        return real_atomic(path)
+
+    monkeypatch.setattr(samples, "atomic_path", failing_png)
+    monkeypatch.setattr(lora_export, "export_domain_lora", lambda t, i, path, *a: full_disk(path))
+    cfg = run_config(tmp_path, tiny_base, tiny_shards)
+    assert fit.main(["--config", str(cfg)]) == 0  # the run finished
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    text = caplog.text
+    assert "sample grids step-000002" in text and "No space left" in text and "training continues" in text
+    assert "LoRA export" in text and "python -m pm_lightning.export" in text
+
+
+def test_a_failed_checkpoint_write_stops_the_run_naming_the_file(tmp_path, tiny_base, tiny_shards, monkeypatch, capsys):
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    real_save = TorchCheckpointIO.save_checkpoint
+
+    def save(self, checkpoint, path, storage_options=None):
+        if checkpoint["global_step"] >= 4:
+            raise OSError(28, "No space left on device")
+        return real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", save)
+    cfg = run_config(tmp_path, tiny_base, tiny_shards, every=2, max_steps=6)
+    assert fit.main(["--config", str(cfg)]) == 4
+    err = capsys.readouterr().err
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert "writing checkpoint" in err and "step=4" in err and "No space left" in err and "--ckpt_path last" in err
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2  # intact
