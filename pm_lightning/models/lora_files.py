@@ -97,12 +97,34 @@ def domain_index_of(name: str, domains: list[str]) -> int:
     return domains.index(name)
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint read safely: tensors and plain data only (`weights_only=True`), never arbitrary pickled
+    objects, so a downloaded file cannot run code. Raises ValueError naming the file and what is wrong with it."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain data, so it is refused unread ({first}); "
+            "pm_lightning checkpoints never do: was it written by another program?"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
 def load_checkpoint_adapters(
     ckpt_path: str | Path, base: str | None = None
 ) -> tuple[nn.Module, AdapterConfig, list[str]]:
     """(meta transformer with the checkpoint's adapters loaded, its AdapterConfig, its domain list)."""
-    # A trusted local checkpoint: Lightning stores hyper-parameters as plain Python objects.
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters", {})
     missing = [k for k in ("adapter", "domains", "base") if k not in hp and not (k == "base" and base)]
     if missing:

@@ -8,6 +8,7 @@ config; everything a run writes lands under its run directory, `trainer.default_
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def main(args: list[str] | None = None) -> int:
     except NonFiniteTraining as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except pickle.UnpicklingError as err:  # Lightning reads checkpoints with weights_only=True (torch >= 2.6)
+        print(f"error: {ckpt} holds objects other than tensors and plain data: refused unread ({err})", file=sys.stderr)
+        return 2
     except WriteFailed as err:  # a checkpoint could not be written: stopping beats training without one
         print(f"error: {err}. Resume from {last_checkpoint(cli.trainer)} with --ckpt_path last.", file=sys.stderr)
         return 4

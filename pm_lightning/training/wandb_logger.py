@@ -1,8 +1,9 @@
-"""Weights & Biases through Lightning's WandbLogger, offline automatically when there are no credentials."""
+"""Weights & Biases through Lightning's WandbLogger: offline by itself without credentials, and offline as a
+fallback when the server cannot be reached in time (the run goes on; sync later with `wandb sync DIR`)."""
 
 from __future__ import annotations
 
-import netrc
+import logging
 import os
 from pathlib import Path
 
@@ -10,14 +11,18 @@ from lightning.pytorch.loggers import WandbLogger
 
 from pm_lightning.core.compat import set_wandb_dir, wandb_init_kwargs
 
+log = logging.getLogger(__name__)
+
 
 def has_wandb_credentials() -> bool:
-    """True when an API key is in the environment or in ~/.netrc (what `wandb login` writes)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
+    """wandb's own login state for the configured server (WANDB_BASE_URL, default api.wandb.ai): a key in
+    WANDB_API_KEY or in the netrc entry `wandb login` writes for that host. Never prompts, never contacts the server."""
+    import wandb
+
     try:
-        return netrc.netrc().authenticators(os.environ.get("WANDB_HOST", "api.wandb.ai")) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return bool(wandb.login(prompt=False, verify=False))
+    except Exception as err:  # noqa: BLE001 - no usable credentials is an answer, not a crash
+        log.info("W&B: no usable credentials (%s): logging offline", err)
         return False
 
 
@@ -32,6 +37,7 @@ class AutoWandbLogger(WandbLogger):
         group: str | None = None,
         tags: list[str] | None = None,
         offline: bool | None = None,
+        init_timeout: float = 60.0,
         **kwargs,
     ):
         """
@@ -42,10 +48,17 @@ class AutoWandbLogger(WandbLogger):
             name: run name.
             group: run group (the experiment), so ablation rows sit side by side.
             tags: run tags; when empty the CLI adds the adapter kind and the alignment setting.
-            offline: None = offline exactly when no credentials are found.
+            offline: None = offline exactly when wandb finds no credentials for its server (WANDB_BASE_URL).
+            init_timeout: seconds to wait for the W&B server when the run starts; past it (or on any error there)
+                the run goes on offline and says so.
         """
         self.auto_offline = not has_wandb_credentials() if offline is None else offline
         self.explicit_save_dir = save_dir is not None
+        self.fallback: str | None = None  # why the run went offline after trying online, if it did
+        if not self.auto_offline and kwargs.get("settings") is None:  # the CLI passes settings=None explicitly
+            import wandb
+
+            kwargs["settings"] = wandb.Settings(init_timeout=init_timeout)
         super().__init__(
             project=project, save_dir=save_dir, name=name, group=group, tags=tags, offline=self.auto_offline, **kwargs
         )
@@ -66,10 +79,24 @@ class AutoWandbLogger(WandbLogger):
 
     @property
     def experiment(self):
-        """The W&B run, started on first use, in a directory that exists."""
+        """The W&B run, started on first use in a directory that exists; offline when the server fails to answer."""
         if self._experiment is None and self.save_dir:
             Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-        return super().experiment
+        try:
+            return super().experiment
+        except Exception as err:  # noqa: BLE001 - wandb raises CommError, UsageError, timeouts...: all mean "not now"
+            if self._offline or self._experiment is not None:
+                raise
+            host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+            self.fallback = (
+                f"W&B server {host} did not start the run ({type(err).__name__}: {str(err).splitlines()[0]})"
+            )
+            log.warning("%s: logging offline instead; upload later with `wandb sync` on the run folder", self.fallback)
+            self._offline = self.auto_offline = True
+            init = wandb_init_kwargs(self)
+            init["mode"] = "offline"
+            init.pop("settings", None)
+            return super().experiment
 
     def close(self) -> None:
         """Finish the W&B run (flushes its files), so nothing more is written into it after the fit."""
@@ -82,5 +109,6 @@ class AutoWandbLogger(WandbLogger):
             return "(no W&B run started)"
         run = self.experiment
         if self.auto_offline:
-            return f"{run.dir.rsplit('/files', 1)[0]} (offline; upload with `wandb sync` on that folder)"
+            why = f"; {self.fallback}" if self.fallback else ""
+            return f"{run.dir.rsplit('/files', 1)[0]} (offline{why}; upload with `wandb sync` on that folder)"
         return run.url or run.dir
