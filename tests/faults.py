@@ -48,3 +48,79 @@ class RecordAdapters(Callback):
         }
         with Path(os.environ["PM_RECORD"]).open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), 9)  # SIGKILL: no cleanup, no finally, no atexit
+
+
+class KillAt(Callback):
+    """SIGKILL this process at a chosen moment of a run (the kill-9 campaign in tests/test_faults_kill.py).
+
+    moment: "backward" (after the backward of optimizer step `step`, before the update), "checkpoint-write" (half of
+    the checkpoint of step `step` written), "lora-write" (half of the first LoRA file of export `tag` written),
+    "samples" (while rendering the sample sheet `tag`), "timer" (`seconds` after optimizer step `step` starts:
+    anywhere in that step, its checkpoint, exports or samples, or the next step).
+    """
+
+    def __init__(self, moment: str, step: int = 0, tag: str = "", seconds: float = 0.0):
+        self.moment, self.step, self.tag, self.seconds = moment, step, tag, seconds
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if self.moment == "checkpoint-write":
+            self._patch_checkpoint_write(trainer)
+        elif self.moment == "lora-write":
+            self._patch_lora_write()
+        elif self.moment == "samples":
+            import pm_lightning.training.callbacks.samples as samples
+
+            real = samples.labelled_sheet
+            samples.labelled_sheet = lambda images, labels: (
+                _die() if self._tag_now == self.tag else real(images, labels)
+            )
+            real_render = samples.SampleGrids.render
+
+            def render(cb, trainer, pl_module, tag):
+                self._tag_now = tag
+                return real_render(cb, trainer, pl_module, tag)
+
+            samples.SampleGrids.render = render
+
+    _tag_now = ""
+
+    def _patch_checkpoint_write(self, trainer) -> None:
+        import fsspec.implementations.local as local
+
+        real_write, killer = local.LocalFileOpener.write, self
+
+        def write(opener, data):
+            if trainer.global_step == killer.step and str(opener.path).endswith(".ckpt"):
+                real_write(opener, bytes(data)[: len(data) // 2])
+                opener.f.flush()
+                _die()
+            return real_write(opener, data)
+
+        local.LocalFileOpener.write = write
+
+    def _patch_lora_write(self) -> None:
+        from diffusers import FluxPipeline
+
+        real, killer = FluxPipeline.save_lora_weights.__func__, self
+
+        def save(cls, save_directory, *args, weight_name=None, **kwargs):
+            if Path(save_directory).name == killer.tag:
+                Path(save_directory, weight_name).write_bytes(b"\0" * 1000)  # half a file at the temporary name
+                _die()
+            return real(cls, save_directory, *args, weight_name=weight_name, **kwargs)
+
+        FluxPipeline.save_lora_weights = classmethod(save)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.moment == "timer" and trainer.global_step == self.step:
+            import threading
+
+            threading.Timer(self.seconds, _die).start()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self.moment == "backward" and trainer.global_step == self.step:
+            _die()

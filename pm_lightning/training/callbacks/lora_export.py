@@ -30,7 +30,9 @@ class LoraExport(Callback):
         if self.on_checkpoint:
             self.export(trainer, pl_module, f"step-{trainer.global_step:06d}")
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # on_fit_end, not on_train_end: a resumed run that was killed after its last step but before (or during)
+        # this export trains nothing more, and Lightning calls only on_fit_end for it
         self.export(trainer, pl_module, "final")
 
     def export(self, trainer, pl_module, tag: str) -> Path | None:

@@ -1,0 +1,121 @@
+"""kill -9 at 10 moments of a tiny fit (during a step, a checkpoint write, a LoRA export, sample rendering, and at
+random times), then `--ckpt_path last` until the run completes: every resume succeeds, the final adapters and
+LoRA files are bit-identical to an uninterrupted run, and no file the run wrote is ever left half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+from tests.test_fit import small_config
+
+pytestmark = pytest.mark.slow
+STEPS, EVERY = 6, 2
+MOMENTS = [
+    {"moment": "backward", "step": 3},
+    {"moment": "backward", "step": 0},
+    {"moment": "checkpoint-write", "step": 2},  # the first checkpoint: nothing to resume, start again
+    {"moment": "checkpoint-write", "step": 4},  # last.ckpt of step 2 must survive
+    {"moment": "lora-write", "tag": "step-000002"},
+    {"moment": "lora-write", "tag": "final"},
+    {"moment": "samples", "tag": "step-000004"},
+    {"moment": "samples", "tag": "final"},
+    # random moments: a random delay after a random step starts (a step, its checkpoint, exports, samples...)
+    *(
+        {
+            "moment": "timer",
+            "step": random.Random(seed).randrange(STEPS - 1),
+            "seconds": round(random.Random(seed).uniform(0.05, 0.6), 2),
+        }
+        for seed in (1, 2)
+    ),
+]
+
+
+def config(tmp_path, tiny_base, tiny_shards) -> Path:
+    path = small_config(tmp_path, tiny_base, tiny_shards, max_steps=STEPS, every=EVERY)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["trainer"]["callbacks"] += [
+        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
+        {
+            "class_path": "pm_lightning.training.callbacks.SampleGrids",
+            "init_args": {
+                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
+                "every_n_steps": EVERY,
+                "resolution": 64,
+                "num_inference_steps": 2,
+            },
+        },
+    ]
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def fit(cfg: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    cmd = [sys.executable, "-m", "pm_lightning.fit", "--config", str(cfg), *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def outcome(run: Path) -> dict:
+    """The run's final adapters and final LoRA files; every file it left must read completely."""
+    for f in run.rglob("*.safetensors"):
+        load_file(f)  # a half-written LoRA file would fail here (temporary names start with a dot)
+    for f in run.rglob("*.ckpt"):
+        torch.load(f, map_location="cpu", weights_only=True)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    loras = {f.name: load_file(f) for f in sorted((run / "lora" / "final").glob("*.safetensors"))}
+    return {"step": ckpt["global_step"], "adapters": ckpt["state_dict"], "loras": loras}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_at_ten_moments_then_resume_gives_the_uninterrupted_result(tmp_path, tiny_base, tiny_shards):
+    straight = config(tmp_path / "straight", tiny_base, tiny_shards)
+    assert fit(straight).returncode == 0
+    want = outcome(tmp_path / "straight" / "run")
+    assert want["step"] == STEPS and want["loras"]
+    report = []
+    for i, moment in enumerate(MOMENTS):
+        cfg = config(tmp_path / f"kill{i}", tiny_base, tiny_shards)
+        run = tmp_path / f"kill{i}" / "run"
+        killer = ["--trainer.callbacks+=tests.faults.KillAt"] + [
+            f"--trainer.callbacks.{k}={v}" for k, v in moment.items()
+        ]
+        first = fit(cfg, *killer)
+        killed = first.returncode == -9 and not complete(run)  # killed before the run was done
+        resumes = 0
+        while not complete(run):
+            resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
+            proc = fit(cfg, *resume)
+            assert proc.returncode == 0, (moment, proc.stderr[-3000:])
+            resumes += 1
+            assert resumes <= 2, moment
+        got = outcome(run)
+        assert got["step"] == STEPS and same(got["adapters"], want["adapters"]), moment
+        assert got["loras"].keys() == want["loras"].keys(), moment
+        assert all(same(got["loras"][k], want["loras"][k]) for k in want["loras"]), moment
+        report.append({**moment, "killed": killed, "resumes": resumes})
+    (tmp_path / "campaign.json").write_text(json.dumps(report, indent=1))
+    assert all(r["killed"] for r in report), json.dumps(report)
+    print(json.dumps(report))
+
+
+def complete(run: Path) -> bool:
+    """The run reached its last step and wrote its final LoRA files."""
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file() or torch.load(last, map_location="cpu", weights_only=True)["global_step"] < STEPS:
+        return False
+    return (run / "lora" / "final" / "unseen.safetensors").is_file()
