@@ -13,7 +13,7 @@ from collections import Counter
 import lightning as L
 from torch.utils.data import DataLoader
 
-from pm_lightning.data.shard_writer import expand_shards, shard_indexes
+from pm_lightning.data.shard_writer import expand_shards, shard_indexes, shard_sample_counts
 from pm_lightning.data.stream import (
     SKIP_REASONS,
     TOKEN_PX,
@@ -128,6 +128,7 @@ class ProcessDataModule(L.LightningDataModule):
             balance=balance_on,
             domain_counts=self.train_index["domains"] if balance_on and self.train_index else None,
             seed=hp.seed,
+            shard_samples=None if train and hp.resampled else shard_sample_counts(urls),
         )
         return ShardStream(cfg, self.counter)
 

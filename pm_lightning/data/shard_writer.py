@@ -345,3 +345,14 @@ def shard_indexes(urls: list[str]) -> list[dict] | None:
         return None
     indexes = [read_index(d) for d in sorted({os.path.dirname(os.path.abspath(u)) for u in urls})]
     return None if any(i is None for i in indexes) else indexes
+
+
+def shard_sample_counts(urls: list[str]) -> dict[str, int]:
+    """Absolute shard path -> its sample count, from the index.json beside local shards (empty when unknown)."""
+    out: dict[str, int] = {}
+    for folder in sorted({os.path.dirname(os.path.abspath(u)) for u in urls if not is_remote(u)}):
+        index = read_index(folder)
+        names, counts = (index or {}).get("shards") or [], (index or {}).get("samples_per_shard") or []
+        if len(names) == len(counts):
+            out.update({os.path.join(folder, n): c for n, c in zip(names, counts)})
+    return out

@@ -28,11 +28,17 @@ from pm_lightning.data.domains import domain_index
 from pm_lightning.data.grid import frames_to_grid, grid_to_frames
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
-SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_png")
+# bad_shard counts events (a shard that cannot be opened or read on); the others count samples. "lost": samples a
+# shard's index.json promises that never came out of it (a truncated tar, a damaged member header).
+SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_png", "lost")
 
 
 class CorruptSampleWarning(UserWarning):
     """A shard member was unreadable and its sample skipped."""
+
+
+class EmptyStream(RuntimeError):
+    """The shards yield no sample at all: a run would spin forever waiting for a batch."""
 
 
 class ResolutionError(ValueError):
@@ -66,21 +72,35 @@ def check_resolution(resolution: int, rows: int, cols: int, where: str = "") -> 
 class SkipCounter:
     """Skipped-sample counts shared by all DataLoader workers (a multiprocessing array)."""
 
-    def __init__(self):
+    def __init__(self, max_failures_in_a_row: int = 50):
         self._counts = mp.Array("q", len(SKIP_REASONS))
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self.failures_in_a_row = 0  # per process (each DataLoader worker has its own copy): shard errors since a sample
 
-    def add(self, reason: str, url: str, key: str, detail: str) -> None:
-        """Count one skipped sample and warn with its shard and key."""
+    def add(self, reason: str, url: str, key: str, detail: str, n: int = 1) -> None:
+        """Count `n` skipped samples (one by default) and warn with their shard and key."""
         with self._counts.get_lock():
-            self._counts[SKIP_REASONS.index(reason)] += 1
+            self._counts[SKIP_REASONS.index(reason)] += n
         where = f"{url} key {key!r}" if key else url
         warnings.warn(f"skipped {where} ({reason}): {detail}", CorruptSampleWarning, stacklevel=2)
 
     def shard_error(self, exn: Exception) -> bool:
-        """webdataset handler for unreadable shards/tar members: count, warn, continue."""
+        """webdataset handler for unreadable shards/tar members (missing, truncated, a failing `pipe:` command):
+        count, warn, continue; but after `max_failures_in_a_row` errors without one good sample, stop the run."""
         url = exn.args[-1] if len(exn.args) > 1 and isinstance(exn.args[-1], str) else "?"  # webdataset appends the url
         self.add("bad_shard", url, "", repr(exn)[:300])
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row >= self.max_failures_in_a_row:
+            raise EmptyStream(
+                f"{self.failures_in_a_row} shard errors in a row and not one readable sample (the last: {url}: "
+                f"{repr(exn)[:200]}); check the shard paths (data.train_shards / data.val_shards) and that the files "
+                "or `pipe:` commands still work"
+            )
         return True
+
+    def sample_read(self) -> None:
+        """A sample came through: the shards are not all broken."""
+        self.failures_in_a_row = 0
 
     def as_dict(self) -> dict[str, int]:
         """Counts by reason."""
@@ -93,6 +113,7 @@ class SkipCounter:
 def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> Iterator[dict]:
     """Keep samples with both parts and valid JSON metadata; check the resolution per layout."""
     for sample in src:
+        counter.sample_read()
         url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
         missing = [part for part in ("grid.png", "json") if part not in sample]
         if missing:
@@ -185,6 +206,21 @@ class StreamConfig:
     balance: bool = False
     domain_counts: dict[str, int] | None = None
     seed: int = 0
+    shard_samples: dict[str, int] | None = None  # absolute shard path -> samples in it (index.json), finite streams
+
+
+def count_per_shard(src: Iterator[dict], counts: Counter) -> Iterator[dict]:
+    """Count the samples that come out of each shard (before any is judged)."""
+    for sample in src:
+        counts[sample.get("__url__", "?")] += 1
+        yield sample
+
+
+def record_urls(src: Iterator[dict], urls: list[str]) -> Iterator[dict]:
+    """Remember which shards this worker was given."""
+    for item in src:
+        urls.append(item["url"])
+        yield item
 
 
 class ShardStream(IterableDataset):
@@ -203,9 +239,12 @@ class ShardStream(IterableDataset):
         cfg = self.cfg
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         seed = wds.utils.make_seed(cfg.seed, self.epoch, rank, worker)
+        given, per_shard = [], Counter()
         stages = [
             *self._shard_stages(),
+            lambda src: record_urls(src, given),
             wds.tarfile_to_samples(handler=self.counter.shard_error),
+            lambda src: count_per_shard(src, per_shard),
             lambda src: parse_meta(src, self.counter, cfg.resolution),
         ]
         if cfg.balance:
@@ -220,7 +259,20 @@ class ShardStream(IterableDataset):
             wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
         ]
         batches = iter(wds.DataPipeline(*stages))
-        return islice(batches, self._per_worker_batches() - skip) if cfg.resampled else batches
+        if cfg.resampled:
+            return islice(batches, self._per_worker_batches() - skip)
+        return self._then_count_lost(batches, given, per_shard)
+
+    def _then_count_lost(self, batches: Iterator[dict], given: list[str], per_shard: Counter) -> Iterator[dict]:
+        """A finite pass, then: samples index.json promised that no shard gave are counted as "lost" by shard."""
+        yield from batches
+        import os
+
+        for url in given:
+            expected = (self.cfg.shard_samples or {}).get(os.path.abspath(url))
+            if expected is not None and per_shard[url] < expected:
+                missing = expected - per_shard[url]
+                self.counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
 
     def _shard_stages(self) -> list:
         """Shard URL source: resampled (infinite) or an ordered list split by node and worker."""
@@ -270,6 +322,11 @@ class EpochLoader(DataLoader):
             self.consumed += 1
             if self.consumed > skip:
                 yield batch
+        if self.consumed == 0 and skip == 0:  # a whole pass and not one batch: stop instead of spinning
+            raise EmptyStream(
+                f"epoch {self.epoch} of the shards yielded no batch (skipped so far: {self.dataset.counter.as_dict()}); "
+                "check the shard paths and files"
+            )
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}

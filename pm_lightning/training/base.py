@@ -194,6 +194,9 @@ class FlowMatchingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.log("train/skipped_steps", float(self.nonfinite.skipped))
+        skipped = getattr(getattr(self._trainer, "datamodule", None), "skipped", None) or {}
+        for reason, count in skipped.items():  # corrupt / missing data, summed over the loader's workers
+            self.log(f"data/skipped/{reason}", float(count))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # one fused norm over the trainable grads (Lightning's grad_norm() builds a per-parameter dict);

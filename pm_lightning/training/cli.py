@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from pm_lightning.core.atomic import WriteFailed
 from pm_lightning.data.datamodule import ProcessDataModule
+from pm_lightning.data.stream import EmptyStream
 from pm_lightning.models.backbone import not_found_error, resolve_source
 from pm_lightning.models.variants import VARIANTS
 from pm_lightning.training.base import FlowMatchingModule
@@ -125,6 +126,9 @@ def main(args: list[str] | None = None) -> int:
     except pickle.UnpicklingError as err:  # Lightning reads checkpoints with weights_only=True (torch >= 2.6)
         print(f"error: {ckpt} holds objects other than tensors and plain data: refused unread ({err})", file=sys.stderr)
         return 2
+    except EmptyStream as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 5
     except WriteFailed as err:  # a checkpoint could not be written: stopping beats training without one
         print(f"error: {err}. Resume from {last_checkpoint(cli.trainer)} with --ckpt_path last.", file=sys.stderr)
         return 4
