@@ -18,7 +18,7 @@ from pathlib import Path
 from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags
 from pm_lightning.inference.inputs import input_grid, read_frames
-from pm_lightning.inference.session import InputError, Models, captions_for, run_adaptive
+from pm_lightning.inference.session import BadInput, Models, captions_for, run_adaptive
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return run(args)
-    except (InputError, FileNotFoundError) as err:
+    except (BadInput, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
 
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     frames, meta = read_frames(args.frames)
     steps = args.steps or meta.get("steps") or None
     if steps and len(steps) != len(frames):
-        raise InputError(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
+        raise BadInput(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
     prompt = args.prompt if args.prompt is not None else meta.get("caption", "")
     notes: list[str] = []
     models = Models(args.base)

@@ -24,7 +24,7 @@ from pathlib import Path
 from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags
 from pm_lightning.inference.session import (
-    InputError,
+    BadInput,
     Models,
     captions_for,
     default_frames,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run, print where the outputs went; bad input exits with its message."""
     try:
         return run(parse(argv))
-    except (InputError, FileNotFoundError) as err:
+    except (BadInput, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
 
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     frames_n = args.frames or default_frames(args.domain)
     rows, cols = layout_for(frames_n)
     if args.steps and len(args.steps) != frames_n:
-        raise InputError(f"--steps gives {len(args.steps)} texts for {frames_n} frames: give one per frame")
+        raise BadInput(f"--steps gives {len(args.steps)} texts for {frames_n} frames: give one per frame")
     resolution = grid_resolution(args.base, frames_n, args.resolution)
     notes: list[str] = []
     models, start, timings = Models(args.base), time.perf_counter(), {}

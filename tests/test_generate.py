@@ -12,7 +12,7 @@ from PIL import Image
 
 from pm_lightning import adapt, generate
 from pm_lightning.core.paths import project_home
-from pm_lightning.inference.session import InputError, grid_resolution, stage_file
+from pm_lightning.inference.session import BadInput, grid_resolution, stage_file
 from pm_lightning.inference.tiny_defaults import default_lora
 from tests.test_adaptive import needs_tiny_eval
 
@@ -188,7 +188,7 @@ def test_tiny_defaults_follow_the_experiment_configs(tmp_path):
     notes: list[str] = []
     assert stage_file(None, tmp_path / "missing.safetensors", "stage-1", "make train-stage1", notes) is None
     assert "make train-stage1" in notes[0] and "plain base" in notes[0]
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(BadInput, match="not found"):
         stage_file(tmp_path / "nope.safetensors", None, "stage-1", "make train-stage1", [])
 
 

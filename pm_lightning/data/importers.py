@@ -90,6 +90,34 @@ def cell_boxes(size: tuple[int, int], rows: int, cols: int, order: str) -> list[
     return boxes
 
 
+class BadInput(ValueError):
+    """A user-supplied file or value that cannot be used; the message names it and the fix."""
+
+
+MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000: above this an input is refused before it is decoded
+MIN_INPUT_SIDE = 16  # one Flux latent token
+
+
+def load_user_image(path: str | Path, role: str = "image") -> Image.Image:
+    """An image a user passes in, as RGB; BadInput naming the file for a missing, unreadable, tiny or huge one."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{role} {path} not found")
+    try:
+        with Image.open(path) as probe:  # reads the header only: a decompression bomb is refused undecoded
+            w, h = probe.size
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise BadInput(f"{role} {path} is not a readable image ({type(err).__name__}: {err}); give a PNG, JPEG or WebP") from None
+    if w * h > MAX_INPUT_PIXELS:
+        raise BadInput(f"{role} {path} is {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the {MAX_INPUT_PIXELS // 1_000_000} Mpx limit: downscale it first")
+    if min(w, h) < MIN_INPUT_SIDE:
+        raise BadInput(f"{role} {path} is {w}x{h} px: at least {MIN_INPUT_SIDE} px per side are needed")
+    try:
+        return open_rgb(path)
+    except ImageReadError as err:
+        raise BadInput(f"{role} {path} is not a readable image ({err}); give a PNG, JPEG or WebP") from None
+
+
 class ImageReadError(OSError):
     """An image file PIL cannot decode; `path` names it."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pm_lightning.data.importers import load_user_image
 from pm_lightning.eval.scores import clip_score, pixel_features, sequence_proxies
 
 # (key, header): the table's columns in order; judge columns only with --judge.
@@ -49,12 +50,17 @@ def _open_frames(folder: Path) -> list[Image.Image]:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
     if not paths:
         raise ValueError(f"no frame images in {folder}")
-    return [Image.open(p).convert("RGB") for p in paths]
+    return [load_user_image(p, "frame") for p in paths]
 
 
 def read_sample(folder: Path) -> Sample:
     """Read one sample folder; a ValueError names the missing piece."""
-    report = json.loads((folder / "report.json").read_text())
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{folder}/report.json is not valid JSON ({err})") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{folder}/report.json must hold a JSON object")
     missing = [k for k in ("prompt", "domain") if k not in report]
     if missing:
         raise ValueError(f"{folder}/report.json lacks {', '.join(missing)}")
@@ -65,7 +71,7 @@ def read_sample(folder: Path) -> Sample:
     if report.get("ground_truth"):
         gt_dir = Path(report["ground_truth"])
         gt = _open_frames(gt_dir if gt_dir.is_absolute() else folder / gt_dir)
-    grid = Image.open(folder / "grid.png").convert("RGB")
+    grid = load_user_image(folder / "grid.png", "grid")
     return Sample(folder, str(report["prompt"]), str(report["domain"]), grid, _open_frames(folder / "frames"), gt)
 
 

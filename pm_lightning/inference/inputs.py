@@ -7,22 +7,31 @@ from pathlib import Path
 
 from PIL import Image
 
-from pm_lightning.inference.session import InputError
+from pm_lightning.data.importers import BadInput, load_user_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def read_frames(folder: Path) -> tuple[list[Image.Image], dict]:
     """(frames sorted by file name, meta.json or {})."""
+    if not Path(folder).is_dir():
+        raise BadInput(f"--frames {folder} is not a folder of frame images")
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(paths) < 2:
-        raise InputError(f"{folder}: need at least two frame images, found {len(paths)}")
-    frames = [Image.open(p).convert("RGB") for p in paths]
+        raise BadInput(f"{folder}: need at least two frame images, found {len(paths)}")
+    frames = [load_user_image(p, "frame") for p in paths]
     if len({f.size for f in frames}) > 1:
         size = frames[0].size
         frames = [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
     meta_path = Path(folder) / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadInput(
+            f"{meta_path} is not valid JSON ({err}); fix or remove it (the caption can be given with --prompt)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise BadInput(f"{meta_path} must hold a JSON object with caption / steps, got {type(meta).__name__}")
     return frames, meta
 
 

@@ -14,12 +14,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from pm_lightning.data.importers import BadInput, load_user_image
 from pm_lightning.inference.cache import CacheConfig, cache_from_args, transformer_cache
 from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1
-
-
-class InputError(ValueError):
-    """Bad user input to an inference command (a missing file, a count that does not fit)."""
 
 
 def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
@@ -31,7 +28,7 @@ def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
     rows, _ = layout_for(frames)
     if override:
         if override % (16 * rows):
-            raise InputError(f"--resolution {override} does not split into {rows} cells of whole 16-px tokens")
+            raise BadInput(f"--resolution {override} does not split into {rows} cells of whole 16-px tokens")
         return override
     variant = VARIANTS.get(base) or next(
         (v for v in VARIANTS.values() if Path(v.location()).resolve() == Path(base).resolve()), None
@@ -55,7 +52,7 @@ class Models:
     def use(self, fused: Path | None, lora: Path | None):
         """The backbone with `fused` folded into its weights and `lora` loaded (diffusers' load_lora_weights)."""
         from pm_lightning.models.backbone import FluxBackbone
-        from pm_lightning.models.lora_files import fuse_lora_file, quiet_diffusers
+        from pm_lightning.models.lora_files import fuse_lora_file, load_lora_file
 
         fused, lora = (str(fused) if fused else None), (str(lora) if lora else None)
         if self.backbone is None or (self.fused is not None and self.fused != fused):
@@ -67,8 +64,7 @@ class Models:
             fuse_lora_file(self.backbone, fused)
             self.fused = fused
         if lora is not None and self.loaded is None:
-            with quiet_diffusers():
-                self.backbone.pipeline().load_lora_weights(lora, adapter_name="pm")
+            load_lora_file(self.backbone.pipeline(), lora, "pm")
             self.loaded = lora
         return self.backbone
 
@@ -130,7 +126,7 @@ def stage_file(flag: Path | None, default: Path | None, what: str, make: str, no
     """The flag's file (must exist), else the default when it exists, else None with a note."""
     if flag is not None:
         if not Path(flag).is_file():
-            raise InputError(f"{what} file {str(flag)!r} not found")
+            raise BadInput(f"{what} file {str(flag)!r} not found")
         return Path(flag)
     if default is not None and default.is_file():
         return default
@@ -151,7 +147,7 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
     stage2 = stage_file(args.stage2, default_lora("stage2") if tiny else None, "stage-2", "make train-stage2", notes)
     fuse = args.stage2_fuse or (fused_stage1("stage2") if tiny and stage2 is not None else None)
     if fuse is not None and not Path(fuse).is_file():
-        raise InputError(f"stage-1 file fused under the stage-2 LoRA {str(fuse)!r} not found (--stage2-fuse)")
+        raise BadInput(f"stage-1 file fused under the stage-2 LoRA {str(fuse)!r} not found (--stage2-fuse)")
     backbone = models.use(fuse, stage2)
     cell = args.cell or max(16, frames[0].size[0] // 16 * 16)
     insert_batch = make_insert_fn(
@@ -231,7 +227,7 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
         with transformer_cache(backbone.transformer, cache_from_args(args)):
             frames = recraft(
                 backbone,
-                Image.open(args.image).convert("RGB"),
+                load_user_image(args.image, "--image"),
                 args.prompt,
                 frames=frames_n,
                 cell=resolution // rows,

@@ -36,6 +36,7 @@ from torch import nn
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.data.domains import UNSEEN_DOMAIN
+from pm_lightning.data.importers import BadInput
 from pm_lightning.models.adapters import (
     AdapterConfig,
     add_adapters,
@@ -174,6 +175,34 @@ def quiet_diffusers():
         dlogging.set_verbosity(level)
 
 
+def load_lora_file(pipe, path: str | Path, adapter_name: str, role: str = "LoRA file") -> None:
+    """`pipe.load_lora_weights(path)` with a clear BadInput for a file that is missing, not safetensors (a pickle
+    is never opened), holds no LoRA tensors, or does not fit the pipeline's transformer (another base or width)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{role} {path} not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for any non-safetensors file
+        raise BadInput(
+            f"{role} {path} is not a safetensors file ({type(err).__name__}: {err}); LoRA files are .safetensors "
+            "(pickled .bin / .pt files are never loaded)"
+        ) from None
+    if not any("lora" in k for k in keys):
+        raise BadInput(f"{role} {path} holds no LoRA tensors (keys such as {keys[:3]})")
+    try:
+        with quiet_diffusers():
+            pipe.load_lora_weights(str(path), adapter_name=adapter_name)
+    except Exception as err:  # noqa: BLE001 - diffusers / peft raise ValueError, RuntimeError, KeyError...
+        raise BadInput(
+            f"{role} {path} does not fit this base model ({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}): "
+            "was it trained on another base?"
+        ) from None
+
+
 def fuse_lora_file(backbone, path: str | Path, adapter_name: str = "stage1", scale: float = 1.0) -> None:
     """Fold a diffusers-format Flux LoRA file into the transformer's base weights (diffusers' load + fuse + unload).
 
@@ -182,8 +211,8 @@ def fuse_lora_file(backbone, path: str | Path, adapter_name: str = "stage1", sca
     if any(True for _ in tuner_layers(backbone.transformer)):
         raise ValueError("fuse LoRA files before adding adapters (diffusers' unload would remove them)")
     pipe = backbone.pipeline()
+    load_lora_file(pipe, check_stage1_file(path), adapter_name, role="stage-1 LoRA file")
     with quiet_diffusers():
-        pipe.load_lora_weights(str(check_stage1_file(path)), adapter_name=adapter_name)
         pipe.fuse_lora(lora_scale=scale, adapter_names=[adapter_name])
         pipe.unload_lora_weights()
     backbone.requires_grad_(False)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
+from pm_lightning.data.importers import BadInput
 from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.training.metrics import PerDomainMean
@@ -207,6 +208,25 @@ class FlowMatchingModule(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ checkpoints
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another stage or adapter before its (non-strict) weights load silently into nothing."""
+        hp = checkpoint.get("hyper_parameters") or {}
+        if hp.get("stage") is not None and hp["stage"] != self.STAGE:
+            raise BadInput(
+                f"the checkpoint is a stage-{hp['stage']} checkpoint and this config trains stage {self.STAGE}"
+            )
+        mine = dict(self.hparams.get("adapter") or {})
+        theirs = hp.get("adapter") or {}
+        for key in ("kind", "rank", "num_domains"):
+            if key in mine and key in theirs and mine[key] != theirs[key]:
+                raise BadInput(f"the checkpoint's adapter has {key}={theirs[key]!r}, this config's {key}={mine[key]!r}")
+        keep = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        missing = sorted(keep - set(checkpoint.get("state_dict") or {}))
+        if keep and missing:
+            raise BadInput(
+                f"the checkpoint lacks {len(missing)} of this model's {len(keep)} trainable tensors (e.g. {missing[0]})"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights: the frozen base is reloaded from its source."""

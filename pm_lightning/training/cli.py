@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from pm_lightning.core.atomic import WriteFailed
 from pm_lightning.data.datamodule import ProcessDataModule
+from pm_lightning.data.importers import BadInput
 from pm_lightning.data.stream import EmptyStream
 from pm_lightning.models.backbone import not_found_error, resolve_source
 from pm_lightning.models.variants import VARIANTS
@@ -125,6 +126,9 @@ def main(args: list[str] | None = None) -> int:
         return 3
     except pickle.UnpicklingError as err:  # Lightning reads checkpoints with weights_only=True (torch >= 2.6)
         print(f"error: {ckpt} holds objects other than tensors and plain data: refused unread ({err})", file=sys.stderr)
+        return 2
+    except BadInput as err:  # e.g. a checkpoint of another stage or adapter
+        print(f"error: --ckpt_path {ckpt}: {err}", file=sys.stderr)
         return 2
     except EmptyStream as err:
         print(f"error: {err}", file=sys.stderr)

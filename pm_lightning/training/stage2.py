@@ -101,6 +101,7 @@ class Stage2Module(FlowMatchingModule):
         return adapter_parameters(self.transformer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("hyper_parameters", {}).get("stage1_sha256")
         if saved != self.hparams.get("stage1_sha256"):
             warnings.warn(
