@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import REPO
-from tests.test_fit import small_config
+from tests.test_fit import small_config, with_outputs
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY = 6, 2
@@ -43,22 +42,9 @@ MOMENTS = [
 
 
 def config(tmp_path, tiny_base, tiny_shards) -> Path:
-    path = small_config(tmp_path, tiny_base, tiny_shards, max_steps=STEPS, every=EVERY)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["trainer"]["callbacks"] += [
-        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
-        {
-            "class_path": "pm_lightning.training.callbacks.SampleGrids",
-            "init_args": {
-                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
-                "every_n_steps": EVERY,
-                "resolution": 64,
-                "num_inference_steps": 2,
-            },
-        },
-    ]
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return with_outputs(
+        small_config(tmp_path, tiny_base, tiny_shards, max_steps=STEPS, every=EVERY), every=EVERY, at_start=True
+    )
 
 
 def fit(cfg: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -77,6 +77,26 @@ def closed_port() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+def test_without_credentials_a_run_goes_offline_by_itself(tmp_path, tiny_base, tiny_shards):
+    """What `make train-stage1` does on a fresh machine: no key, no WANDB_MODE in the environment."""
+    path = small_config(tmp_path, tiny_base, tiny_shards, max_steps=1, every=100)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["trainer"]["logger"] = {"class_path": "pm_lightning.training.wandb_logger.AutoWandbLogger"}
+    path.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pm_lightning.fit", "--config", str(path)],
+        cwd=REPO,
+        timeout=600,
+        env={**env, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any(p.name.startswith("offline-run-") for p in (tmp_path / "run" / "wandb").iterdir())
+
+
 @pytest.mark.parametrize("server", ["refused", "silent"])
 def test_unreachable_wandb_falls_back_offline_and_the_run_finishes(tmp_path, tiny_base, tiny_shards, server):
     path = small_config(tmp_path, tiny_base, tiny_shards, max_steps=2, every=100)

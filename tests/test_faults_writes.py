@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
 
 from pm_lightning import fit
 from pm_lightning.core.atomic import WriteFailed, atomic_path
-from tests.test_fit import small_config
+from tests.test_fit import small_config, with_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -41,23 +40,7 @@ def test_lora_export_is_atomic_and_loads_in_diffusers(tmp_path, tiny_base):
 
 
 def run_config(tmp_path, tiny_base, tiny_shards, every=2, max_steps=4):
-    path = small_config(tmp_path, tiny_base, tiny_shards, max_steps=max_steps, every=every)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["trainer"]["callbacks"] += [
-        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
-        {
-            "class_path": "pm_lightning.training.callbacks.SampleGrids",
-            "init_args": {
-                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
-                "every_n_steps": 2,
-                "resolution": 64,
-                "num_inference_steps": 2,
-                "at_start": False,
-            },
-        },
-    ]
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return with_outputs(small_config(tmp_path, tiny_base, tiny_shards, max_steps=max_steps, every=every), every=2)
 
 
 def test_sample_and_lora_write_failures_do_not_stop_training(tmp_path, tiny_base, tiny_shards, monkeypatch, caplog):

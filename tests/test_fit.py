@@ -71,6 +71,27 @@ def small_config(tmp_path: Path, tiny_base: str, shards: dict, max_steps: int, e
     return path
 
 
+def with_outputs(path: Path, every: int, at_start: bool = False, **trainer) -> Path:
+    """Add LoRA exports and 64-px sample grids (every `every` steps) to a `small_config`, plus trainer overrides."""
+    cfg = yaml.safe_load(path.read_text())
+    cfg["trainer"].update(trainer)
+    cfg["trainer"]["callbacks"] += [
+        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
+        {
+            "class_path": "pm_lightning.training.callbacks.SampleGrids",
+            "init_args": {
+                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
+                "every_n_steps": every,
+                "resolution": 64,
+                "num_inference_steps": 2,
+                "at_start": at_start,
+            },
+        },
+    ]
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def adapters_of(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 

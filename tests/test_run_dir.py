@@ -11,7 +11,7 @@ import yaml
 
 from pm_lightning import fit
 from pm_lightning.training.run_dir import RUN_OUTPUTS, RunDirectoryInUse, check_run_directory
-from tests.test_fit import small_config
+from tests.test_fit import small_config, with_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -19,27 +19,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def full_run_config(tmp_path: Path, tiny_base: str, shards: dict, root: Path) -> Path:
     """A tiny stage-1 run with every kind of output: checkpoints, W&B (offline), LoRA exports, sample grids."""
     path = small_config(tmp_path, tiny_base, shards, max_steps=2, every=100)  # shorter than the interval
-    cfg = yaml.safe_load(path.read_text())
-    cfg["trainer"]["default_root_dir"] = str(root)
-    cfg["trainer"]["logger"] = {
+    logger = {
         "class_path": "pm_lightning.training.wandb_logger.AutoWandbLogger",
         "init_args": {"project": "pm_lightning_tests", "offline": True},
     }
-    cfg["trainer"]["callbacks"] += [
-        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
-        {
-            "class_path": "pm_lightning.training.callbacks.SampleGrids",
-            "init_args": {
-                "prompts": [{"domain": "lego", "caption": "a lego tower"}],
-                "every_n_steps": 0,
-                "resolution": 64,
-                "num_inference_steps": 2,
-                "at_start": False,
-            },
-        },
-    ]
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return with_outputs(path, every=0, default_root_dir=str(root), logger=logger)
 
 
 def listing(root: Path) -> dict[str, float]:

@@ -55,6 +55,9 @@ class AutoWandbLogger(WandbLogger):
         self.auto_offline = not has_wandb_credentials() if offline is None else offline
         self.explicit_save_dir = save_dir is not None
         self.fallback: str | None = None  # why the run went offline after trying online, if it did
+        if self.auto_offline and kwargs.get("mode") is None:
+            # explicit: Lightning's WANDB_MODE=dryrun is ignored once wandb's session has started (the login check)
+            kwargs["mode"] = "offline"
         if not self.auto_offline and kwargs.get("settings") is None:  # the CLI passes settings=None explicitly
             import wandb
 
