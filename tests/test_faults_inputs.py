@@ -48,6 +48,12 @@ def bad_images(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+def quick_generate(tiny_base: str, out: Path, *args: str) -> int:
+    """`python -m pm_lightning.generate` on the tiny base: 2x2 grids of 32 px, one sampler step."""
+    fast = ["--frames", "4", "--num-inference-steps", "1", "--resolution", "64", "--out", str(out)]
+    return generate.main(["--base", tiny_base, *args, *fast])
+
+
 EXPECT = {
     "corrupt": "not a readable image",
     "bomb": "decompression bomb",
@@ -92,24 +98,7 @@ def test_shards_skip_and_count_bombs_and_empty_captions_and_keep_unicode_and_tin
 def test_generate_image_refuses_a_bad_image_naming_it(tmp_path, tiny_base, kind):
     image = bad_images(tmp_path)[kind]
     with pytest.raises(SystemExit, match=EXPECT[kind]) as err:
-        generate.main(
-            [
-                "--base",
-                tiny_base,
-                "--prompt",
-                "a cake",
-                "--image",
-                str(image),
-                "--frames",
-                "4",
-                "--num-inference-steps",
-                "1",
-                "--resolution",
-                "64",
-                "--out",
-                str(tmp_path / "out"),
-            ]
-        )
+        quick_generate(tiny_base, tmp_path / "out", "--prompt", "a cake", "--image", str(image))
     assert str(image) in str(err.value) and not (tmp_path / "out").exists()
 
 
@@ -138,27 +127,7 @@ def test_adapt_refuses_a_broken_meta_json(tmp_path, tiny_base):
 
 def test_generate_with_a_unicode_long_prompt_and_an_unknown_domain_works(tmp_path, tiny_base):
     out = tmp_path / "out"
-    assert (
-        generate.main(
-            [
-                "--base",
-                tiny_base,
-                "--prompt",
-                UNICODE_LONG,
-                "--domain",
-                "ceramics",
-                "--frames",
-                "4",
-                "--num-inference-steps",
-                "1",
-                "--resolution",
-                "64",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert quick_generate(tiny_base, out, "--prompt", UNICODE_LONG, "--domain", "ceramics") == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["prompt"] == UNICODE_LONG and report["domain"] == "ceramics"
 
@@ -195,24 +164,7 @@ def test_generate_refuses_a_lora_file_that_does_not_fit(tmp_path, tiny_base, kin
         lora, expect = tmp_path / "weights.safetensors", "holds no LoRA tensors"
         save_file({"w": torch.ones(2)}, lora)
     with pytest.raises(SystemExit, match=expect) as err:
-        generate.main(
-            [
-                "--base",
-                tiny_base,
-                "--stage1",
-                str(lora),
-                "--prompt",
-                "a cake",
-                "--frames",
-                "4",
-                "--num-inference-steps",
-                "1",
-                "--resolution",
-                "64",
-                "--out",
-                str(tmp_path / "out"),
-            ]
-        )
+        quick_generate(tiny_base, tmp_path / "out", "--stage1", str(lora), "--prompt", "a cake")
     assert str(lora) in str(err.value)
 
 
