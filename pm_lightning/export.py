@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from pm_lightning.models.lora_files import DTYPES, domain_index_of, export_domain_lora, load_checkpoint_adapters
+from pm_lightning.models.lora_files import domain_index_of, export_domain_lora, load_checkpoint_adapters
+from pm_lightning.training.precision import DTYPES
 
 
 def main(argv: list[str] | None = None) -> None:

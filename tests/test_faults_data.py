@@ -157,3 +157,16 @@ def test_fuzzed_shards_never_crash_the_reader_and_the_counts_add_up(tmp_path, fo
         damaged += samples_skipped > 0
         lost += skipped["lost"] > 0
     assert damaged > 100 and lost > 20  # the fuzzing did damage shards, and "lost" samples were counted
+
+
+def test_unreadable_validation_shards_stop_the_step0_validation_with_the_message(
+    tmp_path, tiny_base, four_shards, capsys
+):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "shard-000000.tar").write_bytes(b"\0" * 4096)  # an empty archive: no sample at all
+    cfg = small_config(tmp_path, tiny_base, {"train": str(four_shards)}, max_steps=1, every=100)
+    args = ["--config", str(cfg), "--data.val_shards", str(junk / "shard-000000.tar"), "--validate_first", "true"]
+    args += ["--trainer.limit_val_batches", "2"]
+    assert fit.main(args) == 5
+    assert "yielded no batch" in capsys.readouterr().err

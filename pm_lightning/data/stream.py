@@ -11,6 +11,7 @@ import io
 import json
 import math
 import multiprocessing as mp
+import os
 import random
 import warnings
 from collections import Counter
@@ -266,8 +267,6 @@ class ShardStream(IterableDataset):
     def _then_count_lost(self, batches: Iterator[dict], given: list[str], per_shard: Counter) -> Iterator[dict]:
         """A finite pass, then: samples index.json promised that no shard gave are counted as "lost" by shard."""
         yield from batches
-        import os
-
         for url in given:
             expected = (self.cfg.shard_samples or {}).get(os.path.abspath(url))
             if expected is not None and per_shard[url] < expected:

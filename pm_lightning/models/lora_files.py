@@ -49,7 +49,6 @@ from pm_lightning.models.variants import VARIANTS
 
 PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
 _ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def export_domain_lora(

@@ -200,11 +200,10 @@ class FlowMatchingModule(L.LightningModule):
             self.log(f"data/skipped/{reason}", float(count))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # one fused norm over the trainable grads (Lightning's grad_norm() builds a per-parameter dict);
-        # under FSDP / ZeRO this is the norm of this rank's shard
-        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+        # the fused norm the non-finite check just took (before clipping); under FSDP / ZeRO the norm of this
+        # rank's shard
+        if self.nonfinite.grad_norm is not None:
+            self.log("train/grad_norm", self.nonfinite.grad_norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ checkpoints
@@ -221,15 +220,19 @@ class FlowMatchingModule(L.LightningModule):
         for key in ("kind", "rank", "num_domains"):
             if key in mine and key in theirs and mine[key] != theirs[key]:
                 raise BadInput(f"the checkpoint's adapter has {key}={theirs[key]!r}, this config's {key}={mine[key]!r}")
-        keep = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        keep = self.trainable_names()
         missing = sorted(keep - set(checkpoint.get("state_dict") or {}))
         if keep and missing:
             raise BadInput(
                 f"the checkpoint lacks {len(missing)} of this model's {len(keep)} trainable tensors (e.g. {missing[0]})"
             )
 
+    def trainable_names(self) -> set[str]:
+        """State-dict names of the trainable weights, every name of a shared (tied) tensor included: fused q/k/v
+        adapters share one A."""
+        return {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights: the frozen base is reloaded from its source."""
-        # every name of a shared (tied) tensor too: fused q/k/v adapters share one A
-        keep = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        keep = self.trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

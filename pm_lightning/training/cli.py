@@ -116,9 +116,9 @@ def main(args: list[str] | None = None) -> int:
     ) as err:  # a missing base / stage-1 file / shard set / last.ckpt; a used run dir
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if cli.config.validate_first and ckpt is None and cli.datamodule.hparams.val_shards:
-        cli.trainer.validate(cli.model, datamodule=cli.datamodule)
-    try:
+    try:  # the step-0 validation reads data too: its faults end the same way as training's
+        if cli.config.validate_first and ckpt is None and cli.datamodule.hparams.val_shards:
+            cli.trainer.validate(cli.model, datamodule=cli.datamodule)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
         report(cli)
     except NonFiniteTraining as err:

@@ -21,14 +21,15 @@ class NonFiniteGuard:
         if limit < 1:
             raise ValueError(f"model.init_args.max_nonfinite_steps must be >= 1, got {limit}")
         self.limit, self.consecutive, self.skipped = limit, 0, 0
+        self.grad_norm: torch.Tensor | None = None  # this rank's trainable-gradient norm of the step just checked
 
-    @staticmethod
-    def finite(loss: torch.Tensor | None, params: list[torch.nn.Parameter]) -> bool:
-        """This rank's verdict: the loss and every gradient are finite (one fused norm, no per-tensor sync)."""
+    def finite(self, loss: torch.Tensor | None, params: list[torch.nn.Parameter]) -> bool:
+        """This rank's verdict: the loss and every gradient are finite (one fused norm, kept in `grad_norm`)."""
         grads = [p.grad for p in params if p.grad is not None]
+        self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
         values = [loss.detach().float().reshape(1)] if loss is not None else []
-        if grads:
-            values.append(torch.nn.utils.get_total_norm(grads).float().reshape(1))
+        if self.grad_norm is not None:
+            values.append(self.grad_norm.float().reshape(1))
         return bool(torch.isfinite(torch.cat(values)).all()) if values else True
 
     def check(self, module, loss: torch.Tensor | None) -> bool:
