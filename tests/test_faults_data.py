@@ -91,7 +91,7 @@ def test_shards_that_all_disappear_stop_the_run_naming_them(tmp_path, tiny_base,
 
 def test_a_failing_pipe_command_is_skipped_beside_good_shards_and_alone_stops(tmp_path, tiny_base, four_shards, capsys):
     good = str(four_shards / "shard-000000.tar")
-    broken = f"pipe:head -c 3000 {good}; exit 3"  # a truncated stream, then a failing exit status
+    broken = f"pipe:head -c 700 {good}; exit 3"  # cut inside its first member (no whole sample), then a failing exit
     mixed = tmp_path / "mixed"
     assert run(mixed, tiny_base, [good, broken], max_steps=8, samples_per_epoch=32) == 0
     assert logged(mixed)["data/skipped/bad_shard"] >= 1
