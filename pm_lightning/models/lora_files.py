@@ -51,16 +51,37 @@ PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
 _ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
 
 
+FORMATS = ("diffusers", "kohya")
+
+
 def export_domain_lora(
-    transformer: nn.Module, domain: int, path: str | Path, dtype: torch.dtype = torch.float32
+    transformer: nn.Module,
+    domain: int,
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    fmt: str = "diffusers",
+    domain_name: str = "",
 ) -> Path:
-    """Write `domain`'s adapter of `transformer` as a diffusers Flux LoRA file, atomically; returns the path."""
+    """Write `domain`'s adapter of `transformer` as a Flux LoRA file, atomically; returns the path.
+
+    fmt "diffusers": diffusers' own writer (`FluxPipeline.save_lora_weights`); "kohya": sd-scripts keys with alphas
+    (`models/kohya.py`), what ComfyUI / Forge / kohya tools read (and diffusers converts on load)."""
     from diffusers import FluxPipeline
 
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown LoRA format {fmt!r}; choose from {FORMATS}")
     path = Path(path)
     sd = {k: v.to(dtype) for k, v in domain_lora_state_dict(transformer, domain).items()}
     with atomic_path(path) as tmp:
-        FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=sd, weight_name=tmp.name)
+        if fmt == "diffusers":
+            FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=sd, weight_name=tmp.name)
+        else:
+            from safetensors.torch import save_file
+
+            from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
+
+            rank = next(v.shape[0] for k, v in sd.items() if k.endswith("lora_A.weight"))
+            save_file(diffusers_to_kohya(sd, transformer), str(tmp), metadata=kohya_metadata(rank, domain_name))
     return path
 
 

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
 from lightning.pytorch import Callback
 
 from pm_lightning.data.domains import UNSEEN_DOMAIN
-from pm_lightning.models.lora_files import export_domain_lora
+from pm_lightning.models.lora_files import FORMATS, export_domain_lora
+from pm_lightning.models.model_card import latest_samples, write_model_card
+from pm_lightning.models.publish import SUFFIX
 
 log = logging.getLogger(__name__)
 
 
 class LoraExport(Callback):
-    """Writes `<dirpath>/<tag>/<domain>.safetensors` (stock `FluxPipeline.load_lora_weights` reads them)."""
+    """Writes `<dirpath>/<tag>/<domain>.safetensors` (stock `FluxPipeline.load_lora_weights` reads them) and a
+    `README.md` model card with the run's sample grid, so each folder can be pushed to the Hub as it is."""
 
-    def __init__(self, dirpath: str | None = None, on_checkpoint: bool = True):
+    def __init__(
+        self, dirpath: str | None = None, on_checkpoint: bool = True, formats: tuple[str, ...] = ("diffusers",)
+    ):
         """
         Args:
             dirpath: output folder (default `<run dir>/lora`).
             on_checkpoint: also export next to every checkpoint (tag `step-N`); the end of training writes `final`.
+            formats: "diffusers" (`<domain>.safetensors`) and / or "kohya" (`<domain>.kohya.safetensors`, for
+                ComfyUI, Forge and kohya tools).
         """
-        self.dirpath, self.on_checkpoint = dirpath, on_checkpoint
+        unknown = set(formats) - set(FORMATS)
+        if unknown or not formats:
+            raise ValueError(f"LoraExport.formats: {sorted(unknown) or formats} unknown; choose from {FORMATS}")
+        self.dirpath, self.on_checkpoint, self.formats = dirpath, on_checkpoint, list(formats)
         self.last_dir: Path | None = None
         self.failures = 0
 
@@ -45,11 +56,12 @@ class LoraExport(Callback):
             files = {"lora": 0}
         else:  # every domain, plus the domain-free LoRA for unseen domains (all-ones mask / mean of the Bs)
             files = {**{name: i for i, name in enumerate(pl_module.domains)}, "unseen": UNSEEN_DOMAIN}
-        written = 0
-        for name, index in files.items():
+        written = {}
+        for (name, index), fmt in itertools.product(files.items(), self.formats):
+            path = out / f"{name}{SUFFIX[fmt]}"
             try:  # non-essential: the checkpoint holds the adapters, and `python -m pm_lightning.export` rebuilds a file
-                export_domain_lora(pl_module.transformer, index, out / f"{name}.safetensors")
-                written += 1
+                export_domain_lora(pl_module.transformer, index, path, fmt=fmt, domain_name=name)
+                written[path.name] = name
             except OSError as err:
                 self.failures += 1
                 log.warning(
@@ -58,4 +70,11 @@ class LoraExport(Callback):
                 )
         if written:
             self.last_dir = out
+            try:
+                samples = latest_samples(Path(trainer.default_root_dir), tag)
+                hparams = dict(pl_module.hparams)
+                write_model_card(out, hparams, written, trainer.global_step, samples, "+".join(self.formats))
+            except OSError as err:
+                self.failures += 1
+                log.warning("LoRA export: model card: %s; training continues", err)
         return out
