@@ -3,6 +3,7 @@
     python -m pm_lightning.generate --prompt "a lego tower of eight red bricks" --domain lego --out outputs/lego
     python -m pm_lightning.generate --prompt "..." --domain lego --adaptive --steps "one" ... "nine" --out DIR
     python -m pm_lightning.generate --prompt "a pink cake" --image cake.png --frames 4 --out DIR     # ReCraft
+    python -m pm_lightning.generate --prompt "an origami crane" --domain origami --extra-lora origami.safetensors:0.8 ...
     python -m pm_lightning.generate --base black-forest-labs/FLUX.1-dev --stage1 lego.safetensors --prompt ... --out DIR
 
 Stage 1: stock diffusers `FluxPipeline` with the exported stage-1 LoRA loaded by `pipe.load_lora_weights(file)`,
@@ -21,14 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags
 from pm_lightning.inference.session import (
     BadInput,
     Models,
     captions_for,
     default_frames,
+    extra_lora,
     first_sequence,
+    generation_report,
     grid_resolution,
     run_adaptive,
 )
@@ -39,6 +41,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", required=True)
     p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
     p.add_argument("--stage1", type=Path, default=None, help="exported stage-1 LoRA file (diffusers format)")
+    p.add_argument(
+        "--extra-lora",
+        type=extra_lora,
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="stack a style LoRA on the stage-1 LoRA (repeatable; weight default 1)",
+    )
     p.add_argument("--adaptive", action="store_true", help="run the sliding-window adaptive steps")
     p.add_argument("--image", type=Path, default=None, help="ReCraft: the finished image -> the steps before it")
     p.add_argument("--recraft", type=Path, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)")
@@ -84,30 +94,8 @@ def run(args: argparse.Namespace) -> int:
         result = run_adaptive(models, frames, args.steps, args.prompt, args, cfg, notes)
         timings["adaptive_s"] = round(time.perf_counter() - t0, 3)
     final = result.images if result is not None else frames
-    report = {
-        "prompt": args.prompt,
-        "domain": args.domain or "unseen",
-        "seed": args.seed,
-        "mode": "recraft" if args.image else "text",
-        "steps": args.steps,
-        "settings": {
-            "base": args.base,
-            "frames": frames_n,
-            "rows": rows,
-            "cols": cols,
-            "resolution": resolution,
-            "num_inference_steps": args.num_inference_steps,
-            "guidance": args.guidance,
-            "max_sequence_length": models.backbone.max_sequence_length,
-            "adaptive": args.adaptive,
-            "cache": vars(cache_from_args(args)),
-            "insert_batch": args.insert_batch,
-        },
-        "models": used,
-        "notes": notes,
-        "adaptive": result.report if result is not None else None,
-        "timings": timings,
-    }
+    settings = dict(base=args.base, frames=frames_n, rows=rows, cols=cols, resolution=resolution)
+    report = generation_report(args, models, settings, used, notes, result, timings)
     write_sample(args.out, grid, final, captions_for(result, args.steps, len(final)), report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -40,32 +40,57 @@ def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
 # ---------------------------------------------------------------- models
 
 
+def extra_lora(text: str) -> tuple[Path, float]:
+    """`FILE[:WEIGHT]` (argparse type of `--extra-lora`) -> (file, weight); the weight defaults to 1."""
+    path, sep, weight = text.rpartition(":")
+    if sep and path:
+        try:
+            return Path(path), float(weight)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
 class Models:
-    """One backbone and which LoRA files are fused into it / loaded on it; reloads only when the fused file changes."""
+    """One backbone and which LoRA files are fused into it / loaded on it; reloads only when the fused file changes.
+
+    `use(fused, lora, extras)`: `fused` folded into the weights, the procedural `lora` loaded as adapter "pm" at
+    weight 1 and each extra (file, weight) as "extra<i>", combined by diffusers' multi-adapter weighting
+    (`pipe.set_adapters(names, adapter_weights)`): MakeAnything's style-LoRA stacking."""
 
     def __init__(self, base: str):
         self.base = base
         self.backbone = None
         self.fused: str | None = None
-        self.loaded: str | None = None
+        self.loaded: tuple | None = None
 
-    def use(self, fused: Path | None, lora: Path | None):
-        """The backbone with `fused` folded into its weights and `lora` loaded (diffusers' load_lora_weights)."""
+    def use(self, fused: Path | None, lora: Path | None, extras: list[tuple[Path, float]] | tuple = ()):
+        """The backbone with `fused` folded into its weights and `lora` (+ `extras`) loaded."""
         from pm_lightning.models.backbone import FluxBackbone
         from pm_lightning.models.lora_files import fuse_lora_file, load_lora_file
 
-        fused, lora = (str(fused) if fused else None), (str(lora) if lora else None)
+        fused = str(fused) if fused else None
+        wanted = (str(lora) if lora else None, tuple((str(p), float(w)) for p, w in extras))
         if self.backbone is None or (self.fused is not None and self.fused != fused):
             self.backbone, self.fused, self.loaded = FluxBackbone.from_pretrained(self.base), None, None
-        if self.loaded is not None and self.loaded != lora:
+        if self.loaded is not None and self.loaded != wanted:
             self.backbone.pipeline().unload_lora_weights()
             self.loaded = None
         if fused is not None and self.fused is None:
             fuse_lora_file(self.backbone, fused)
             self.fused = fused
-        if lora is not None and self.loaded is None:
-            load_lora_file(self.backbone.pipeline(), lora, "pm")
-            self.loaded = lora
+        if self.loaded is None and (wanted[0] or wanted[1]):
+            pipe = self.backbone.pipeline()
+            names, weights = [], []
+            if wanted[0]:
+                load_lora_file(pipe, wanted[0], "pm")
+                names, weights = ["pm"], [1.0]
+            for i, (path, weight) in enumerate(wanted[1]):
+                load_lora_file(pipe, path, f"extra{i}", role="extra LoRA file")
+                names.append(f"extra{i}")
+                weights.append(weight)
+            pipe.set_adapters(names, adapter_weights=weights)
+        self.loaded = wanted
         return self.backbone
 
 
@@ -206,7 +231,7 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
             args.stage1, default_lora("stage1", args.domain) if tiny else None, "stage-1", "make train-stage1", notes
         )
         grid = sample_grid(
-            models.use(None, stage1),
+            models.use(None, stage1, getattr(args, "extra_lora", None) or ()),
             args.prompt,
             resolution,
             args.num_inference_steps,
@@ -216,6 +241,8 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
         )
         frames = grid_to_frames(grid, rows, cols)
         used = {"stage1": str(stage1) if stage1 else None}
+        if getattr(args, "extra_lora", None):
+            used["extra_loras"] = [{"file": str(p), "weight": w} for p, w in args.extra_lora]
     else:
         from pm_lightning.inference.reference_sampling import recraft
 
@@ -242,3 +269,29 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
             "image": str(args.image),
         }
     return grid, frames, used
+
+
+def generation_report(
+    args, models: Models, settings: dict, used: dict, notes: list[str], result, timings: dict
+) -> dict:
+    """report.json of one `generate` run: the prompt, every setting, the LoRA files used, notes, adaptive rounds."""
+    return {
+        "prompt": args.prompt,
+        "domain": args.domain or "unseen",
+        "seed": args.seed,
+        "mode": "recraft" if args.image else "text",
+        "steps": args.steps,
+        "settings": {
+            **settings,
+            "num_inference_steps": args.num_inference_steps,
+            "guidance": args.guidance,
+            "max_sequence_length": models.backbone.max_sequence_length,
+            "adaptive": args.adaptive,
+            "cache": vars(cache_from_args(args)),
+            "insert_batch": args.insert_batch,
+        },
+        "models": used,
+        "notes": notes,
+        "adaptive": result.report if result is not None else None,
+        "timings": timings,
+    }

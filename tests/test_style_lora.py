@@ -1,0 +1,71 @@
+"""Style-LoRA stacking (MakeAnything's unseen-domain route): a LoRA trained here on single pictures of a held-out
+domain, stacked on the procedural LoRA through diffusers' multi-adapter weighting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS
+from pm_lightning.inference.session import Models, extra_lora, sample_grid
+from pm_lightning.training.style_trainer import StyleLoraConfig, style_pictures, train_style_lora
+from tests.test_stage2 import stage1_file  # noqa: F401 - fixture
+
+DOMAIN = HELDOUT_DOMAINS[0]
+
+
+def test_extra_lora_flag():
+    assert extra_lora("a/b.safetensors:0.7") == (__import__("pathlib").Path("a/b.safetensors"), 0.7)
+    assert extra_lora("a/b.safetensors")[1] == 1.0
+    assert extra_lora("C:x.safetensors")[1] == 1.0  # not a number after the colon: part of the name
+
+
+def test_style_pictures_are_single_late_frames_of_the_domain():
+    pics = style_pictures(DOMAIN, 6, 48, seed=0)
+    again = style_pictures(DOMAIN, 6, 48, seed=0)
+    assert len(pics) == 6 and all(p.shape == (48, 48, 3) and p.dtype == np.uint8 for p, _ in pics)
+    assert all(np.array_equal(a, b) and c == d for (a, c), (b, d) in zip(pics, again))  # reproducible
+    assert len({c for _, c in pics}) > 1  # different sequences, not one picture repeated
+
+
+@pytest.fixture(scope="module")
+def style_file(tiny_base, tmp_path_factory):
+    from pm_lightning.models.backbone import FluxBackbone
+
+    out = tmp_path_factory.mktemp("style") / f"{DOMAIN}.safetensors"
+    cfg = StyleLoraConfig(DOMAIN, steps=40, batch_size=2, pictures=8, resolution=64, lr=3e-3)
+    result = train_style_lora(FluxBackbone.from_pretrained(tiny_base), cfg, out, progress=False)
+    assert result["last_loss"] < result["first_loss"]  # it learns the pictures
+    return out
+
+
+def test_stacked_weights_scale_the_style_lora(tiny_base, stage1_file, style_file):  # noqa: F811
+    models = Models(tiny_base)
+
+    def grid(extras):
+        image = sample_grid(models.use(None, stage1_file, extras), "an origami crane", 64, 4, 1.0, seed=5)
+        return np.asarray(image, dtype=np.float32)
+
+    plain = grid(())
+    assert models.loaded == (str(stage1_file), ())
+    zero, half, full = grid([(style_file, 0.0)]), grid([(style_file, 0.5)]), grid([(style_file, 1.0)])
+    active = models.backbone.transformer.active_adapters()
+    assert set(active) == {"pm", "extra0"}  # both adapters on at once, weighted
+    assert np.abs(zero - plain).max() <= 1  # weight 0: the procedural LoRA alone (uint8 rounding at most)
+    assert np.abs(full - plain).mean() > np.abs(half - plain).mean() > 0.5  # the weight scales the effect
+    assert np.array_equal(grid(()), plain)  # unloading the extras restores the procedural LoRA exactly
+
+
+def test_generate_records_the_extra_loras(tmp_path, tiny_base, stage1_file, style_file):  # noqa: F811
+    import json
+
+    from pm_lightning import generate
+
+    out = tmp_path / "g"
+    args = ["--base", tiny_base, "--prompt", "an origami crane", "--domain", DOMAIN, "--stage1", stage1_file]
+    args += ["--extra-lora", f"{style_file}:0.8", "--num-inference-steps", "2", "--resolution", "64", "--out", str(out)]
+    assert generate.main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["extra_loras"] == [{"file": str(style_file), "weight": 0.8}]
+    with pytest.raises(SystemExit, match="not found"):
+        generate.main([*args[:-2], "--extra-lora", str(tmp_path / "missing.safetensors"), "--out", str(out)])
