@@ -11,7 +11,7 @@ SAMPLES ?= outputs/samples
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval test test-slow bench bench-gpu bench-data clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-data clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,judge]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,judge,demo]'
 	touch $(STAMP)
 
 constraints: $(STAMP)
@@ -78,8 +78,26 @@ train-recraft: shards
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x --timeout 600
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	$(BIN)/python -m pytest -q -x -m slow --timeout 1800
+
+# The web demo on http://127.0.0.1:7860 (PORT=): the tiny model on CPU, LoRA folders from runs/.
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.app --port $(or $(PORT),7860)
+
+# Headless Chromium + ChromeDriver (Debian's packages) for the browser test; installed when missing (needs root).
+browser:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+# The README's demo screenshots (docs/demo*.png), taken by the browser test against the trained tiny LoRA.
+demo-screenshots: $(STAMP) browser
+	test -f runs/tiny/lora/final/unseen.safetensors || $(MAKE) train-stage1
+	PM_DEMO_SCREENSHOTS=docs PM_DEMO_RUNS=runs $(BIN)/python -m pytest -q -m slow tests/test_demo.py -k browser -s
+
+# A style LoRA on single pictures of one domain (DOMAIN=, default origami), for generate --extra-lora.
+style-lora: $(STAMP)
+	$(BIN)/python -m pm_lightning.style_lora --domain $(or $(DOMAIN),origami) --out runs/style/$(or $(DOMAIN),origami).safetensors
 
 # Every benchmark prints its table and rewrites its own section of docs/BENCHMARKS.md.
 bench: $(STAMP)

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from pm_lightning.inference.flags import common_flags
+from pm_lightning.inference.flags import generate_parser
 from pm_lightning.inference.session import (
     BadInput,
     Models,
     captions_for,
     default_frames,
-    extra_lora,
     first_sequence,
     generation_report,
     grid_resolution,
@@ -37,32 +35,7 @@ from pm_lightning.inference.session import (
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.generate", description=__doc__.split("\n")[0])
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
-    p.add_argument("--stage1", type=Path, default=None, help="exported stage-1 LoRA file (diffusers format)")
-    p.add_argument(
-        "--extra-lora",
-        type=extra_lora,
-        action="append",
-        default=[],
-        metavar="FILE[:WEIGHT]",
-        help="stack a style LoRA on the stage-1 LoRA (repeatable; weight default 1)",
-    )
-    p.add_argument("--adaptive", action="store_true", help="run the sliding-window adaptive steps")
-    p.add_argument("--image", type=Path, default=None, help="ReCraft: the finished image -> the steps before it")
-    p.add_argument("--recraft", type=Path, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)")
-    p.add_argument("--recraft-fuse", type=Path, default=None, help="stage-1 LoRA the ReCraft LoRA was trained on")
-    p.add_argument(
-        "--frames",
-        type=int,
-        choices=(4, 9),
-        default=None,
-        help="frames of the grid (default: the synthetic domain's count, else 9)",
-    )
-    p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: tiny 192, else 1024 / 1056)")
-    common_flags(p)
-    return p.parse_args(argv)
+    return generate_parser("python -m pm_lightning.generate", __doc__.split("\n")[0]).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,3 +34,35 @@ def common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_cache_flags(p)
     add_config_flags(p)
+
+
+def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
+    """`generate`'s flags (the web demo builds its requests from them too, so both share every default)."""
+    from pm_lightning.inference.session import extra_lora
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
+    p.add_argument("--stage1", type=Path, default=None, help="exported stage-1 LoRA file (diffusers format)")
+    p.add_argument(
+        "--extra-lora",
+        type=extra_lora,
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="stack a style LoRA on the stage-1 LoRA (repeatable; weight default 1)",
+    )
+    p.add_argument("--adaptive", action="store_true", help="run the sliding-window adaptive steps")
+    p.add_argument("--image", type=Path, default=None, help="ReCraft: the finished image -> the steps before it")
+    p.add_argument("--recraft", type=Path, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)")
+    p.add_argument("--recraft-fuse", type=Path, default=None, help="stage-1 LoRA the ReCraft LoRA was trained on")
+    p.add_argument(
+        "--frames",
+        type=int,
+        choices=(4, 9),
+        default=None,
+        help="frames of the grid (default: the synthetic domain's count, else 9)",
+    )
+    p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: tiny 192, else 1024 / 1056)")
+    common_flags(p)
+    return p

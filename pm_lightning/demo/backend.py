@@ -1,0 +1,239 @@
+"""What the web demo runs: one model session loaded at start-up, requests built from `generate`'s own flags.
+
+Each request writes what `generate` writes (grid.png, frames/, sequence.gif, report.json, index.html) into its own
+folder under a temporary root, so the page shows exactly the files the command would produce. One request runs at
+a time (one model in memory); bad input raises BadInput with the message the page shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pm_lightning.data.importers import BadInput
+
+PLAIN = "(plain base, no LoRA)"
+MAX_UPLOAD_MB = 10
+
+
+@dataclass
+class DemoResult:
+    """One request's outputs: files for the page, the adaptive Deltas as rows for a plot, and a summary."""
+
+    folder: Path
+    grid: Path
+    frames: list[tuple[Path, str]]
+    gif: Path
+    deltas: list[dict] = field(default_factory=list)
+    summary: str = ""
+    seconds: float = 0.0
+
+
+def lora_folders(runs: Path) -> list[str]:
+    """Exported stage-1 LoRA folders of the runs under `runs` (`<run>/lora/<tag>/`), each run's `final` first, then
+    newest; stage-2 / ReCraft runs (their `config.yaml` names Stage2Module) are left out: they draw no grid."""
+    found = []
+    for run in sorted(p for p in Path(runs).glob("*/lora") if p.is_dir()):
+        config = run.parent / "config.yaml"
+        if config.is_file() and "Stage2Module" in config.read_text(encoding="utf-8", errors="replace"):
+            continue
+        tags = [t for t in run.iterdir() if t.is_dir() and any(t.glob("*.safetensors"))]
+        tags.sort(key=lambda t: (t.name != "final", -t.stat().st_mtime))
+        found += [str(t) for t in tags]
+    return found
+
+
+def stage1_file(folder: str | None, domain: str) -> Path | None:
+    """The folder's file for `domain`: `<domain>.safetensors`, else the domain-free `unseen.safetensors`, else the
+    plain kind's `lora.safetensors`; None for the plain base."""
+    if not folder or folder == PLAIN:
+        return None
+    for name in (domain, "unseen", "lora"):
+        path = Path(folder) / f"{name}.safetensors"
+        if path.is_file():
+            return path
+    raise BadInput(f"{folder} holds no LoRA for {domain!r} (no {domain}.safetensors, unseen.safetensors)")
+
+
+def delta_rows(report: dict | None) -> list[dict]:
+    """One row per pair of the first round (the sequence as sampled): {pair (1-based frames), delta, round, decision}
+    (decision: insert / delete / keep); later rounds are in the summary."""
+    rows = []
+    for entry in (report or {}).get("rounds", [])[:1]:
+        applied = {d["pair"]: d["action"] for d in entry["decisions"] if d.get("applied")}
+        for p in entry["pairs"]:
+            pair = p["pair"][0]
+            rows.append(
+                {
+                    "pair": f"{pair + 1}-{pair + 2}",
+                    "delta": p["delta"],
+                    "round": str(entry["round"]),
+                    "decision": applied.get(pair, "keep"),
+                }
+            )
+    return rows
+
+
+def adaptive_summary(report: dict | None) -> str:
+    """Markdown lines: what each round inserted and deleted."""
+    if not report:
+        return ""
+    lines = []
+    for entry in report["rounds"]:
+        done = [d for d in entry["decisions"] if d.get("applied")]
+        ins = [f"{d['n']} between {d['pair'] + 1} and {d['pair'] + 2}" for d in done if d["action"] == "insert"]
+        dels = [f"frame {d['frame'] + 1}" for d in done if d["action"] == "delete"]
+        lines.append(
+            f"- round {entry['round']}: {entry['frames_before']} -> {entry['frames_after']} frames; "
+            f"inserted {', '.join(ins) or 'nothing'}; deleted {', '.join(dels) or 'nothing'}"
+        )
+    return "\n".join([f"**Adaptive steps** ({report['stopped']}):", *lines])
+
+
+class DemoBackend:
+    """The model session of the demo (loaded once), and one method per tab."""
+
+    def __init__(self, base: str = "tiny", runs: str | Path = "runs", out_root: str | Path | None = None):
+        from pm_lightning.inference.flags import generate_parser
+        from pm_lightning.inference.session import Models
+
+        self.base, self.runs = base, Path(runs)
+        self.models = Models(base)
+        self.parser = generate_parser()
+        self.out_root = Path(out_root or tempfile.mkdtemp(prefix="pm-demo-"))
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def folders(self) -> list[str]:
+        return [*lora_folders(self.runs), PLAIN]
+
+    def warm_up(self) -> float:
+        """Load the backbone, the default LoRA and the evaluators, and run one small grid; returns the seconds."""
+        t0 = time.perf_counter()
+        self.text_to_steps("a lego tower", "lego", 4, 0, 2, False, self.folders()[0], resolution=64)
+        from pm_lightning.eval.encoders import Encoders
+
+        Encoders.load(clip="tiny", dino="tiny")
+        return time.perf_counter() - t0
+
+    def _args(self, **flags) -> argparse.Namespace:
+        self.count += 1
+        out = self.out_root / f"{self.count:05d}"
+        argv = ["--prompt", flags.pop("prompt"), "--out", str(out), "--base", self.base]
+        for key, value in flags.items():
+            if value is None or value is False:
+                continue
+            argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+        return self.parser.parse_args(argv)
+
+    def text_to_steps(self, prompt, domain, frames, seed, steps, adaptive, folder, resolution=None, progress=None):
+        """Prompt + domain -> grid (stage 1 with the folder's LoRA), optionally adaptive steps."""
+        from pm_lightning.data.grid import grid_to_frames, layout_for
+        from pm_lightning.inference.session import grid_resolution, sample_grid
+
+        prompt = check_prompt(prompt)
+        frames = int(frames)
+        args = self._args(prompt=prompt, domain=domain, frames=frames, seed=int(seed), num_inference_steps=int(steps))
+        args.adaptive = bool(adaptive)
+        with self.lock:
+            t0 = time.perf_counter()
+            _step(progress, 0.05, "loading the LoRA")
+            lora = stage1_file(folder, domain)
+            backbone = self.models.use(None, lora)
+            _step(progress, 0.2, "sampling the grid")
+            size = grid_resolution(self.base, frames, resolution)
+            grid = sample_grid(backbone, prompt, size, args.num_inference_steps, args.guidance, args.seed)
+            images = grid_to_frames(grid, *layout_for(frames))
+            used = {"stage1": str(lora) if lora else None}
+            return self._finish(args, grid, images, used, t0, progress, size)
+
+    def recraft(self, image, prompt, frames, seed, steps, adaptive, progress=None):
+        """A finished image -> the steps before it (ReCraft LoRA; `generate --image`)."""
+        from pm_lightning.data.grid import frames_to_grid, layout_for
+        from pm_lightning.inference.session import first_sequence, grid_resolution
+
+        if not image:
+            raise BadInput("upload a finished image first")
+        check_upload(Path(image))
+        prompt = check_prompt(prompt)
+        frames = int(frames)
+        args = self._args(prompt=prompt, image=image, frames=frames, seed=int(seed), num_inference_steps=int(steps))
+        args.adaptive = bool(adaptive)
+        with self.lock:
+            t0 = time.perf_counter()
+            _step(progress, 0.1, "ReCraft: sampling the steps before the image")
+            size = grid_resolution(self.base, frames, None)
+            notes: list[str] = []
+            grid, images, used = first_sequence(self.models, args, frames, size, notes)
+            grid = frames_to_grid(images, *layout_for(frames))
+            return self._finish(args, grid, images, {**used, "notes": notes}, t0, progress, size)
+
+    def _finish(self, args, grid, images, used, t0, progress, size) -> DemoResult:
+        from pm_lightning.inference.adaptive import config_from_args
+        from pm_lightning.inference.outputs import write_sample
+        from pm_lightning.inference.session import captions_for, generation_report, run_adaptive
+
+        notes = list(used.pop("notes", []))
+        timings = {"first_grid_s": round(time.perf_counter() - t0, 3)}
+        result = None
+        if args.adaptive:
+            _step(progress, 0.5, "adaptive steps: scoring pairs, inserting and deleting frames")
+            result = run_adaptive(self.models, images, None, args.prompt, args, config_from_args(args), notes)
+            timings["adaptive_s"] = round(time.perf_counter() - t0 - timings["first_grid_s"], 3)
+        final = result.images if result is not None else images
+        captions = captions_for(result, None, len(final))
+        settings = dict(base=self.base, frames=len(images), resolution=size)
+        report = generation_report(args, self.models, settings, used, notes, result, timings)
+        _step(progress, 0.9, "writing the frames")
+        write_sample(args.out, grid, final, captions, report)
+        out = Path(args.out)
+        frame_files = sorted((out / "frames").glob("*.png"))
+        summary = "\n\n".join(
+            s
+            for s in (
+                f"{len(final)} frames in {time.perf_counter() - t0:.1f} s (grid: {timings['first_grid_s']:.1f} s)",
+                adaptive_summary(result.report if result else None),
+                *[f"note: {n}" for n in notes],
+            )
+            if s
+        )
+        return DemoResult(
+            out,
+            out / "grid.png",
+            list(zip(frame_files, captions)),
+            out / "sequence.gif",
+            delta_rows(result.report if result else None),
+            summary,
+            time.perf_counter() - t0,
+        )
+
+
+def check_prompt(prompt: str | None) -> str:
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise BadInput("type a prompt first (what should be made, e.g. 'a lego tower of red bricks')")
+    if len(prompt) > 1000:
+        raise BadInput(f"the prompt has {len(prompt)} characters; keep it under 1000")
+    return prompt
+
+
+def check_upload(path: Path) -> None:
+    """An upload the page accepts: an image file under MAX_UPLOAD_MB (`load_user_image` checks the content)."""
+    from pm_lightning.data.importers import load_user_image
+
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_MB * 2**20:
+        raise BadInput(f"{path.name} is {size / 2**20:.0f} MB; upload an image under {MAX_UPLOAD_MB} MB")
+    try:
+        load_user_image(path, "the uploaded file")
+    except BadInput as err:  # name the file as the user knows it, not by the server's upload path
+        raise BadInput(str(err).replace(str(path), path.name)) from None
+
+
+def _step(progress, fraction: float, what: str) -> None:
+    if progress is not None:
+        progress(fraction, desc=what)
