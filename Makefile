@@ -108,6 +108,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/flux_step.py --write-docs
+	$(MAKE) browser
+	$(BIN)/python bench/demo.py
 
 # On a GPU (no download): FLUX.1-dev-shaped inference, step caches, torch.compile; writes docs/BENCHMARKS.md.
 bench-gpu: $(STAMP)

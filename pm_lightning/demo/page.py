@@ -66,7 +66,7 @@ def build_page(backend: DemoBackend) -> gr.Blocks:
                 frames = gr.Radio(["4", "9"], value=str(DOMAINS["lego"]), label="Frames", elem_id="frames-count")
                 adaptive = gr.Checkbox(label="Adaptive steps (insert where jumps are large, delete repeats)",
                                        elem_id="adaptive")  # fmt: skip
-                with gr.Accordion("Settings", open=False):
+                with gr.Accordion("Settings", open=False, elem_id="demo-settings"):
                     folders = backend.folders()
                     lora = gr.Dropdown(folders, value=folders[0], label="LoRA (a run's export folder)",
                                        elem_id="lora")  # fmt: skip
