@@ -58,7 +58,7 @@ def test_sample_and_lora_write_failures_do_not_stop_training(tmp_path, tiny_base
         return real_atomic(path)
 
     monkeypatch.setattr(samples, "atomic_path", failing_png)
-    monkeypatch.setattr(lora_export, "export_domain_lora", lambda t, i, path, *a: full_disk(path))
+    monkeypatch.setattr(lora_export, "export_domain_lora", lambda t, i, path, *a, **k: full_disk(path))
     cfg = run_config(tmp_path, tiny_base, tiny_shards)
     assert fit.main(["--config", str(cfg)]) == 0  # the run finished
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -68,7 +68,7 @@ def train_style_lora(backbone, cfg: StyleLoraConfig, out, progress: bool = True)
     transformer.train()
     for _ in tqdm(range(cfg.steps), desc=f"style LoRA ({cfg.domain})", disable=not progress):
         batch = [pictures[rng.randrange(len(pictures))] for _ in range(cfg.batch_size)]
-        pixels = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p, _ in batch]).float() / 127.5 - 1
+        pixels = torch.stack([torch.from_numpy(p.copy()).permute(2, 0, 1) for p, _ in batch]).float() / 127.5 - 1
         x0 = backbone.encode_images(pixels)  # (B, 16, h, w)
         embeds, pooled, txt_ids = backbone.encode_text([c for _, c in batch])
         h, w = x0.shape[-2:]
