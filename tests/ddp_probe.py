@@ -28,3 +28,26 @@ class DumpAdapters(Callback):
             {"step": trainer.global_step, "weights": weights, "batch_keys": self.batch_keys},
             out / f"rank{trainer.global_rank}.pt",
         )
+
+
+class ShardProbe(Callback):
+    """Writes `$PM_DUMP_DIR/shard-rank<N>.pt`: how the transformer's parameters are stored after a training step
+    (DTensor or not, dtypes of frozen and trainable ones, frozen parameters holding a gradient)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step != 0:
+            return
+        from torch.distributed.tensor import DTensor
+
+        params = list(pl_module.transformer.parameters())
+        probe = {
+            "dtensor": all(isinstance(p, DTensor) for p in params),
+            "frozen_dtypes": sorted({str(p.dtype) for p in params if not p.requires_grad}),
+            "trainable_dtypes": sorted({str(p.dtype) for p in params if p.requires_grad}),
+            "frozen_with_grad": sum(p.grad is not None for p in params if not p.requires_grad),
+            "trainable_with_grad": sum(p.grad is not None for p in params if p.requires_grad),
+            "units": getattr(trainer.strategy, "num_units", None),
+        }
+        out = Path(os.environ["PM_DUMP_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(probe, out / f"shard-rank{trainer.global_rank}.pt")

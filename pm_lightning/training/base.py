@@ -200,8 +200,8 @@ class FlowMatchingModule(L.LightningModule):
             self.log(f"data/skipped/{reason}", float(count))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # the fused norm the non-finite check just took (before clipping); under FSDP / ZeRO the norm of this
-        # rank's shard
+        # the fused norm the non-finite check just took (before clipping): global under DDP and FSDP2; under
+        # DeepSpeed ZeRO the norm of this rank's partition
         if self.nonfinite.grad_norm is not None:
             self.log("train/grad_norm", self.nonfinite.grad_norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
