@@ -51,3 +51,31 @@ class ShardProbe(Callback):
         out = Path(os.environ["PM_DUMP_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         torch.save(probe, out / f"shard-rank{trainer.global_rank}.pt")
+
+
+class NoiseProbe(Callback):
+    """Writes `$PM_DUMP_DIR/noise-rank<N>.pt`: (optimizer step, batch_idx, noise key, t) of every training
+    micro-batch, recorded by wrapping the module's `draw_noise`."""
+
+    def __init__(self):
+        self.rows: list[tuple[int, int, int, list[float]]] = []
+        self.batch_idx = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        draw = pl_module.draw_noise
+
+        def recording(x0, step):
+            noise, t = draw(x0, step)
+            if pl_module.training:
+                self.rows.append((trainer.global_step, self.batch_idx, step, t.tolist(), float(noise.std())))
+            return noise, t
+
+        pl_module.draw_noise = recording
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batch_idx = batch_idx
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        out = Path(os.environ["PM_DUMP_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(self.rows, out / f"noise-rank{trainer.global_rank}.pt")

@@ -155,3 +155,27 @@ def test_clipping_and_came_on_dtensor_shards_equal_the_unsharded_step(tmp_path):
         assert torch.equal(sharded[name]["0.bias"], start["0.bias"])  # frozen: untouched
         moved = (sharded[name]["1.weight"] - start["1.weight"]).norm()
         assert moved > 0 and (name == "came" or moved < 0.021)  # SGD: 2 steps of a gradient clipped to norm 0.01
+
+
+def test_gradient_accumulation_draws_noise_per_micro_batch_and_resumes_exactly(tmp_path, tiny_base, tiny_shards):
+    """2 micro-batches per step, sharded on 2 ranks: each micro-batch draws its own noise and t; a run stopped at
+    step 2 and resumed to 4 ends with the adapters of the run that never stopped."""
+    accumulate = ["--config", FSDP, "--trainer.accumulate_grad_batches", "2"]
+    probe = "--trainer.callbacks+=tests.ddp_probe.NoiseProbe"
+    straight = small_config(tmp_path / "straight", tiny_base, tiny_shards, max_steps=4, every=2)
+    fit_2proc(straight, *accumulate, probe)
+    rows = torch.load(tmp_path / "straight" / "dump" / "noise-rank0.pt")
+    assert [r[0] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3]  # 2 micro-batches per optimizer step
+    keys = [r[2] for r in rows]
+    assert len(set(keys)) == len(keys)  # a key (noise, t) of its own per micro-batch
+    assert all(rows[i][3] != rows[i + 1][3] for i in range(0, len(rows), 2))  # distinct t within each step
+
+    resumed = small_config(tmp_path / "resumed", tiny_base, tiny_shards, max_steps=2, every=2)
+    fit_2proc(resumed, *accumulate)
+    fit_2proc(resumed, *accumulate, probe, "--trainer.max_steps", "4", "--ckpt_path", "last")
+    after = torch.load(tmp_path / "resumed" / "dump" / "noise-rank0.pt")
+    assert after == rows[4:]  # the resumed micro-batches draw exactly the noise of the uninterrupted run
+    final, again = adapters(tmp_path / "straight" / "run"), adapters(tmp_path / "resumed" / "run")
+    assert final.keys() == again.keys()
+    for key in final:
+        assert torch.equal(final[key], again[key]), key
