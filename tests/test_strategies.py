@@ -63,10 +63,25 @@ def test_no_shipped_config_keeps_a_hand_set_base_dtype():
         assert "dtype" not in (model.get("init_args") or {}), config
 
 
+def test_deepspeed_zero2_checkpoints_exclude_the_frozen_base_and_no_zero3_config_ships():
+    """ZeRO-3 runs configure_model inside deepspeed.zero.Init, where diffusers' from_pretrained fails: not shipped."""
+    import inspect
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    spec = yaml.safe_load((REPO / "experiments/strategies/deepspeed_zero2.yaml").read_text())["trainer"]["strategy"]
+    assert spec["init_args"]["stage"] == 2 and spec["init_args"]["exclude_frozen_parameters"] is True
+    assert "exclude_frozen_parameters" in inspect.signature(DeepSpeedStrategy.__init__).parameters
+    shipped = [p.name for p in REPO.glob("experiments/**/*.yaml")]
+    assert not [name for name in shipped if "zero3" in name]
+    for config in REPO.glob("experiments/**/*.yaml"):
+        strategy = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("strategy") or {}
+        assert (strategy.get("init_args") or {}).get("stage", 2) != 3, config
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install '.[deepspeed]')"
 )
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_configs_build_their_zero_stage(stage):
-    strategy = strategy_from(f"experiments/strategies/deepspeed_zero{stage}.yaml")
-    assert strategy.config["zero_optimization"]["stage"] == stage
+def test_deepspeed_zero2_config_builds_its_stage():
+    strategy = strategy_from("experiments/strategies/deepspeed_zero2.yaml")
+    assert strategy.config["zero_optimization"]["stage"] == 2 and strategy.exclude_frozen_parameters
