@@ -61,12 +61,19 @@ class FakeModule(torch.nn.Module):
     """What SampleGrids.render touches on a Stage1Module."""
 
     domains = ["lego", "painting"]
-    backbone = SimpleNamespace(pipeline=lambda: None, max_sequence_length=None)
+    backbone = SimpleNamespace(
+        pipeline=lambda: SimpleNamespace(set_progress_bar_config=lambda **kw: None), max_sequence_length=None
+    )
+    transformer = torch.nn.Linear(1, 1)
 
 
-def trainer(tmp_path: Path, loggers=(), step: int = 10, rank_zero: bool = True):
+def trainer(tmp_path: Path, loggers=(), step: int = 10, rank_zero: bool = True, world_size: int = 1):
     return SimpleNamespace(
-        global_step=step, loggers=list(loggers), default_root_dir=str(tmp_path), is_global_zero=rank_zero
+        global_step=step,
+        loggers=list(loggers),
+        default_root_dir=str(tmp_path),
+        is_global_zero=rank_zero,
+        world_size=world_size,
     )
 
 
@@ -139,6 +146,23 @@ def test_render_saves_png_and_json_on_rank_zero_only(tmp_path, monkeypatch):
     assert not (tmp_path / "samples").exists()
     png = cb.render(trainer(tmp_path, step=5), FakeModule(), "step-000005")
     assert png.is_file() and png.with_suffix(".json").is_file()
+
+
+def test_under_fsdp2_every_rank_samples_and_rank_zero_alone_writes(tmp_path, monkeypatch):
+    """A sharded forward needs every rank: rank 1 samples too (else rank 0 hangs), but writes and logs nothing."""
+    import pm_lightning.inference.grid_sampling as pipeline
+    import pm_lightning.training.strategies as strategies
+
+    sampled = []
+    monkeypatch.setattr(pipeline, "generate_grids", lambda pipe, prompts, *a: sampled.append(1) or grids())
+    cb = callback(tmp_path / "ddp")
+    assert cb.render(trainer(tmp_path / "ddp", rank_zero=False, world_size=2), FakeModule(), "s") is None
+    assert sampled == []  # replicated (DDP) weights: rank 0 samples alone
+    monkeypatch.setattr(strategies, "is_sharded", lambda module: True)
+    rec = RecordingLogger()
+    cb = callback(tmp_path)
+    assert cb.render(trainer(tmp_path, [rec], rank_zero=False, world_size=2), FakeModule(), "s") is None
+    assert sampled == [1] and not (tmp_path / "samples").exists() and not rec.calls
 
 
 def test_judge_scores_reach_json_and_logger(tmp_path, monkeypatch):

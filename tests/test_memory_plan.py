@@ -68,8 +68,9 @@ def test_sharding_divides_where_it_should(small_shape):
     assert eight["zero2"]["frozen base"] == one["zero2"]["frozen base"] == small_shape.base_params * 2
     assert eight["zero2"][opt] == math.ceil(one["zero2"][opt] / 8)
     assert eight["zero2"]["adapter grads (fp32)"] == math.ceil(one["zero2"]["adapter grads (fp32)"] / 8)
-    # ZeRO-3 and FSDP shard the base too
-    for name in ("zero3", "fsdp_full_shard", "fsdp_shard_grad_op"):
+    # FSDP2 shards the base too, in bf16
+    for name in ("fsdp_full_shard", "fsdp_shard_grad_op"):
+        assert eight[name]["frozen base"] == math.ceil(small_shape.base_params * 2 / 8)
         assert eight[name]["frozen base"] == math.ceil(one[name]["frozen base"] / 8)
         assert eight[name][opt] == math.ceil(one[name][opt] / 8)
     # activations and the gathered working set do not shrink with more GPUs
@@ -81,7 +82,7 @@ def test_sharding_divides_where_it_should(small_shape):
             "gathered params (bf16)",
         ):
             assert eight[name][key] == one[name][key]
-    # SHARD_GRAD_OP keeps every unit gathered; FULL_SHARD only two units (+ root)
+    # reshard_after_forward false keeps every unit gathered; true only two units (+ root)
     assert (
         eight["fsdp_shard_grad_op"]["gathered params (bf16)"]
         == (small_shape.base_params + small_shape.adapter_params) * 2
@@ -141,7 +142,7 @@ def test_flux_dev_plan_on_8_a6000(flux_dev):
     gib = 2**30
     assert plans["ddp"]["bytes"]["frozen base"] == 11_901_408_320 * 2  # bf16, whole on every GPU
     assert plans["zero2"]["bytes"]["frozen base"] == 11_901_408_320 * 2
-    assert plans["zero3"]["bytes"]["frozen base"] == 11_901_408_320 * 2 // 8
+    assert plans["fsdp_full_shard"]["bytes"]["frozen base"] == 11_901_408_320 * 2 // 8  # FSDP2: bf16, sharded
     assert all(p["fits"] for p in plans.values())  # masked rank 64 fits 48 GiB under every strategy
-    assert plans["zero3"]["total"] < plans["fsdp_full_shard"]["total"] < plans["zero2"]["total"] < plans["ddp"]["total"]
+    assert plans["fsdp_full_shard"]["total"] < plans["zero2"]["total"] < plans["ddp"]["total"]
     assert 25 * gib < plans["ddp"]["total"] < 40 * gib

@@ -27,8 +27,11 @@ def test_precision_decides_the_base_dtype(precision, expected):
     assert base_dtype(precision, DDPStrategy()) == expected
 
 
-def test_fsdp1_units_need_one_dtype_and_explicit_wins():
+def test_fsdp1_units_need_one_dtype_fsdp2_keeps_bf16_and_explicit_wins():
+    from pm_lightning.training.strategies import FluxFSDP2Strategy
+
     assert base_dtype("bf16-mixed", FSDPStrategy()) == torch.float32
+    assert base_dtype("bf16-mixed", FluxFSDP2Strategy()) == torch.bfloat16  # shards per parameter: mixed dtypes
     assert base_dtype("bf16-mixed", FSDPStrategy(), explicit="bfloat16") == torch.bfloat16
     assert base_dtype("32-true", None, explicit="float16") == torch.float16
 

@@ -96,3 +96,20 @@ def test_checkpoint_keeps_only_trainable_weights(tiny_base):
     trainable = {name for name, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
     assert kept == trainable and all("lora" in k for k in kept)
     assert module.hparams["adapter"]["num_domains"] == len(TRAIN_DOMAINS)
+
+
+def test_noise_key_is_the_step_or_one_per_micro_batch_under_accumulation():
+    from types import SimpleNamespace
+
+    from pm_lightning.training.stage1 import Stage1Module
+
+    module = Stage1Module(domains=["lego"])
+    assert [module.noise_key(i) for i in range(3)] == [0, 0, 0]  # no trainer: step 0
+    keys = []
+    for step in range(3):  # batches 2*step and 2*step + 1 make optimizer step `step` (k = 2)
+        module._trainer = SimpleNamespace(accumulate_grad_batches=2, global_step=step)
+        keys += [module.noise_key(2 * step), module.noise_key(2 * step + 1)]
+    assert keys == [0, 1, 2, 3, 4, 5]  # distinct per micro-batch
+    module._trainer = SimpleNamespace(accumulate_grad_batches=1, global_step=7)
+    assert module.noise_key(7) == 7  # without accumulation: the optimizer step, as before
+    module._trainer = None

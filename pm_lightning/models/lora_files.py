@@ -151,12 +151,19 @@ def load_checkpoint_adapters(
     if missing:
         raise ValueError(f"{ckpt_path}: hyper_parameters lacks {missing} (see pm_lightning.export's docstring)")
     cfg = AdapterConfig.from_dict(dict(hp["adapter"]))
-    transformer = transformer_skeleton(base or hp["base"])
+    transformer = adapter_skeleton(base or hp["base"], cfg, adapter_tensors(ckpt["state_dict"]))
+    return transformer, cfg, list(hp["domains"])
+
+
+def adapter_skeleton(base: str, cfg: AdapterConfig, adapters: dict[str, torch.Tensor]) -> nn.Module:
+    """`base`'s transformer on the meta device with real CPU adapters holding `adapters` (an adapter state dict):
+    enough to export LoRA files without reading a base weight."""
+    transformer = transformer_skeleton(base)
     with torch.device("meta"):
         add_adapters(transformer, cfg)
     materialize_adapters(transformer, "cpu")
-    load_adapter_state_dict(transformer, adapter_tensors(ckpt["state_dict"]))
-    return transformer, cfg, list(hp["domains"])
+    load_adapter_state_dict(transformer, adapters)
+    return transformer
 
 
 STAGE1_FIX = (

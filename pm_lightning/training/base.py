@@ -143,8 +143,18 @@ class FlowMatchingModule(L.LightningModule):
             inputs["guidance"] = torch.full_like(t, self.flow_cfg.guidance, dtype=self.backbone.dtype)
         return inputs
 
+    def noise_key(self, batch_idx: int) -> int:
+        """The key of a training micro-batch's noise and t (and stage 2's frame choice): the optimizer step, or with
+        k micro-batches per step (gradient accumulation) step * k + micro-batch index, so every micro-batch draws
+        its own. Lightning closes an accumulation window when the epoch's batch count reaches a multiple of k (or
+        the epoch ends), so the micro-batch index is batch_idx mod k; a resume restarts at a step boundary and
+        draws the same keys again."""
+        k = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return self.global_step * k + batch_idx % k
+
     def draw_noise(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise and timesteps that depend only on (seed, step, rank): exact after a resume."""
+        """Noise and timesteps that depend only on (seed, step, rank): exact after a resume. `step` is a training
+        micro-batch's `noise_key` or a validation key."""
         g = step_generator(self.seed, step, self.global_rank, device=x0.device)
         t = sample_timesteps(x0.shape[0], self.flow_cfg, x0.shape[1], generator=g, device=x0.device)  # (B,)
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)  # (B, N, 64)
@@ -200,8 +210,8 @@ class FlowMatchingModule(L.LightningModule):
             self.log(f"data/skipped/{reason}", float(count))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # the fused norm the non-finite check just took (before clipping); under FSDP / ZeRO the norm of this
-        # rank's shard
+        # the fused norm the non-finite check just took (before clipping): global under DDP and FSDP2; under
+        # DeepSpeed ZeRO the norm of this rank's partition
         if self.nonfinite.grad_norm is not None:
             self.log("train/grad_norm", self.nonfinite.grad_norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])

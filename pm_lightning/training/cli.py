@@ -87,8 +87,10 @@ def build_cli(args: list[str] | None = None) -> ProcessCLI:
 
 
 def report(cli: ProcessCLI) -> None:
-    """Print where the run's outputs are."""
+    """Print where the run's outputs are (rank zero: one report per run, not one per process)."""
     trainer = cli.trainer
+    if not trainer.is_global_zero:
+        return
     lines = [f"run directory:  {Path(trainer.default_root_dir).resolve()}"]
     for cb in trainer.callbacks:
         for attr, label in (

@@ -1,4 +1,4 @@
-"""Analytic per-GPU memory of a stage-1 training step under DDP, FSDP and DeepSpeed ZeRO (no GPU needed).
+"""Analytic per-GPU memory of a stage-1 training step under DDP, FSDP2 and DeepSpeed ZeRO-2 (no GPU needed).
 
 Command: `python -m pm_lightning.memory_plan`.
 
@@ -9,17 +9,16 @@ shapes, the token count and the strategy. Formulas and assumptions: docs/SCALING
 Per-GPU components (bytes; p = frozen base parameters, a = adapter parameters, n = GPUs, B = batch,
 T = image + text tokens, N = image tokens, D = hidden width, K = blocks, L = alignment layers):
 
-* frozen base       p x 2 (bf16). FSDP: p x 4 / n (FSDP1 flattens a block into one FlatParameter of a
-                    single dtype, so a block holding fp32 adapters is stored in fp32). ZeRO-3, FSDP: / n.
-* adapter weights   a x 4 (fp32), / n when sharded. DeepSpeed: a bf16 module copy a x 2 (/ n in ZeRO-3)
-                    plus the fp32 master a x 4 / n.
+* frozen base       p x 2 (bf16). FSDP2 shards each parameter in its own dtype: p x 2 / n.
+* adapter weights   a x 4 (fp32), / n when sharded. DeepSpeed: a bf16 module copy a x 2 plus the fp32
+                    master a x 4 / n.
 * bf16 compute copy DDP: the autocast cache of the fp32 adapters, a x 2. FSDP: inside the gathered units.
 * adapter grads     a x 4 (fp32), / n when sharded.
 * optimizer state   fp32: CAME = m (full size) + the factored row/column statistics of the squared
                     gradient and of the instability (exact, from the shapes, see `came_state_elements`);
                     AdamW = 2 full states. / n for every strategy except DDP.
-* gathered params   FSDP FULL_SHARD, ZeRO-3: the full bf16 parameters of the two largest units
-                    (current + prefetched) and, for FSDP, the root unit. SHARD_GRAD_OP: every unit stays
+* gathered params   FSDP2 (reshard_after_forward: true): the full bf16 parameters of the two largest units
+                    (current + prefetched) and the root unit. reshard_after_forward: false: every unit stays
                     gathered from forward to backward: (p + a) x 2.
 * comm buffers      DDP: its gradient buckets, one more copy of the grads (a x 4). DeepSpeed: one reduce
                     bucket min(2e8, a) x 2. FSDP: one unit's unsharded bf16 adapter grads.
@@ -211,7 +210,7 @@ class Strategy:
     engine: str
     """"ddp", "fsdp" or "deepspeed": who owns the dtypes of the stored parameters."""
     shard_params: bool
-    """Frozen base and adapter weights sharded (FSDP, ZeRO-3)."""
+    """Frozen base and adapter weights sharded (FSDP2)."""
     shard_states: bool
     """Gradients and optimizer state sharded (everything but DDP)."""
     gather: str
@@ -225,14 +224,13 @@ STRATEGIES: dict[str, Strategy] = {
         Strategy("fsdp_full_shard", "experiments/strategies/fsdp.yaml", "fsdp", True, True, "units"),
         Strategy(
             "fsdp_shard_grad_op",
-            "experiments/strategies/fsdp.yaml (sharding_strategy: SHARD_GRAD_OP)",
+            "experiments/strategies/fsdp.yaml (reshard_after_forward: false)",
             "fsdp",
             True,
             True,
             "all",
         ),
         Strategy("zero2", "experiments/strategies/deepspeed_zero2.yaml", "deepspeed", False, True, "none"),
-        Strategy("zero3", "experiments/strategies/deepspeed_zero3.yaml", "deepspeed", True, True, "units"),
     )
 }
 
@@ -248,7 +246,7 @@ def components(shape: ModelShape, work: Workload, strategy: Strategy, gpus: int)
 
     state = optimizer_state_elements(shape.adapter_shapes, work.optimizer)
     out = {
-        "frozen base": sharded(p * (FP32 if strategy.engine == "fsdp" else BF16), strategy.shard_params),
+        "frozen base": sharded(p * BF16, strategy.shard_params),
         "adapter weights (fp32)": sharded(a * FP32, strategy.shard_params or strategy.engine == "deepspeed"),
         "adapter bf16 copy": 0 if strategy.engine == "fsdp" else sharded(a * BF16, strategy.shard_params),
         "adapter grads (fp32)": sharded(a * FP32, strategy.shard_states),
@@ -265,7 +263,7 @@ def _gathered(shape: ModelShape, strategy: Strategy) -> int:
     if strategy.gather == "all":
         return (shape.base_params + shape.adapter_params) * BF16
     if strategy.gather == "units":
-        root = shape.root_params if strategy.engine == "fsdp" else 0  # FSDP1 keeps the root unit gathered
+        root = shape.root_params if strategy.engine == "fsdp" else 0  # the root unit stays gathered
         return (2 * shape.largest_unit + root) * BF16
     return 0
 

@@ -7,6 +7,8 @@ import logging
 
 import torch
 
+from pm_lightning.training.strategies import full_norm
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,8 @@ class NonFiniteGuard:
     def finite(self, loss: torch.Tensor | None, params: list[torch.nn.Parameter]) -> bool:
         """This rank's verdict: the loss and every gradient are finite (one fused norm, kept in `grad_norm`)."""
         grads = [p.grad for p in params if p.grad is not None]
-        self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        # FSDP2 gradients are DTensor shards: their norm is reduced to the global norm (a collective on every rank)
+        self.grad_norm = full_norm(torch.nn.utils.get_total_norm(grads)) if grads else None
         values = [loss.detach().float().reshape(1)] if loss is not None else []
         if self.grad_norm is not None:
             values.append(self.grad_norm.float().reshape(1))

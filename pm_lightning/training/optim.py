@@ -55,9 +55,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     """The configured optimizer over `params`."""
     params = list(params)
     if cfg.name == "came":
-        from came_pytorch import CAME
-
-        return CAME(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return sharding_aware_came()(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     adam_eps = cfg.eps[0] if cfg.eps[0] >= 1e-12 else 1e-8
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas[:2], eps=adam_eps, weight_decay=cfg.weight_decay)
 
@@ -77,3 +75,53 @@ def lr_factor(step: int, cfg: OptimizerConfig) -> float:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step LambdaLR implementing `cfg.schedule`."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+def sharding_aware_came() -> type[torch.optim.Optimizer]:
+    """came-pytorch's CAME, whose state also works for FSDP2's DTensor parameters (one class, built on first use).
+
+    CAME keeps factored second moments (row and column means of the squared gradient). Its own state
+    initialisation builds them as plain tensors, which cannot mix with DTensor gradients. Here they are built from
+    the gradient's own DTensor ops instead: row statistics sharded like the rows (FSDP2 shards dim 0), column
+    statistics replicated (a mean over the sharded dim is reduced across ranks). Every later CAME operation then
+    runs on DTensors and equals the unsharded step (tests/test_fsdp2.py compares against DDP).
+    """
+    global _SHARDED_CAME
+    if _SHARDED_CAME is None:
+        from came_pytorch import CAME
+
+        class ShardedCAME(CAME):
+            @torch.no_grad()
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None and not self.state[p] and _is_dtensor(p.grad):
+                            self.state[p].update(_dtensor_came_state(p.grad.float(), self._get_options(p.grad.shape)))
+                return super().step(closure)
+
+        _SHARDED_CAME = ShardedCAME
+    return _SHARDED_CAME
+
+
+_SHARDED_CAME: type[torch.optim.Optimizer] | None = None
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _dtensor_came_state(grad: torch.Tensor, factored: bool) -> dict:
+    """CAME's initial state for a DTensor gradient, with DTensor statistics (see `sharding_aware_came`)."""
+    from torch.distributed.tensor import Replicate
+
+    state = {"step": 0, "RMS": 0, "exp_avg": torch.zeros_like(grad)}
+    if not factored:
+        state["exp_avg_sq"] = torch.zeros_like(grad)
+        return state
+    row = torch.zeros_like(grad.mean(dim=-1))  # sharded like grad's rows
+    col = grad.mean(dim=-2)
+    col = torch.zeros_like(col.redistribute(col.device_mesh, [Replicate()] * col.device_mesh.ndim))
+    state.update(exp_avg_sq_row=row, exp_avg_sq_col=col, exp_avg_res_row=row.clone(), exp_avg_res_col=col.clone())
+    return state

@@ -17,10 +17,11 @@ def parse_dtype(name: str) -> torch.dtype:
 def base_dtype(precision: str | int | None, strategy: object | None = None, explicit: str | None = None) -> torch.dtype:
     """The frozen base's weight dtype; the adapters always train in fp32.
 
-    explicit (model.init_args.dtype) wins. Otherwise: Lightning's FSDP (FSDP1) flattens each unit into one
-    tensor of a single dtype, and a unit holds fp32 adapters, so the base is fp32 there (autocast still runs
-    the matmuls in the trainer's precision). Else the trainer's precision: "bf16-*" -> bfloat16, "16-*" ->
-    float16, anything else ("32-true", "64-true", None) -> float32.
+    explicit (model.init_args.dtype) wins. Otherwise: Lightning's FSDPStrategy (FSDP1, no longer shipped in a
+    config) flattens each unit into one tensor of a single dtype, and a unit holds fp32 adapters, so the base is fp32
+    there. FSDP2 (`FluxFSDP2Strategy`, experiments/strategies/fsdp.yaml) shards each parameter on its own, so it
+    follows the trainer's precision like DDP: "bf16-*" -> bfloat16, "16-*" -> float16, anything else
+    ("32-true", "64-true", None) -> float32.
     """
     if explicit is not None:
         return parse_dtype(explicit)

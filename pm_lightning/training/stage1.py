@@ -71,7 +71,7 @@ class Stage1Module(FlowMatchingModule):
         return terms
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.losses(batch, self.global_step)
+        terms = self.losses(batch, self.noise_key(batch_idx))
         loss = terms["fm"].mean()
         self.log("loss/fm", loss, prog_bar=True)
         if "align" in terms:

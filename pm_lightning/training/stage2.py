@@ -171,7 +171,7 @@ class Stage2Module(FlowMatchingModule):
         return {"fm": per_sample_mse(pred, velocity_target(x0, noise), weight=learned), "t": t, "mask": mask}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.losses(batch, self.global_step)["fm"].mean()
+        loss = self.losses(batch, self.noise_key(batch_idx))["fm"].mean()
         self.log("loss/fm", loss, prog_bar=True)
         self.log("loss/total", loss)
         self.last_terms = terms_of({"loss/fm": loss})

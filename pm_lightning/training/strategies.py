@@ -1,46 +1,124 @@
-"""Multi-GPU strategies for Flux: FSDP wraps the two Flux block classes; DeepSpeed ZeRO-2/3 via Lightning.
+"""Multi-GPU strategies for Flux: FSDP2 (`fully_shard` per Flux block, then the root) through Lightning's
+ModelParallelStrategy; DeepSpeed ZeRO-2 via Lightning's own strategy.
 
-Sharding rules are data: FLUX_BLOCKS is diffusers' `FluxTransformer2DModel._no_split_modules`.
+Sharding rules are data: FLUX_BLOCKS is diffusers' `FluxTransformer2DModel._no_split_modules`. FSDP2 shards each
+parameter on its own (a DTensor per parameter, no flat buffer), so one unit may hold the frozen bf16 base and the
+trainable fp32 adapters; frozen parameters get no gradient and no reduce-scatter.
 """
 
 from __future__ import annotations
 
-from lightning.pytorch.strategies import FSDPStrategy
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
 
 
 def flux_block_classes() -> set[type]:
-    """The classes FSDP wraps (and checkpoints): one unit per double- or single-stream block."""
+    """The classes sharded as one unit each: one per double- or single-stream block."""
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
     return {FluxTransformerBlock, FluxSingleTransformerBlock}
 
 
-class FluxFSDPStrategy(FSDPStrategy):
-    """FSDP with one unit per Flux block, the frozen base sharded too, optional activation checkpointing."""
+def shard_flux(transformer: nn.Module, mesh, reshard_after_forward: bool = True) -> int:
+    """`fully_shard` every Flux block, then the transformer (the root unit: embedders, norm_out, proj_out).
+
+    Returns the number of block units. Parameters keep their dtypes (no MixedPrecisionPolicy casts): the base
+    as loaded, the adapters in fp32; gradients are reduced in their own dtype (fp32: only adapters have them).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = tuple(flux_block_classes())
+    units = [m for m in transformer.modules() if isinstance(m, blocks)]
+    for block in units:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(transformer, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return len(units)
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when any parameter of `module` is a DTensor (FSDP2)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def full_norm(norm: torch.Tensor) -> torch.Tensor:
+    """A (possibly DTensor) norm as a plain tensor: the global value across shards (a collective for a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def gathered_trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors of a (possibly FSDP2-sharded) module, whole and on CPU, on rank 0 (empty elsewhere).
+
+    A collective: every rank must call it. Frozen weights are never gathered.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_model_state_dict(module, options=options)
+
+
+class FluxFSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 over every rank (pure data parallel, no tensor parallel): one unit per Flux block, the transformer
+    as the root unit; text encoders and VAE stay replicated (frozen; with a text cache the encoders are not loaded).
+
+    The module's `configure_model` builds the backbone and adapters as usual; `setup` shards the transformer before
+    Lightning builds the optimizer, so the optimizer holds the DTensor adapter shards. Checkpoints hold the trainable
+    weights only: `lightning_module_state_dict` gathers them with `ignore_frozen_params` (the 12B base is never
+    gathered) into one file on rank 0 (`save_distributed_checkpoint: false`, the default here).
+    """
 
     def __init__(
         self,
-        sharding_strategy: str = "FULL_SHARD",
-        activation_checkpointing: bool = True,
-        cpu_offload: bool = False,
-        state_dict_type: str = "full",
+        reshard_after_forward: bool = True,
+        save_distributed_checkpoint: bool = False,
         **kwargs,
     ):
         """
         Args:
-            sharding_strategy: FULL_SHARD (parameters, gradients and optimizer state sharded; the frozen
-                base included), SHARD_GRAD_OP, HYBRID_SHARD (shard within a node, replicate across nodes).
-            activation_checkpointing: recompute each Flux block in the backward pass.
-            cpu_offload: offload parameters to CPU (slow; for small GPUs).
-            state_dict_type: "full" gathers the (adapter-only) checkpoint on rank 0.
+            reshard_after_forward: free each block's gathered parameters after its forward (ZeRO-3-like, least
+                memory); false keeps them gathered until backward (ZeRO-2-like, one all-gather per step less).
+            save_distributed_checkpoint: one shard file per rank (a folder) instead of one adapter-only file.
+            **kwargs: ModelParallelStrategy's process_group_backend, timeout.
         """
-        blocks = flux_block_classes()
-        super().__init__(
-            auto_wrap_policy=blocks,
-            activation_checkpointing_policy=blocks if activation_checkpointing else None,
-            sharding_strategy=sharding_strategy,
-            cpu_offload=cpu_offload,
-            state_dict_type=state_dict_type,
-            use_orig_params=True,  # frozen base and trainable adapters live in the same FSDP units
-            **kwargs,
-        )
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.reshard_after_forward = reshard_after_forward
+        self.num_units = 0
+
+    def setup_environment(self) -> None:
+        # data parallel over every process of every node; ModelParallelStrategy's "auto" means tensor parallel
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def setup(self, trainer) -> None:
+        module = self.lightning_module
+        if not is_sharded(module.transformer):
+            self.num_units = shard_flux(
+                module.transformer, self.device_mesh["data_parallel"], self.reshard_after_forward
+            )
+        super().setup(trainer)
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The trainable weights, gathered whole on rank 0 (on CPU); the frozen base is left out on every rank."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = not self._save_distributed_checkpoint
+        options = StateDictOptions(full_state_dict=full, cpu_offload=full, ignore_frozen_params=True)
+        return get_model_state_dict(self.model, options=options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's load (each rank takes its shards of the adapters and optimizer state); the adapter-only
+        `state_dict` is handed on too, so the module's `on_load_checkpoint` can refuse a checkpoint lacking them."""
+        from pathlib import Path
+
+        path = Path(self.broadcast(checkpoint_path))
+        checkpoint = super().load_checkpoint(path, weights_only=weights_only)
+        if path.is_file():  # a single file (not a distributed-checkpoint folder): small, adapters only
+            checkpoint["state_dict"] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
+        return checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 from pm_lightning.data.domains import UNSEEN_DOMAIN
-from pm_lightning.models.lora_files import FORMATS, export_domain_lora
+from pm_lightning.models.lora_files import FORMATS, adapter_skeleton, export_domain_lora
 from pm_lightning.models.model_card import latest_samples, write_model_card
 from pm_lightning.models.publish import SUFFIX
 
@@ -47,8 +47,18 @@ class LoraExport(Callback):
         self.export(trainer, pl_module, "final")
 
     def export(self, trainer, pl_module, tag: str) -> Path | None:
-        """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind); rank zero only."""
-        if not trainer.is_global_zero:
+        """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind), written by rank
+        zero. Under FSDP2 every rank first takes part in gathering the adapter shards (a collective); rank zero
+        then builds the files from a CPU copy of the whole adapters."""
+        from pm_lightning.training.strategies import gathered_trainable_state, is_sharded
+
+        transformer = pl_module.transformer
+        if trainer.world_size > 1 and is_sharded(transformer):
+            adapters = gathered_trainable_state(transformer)  # whole on rank 0, empty elsewhere
+            if not trainer.is_global_zero:
+                return None
+            transformer = adapter_skeleton(pl_module.base, pl_module.adapter_cfg, adapters)
+        elif not trainer.is_global_zero:
             return None
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "lora") / tag
         out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +70,7 @@ class LoraExport(Callback):
         for (name, index), fmt in itertools.product(files.items(), self.formats):
             path = out / f"{name}{SUFFIX[fmt]}"
             try:  # non-essential: the checkpoint holds the adapters, and `python -m pm_lightning.export` rebuilds a file
-                export_domain_lora(pl_module.transformer, index, path, fmt=fmt, domain_name=name)
+                export_domain_lora(transformer, index, path, fmt=fmt, domain_name=name)
                 written[path.name] = name
             except OSError as err:
                 self.failures += 1

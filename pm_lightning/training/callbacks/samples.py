@@ -78,16 +78,32 @@ class SampleGrids(Callback):
 
     @torch.no_grad()
     def render(self, trainer, pl_module, tag: str) -> Path | None:
-        """Generate, save a labelled sheet, log the grids; rank zero only."""
-        if not self.prompts or not trainer.is_global_zero:
+        """Generate, save a labelled sheet, log the grids. Rank zero renders alone, except under FSDP2, where a
+        sharded block runs only when every rank runs it: every rank then samples the same grids (same seeds) and
+        rank zero alone writes and logs."""
+        from pm_lightning.training.strategies import is_sharded
+
+        if not self.prompts:
             return None
+        sharded = trainer.world_size > 1 and is_sharded(pl_module.transformer)
+        if not (trainer.is_global_zero or sharded):
+            return None
+        images = self.sample(pl_module, progress=trainer.is_global_zero)
+        if not trainer.is_global_zero:
+            return None
+        return self.save_and_log(trainer, pl_module, images, tag)
+
+    def sample(self, pl_module, progress: bool = True) -> list[Image.Image]:
+        """One grid per prompt, from the module's backbone with its adapters routed per prompt's domain."""
         from pm_lightning.inference.grid_sampling import generate_grids
 
         domains = torch.tensor([domain_index(p["domain"], pl_module.domains) for p in self.prompts])
         was_training = pl_module.training
         pl_module.eval()
+        pipe = pl_module.backbone.pipeline()
+        pipe.set_progress_bar_config(disable=not progress)
         images = generate_grids(
-            pl_module.backbone.pipeline(),
+            pipe,
             [p["caption"] for p in self.prompts],
             domains,
             self.resolution,
@@ -97,6 +113,10 @@ class SampleGrids(Callback):
             getattr(pl_module.backbone, "max_sequence_length", None),
         )
         pl_module.train(was_training)
+        return images
+
+    def save_and_log(self, trainer, pl_module, images: list[Image.Image], tag: str) -> Path:
+        """Rank zero: the labelled sheet `<samples dir>/<tag>.png`, the loggers' images, `on_samples`."""
         path = self.out_dir(trainer) / f"{tag}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
