@@ -38,7 +38,7 @@ def test_the_tiny_experiment_runs_as_configured(tmp_path, monkeypatch, tiny_shar
     assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["adapter"]["kind"] == "masked"
     domains = ckpt["hyper_parameters"]["domains"]
     assert sorted(p.name for p in (root / "lora" / "final").iterdir()) == sorted(
-        [f"{d}.safetensors" for d in domains] + ["unseen.safetensors"]
+        [f"{d}.safetensors" for d in domains] + ["unseen.safetensors", "README.md", "images"]  # + model card
     )
     assert (root / "samples" / "step-000000.png").is_file() and (root / "samples" / "final.json").is_file()
     assert (root / "config.yaml").is_file() and any((root / "wandb").iterdir())
