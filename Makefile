@@ -11,7 +11,7 @@ SAMPLES ?= outputs/samples
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-data clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-data bench-adaptive clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -114,6 +114,11 @@ bench: $(STAMP)
 # On a GPU (no download): FLUX.1-dev-shaped inference, step caches, torch.compile; writes docs/BENCHMARKS.md.
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/gpu_inference.py --write-docs
+
+# Adaptive steps against ground truth (damaged synthetic sequences), calibrated for the tiny evaluators:
+# writes data/tiny-eval/adaptive_calibration.json and docs/ADAPTIVE.md's table.
+bench-adaptive: $(STAMP)
+	$(BIN)/python -m pm_lightning.calibrate_adaptive --write-docs
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data.py

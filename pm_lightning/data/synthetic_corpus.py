@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -99,12 +99,20 @@ DOMAINS: dict[str, int] = {name: spec.frames for name, spec in SPECS.items()}
 
 @dataclass
 class Sequence:
-    """One procedural sequence: frame k shows the state after step k; the last is finished."""
+    """One procedural sequence: frame k shows the state after step k; the last is finished. `changes[k]`: the
+    elements (drawing primitives) step k added or painted over, the ground-truth amount of change."""
 
     domain: str
     caption: str
     steps: list[str]
     frames: list[Image.Image]
+    changes: list[int] = field(default_factory=list)
+
+    def change_between(self, i: int, j: int) -> int:
+        """Ground-truth amount of change from frame i to frame j > i: the elements of steps i+1 .. j."""
+        if not 0 <= i < j < len(self.frames):
+            raise ValueError(f"frames {i} -> {j}: need 0 <= i < j < {len(self.frames)}")
+        return sum(self.changes[i + 1 : j + 1])
 
 
 def spec_for(domain: str) -> DomainSpec:
@@ -129,7 +137,7 @@ def generate_sequence(domain: str, seed: int, size: int = 64) -> Sequence:
     caption = spec.render(random.Random(seed), canvas)
     if len(canvas.frames) != spec.frames:
         raise AssertionError(f"{domain} rendered {len(canvas.frames)} frames, expected {spec.frames}")
-    return Sequence(domain, caption, canvas.steps, canvas.frames)
+    return Sequence(domain, caption, canvas.steps, canvas.frames, canvas.changes)
 
 
 def sequence_seed(seed: int, domain: str, index: int) -> int:

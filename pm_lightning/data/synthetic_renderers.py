@@ -1,7 +1,9 @@
 """Renderers of the synthetic procedural domains, drawn in relative coordinates.
 
 Each renderer draws on a `Canvas` one step at a time and snapshots a frame after every
-step, so every frame is the previous one plus (or painted over by) the new step. Colours,
+step, so every frame is the previous one plus (or painted over by) the new step. The canvas counts the
+elements (drawing primitives: boxes, ellipses, polygons, lines, hatchings) each step adds or paints over:
+the ground-truth amount of change between frames (`Canvas.changes`). Colours,
 shapes, counts and positions come from the caller's `random.Random`, and the caption names
 the ones that change what is drawn.
 """
@@ -39,6 +41,8 @@ class Canvas:
         self.draw = ImageDraw.Draw(self.img)
         self.frames: list[Image.Image] = []
         self.steps: list[str] = []
+        self.changes: list[int] = []  # elements drawn by each step
+        self._elements = 0
 
     def xy(self, points) -> list[tuple[int, int]]:
         """Relative points -> integer pixel points (rounded once, so every size is exact)."""
@@ -50,12 +54,14 @@ class Canvas:
 
     def rect(self, x0, y0, x1, y1, fill, outline=None, width=0.0):
         """Axis-aligned box; x1/y1 exclusive so adjacent boxes tile without overlap."""
+        self._elements += 1
         (a, b), (c, d) = self.xy([(x0, y0), (x1, y1)])
         self.draw.rectangle([a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline,
                             width=self.w(width) if outline else 0)
 
     def ellipse(self, cx, cy, rx, ry, fill=None, outline=None, width=0.0):
         """Ellipse by centre and radii."""
+        self._elements += 1
         (a, b), (c, d) = self.xy([(cx - rx, cy - ry), (cx + rx, cy + ry)])
         if c - a < 2 or d - b < 2:  # PIL draws nothing for a 1-px ellipse; keep small things visible
             self.draw.rectangle([a, b, max(a, c - 1), max(b, d - 1)], fill=fill or outline)
@@ -65,14 +71,17 @@ class Canvas:
 
     def poly(self, points, fill, outline=None):
         """Filled polygon."""
+        self._elements += 1
         self.draw.polygon(self.xy(points), fill=fill, outline=outline)
 
     def line(self, points, fill, width=0.02):
         """Polyline."""
+        self._elements += 1
         self.draw.line(self.xy(points), fill=fill, width=self.w(width), joint="curve")
 
     def hatch(self, points, fill, spacing=0.05, width=0.012):
         """Diagonal hatching clipped to a polygon (pencil shading)."""
+        self._elements += 1
         layer = self.img.copy()
         d = ImageDraw.Draw(layer)
         spacing = max(spacing, 4 * self.w(width) / self.size)  # 1-px lines at small sizes: keep the density
@@ -87,6 +96,8 @@ class Canvas:
         """Record the current picture as the frame that follows `text`."""
         self.frames.append(self.img.copy())
         self.steps.append(text)
+        self.changes.append(self._elements)
+        self._elements = 0
 
 
 def a(word: str) -> str:

@@ -1,11 +1,12 @@
 """The embedded tiny evaluators, built and trained on CPU (the recipe behind `python -m pm_lightning.tiny_eval`).
 
 One open_clip CLIP (built from `CLIP_CONFIG` with open_clip's own class) trained contrastively
-on CPU with one seed, on 64 px frames and 3x3 / 2x2 grids of the synthetic corpus's training
-domains (split seed 0, the seed `make shards` trains on) paired with their captions and step
-captions. The held-out domains are never shown. Measured on split seed 1 (never trained on):
-zero-shot domain classification of frames (training and held-out domains) and caption
-retrieval. Writes `OUT/clip/{open_clip_config.json, open_clip_model.safetensors}` (loadable by
+on CPU with one seed, on 64 px frames and 3x3 / 2x2 grids of every synthetic domain, the held-out
+ones included (split seed 0), paired with their captions and step captions: the evaluators play the
+part of CLIP and DINOv2, which know every domain (the stage-1 / stage-2 training shards still hold no
+held-out sequence: `make shards` writes them with --no-held-out). Measured on split seed 1 (never
+trained on): zero-shot domain classification of frames, caption retrieval, and how well each Delta
+term of a frame pair ranks the ground-truth amount of change between the frames (`eval/change_truth.py`). Writes `OUT/clip/{open_clip_config.json, open_clip_model.safetensors}` (loadable by
 `open_clip.create_model_and_transforms("local-dir:OUT/clip")`), `OUT/metrics.json` and
 `OUT/README.md`. The tiny DINO stand-in is this model's visual tower (see docs/EVALUATION.md).
 """
@@ -33,6 +34,7 @@ from pm_lightning.data.synthetic_corpus import (
     sequence_seed,
 )
 
+ALL_DOMAINS = (*TRAIN_DOMAINS, *HELDOUT_DOMAINS)  # what the evaluators are trained on: every domain
 TRAIN_SPLIT_SEED, EVAL_SPLIT_SEED = 0, 1  # the corpus split seeds of `make shards`: 0 = train, 1 = validation
 CLIP_CONFIG = {
     "embed_dim": 96,
@@ -53,7 +55,7 @@ class TinyEvalConfig:
     """Recipe of the tiny evaluators."""
 
     seed: int = 0
-    train_per_domain: int = 200  # sequences per training domain (split seed 0)
+    train_per_domain: int = 200  # sequences per domain (split seed 0), every domain
     eval_per_domain: int = 30  # sequences per domain for the measurements (split seed 1)
     steps: int = 800
     batch_size: int = 96
@@ -61,6 +63,8 @@ class TinyEvalConfig:
     weight_decay: float = 0.05
     warmup: int = 50
     grid_fraction: float = 0.15  # share of grid images among training pairs
+    change_weight: float = 1.0  # weight of the change-metric loss (0: contrastive only)
+    change_sequences: int = 6  # sequences per step in the change-metric loss
 
 
 def domain_phrase(domain: str) -> str:
@@ -125,8 +129,72 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, texts: list[str], sca
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def train(model, tokenizer, frames, grids, texts, cfg: TinyEvalConfig, log_every: int = 50) -> list[dict]:
-    """Contrastive training; returns the loss history."""
+@dataclass
+class ChangeData:
+    """What the change-metric loss needs: where each sequence's frames lie in the frame tensor, its ground-truth
+    change counts, and one near-duplicate (JPEG round trip) of one of its frames."""
+
+    offsets: list[int]
+    changes: list[list[int]]
+    dup_frame: list[int]  # index into the frame tensor
+    dups: torch.Tensor  # (S, 3, 64, 64) fp16
+
+
+def change_data(seqs: list[Sequence], preprocess, seed: int) -> ChangeData:
+    from pm_lightning.inference.calibrate import near_duplicate
+
+    rng, offsets, dup_frame, dups, at = random.Random(seed), [], [], [], 0
+    for seq in seqs:
+        offsets.append(at)
+        k = rng.randrange(len(seq.frames))
+        dup_frame.append(at + k)
+        dups.append(preprocess(near_duplicate(seq.frames[k])))
+        at += len(seq.frames)
+    return ChangeData(offsets, [s.changes for s in seqs], dup_frame, torch.stack(dups).half())
+
+
+def image_and_patches(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L2-normalised image embeddings (N, D), L2-normalised patch tokens (N, P, W)): one pass of the visual tower,
+    the tokens being what `dino="tiny"` scores (eval/encoders.py)."""
+    visual = model.visual
+    pooled, tokens = visual._pool(visual.transformer(visual._embeds(images)))
+    return F.normalize(pooled @ visual.proj, dim=-1), F.normalize(tokens, dim=-1)
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x, y = x - x.mean(), y - y.mean()
+    return (x * y).sum() / (x.norm() * y.norm() + 1e-8)
+
+
+def change_loss(model, frames: torch.Tensor, data: ChangeData, picks: list[int]) -> torch.Tensor:
+    """Make Delta_glob and Delta_loc measure change: within each picked sequence, every frame pair's distance
+    correlates (Pearson) with log(1 + ground-truth change), and a near-duplicate sits closer to its frame than
+    any true step (its distance over the sequence's smallest step distance is pushed to 0)."""
+    from pm_lightning.inference.adaptive import batched_chamfer
+
+    loss = frames.new_zeros((), dtype=torch.float32)
+    for s in picks:
+        n = len(data.changes[s])
+        images = torch.cat([frames[data.offsets[s] : data.offsets[s] + n], data.dups[s : s + 1]]).float()
+        v, p = image_and_patches(model, images)  # (n+1, D), (n+1, P, W)
+        i, j = torch.triu_indices(n, n, 1)
+        target = torch.log1p(
+            torch.tensor([float(sum(data.changes[s][a + 1 : b + 1])) for a, b in zip(i.tolist(), j.tolist())])
+        )
+        glob = 1 - (v[i] * v[j]).sum(-1)
+        loc = batched_chamfer(p[i], p[j])
+        k = data.dup_frame[s] - data.offsets[s]
+        dup_glob, dup_loc = 1 - (v[k] * v[n]).sum(), batched_chamfer(p[k : k + 1], p[n : n + 1])[0]
+        step = (j - i) == 1
+        for dist, dup in ((glob, dup_glob), (loc, dup_loc)):
+            loss = loss + (1 - _pearson(dist, target)) + dup / (dist[step].min().detach() + 1e-6)
+    return loss / max(len(picks), 1)
+
+
+def train(
+    model, tokenizer, frames, grids, texts, cfg: TinyEvalConfig, log_every: int = 50, changes: ChangeData | None = None
+) -> list[dict]:
+    """Contrastive training (plus the change-metric loss with `changes`); returns the loss history."""
     rng = random.Random(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -150,6 +218,10 @@ def train(model, tokenizer, frames, grids, texts, cfg: TinyEvalConfig, log_every
         img = F.normalize(model.encode_image(images), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(batch_texts)), dim=-1)
         loss = contrastive_loss(img, txt, batch_texts, model.logit_scale.exp())
+        aux = None
+        if changes is not None and cfg.change_weight > 0:
+            aux = change_loss(model, frames, changes, rng.sample(range(len(changes.offsets)), cfg.change_sequences))
+            loss = loss + cfg.change_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -157,8 +229,11 @@ def train(model, tokenizer, frames, grids, texts, cfg: TinyEvalConfig, log_every
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % log_every == 0 or step == cfg.steps - 1:
-            history.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0)})
-            print(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - t0:.0f}s", file=sys.stderr)
+            change = None if aux is None else round(aux.item(), 4)
+            history.append(
+                {"step": step, "loss": round(loss.item(), 4), "change_loss": change, "seconds": round(time.time() - t0)}
+            )
+            print(f"step {step:4d}  loss {loss.item():.4f}  change {change}  {time.time() - t0:.0f}s", file=sys.stderr)
     model.eval()
     return history
 
@@ -241,17 +316,19 @@ def save(model, out: Path, used_tokens: torch.Tensor) -> Path:
 
 def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
     """The whole recipe; returns the metrics (also written to OUT/metrics.json and OUT/README.md)."""
+    from pm_lightning.eval.change_truth import correlations, pair_table
     from pm_lightning.eval.encoders import Encoders
+    from pm_lightning.inference.adaptive import EncoderScorer
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     t0, cpu0, load0 = time.time(), time.process_time(), os.getloadavg()[0]
     model, preprocess, tokenizer = build_model()
-    seqs = render(TRAIN_DOMAINS, TRAIN_SPLIT_SEED, cfg.train_per_domain)
+    seqs = render(ALL_DOMAINS, TRAIN_SPLIT_SEED, cfg.train_per_domain)
     frames, grids, texts = training_pairs(seqs, preprocess)
     all_texts = [t for group in texts for cands in group for t in cands]
     print(f"{len(frames)} frames, {len(grids)} grids in {time.time() - t0:.0f}s", file=sys.stderr)
-    history = train(model, tokenizer, frames, grids, texts, cfg)
+    history = train(model, tokenizer, frames, grids, texts, cfg, changes=change_data(seqs, preprocess, cfg.seed))
     train_seconds, train_cpu_seconds = round(time.time() - t0), round(time.process_time() - cpu0)
     clip_dir = save(model, out, used_token_ids(tokenizer, all_texts))
 
@@ -266,6 +343,8 @@ def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
         ),
         "retrieval_train_domains": retrieval(m, enc.tokenizer, enc.preprocess, eval_train),
         "retrieval_heldout_domains": retrieval(m, enc.tokenizer, enc.preprocess, eval_heldout),
+        "change_heldout_domains": correlations(pair_table(EncoderScorer(enc), eval_heldout)),
+        "change_train_domains": correlations(pair_table(EncoderScorer(enc), eval_train)),
     }
     size = sum(f.stat().st_size for f in clip_dir.iterdir())
     log = {
@@ -324,17 +403,18 @@ Do not edit by hand; rerun the command.
   {log["size_mb"]} MB fp16; unused token-embedding rows stored as zeros), loadable with
   `open_clip.create_model_and_transforms("local-dir:data/tiny-eval/clip")` or `Encoders.load(clip="tiny")`.
   Trained contrastively for {log["config"]["steps"]} steps (batch {log["config"]["batch_size"]}) on {log["train_frames"]} frames
-  and {log["train_grids"]} grids (64 px) of the training domains, split seed {log["train_split_seed"]}.
+  and {log["train_grids"]} grids (64 px) of every domain, held-out ones included (as CLIP knows every domain; the
+  stage-1 / stage-2 training shards still hold no held-out sequence), split seed {log["train_split_seed"]}.
 - The tiny patch-token encoder (`dino="tiny"`) is this model's visual tower: its 8x8 patch tokens after `ln_post`.
 - `metrics.json`: the full training log and measurements.
 
 ## Measured on split seed {log["eval_split_seed"]} (never trained on), {log["config"]["eval_per_domain"]} sequences per domain
 
 Domain classification of every frame by text prompts (CLIP's zero-shot protocol, no classifier head) against
-"a <domain> process" (a training text for the training domains; never seen for the held-out ones):
+"a <domain> process" (a training text of every domain):
 {_pct(tr.get("zero_shot_train_domains"))} over the 7 training domains (7-way);
 with all 9 prompts: {_pct(al.get("zero_shot_train_domains"))} on training-domain frames,
-{_pct(al.get("zero_shot_heldout_domains"))} on held-out-domain frames (their words were never trained on).
+{_pct(al.get("zero_shot_heldout_domains"))} on held-out-domain frames.
 
 | domain | split | zero-shot accuracy (9-way) |
 |---|---|---:|
@@ -345,4 +425,27 @@ Caption retrieval (each image against every caption of its group):
 | group | candidates | final frame top-1 | final frame top-5 | grid top-1 | grid top-5 | caption -> grid top-1 |
 |---|---:|---:|---:|---:|---:|---:|
 {ret}
+
+Does each Delta term see what changed? Spearman's rho between the term of a frame pair (i, i+g), g = 1..3, and
+the ground-truth amount of change between the two frames (the elements the steps in between drew,
+`Sequence.change_between`): averaged over sequences (what the adaptive steps use: their thresholds are relative
+to one sequence), averaged over domains, and pooled over every pair (`eval/change_truth.py`). Delta is the
+weighted sum with ProcessMaker's weights (0.6 glob, 0.2 loc, 0.2 sem).
+
+{change_table(m)}
 """
+
+
+def change_table(m: dict) -> str:
+    rows = []
+    for group, key in (("held-out domains", "change_heldout_domains"), ("training domains", "change_train_domains")):
+        for term, name in (
+            ("loc", "Delta_loc (patch Chamfer)"),
+            ("glob", "Delta_glob"),
+            ("sem", "Delta_sem"),
+            ("delta", "Delta"),
+        ):
+            c = m.get(key, {}).get(term)
+            if c:
+                rows.append(f"| {group} | {name} | {c['per_sequence']} | {c['per_domain']} | {c['pooled']} |")
+    return "| group | term | per sequence | per domain | pooled |\n|---|---|---:|---:|---:|\n" + "\n".join(rows)

@@ -1,0 +1,104 @@
+"""Ground truth for the adaptive steps: the generator's change counts, the damaged cases and their scoring,
+the calibration and where it is stored."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
+from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate, case_terms, make_cases, outcomes
+from pm_lightning.eval.change_truth import correlations, pair_table
+from pm_lightning.inference.adaptive import AdaptiveConfig, config_from_args, read_settings
+
+
+def test_every_step_records_what_it_drew():
+    for domain in DOMAINS:
+        seq = generate_sequence(domain, 5, size=32)
+        assert len(seq.changes) == len(seq.frames) and all(c >= 1 for c in seq.changes), domain
+        n = len(seq.frames)
+        assert seq.change_between(0, n - 1) == sum(seq.changes[1:])
+        assert seq.change_between(0, 2) == seq.change_between(0, 1) + seq.change_between(1, 2)
+    lego = generate_sequence("lego", 5, size=32)
+    assert lego.changes[1:] == [3] * 8  # each brick: two studs and the body
+    with pytest.raises(ValueError, match="need 0 <= i < j"):
+        lego.change_between(3, 3)
+
+
+class PixelScorer:
+    """A stand-in scorer whose features are the frames' pixels: image distance grows with what was drawn."""
+
+    def image_features(self, images):
+        x = torch.stack(
+            [torch.tensor(list(im.convert("L").resize((16, 16)).getdata()), dtype=torch.float32) for im in images]
+        )
+        x = x / 255.0
+        v = torch.nn.functional.normalize(torch.cat([x, torch.ones(len(images), 1)], 1), dim=-1)  # (n, 257)
+        patches = x.view(len(images), 16, 16)[:, None].unfold(2, 4, 4).unfold(3, 4, 4).reshape(len(images), 16, 16)
+        return v, torch.nn.functional.normalize(patches + 1e-3, dim=-1)  # (n, 16 patches, 16)
+
+    def text_features(self, texts):
+        g = torch.Generator().manual_seed(0)
+        base = torch.randn(len(texts), 8, generator=g)
+        return torch.nn.functional.normalize(base, dim=-1)
+
+
+def test_cases_have_the_right_answers():
+    seqs = [generate_sequence(d, 1, size=32) for d in ("lego", "cake")]
+    cases = make_cases(seqs, 8)
+    assert {c.condition for c in cases} == set(CONDITIONS)
+    for c in cases:
+        n = len(seqs[c.seq].frames)
+        if c.condition == "one_removed":
+            (k,) = set(range(n)) - set(c.order)
+            assert c.pairs == (k - 1,) and 1 <= k <= n - 2  # interior frame; the pair that lost it
+        if c.condition == "two_removed":
+            k1, k2 = sorted(set(range(n)) - set(c.order))
+            assert n == 9 and k2 - k1 >= 3 and c.pairs == (k1 - 1, k2 - 2)
+        if c.condition == "duplicated":
+            k = next(i for i in c.order if i >= n) - n
+            assert c.order[c.copies[1]] == n + k and c.order[c.copies[0]] == k
+
+
+def test_outcomes_score_decisions_against_the_answers():
+    seqs = [generate_sequence(d, s, size=32) for d in ("lego", "sketch") for s in range(3)]
+    cases = make_cases(seqs, 12)
+    terms = case_terms(PixelScorer(), seqs, cases)
+    never = AdaptiveConfig(add_floor=10.0, del_ceiling=0.0, k1=5, k2=5)  # no edit can pass
+    r = outcomes(terms, cases, never, texts=False)
+    assert r["untouched_edited"] == 0 and r["removal_found"] == 0 and r["duplicate_deleted"] == 0
+    cfg, rates = calibrate(terms, cases, "without Delta_sem")
+    assert rates["untouched_edited"] <= 0.1
+    assert rates["duplicate_deleted"] >= 0.4 and rates["removal_found"] >= 0.4  # 16x16 gray pixels still see some
+    assert cfg.del_ceiling < cfg.add_floor
+
+
+def test_pixel_distance_ranks_the_ground_truth_change():
+    seqs = [generate_sequence("lego", s, size=32) for s in range(3)]
+    c = correlations(pair_table(PixelScorer(), seqs))
+    assert c["glob"]["per_sequence"] > 0.7  # more bricks between two frames: farther apart
+    assert set(c) == {"loc", "glob", "sem", "delta"}
+
+
+def test_calibration_belongs_to_its_encoders(tmp_path):
+    record = {
+        "encoders": {"clip": "tiny", "dino": "tiny"},
+        "config": {"k1": 0.5, "k2": 1.0, "add_floor": 0.3, "del_ceiling": 0.01},
+    }
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(record))
+    assert read_settings(path, "tiny", "tiny")["add_floor"] == 0.3
+    with pytest.raises(ValueError, match="calibrated for clip='tiny'"):
+        read_settings(path, "ViT-B-32/openai", "facebook/dinov2-base")
+    args = argparse.Namespace(clip="tiny", dino="tiny", adaptive_config=str(path), k1=0.9)
+    cfg = config_from_args(args)
+    assert (cfg.add_floor, cfg.k1) == (0.3, 0.9)  # the file, then the explicit flag
+
+
+def test_other_encoders_without_calibration_are_warned_about(caplog):
+    args = argparse.Namespace(clip="ViT-B-32/openai", dino="facebook/dinov2-base", adaptive_config=None)
+    config_from_args(args)
+    assert "no calibration for clip=ViT-B-32/openai" in caplog.text
