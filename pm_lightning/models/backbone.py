@@ -175,6 +175,7 @@ class FluxBackbone(nn.Module):
         self.text_cache_dir = Path(text_cache_dir) if text_cache_dir else None
         self.source = source
         self.guidance = guidance
+        self._pipeline = None  # built once: diffusers' offload hooks and settings live on the pipeline object
         self.requires_grad_(False)
         self.train(False)
 
@@ -386,18 +387,14 @@ class FluxBackbone(nn.Module):
     forward = predict
 
     def pipeline(self):
-        """A stock `diffusers.FluxPipeline` sharing these components (for sampling)."""
+        """The stock `diffusers.FluxPipeline` sharing these components (for sampling), built on first use and kept,
+        so `enable_model_cpu_offload` and the like, which record state on the pipeline, hold for every call."""
         from diffusers import FluxPipeline
 
-        return FluxPipeline(
-            scheduler=self.scheduler,
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2,
-            transformer=self.transformer,
-        )
+        parts = {name: getattr(self, name) for name in COMPONENTS}
+        if self._pipeline is None or any(getattr(self._pipeline, k) is not v for k, v in parts.items()):
+            self._pipeline = FluxPipeline(**parts)  # first use, or a component was replaced since
+        return self._pipeline
 
 
 def meta_transformer(variant: str | Variant):
