@@ -11,7 +11,7 @@ SAMPLES ?= outputs/samples
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-data bench-adaptive clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-gpu-check bench-data bench-adaptive clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -119,6 +119,11 @@ bench-gpu: $(STAMP)
 # writes data/tiny-eval/adaptive_calibration.json and docs/ADAPTIVE.md's table.
 bench-adaptive: $(STAMP)
 	$(BIN)/python -m pm_lightning.calibrate_adaptive --write-docs
+
+# One H100 / H200, under 8 minutes, no download: FLUX.1-dev step (time, MFU, peak vs the memory plan), FSDP2,
+# 28-step 1024-px grid, then the gpu test tier. TINY=1: the scaled-down shape on CPU.
+bench-gpu-check: $(STAMP)
+	PY=$(BIN)/python bash bench/gpu_check.sh $(if $(TINY),--tiny)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data.py

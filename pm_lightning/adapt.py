@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pm_lightning.inference.cache import cache_from_args
-from pm_lightning.inference.flags import common_flags
+from pm_lightning.inference.flags import common_flags, parse_inference_args
 from pm_lightning.inference.inputs import input_grid, read_frames
 from pm_lightning.inference.session import BadInput, Models, captions_for, run_adaptive
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default=None, help="sequence caption for stage 2 (default: meta.json caption)")
     p.add_argument("--domain", default="unseen", help="recorded in report.json")
     common_flags(p)
-    args = p.parse_args(argv)
+    args = parse_inference_args(p, argv)
     try:
         return run(args)
     except (BadInput, FileNotFoundError) as err:
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from pm_lightning.inference.adaptive import config_from_args
     from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.runtime import runtime_from_args
 
     cfg = config_from_args(args)
     frames, meta = read_frames(args.frames)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
     prompt = args.prompt if args.prompt is not None else meta.get("caption", "")
     notes: list[str] = []
-    models = Models(args.base)
+    models = Models(args.base, runtime_from_args(args))
     start = time.perf_counter()
     result = run_adaptive(models, frames, steps, prompt, args, cfg, notes)
     report = {
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             "guidance": args.guidance,
             "cache": vars(cache_from_args(args)),
             "insert_batch": args.insert_batch,
+            **models.runtime.describe(),
         },
         "notes": notes,
         "adaptive": result.report,

@@ -14,6 +14,8 @@ import argparse
 import os
 import sys
 
+from pm_lightning.inference.runtime import add_device_flags
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pm_lightning.app", description=__doc__.split("\n")[0])
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (no authentication!)")
     p.add_argument("--base", default="tiny", help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id")
     p.add_argument("--runs", default="runs", help="folder of training runs; their <run>/lora/<tag>/ are offered")
+    add_device_flags(p)
     p.add_argument("--no-warm-up", action="store_true", help="skip the start-up grid (the first request pays it)")
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from pm_lightning.demo.backend import DemoBackend
     from pm_lightning.demo.page import launch
 
-    backend = DemoBackend(args.base, args.runs)
+    backend = DemoBackend(args.base, args.runs, device=args.device, dtype=args.dtype)
     if not args.no_warm_up:
         print(f"loading {args.base} and warming up ...", flush=True)
         print(f"ready in {backend.warm_up():.1f} s", flush=True)

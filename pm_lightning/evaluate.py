@@ -14,7 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from pm_lightning.data.importers import BadInput
 from pm_lightning.eval.sample_table import evaluate
+from pm_lightning.inference.runtime import Runtime, add_device_flags
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--clip", default="tiny", help='"tiny", an open_clip "MODEL/PRETRAINED" or a local open_clip dir')
     p.add_argument("--dino", default="tiny", help='"tiny" or a DINOv2 hub id / local dir')
-    p.add_argument("--device", default="cpu")
+    add_device_flags(p)
     p.add_argument("--judge", action="store_true", help="also score with the GPT-4o rubric judge")
     p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint (overrides OPENAI_BASE_URL)")
     p.add_argument("--judge-model", default=None, help="overrides OPENAI_MODEL (default gpt-4o)")
@@ -37,8 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
     from pm_lightning.eval.encoders import EncoderNotFound, Encoders
 
     try:
-        enc = Encoders.load(clip=args.clip, dino=args.dino, device=args.device)
-    except EncoderNotFound as err:
+        rt = Runtime.resolve(args.device, args.dtype)
+        enc = Encoders.load(clip=args.clip, dino=args.dino, device=rt.device, dtype=rt.dtype)
+    except (EncoderNotFound, BadInput) as err:
         p.exit(2, f"error: {err}\n")
     judge = None
     if args.judge:

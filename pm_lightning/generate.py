@@ -12,6 +12,8 @@ so the same seed in stock diffusers gives the same grid. `--adaptive`: sliding-w
 in one sampler call). `--cache first-block|taylorseer`: diffusers step caches (`inference/cache.py`). `--image`: ReCraft.
 With base "tiny" the LoRA files default to what `make train-stage1` / `make train-stage2` / `make train-recraft`
 write (paths read from experiments/tiny*.yaml); a missing file means the plain base, and the report says so.
+A stage-2 / ReCraft LoRA brings the stage-1 file it was trained on (its metadata). `--device` / `--dtype` (default
+cuda + bf16 when there is a GPU), the variant's sampler defaults, `--vae-tiling` / `--cpu-offload`: `inference/runtime.py`.
 Outputs: `inference/outputs.py` (grid.png, frames/, sequence.gif, report.json, index.html).
 """
 
@@ -21,7 +23,7 @@ import argparse
 import sys
 import time
 
-from pm_lightning.inference.flags import generate_parser
+from pm_lightning.inference.flags import generate_parser, parse_inference_args
 from pm_lightning.inference.session import (
     BadInput,
     Models,
@@ -35,7 +37,7 @@ from pm_lightning.inference.session import (
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    return generate_parser("python -m pm_lightning.generate", __doc__.split("\n")[0]).parse_args(argv)
+    return parse_inference_args(generate_parser("python -m pm_lightning.generate", __doc__.split("\n")[0]), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pm_lightning.data.grid import layout_for
     from pm_lightning.inference.adaptive import config_from_args
     from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.runtime import runtime_from_args
 
     cfg = config_from_args(args)
     frames_n = args.frames or default_frames(args.domain)
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"--steps gives {len(args.steps)} texts for {frames_n} frames: give one per frame")
     resolution = grid_resolution(args.base, frames_n, args.resolution)
     notes: list[str] = []
-    models, start, timings = Models(args.base), time.perf_counter(), {}
+    models, start, timings = Models(args.base, runtime_from_args(args)), time.perf_counter(), {}
     grid, frames, used = first_sequence(models, args, frames_n, resolution, notes)
     timings["stage1_s" if args.image is None else "recraft_s"] = round(time.perf_counter() - start, 3)
     result = None

@@ -1,7 +1,13 @@
 """`python -m pm_lightning.memory_plan`: analytic per-GPU memory of a stage-1 step under DDP, FSDP2 and ZeRO-2.
 
-    python -m pm_lightning.memory_plan --gpus 8 --gpu-gb 48 --variant flux-dev --rank 64 --domains 21 --tokens 4608
+    python -m pm_lightning.memory_plan --gpus 8 --card-gib 48 --variant flux-dev --rank 64 --domains 21 --tokens 4608
+    python -m pm_lightning.memory_plan --gpus 1 --card-gib 24 --quant nf4 --text-cache
     python -m pm_lightning.memory_plan --json
+
+Counts the transformer (bf16, or fp8 / NF4 weights with --quant), the text encoders (none with --text-cache), the
+VAE, activations with or without checkpointing, the alignment teacher's features, the optimizer state and the
+strategy's buffers; then a table of every strategy x quantization, with and without the text cache, and the
+configuration recommended for the card.
 
 Formulas and assumptions: `pm_lightning/training/memory_estimate.py` and docs/SCALING.md.
 """
@@ -14,10 +20,14 @@ import json
 from pm_lightning.models.adapters import AdapterConfig
 from pm_lightning.training.memory_estimate import (
     OPTIMIZER_STATE,
+    QUANT_BYTES,
     Workload,
+    format_options,
     format_table,
     model_shape,
+    options,
     plan_all,
+    recommend,
     to_json,
 )
 
@@ -28,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
     ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--gpu-gb", type=float, default=48, help="memory per GPU, GiB (A6000: 48)")
+    ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=float, default=48, help="GiB per GPU (A6000: 48)")
     ap.add_argument("--variant", default="flux-dev", choices=sorted(VARIANTS))
     ap.add_argument("--kind", default="masked", choices=KINDS)
     ap.add_argument("--rank", type=int, default=64)
@@ -39,14 +49,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--optimizer", default="came", choices=sorted(OPTIMIZER_STATE))
     ap.add_argument("--no-align", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--text-cache", action="store_true", help="T5 + CLIP off the GPU (text_cache_only)")
+    ap.add_argument("--quant", default="none", choices=sorted(QUANT_BYTES), help="frozen base storage")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     shape = model_shape(args.variant, AdapterConfig(kind=args.kind, rank=args.rank, num_domains=args.domains))
     align_layers = 0 if args.no_align else len(VARIANTS[args.variant].align_layers or (4, 9, 14, 19, 29))
-    work = Workload(args.tokens, args.text_tokens, args.batch, align_layers, not args.no_checkpointing, args.optimizer)
-    plans = plan_all(shape, work, args.gpus, args.gpu_gb)
+    work = Workload(
+        args.tokens,
+        args.text_tokens,
+        args.batch,
+        align_layers,
+        not args.no_checkpointing,
+        args.optimizer,
+        text_encoders=not args.text_cache,
+        quant=args.quant,
+    )
+    plans = plan_all(shape, work, args.gpus, args.card_gib)
     out = to_json(plans, shape, work)
-    print(json.dumps(out) if args.json else format_table(plans, shape, work))
+    out["options"] = options(shape, work, args.gpus, args.card_gib)
+    out["recommended"] = recommend(shape, work, args.gpus, args.card_gib)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(format_table(plans, shape, work) + "\n\n" + format_options(shape, work, args.gpus, args.card_gib))
     return out
 
 

@@ -44,10 +44,10 @@ def small_shape() -> mp.ModelShape:
 
 @pytest.fixture(scope="module")
 def flux_dev() -> dict:
-    """`python -m pm_lightning.memory_plan --json` (flux-dev, masked rank 64, 21 domains, 8 x 48 GiB)."""
+    """`python -m pm_lightning.memory_plan --json --text-cache` (flux-dev, masked rank 64, 21 domains, 8 x 48 GiB)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        memory_plan.main(["--json"])
+        memory_plan.main(["--json", "--text-cache"])
     return json.loads(out.getvalue())
 
 
@@ -146,3 +146,49 @@ def test_flux_dev_plan_on_8_a6000(flux_dev):
     assert all(p["fits"] for p in plans.values())  # masked rank 64 fits 48 GiB under every strategy
     assert plans["fsdp_full_shard"]["total"] < plans["zero2"]["total"] < plans["ddp"]["total"]
     assert 25 * gib < plans["ddp"]["total"] < 40 * gib
+
+
+def run_plan(*argv: str) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        memory_plan.main(["--json", *argv])
+    return json.loads(out.getvalue())
+
+
+def test_text_encoders_vae_and_quantization_are_counted(flux_dev):
+    gib = 2**30
+    with_t5 = run_plan()["plans"]["ddp"]["bytes"]
+    cached = flux_dev["plans"]["ddp"]["bytes"]
+    assert cached["text encoders (bf16)"] == 0
+    assert with_t5["text encoders (bf16)"] == mp.FLUX_TEXT_ENCODER_PARAMS * 2  # T5-XXL + CLIP-L: 9.1 GiB
+    assert 41 * gib < sum(with_t5.values()) < 44 * gib  # the issue's "about 41-44 GiB with them"
+    assert cached["VAE (bf16)"] == mp.FLUX_VAE_PARAMS * 2
+    fp8, nf4 = (run_plan("--text-cache", "--quant", q)["plans"]["ddp"]["bytes"]["frozen base"] for q in ("fp8", "nf4"))
+    bf16 = cached["frozen base"]
+    assert nf4 < fp8 < bf16 and 0.5 < fp8 / bf16 < 0.52  # nearly all the base is Linear weights
+    shape = mp.model_shape("flux-dev", AdapterConfig(rank=64, num_domains=21))
+    assert fp8 == bf16 - shape.linear_params  # 2 -> 1 byte per Linear weight
+
+
+def test_the_plan_states_what_fits_a_card():
+    assert run_plan("--card-gib", "48")["recommended"] == {
+        "strategy": "ddp",
+        "quant": "none",
+        "text_cache": True,
+        "total": run_plan("--card-gib", "48", "--text-cache")["plans"]["ddp"]["total"],
+        "fits": True,
+    }
+    eight_24 = run_plan("--card-gib", "24")["recommended"]
+    assert (eight_24["strategy"], eight_24["quant"]) == ("fsdp_full_shard", "none")  # FSDP2 fits 24 GB on 8 GPUs
+    one_24 = run_plan("--card-gib", "24", "--gpus", "1")["recommended"]
+    assert one_24["quant"] != "none" and one_24["total"] <= 24 * 2**30  # one 24 GB card needs a quantized base
+    assert run_plan("--card-gib", "8", "--gpus", "1")["recommended"] is None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        memory_plan.main(["--card-gib", "24", "--gpus", "1"])
+    assert "recommended on 24 GiB" in out.getvalue() and "planning figure" in out.getvalue()
+
+
+def test_tiny_variant_counts_its_text_encoders_and_vae():
+    shape = mp.model_shape("tiny", AdapterConfig(rank=4, num_domains=4))
+    assert 0 < shape.text_encoder_params and 0 < shape.vae_params and 0 < shape.linear_params < shape.base_params

@@ -97,12 +97,21 @@ def adaptive_summary(report: dict | None) -> str:
 class DemoBackend:
     """The model session of the demo (loaded once), and one method per tab."""
 
-    def __init__(self, base: str = "tiny", runs: str | Path = "runs", out_root: str | Path | None = None):
+    def __init__(
+        self,
+        base: str = "tiny",
+        runs: str | Path = "runs",
+        out_root: str | Path | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
         from pm_lightning.inference.flags import generate_parser
+        from pm_lightning.inference.runtime import Runtime
         from pm_lightning.inference.session import Models
 
         self.base, self.runs = base, Path(runs)
-        self.models = Models(base)
+        self.runtime = Runtime.resolve(device, dtype)
+        self.models = Models(base, self.runtime)
         self.parser = generate_parser()
         self.out_root = Path(out_root or tempfile.mkdtemp(prefix="pm-demo-"))
         self.lock = threading.Lock()
@@ -123,12 +132,15 @@ class DemoBackend:
     def _args(self, **flags) -> argparse.Namespace:
         self.count += 1
         out = self.out_root / f"{self.count:05d}"
+        from pm_lightning.inference.flags import parse_inference_args
+
         argv = ["--prompt", flags.pop("prompt"), "--out", str(out), "--base", self.base]
+        argv += ["--device", self.runtime.device, "--dtype", str(self.runtime.dtype).removeprefix("torch.")]
         for key, value in flags.items():
             if value is None or value is False:
                 continue
             argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-        return self.parser.parse_args(argv)
+        return parse_inference_args(self.parser, argv)
 
     def text_to_steps(self, prompt, domain, frames, seed, steps, adaptive, folder, resolution=None, progress=None):
         """Prompt + domain -> grid (stage 1 with the folder's LoRA), optionally adaptive steps."""

@@ -154,25 +154,36 @@ class Encoders:
         device: str,
         names: dict,
         batch_size: int = 64,
+        dtype: torch.dtype = torch.float32,
     ):
         self.clip_model, self.preprocess, self.tokenizer = clip.model, clip.preprocess, clip.tokenizer
         self.dino, self.dino_preprocess = dino, dino_preprocess
-        self.device, self.names, self.batch_size = device, names, batch_size
+        self.device, self.names, self.batch_size, self.dtype = device, names, batch_size, dtype
 
     @classmethod
-    def load(cls, clip: str = TINY, dino: str = TINY, device: str = "cpu", root: str | Path | None = None) -> Encoders:
-        """Load both encoders; `root` only moves where "tiny" is looked for.
+    def load(
+        cls,
+        clip: str = TINY,
+        dino: str = TINY,
+        device: str = "cpu",
+        root: str | Path | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Encoders:
+        """Load both encoders (weights in `dtype`, embeddings returned as fp32 CPU tensors); `root` only moves where
+        "tiny" is looked for.
 
         Raises EncoderNotFound (a FileNotFoundError) naming what was looked for and the "tiny" fallback.
         """
         c = load_clip(clip, device, Path(root) if root is not None else None)
         d, dpre = load_dino(dino, device, c)
-        return cls(c, d.to(device), dpre, device, {"clip": clip, "dino": dino})
+        c.model.to(dtype)
+        return cls(c, d.to(device, dtype), dpre, device, {"clip": clip, "dino": dino}, dtype=dtype)
 
     def _batched(self, fn: Callable, items: list, prep: Callable) -> torch.Tensor:
         out = []
         for i in range(0, len(items), self.batch_size):
-            x = torch.stack([prep(it) for it in items[i : i + self.batch_size]]).to(self.device)  # (B, 3, H, W)
+            x = torch.stack([prep(it) for it in items[i : i + self.batch_size]])  # (B, 3, H, W)
+            x = x.to(self.device, self.dtype)
             out.append(fn(x).float().cpu())
         return torch.cat(out)
 

@@ -10,6 +10,7 @@ def common_flags(p: argparse.ArgumentParser) -> None:
     """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
     from pm_lightning.inference.adaptive import add_config_flags
     from pm_lightning.inference.cache import add_cache_flags
+    from pm_lightning.inference.runtime import add_runtime_flags
 
     p.add_argument("--base", default="tiny", help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id")
     p.add_argument("--stage2", type=Path, default=None, help="stage-2 (dual reference) LoRA file")
@@ -17,12 +18,15 @@ def common_flags(p: argparse.ArgumentParser) -> None:
         "--stage2-fuse",
         type=Path,
         default=None,
-        help="stage-1 LoRA the stage-2 LoRA was trained on (fused first; tiny default from experiments/tiny_stage2.yaml)",
+        help="stage-1 LoRA the stage-2 LoRA was trained on (fused first; default: the one the stage-2 file records, "
+        "else for tiny experiments/tiny_stage2.yaml's)",
     )
     p.add_argument("--steps", nargs="+", default=None, help="one step text per frame (captions; Delta_sem)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-inference-steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument(
+        "--num-inference-steps", type=int, default=None, help="sampler steps (default: the variant's; FLUX.1-dev 28)"
+    )
+    p.add_argument("--guidance", type=float, default=None, help="guidance (default: the variant's; FLUX.1-dev 3.5)")
     p.add_argument(
         "--cell", type=int, default=None, help="stage-2 frame size in px (default: the frames' size, whole 16 px)"
     )
@@ -32,8 +36,16 @@ def common_flags(p: argparse.ArgumentParser) -> None:
         "--insert-batch", type=int, default=8, help="stage-2 insertions sampled together per call (memory cap)"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_runtime_flags(p)
     add_cache_flags(p)
     add_config_flags(p)
+
+
+def parse_inference_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`p.parse_args(argv)` with the sampler defaults of the base variant filled in (generate, adapt, the demo)."""
+    from pm_lightning.inference.runtime import fill_sampler_defaults
+
+    return fill_sampler_defaults(p.parse_args(argv))
 
 
 def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
@@ -55,7 +67,12 @@ def generate_parser(prog: str = "python -m pm_lightning.generate", description: 
     p.add_argument("--adaptive", action="store_true", help="run the sliding-window adaptive steps")
     p.add_argument("--image", type=Path, default=None, help="ReCraft: the finished image -> the steps before it")
     p.add_argument("--recraft", type=Path, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)")
-    p.add_argument("--recraft-fuse", type=Path, default=None, help="stage-1 LoRA the ReCraft LoRA was trained on")
+    p.add_argument(
+        "--recraft-fuse",
+        type=Path,
+        default=None,
+        help="stage-1 LoRA the ReCraft LoRA was trained on (default: the one the ReCraft file records)",
+    )
     p.add_argument(
         "--frames",
         type=int,

@@ -21,14 +21,19 @@ def generate_grids(
     guidance: float = 1.0,
     seed: int = 0,
     max_sequence_length: int | None = None,
+    embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Image.Image]:
-    """One grid image per prompt; sample i uses domain `domains[i]` and the generator seed + i."""
+    """One grid image per prompt; sample i uses domain `domains[i]` and the generator seed + i. `embeds`:
+    precomputed (prompt_embeds (B, T, D), pooled (B, P)) of the prompts, for a pipeline without text encoders."""
     device = pipe.transformer.device
     generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(len(prompts))]
     kwargs = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+    if embeds is None:
+        kwargs["prompt"] = list(prompts)
+    else:
+        kwargs.update(prompt_embeds=embeds[0], pooled_prompt_embeds=embeds[1])
     with use_domains(pipe.transformer, domains.to(device)):
         out = pipe(
-            prompt=list(prompts),
             height=resolution,
             width=resolution,
             num_inference_steps=num_inference_steps,

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pm_lightning.data.importers import BadInput, load_user_image
 from pm_lightning.inference.cache import CacheConfig, cache_from_args, transformer_cache
+from pm_lightning.inference.runtime import Runtime
 from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1
 
 
@@ -23,16 +24,14 @@ def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
     """Grid side in px: the variant's training resolution (tiny 192, else 1024) rounded up to whole 16-px cells
     per row (FLUX.1-dev: 9 frames -> 1056, 4 frames -> 1024)."""
     from pm_lightning.data.grid import layout_for
-    from pm_lightning.models.variants import VARIANTS
+    from pm_lightning.models.variants import find_variant
 
     rows, _ = layout_for(frames)
     if override:
         if override % (16 * rows):
             raise BadInput(f"--resolution {override} does not split into {rows} cells of whole 16-px tokens")
         return override
-    variant = VARIANTS.get(base) or next(
-        (v for v in VARIANTS.values() if Path(v.location()).resolve() == Path(base).resolve()), None
-    )
+    variant = find_variant(base)
     res = variant.resolution if variant is not None and variant.resolution else 1024
     return math.ceil(res / (16 * rows)) * 16 * rows
 
@@ -58,8 +57,9 @@ class Models:
     weight 1 and each extra (file, weight) as "extra<i>", combined by diffusers' multi-adapter weighting
     (`pipe.set_adapters(names, adapter_weights)`): MakeAnything's style-LoRA stacking."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, runtime: Runtime | None = None):
         self.base = base
+        self.runtime = runtime or Runtime()
         self.backbone = None
         self.fused: str | None = None
         self.loaded: tuple | None = None
@@ -72,7 +72,10 @@ class Models:
         fused = str(fused) if fused else None
         wanted = (str(lora) if lora else None, tuple((str(p), float(w)) for p, w in extras))
         if self.backbone is None or (self.fused is not None and self.fused != fused):
-            self.backbone, self.fused, self.loaded = FluxBackbone.from_pretrained(self.base), None, None
+            self.backbone = None  # the old one's memory is free before the new one loads
+            self.backbone = FluxBackbone.from_pretrained(self.base, dtype=self.runtime.dtype)
+            self.runtime.place(self.backbone)
+            self.fused, self.loaded = None, None
         if self.loaded is not None and self.loaded != wanted:
             self.backbone.pipeline().unload_lora_weights()
             self.loaded = None
@@ -163,6 +166,36 @@ def stage_file(flag: Path | None, default: Path | None, what: str, make: str, no
     return None
 
 
+def stage1_under(
+    lora: Path | None, flag: Path | None, kind: str, tiny: bool, option: str, notes: list[str]
+) -> Path | None:
+    """The stage-1 file to fuse under a stage-2 / ReCraft `lora`: the flag's; else the one the LoRA records in its
+    metadata (`LoraExport` / `export` write it; a changed file is noted); else, for the tiny base, the tiny config's
+    `model.init_args.stage1`; else none (the plain base)."""
+    from pm_lightning.core.paths import project_path
+    from pm_lightning.models.lora_files import file_sha256, read_stage1_metadata
+
+    if flag is not None:
+        if not Path(flag).is_file():
+            raise BadInput(f"stage-1 file fused under the {kind} LoRA {str(flag)!r} not found ({option})")
+        return Path(flag)
+    recorded = read_stage1_metadata(lora) if lora is not None else None
+    if recorded is None:
+        return fused_stage1(kind) if tiny and lora is not None else None
+    path, sha = recorded
+    if not path:
+        return None  # trained on the plain base
+    found = next((p for p in (Path(path), project_path(path)) if p.is_file()), None)
+    if found is None:
+        raise BadInput(
+            f"the {kind} LoRA {lora} was trained on the stage-1 file {path!r} (sha256 {sha[:12]}), which is not "
+            f"here: give it with {option} FILE"
+        )
+    if sha and file_sha256(found) != sha:
+        notes.append(f"{found} differs from the stage-1 file the {kind} LoRA was trained on (sha256 {sha[:12]})")
+    return found
+
+
 def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, args, cfg, notes: list[str]):
     """Adaptive steps on `frames` with stage-2 insertions and the evaluators; returns the AdaptiveResult."""
     from pm_lightning.eval.encoders import Encoders
@@ -170,9 +203,7 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
 
     tiny = models.base == "tiny"
     stage2 = stage_file(args.stage2, default_lora("stage2") if tiny else None, "stage-2", "make train-stage2", notes)
-    fuse = args.stage2_fuse or (fused_stage1("stage2") if tiny and stage2 is not None else None)
-    if fuse is not None and not Path(fuse).is_file():
-        raise BadInput(f"stage-1 file fused under the stage-2 LoRA {str(fuse)!r} not found (--stage2-fuse)")
+    fuse = stage1_under(stage2, args.stage2_fuse, "stage2", tiny, "--stage2-fuse", notes)
     backbone = models.use(fuse, stage2)
     cell = args.cell or max(16, frames[0].size[0] // 16 * 16)
     insert_batch = make_insert_fn(
@@ -185,7 +216,7 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
         args.insert_batch,
         cache_from_args(args),
     )
-    scorer = EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino))
+    scorer = EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino, device=models.runtime.device))
     result = adapt_sequence(frames, scorer, cfg=cfg, steps=steps, insert_batch=insert_batch)
     result.report["models"] = {
         "stage2": str(stage2) if stage2 else None,
@@ -249,7 +280,7 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
         recraft_file = stage_file(
             args.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes
         )
-        fuse = args.recraft_fuse or (fused_stage1("recraft") if tiny and recraft_file is not None else None)
+        fuse = stage1_under(recraft_file, args.recraft_fuse, "recraft", tiny, "--recraft-fuse", notes)
         backbone = models.use(fuse, recraft_file)
         with transformer_cache(backbone.transformer, cache_from_args(args)):
             frames = recraft(
@@ -286,6 +317,7 @@ def generation_report(
             "num_inference_steps": args.num_inference_steps,
             "guidance": args.guidance,
             "max_sequence_length": models.backbone.max_sequence_length,
+            **models.runtime.describe(),
             "adaptive": args.adaptive,
             "cache": vars(cache_from_args(args)),
             "insert_batch": args.insert_batch,

@@ -58,6 +58,13 @@ def caption_key(caption: str) -> str:
 # -- finding the weights ------------------------------------------------------------------------------
 
 
+class MissingTextEmbeddings(KeyError):
+    """A caption is not in the text cache and the text encoders were not loaded (`text_cache_only`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class BackboneNotFoundError(FileNotFoundError):
     """The Flux backbone is neither a local directory nor in the Hugging Face cache / hub."""
 
@@ -166,6 +173,7 @@ class FluxBackbone(nn.Module):
         text_cache_dir: str | os.PathLike | None = None,
         source: str = "",
         guidance: float = 1.0,
+        text_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.transformer, self.vae = transformer, vae
@@ -173,8 +181,11 @@ class FluxBackbone(nn.Module):
         self.tokenizer, self.tokenizer_2, self.scheduler = tokenizer, tokenizer_2, scheduler
         self.max_sequence_length = max_sequence_length
         self.text_cache_dir = Path(text_cache_dir) if text_cache_dir else None
+        # the text encoders' dtype (part of the cache key), known without them when they are not loaded
+        self.text_dtype = text_dtype or (text_encoder_2.dtype if text_encoder_2 is not None else torch.float32)
         self.source = source
         self.guidance = guidance
+        self._pipeline = None  # built once: diffusers' offload hooks and settings live on the pipeline object
         self.requires_grad_(False)
         self.train(False)
 
@@ -186,12 +197,19 @@ class FluxBackbone(nn.Module):
         gradient_checkpointing: bool = False,
         text_cache_dir: str | os.PathLike | None = None,
         max_sequence_length: int | None = None,
+        text_encoders: bool = True,
+        image_models: bool = True,
     ) -> FluxBackbone:
         """Load every component of `source` (variant name, local directory or hub id) in `dtype`.
 
         `max_sequence_length` (T5 tokens) defaults to the variant's, else the T5 tokenizer's
         `model_max_length` capped at 512. A missing model raises `BackboneNotFoundError`.
+        `text_encoders=False` leaves CLIP and T5 unloaded (None): every caption must then be in `text_cache_dir`
+        (`python -m pm_lightning.text_cache` fills it), and a missing one raises `MissingTextEmbeddings`.
+        `image_models=False` leaves the transformer and VAE unloaded (text encoding only).
         """
+        if not text_encoders and text_cache_dir is None:
+            raise ValueError("the text encoders can stay unloaded only with a text cache (text_cache_dir)")
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
@@ -203,12 +221,20 @@ class FluxBackbone(nn.Module):
                 scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(root, subfolder="scheduler", **kw),
                 tokenizer=AutoTokenizer.from_pretrained(root, subfolder="tokenizer", **kw),
                 tokenizer_2=AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2", **kw),
-                text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw),
-                text_encoder_2=T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2", dtype=dtype, **kw),
-                vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype, **kw),
+                text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw)
+                if text_encoders
+                else None,
+                text_encoder_2=T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2", dtype=dtype, **kw)
+                if text_encoders
+                else None,
+                vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype, **kw)
+                if image_models
+                else None,
                 transformer=FluxTransformer2DModel.from_pretrained(
                     root, subfolder="transformer", torch_dtype=dtype, **kw
-                ),
+                )
+                if image_models
+                else None,
             )
         except (OSError, ValueError) as err:  # hub/HTTP errors subclass OSError; bad repo ids raise ValueError
             raise not_found_error(variant.location() if variant else source, err) from err
@@ -221,8 +247,10 @@ class FluxBackbone(nn.Module):
             max_sequence_length=max_sequence_length,
             text_cache_dir=text_cache_dir,
             source=variant.name if variant else source,
+            text_dtype=dtype,
         )
-        backbone.set_gradient_checkpointing(gradient_checkpointing)
+        if image_models:
+            backbone.set_gradient_checkpointing(gradient_checkpointing)
         return backbone
 
     # -- state ------------------------------------------------------------------------------------
@@ -230,7 +258,8 @@ class FluxBackbone(nn.Module):
     def train(self, mode: bool = True) -> FluxBackbone:
         """Only the transformer follows `mode`; the frozen encoders and VAE stay in eval (no dropout)."""
         super().train(False)
-        self.transformer.train(mode)
+        if self.transformer is not None:
+            self.transformer.train(mode)
         self.training = mode
         return self
 
@@ -243,7 +272,9 @@ class FluxBackbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        """The transformer's device (the text encoders' when only they are loaded)."""
+        module = self.transformer if self.transformer is not None else self.text_encoder_2
+        return next(module.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -285,7 +316,7 @@ class FluxBackbone(nn.Module):
 
     def _cache_dir(self) -> Path:
         """Per-encoder subfolder, so two backbones never share entries; files inside are keyed by caption only."""
-        ident = f"{self.source}|{self.max_sequence_length}|{self.text_encoder_2.dtype}|{self.text_encoder.dtype}"
+        ident = f"{self.source}|{self.max_sequence_length}|{self.text_dtype}|{self.text_dtype}"
         return self.text_cache_dir / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -299,7 +330,7 @@ class FluxBackbone(nn.Module):
             embeds, pooled = self._encode_text_uncached(captions)
         else:
             embeds, pooled = self._encode_text_cached(captions)
-        txt_ids = torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=self.text_encoder.dtype)  # (T, 3)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=self.text_dtype)  # (T, 3)
         return embeds, pooled, txt_ids
 
     def _encode_text_cached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,6 +347,13 @@ class FluxBackbone(nn.Module):
                 except Exception as err:  # noqa: BLE001 - a damaged entry is re-encoded, never fatal
                     log.warning("text cache entry %s is unreadable (%s): encoding the caption again", path, err)
         missing = sorted({c for c, p in zip(captions, paths) if p not in found})
+        if missing and self.text_encoder is None:
+            raise MissingTextEmbeddings(
+                f"{len(missing)} caption(s) not in the text cache {folder} and the text encoders are not loaded "
+                f"(text_cache_only), e.g. {missing[0]!r}. Precompute them: python -m pm_lightning.text_cache "
+                f"--shards <the training shards> --base {self.source} --dtype {str(self.text_dtype).removeprefix('torch.')} "
+                f"--max-sequence-length {self.max_sequence_length} --out {self.text_cache_dir}"
+            )
         if missing:
             embeds, pooled = self._encode_text_uncached(missing)
             for i, caption in enumerate(missing):
@@ -386,18 +424,14 @@ class FluxBackbone(nn.Module):
     forward = predict
 
     def pipeline(self):
-        """A stock `diffusers.FluxPipeline` sharing these components (for sampling)."""
+        """The stock `diffusers.FluxPipeline` sharing these components (for sampling), built on first use and kept,
+        so `enable_model_cpu_offload` and the like, which record state on the pipeline, hold for every call."""
         from diffusers import FluxPipeline
 
-        return FluxPipeline(
-            scheduler=self.scheduler,
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            text_encoder_2=self.text_encoder_2,
-            tokenizer_2=self.tokenizer_2,
-            transformer=self.transformer,
-        )
+        parts = {name: getattr(self, name) for name in COMPONENTS}
+        if self._pipeline is None or any(getattr(self._pipeline, k) is not v for k, v in parts.items()):
+            self._pipeline = FluxPipeline(**parts)  # first use, or a component was replaced since
+        return self._pipeline
 
 
 def meta_transformer(variant: str | Variant):

@@ -61,12 +61,15 @@ def export_domain_lora(
     dtype: torch.dtype = torch.float32,
     fmt: str = "diffusers",
     domain_name: str = "",
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write `domain`'s adapter of `transformer` as a Flux LoRA file, atomically; returns the path.
 
     fmt "diffusers": diffusers' own writer (`FluxPipeline.save_lora_weights`); "kohya": sd-scripts keys with alphas
-    (`models/kohya.py`), what ComfyUI / Forge / kohya tools read (and diffusers converts on load)."""
+    (`models/kohya.py`), what ComfyUI / Forge / kohya tools read (and diffusers converts on load). `metadata` goes
+    into the safetensors header next to the writer's own (`stage1_metadata`: the base a stage-2 LoRA needs)."""
     from diffusers import FluxPipeline
+    from safetensors.torch import save_file
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown LoRA format {fmt!r}; choose from {FORMATS}")
@@ -74,15 +77,45 @@ def export_domain_lora(
     sd = {k: v.to(dtype) for k, v in domain_lora_state_dict(transformer, domain).items()}
     with atomic_path(path) as tmp:
         if fmt == "diffusers":
-            FluxPipeline.save_lora_weights(tmp.parent, transformer_lora_layers=sd, weight_name=tmp.name)
-        else:
-            from safetensors.torch import save_file
 
+            def save(weights, filename):  # diffusers' own writer, with our keys beside its {"format": "pt"}
+                save_file(weights, filename, metadata={"format": "pt", **(metadata or {})})
+
+            FluxPipeline.save_lora_weights(
+                tmp.parent, transformer_lora_layers=sd, weight_name=tmp.name, save_function=save
+            )
+        else:
             from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
 
             rank = next(v.shape[0] for k, v in sd.items() if k.endswith("lora_A.weight"))
-            save_file(diffusers_to_kohya(sd, transformer), str(tmp), metadata=kohya_metadata(rank, domain_name))
+            header = {**kohya_metadata(rank, domain_name), **(metadata or {})}
+            save_file(diffusers_to_kohya(sd, transformer), str(tmp), metadata=header)
     return path
+
+
+STAGE1_KEY, STAGE1_SHA_KEY = "pm_lightning.stage1", "pm_lightning.stage1_sha256"
+
+
+def stage1_metadata(hparams: dict) -> dict[str, str]:
+    """The safetensors metadata of a stage-2 / ReCraft LoRA: the stage-1 file fused under it (path, sha256; "" for the
+    plain base). Empty for a run with no `stage1` hyperparameter (a stage-1 run)."""
+    if "stage1" not in hparams:
+        return {}
+    return {STAGE1_KEY: str(hparams.get("stage1") or ""), STAGE1_SHA_KEY: str(hparams.get("stage1_sha256") or "")}
+
+
+def read_stage1_metadata(path: str | Path) -> tuple[str, str] | None:
+    """(stage-1 path, sha256) recorded in a LoRA file ("" = trained on the plain base); None when not recorded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - not a safetensors file: load_lora_file reports it with the fix
+        return None
+    if STAGE1_KEY not in meta:
+        return None
+    return meta[STAGE1_KEY], meta.get(STAGE1_SHA_KEY, "")
 
 
 def transformer_skeleton(base: str) -> nn.Module:

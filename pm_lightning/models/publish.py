@@ -13,6 +13,7 @@ from pm_lightning.models.lora_files import (
     export_domain_lora,
     load_checkpoint,
     load_checkpoint_adapters,
+    stage1_metadata,
 )
 from pm_lightning.models.model_card import latest_samples, write_model_card
 
@@ -47,7 +48,7 @@ def export_checkpoint(
     for name in domains:
         index = 0 if name == "lora" and cfg.kind == "lora" else domain_index_of(name, known)
         path = out if single else folder / f"{name}{SUFFIX[fmt]}"
-        export_domain_lora(transformer, index, path, dtype, fmt, domain_name=name)
+        export_domain_lora(transformer, index, path, dtype, fmt, domain_name=name, metadata=stage1_metadata(hparams))
         files[name] = path.name
     run_dir = Path(ckpt_path).resolve().parent.parent
     card_files = {name: domain for domain, name in files.items()}

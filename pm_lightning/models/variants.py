@@ -32,6 +32,8 @@ class Variant:
     resolution: int = 1024
     max_sequence_length: int = 512
     align_layers: tuple[int, ...] = field(default=())
+    num_inference_steps: int = 28  # sampler defaults (generate / adapt without --num-inference-steps / --guidance)
+    guidance_scale: float = 3.5
 
     def location(self) -> str:
         """Hub id or local directory of the weights (the embedded tiny Flux is looked up in the project home)."""
@@ -53,9 +55,23 @@ VARIANTS: dict[str, Variant] = {
         guidance_embeds=False,
         max_sequence_length=256,
         align_layers=(4, 9, 14, 19, 29),
+        num_inference_steps=4,  # timestep-distilled: 4 steps, no guidance (its model card)
+        guidance_scale=0.0,
     ),
-    "tiny": Variant("tiny", EMBEDDED, None, guidance_embeds=True, resolution=192, max_sequence_length=32),
+    "tiny": Variant(
+        "tiny",
+        EMBEDDED,
+        None,
+        guidance_embeds=True,
+        resolution=192,
+        max_sequence_length=32,
+        num_inference_steps=20,
+        guidance_scale=1.0,
+    ),
 }
+
+# FluxPipeline.__call__'s own defaults, for a base that is no known variant (a local directory or another hub id)
+PIPELINE_SAMPLER = (28, 3.5)
 
 
 def get_variant(name: str) -> Variant:
@@ -64,3 +80,23 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise KeyError(f"unknown Flux variant {name!r}; known: {sorted(VARIANTS)}") from None
+
+
+def find_variant(base: str) -> Variant | None:
+    """The variant a `--base` names: its name, its hub id, or the directory it lives in; None for anything else."""
+    from pathlib import Path
+
+    if base in VARIANTS:
+        return VARIANTS[base]
+    for v in VARIANTS.values():
+        if base == v.source:
+            return v
+    target = Path(base).expanduser()
+    if not target.exists():
+        return None
+    return next((v for v in VARIANTS.values() if Path(v.location()).resolve() == target.resolve()), None)
+
+
+def sampler_defaults(variant: Variant | None) -> tuple[int, float]:
+    """(num_inference_steps, guidance) of a variant; FluxPipeline's defaults for an unknown base."""
+    return (variant.num_inference_steps, variant.guidance_scale) if variant is not None else PIPELINE_SAMPLER

@@ -38,6 +38,7 @@ class FlowMatchingModule(L.LightningModule):
         dtype: str | None = None,
         gradient_checkpointing: bool = False,
         text_cache_dir: str | None = None,
+        text_cache_only: bool = False,
         seed: int = 0,
         max_nonfinite_steps: int = 5,
     ):
@@ -51,6 +52,9 @@ class FlowMatchingModule(L.LightningModule):
                 precision and strategy (`pm_lightning/training/precision.py`). Adapters always train in fp32.
             gradient_checkpointing: recompute block activations in the backward pass.
             text_cache_dir: on-disk cache of text embeddings keyed by caption text.
+            text_cache_only: never load the text encoders (T5-XXL, CLIP): every caption, and every sample prompt,
+                must be in `text_cache_dir` (fill it once with `python -m pm_lightning.text_cache`); a missing one
+                stops the run with the caption and that command. Off: missing captions are encoded and cached.
             seed: seed of the per-step noise and timesteps (and of stage 2's frame choice).
             max_nonfinite_steps: consecutive steps with a non-finite loss or gradient that are skipped (no optimizer
                 update) before the run stops with a message naming the step and the last good checkpoint.
@@ -58,10 +62,12 @@ class FlowMatchingModule(L.LightningModule):
         super().__init__()
         if dtype is not None:
             parse_dtype(dtype)  # a wrong name fails at load, not when the model is built
+        if text_cache_only and not text_cache_dir:
+            raise ValueError("model.init_args.text_cache_only needs model.init_args.text_cache_dir (the cache to read)")
         self.base, self.domains = base, list(domains or [])
         self.flow_cfg, self.optim_cfg = flow or FlowConfig(), optimizer or OptimizerConfig()
         self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
-        self.text_cache_dir, self.seed = text_cache_dir, seed
+        self.text_cache_dir, self.text_cache_only, self.seed = text_cache_dir, text_cache_only, seed
         self.backbone = None
         self.val_fm: PerDomainMean | None = None
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
@@ -79,6 +85,7 @@ class FlowMatchingModule(L.LightningModule):
             "dtype": self.dtype_name,
             "gradient_checkpointing": self.gradient_checkpointing,
             "text_cache_dir": self.text_cache_dir,
+            "text_cache_only": self.text_cache_only,
             "seed": self.seed,
             "max_nonfinite_steps": self.nonfinite.limit,
         }
@@ -104,6 +111,7 @@ class FlowMatchingModule(L.LightningModule):
             dtype=self.model_dtype(),
             gradient_checkpointing=self.gradient_checkpointing,
             text_cache_dir=self.text_cache_dir,
+            text_encoders=not self.text_cache_only,
         )
         self.add_stage_adapters(self.backbone.transformer)
 

@@ -27,6 +27,14 @@ T = image + text tokens, N = image tokens, D = hidden width, K = blocks, L = ali
                     Without checkpointing: K x SAVED_PER_BLOCK x B x T x D x 2 + GRAD_PER_BLOCK x B x T x D x 2.
 * alignment         L x B x N x D x 2 x ALIGN_PER_LAYER (teacher features in bf16 + the fp32 tensors that
                     the distance saves for backward).
+* text encoders     T5-XXL + CLIP-L weights in bf16 on every GPU, unless the text cache keeps them off
+                    (`text_cache_only: true`, filled by `python -m pm_lightning.text_cache`): 0.
+* VAE               its weights in bf16 (the encode itself runs under no_grad before the transformer and is
+                    freed before the step's peak).
+* alignment teacher the same transformer with the adapters off, under no_grad: no weights of its own; its
+                    features are the "alignment features" row, its working set is freed block by block.
+* quantized base    fp8 weight-only (torchao): 1 byte per Linear weight of the base; NF4 (bitsandbytes, double
+                    quantization): 4.127 bits; everything else (norms, embeddings, biases) stays bf16.
 * CUDA context      a constant (context, kernels, allocator slack): outside max_memory_allocated.
 """
 
@@ -57,6 +65,15 @@ CUDA_CONTEXT_GIB = 1.5
 """CUDA context, cuBLAS/flash workspaces and allocator fragmentation (not in max_memory_allocated)."""
 DEEPSPEED_BUCKET = 200_000_000
 """Lightning's DeepSpeedStrategy default reduce/allgather bucket size, in elements."""
+QUANT_AVAILABLE = ("none",)
+"""Quantization options a training config can switch on today; fp8 / NF4 rows are planning figures only."""
+QUANT_BYTES = {"none": 2.0, "fp8": 1.0, "nf4": 4.127 / 8}
+"""Bytes per quantizable (Linear weight) parameter of the frozen base: bf16, torchao fp8 weight-only (per-channel
+scales, negligible), bitsandbytes NF4 with double quantization (4 bits + 0.127 bits of block scales)."""
+FLUX_TEXT_ENCODER_PARAMS = 4_762_310_656 + 123_060_480
+"""T5 v1.1 XXL encoder + CLIP ViT-L/14 text model (FLUX.1-dev / schnell's text_encoder_2 and text_encoder)."""
+FLUX_VAE_PARAMS = 83_819_683
+"""FLUX.1's AutoencoderKL (16 latent channels)."""
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -74,6 +91,11 @@ class ModelShape:
     """(frozen, trainable) parameters of each FSDP unit: the double- then single-stream blocks."""
     hidden: int
     """Hidden width D."""
+    linear_params: int = 0
+    """Frozen Linear weights: what a quantized base stores in fp8 / NF4."""
+    text_encoder_params: int = 0
+    """T5 + CLIP text encoders (on the GPU unless the text cache replaces them)."""
+    vae_params: int = 0
 
     @property
     def adapter_params(self) -> int:
@@ -109,17 +131,45 @@ def shape_of(transformer: torch.nn.Module) -> ModelShape:
         adapter_shapes=tuple(tuple(p.shape) for p in adapter_parameters(transformer)),
         units=units,
         hidden=cfg.num_attention_heads * cfg.attention_head_dim,
+        linear_params=sum(
+            m.weight.numel()
+            for m in transformer.modules()
+            if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+        ),
     )
 
 
 def model_shape(variant: str, adapter: AdapterConfig) -> ModelShape:
-    """Build `variant` on the meta device, add `adapter`, and read its shape (seconds, no memory)."""
+    """Build `variant` on the meta device, add `adapter`, and read its shape (seconds, no memory); FLUX.1's text
+    encoders and VAE are known counts, the tiny ones are counted from their configs on the meta device."""
+    from dataclasses import replace
+
     from pm_lightning.models.backbone import meta_transformer
 
     with torch.device("meta"):
         transformer = meta_transformer(variant)
         add_adapters(transformer, adapter)
-    return shape_of(transformer)
+    shape = shape_of(transformer)
+    if variant in ("flux-dev", "flux-schnell"):
+        return replace(shape, text_encoder_params=FLUX_TEXT_ENCODER_PARAMS, vae_params=FLUX_VAE_PARAMS)
+    return replace(shape, **_counted_from_configs(variant))
+
+
+def _counted_from_configs(variant: str) -> dict[str, int]:
+    """Text encoder and VAE parameters of a local pipeline, built on the meta device from its configs."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from pm_lightning.models.backbone import resolve_source
+    from pm_lightning.models.variants import get_variant
+
+    root = resolve_source(get_variant(variant).location())
+    with torch.device("meta"):
+        clip = CLIPTextModel(CLIPTextConfig.from_pretrained(root, subfolder="text_encoder"))
+        t5 = T5EncoderModel(T5Config.from_pretrained(root, subfolder="text_encoder_2"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root, subfolder="vae"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"text_encoder_params": count(clip) + count(t5), "vae_params": count(vae)}
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -169,8 +219,14 @@ class Workload:
     """Hooked layers of the representation alignment (0 = alignment off)."""
     checkpointing: bool = True
     optimizer: str = "came"
+    text_encoders: bool = False
+    """T5 + CLIP on the GPU (no text cache)."""
+    quant: str = "none"
+    """Frozen base storage: "none" (bf16), "fp8" (torchao weight-only) or "nf4" (bitsandbytes)."""
 
     def __post_init__(self):
+        if self.quant not in QUANT_BYTES:
+            raise ValueError(f"Workload.quant must be one of {sorted(QUANT_BYTES)}, got {self.quant!r}")
         if not 0 <= self.text_tokens < self.tokens:
             raise ValueError(f"Workload.text_tokens must be in [0, tokens), got {self.text_tokens} of {self.tokens}")
         if self.batch < 1:
@@ -245,8 +301,9 @@ def components(shape: ModelShape, work: Workload, strategy: Strategy, gpus: int)
         return math.ceil(x / n) if flag else int(x)
 
     state = optimizer_state_elements(shape.adapter_shapes, work.optimizer)
+    base = p * BF16 + shape.linear_params * (QUANT_BYTES[work.quant] - BF16)
     out = {
-        "frozen base": sharded(p * BF16, strategy.shard_params),
+        "frozen base": sharded(base, strategy.shard_params),
         "adapter weights (fp32)": sharded(a * FP32, strategy.shard_params or strategy.engine == "deepspeed"),
         "adapter bf16 copy": 0 if strategy.engine == "fsdp" else sharded(a * BF16, strategy.shard_params),
         "adapter grads (fp32)": sharded(a * FP32, strategy.shard_states),
@@ -255,6 +312,8 @@ def components(shape: ModelShape, work: Workload, strategy: Strategy, gpus: int)
         "comm buffers": _comm(shape, strategy),
     }
     out.update(activation_bytes(shape, work))
+    out["text encoders (bf16)"] = shape.text_encoder_params * BF16 if work.text_encoders else 0
+    out["VAE (bf16)"] = shape.vae_params * BF16
     out["CUDA context + slack"] = int(CUDA_CONTEXT_GIB * GiB)
     return out
 
@@ -298,6 +357,66 @@ def plan_all(shape: ModelShape, work: Workload, gpus: int = 8, gpu_gib: float = 
     return [Plan(name, gpus, gpu_gib, components(shape, work, s, gpus)) for name, s in STRATEGIES.items()]
 
 
+SPEED_ORDER = ("ddp", "zero2", "fsdp_shard_grad_op", "fsdp_full_shard")
+"""Fastest first: DDP communicates least; FSDP2 with resharding gathers every unit twice per step."""
+
+
+def options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> list[dict]:
+    """Every (text cache, quantization, strategy) of `work` with its total per GPU and whether it fits."""
+    from dataclasses import replace
+
+    out = []
+    for text_encoders in (False, True):
+        for quant in QUANT_BYTES:
+            w = replace(work, text_encoders=text_encoders, quant=quant)
+            for plan in plan_all(shape, w, gpus, gpu_gib):
+                out.append(
+                    {"strategy": plan.strategy, "quant": quant, "text_cache": not text_encoders}
+                    | {"total": plan.total, "fits": plan.fits}
+                )
+    return out
+
+
+def recommend(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> dict | None:
+    """The configuration to use on this card: text cache on, the least quantization that fits, then the fastest
+    strategy that fits; None when nothing does (fewer tokens, a smaller adapter or more GPUs)."""
+    fitting = [o for o in options(shape, work, gpus, gpu_gib) if o["fits"] and o["text_cache"]]
+    quant_rank = list(QUANT_BYTES)
+    fitting.sort(key=lambda o: (quant_rank.index(o["quant"]), SPEED_ORDER.index(o["strategy"])))
+    return fitting[0] if fitting else None
+
+
+def format_options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> str:
+    """Markdown: total GiB per GPU of every strategy x quantization, with and without the text cache, and the
+    recommendation."""
+    opts = options(shape, work, gpus, gpu_gib)
+    lines = [
+        f"| {gpus} x {gpu_gib:g} GiB: total GiB per GPU | " + " | ".join(STRATEGIES) + " |",
+        "|---" + "|---:" * len(STRATEGIES) + "|",
+    ]
+    for cache in (True, False):
+        for quant in QUANT_BYTES:
+            row = {o["strategy"]: o for o in opts if o["quant"] == quant and o["text_cache"] == cache}
+            cells = [f"{row[s]['total'] / GiB:.1f}{'' if row[s]['fits'] else ' (no)'}" for s in STRATEGIES]
+            label = f"base {quant if quant != 'none' else 'bf16'}, {'text cache' if cache else 'T5 + CLIP on GPU'}"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    best = recommend(shape, work, gpus, gpu_gib)
+    if best is None:
+        lines.append(
+            f"\nrecommended on {gpu_gib:g} GiB: nothing fits; use more GPUs, fewer tokens or a smaller adapter"
+        )
+    else:
+        config = STRATEGIES[best["strategy"]].config
+        quant = "" if best["quant"] == "none" else f", frozen base in {best['quant']}"
+        if best["quant"] not in QUANT_AVAILABLE:
+            quant += " (a planning figure: no training config quantizes the base yet, docs/SCALING.md)"
+        lines.append(
+            f"\nrecommended on {gpu_gib:g} GiB: {best['strategy']} ({config}), text cache (text_cache_only: true)"
+            f"{quant}: {best['total'] / GiB:.1f} GiB per GPU"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -310,7 +429,8 @@ def format_table(plans: list[Plan], shape: ModelShape, work: Workload) -> str:
     lines = [
         f"base {shape.base_params:,} params, adapters {shape.adapter_params:,} ({work.optimizer}); {work.tokens} tokens "
         f"({work.image_tokens} image + {work.text_tokens} text) x batch {work.batch} per GPU; "
-        f"{work.align_layers} alignment layers; checkpointing {'on' if work.checkpointing else 'off'}",
+        f"{work.align_layers} alignment layers; checkpointing {'on' if work.checkpointing else 'off'}; "
+        f"text encoders {'on the GPU' if work.text_encoders else 'off (text cache)'}; base {work.quant}",
         "",
         head,
         "|---" + "|---:" * len(plans) + "|",
@@ -333,6 +453,8 @@ def to_json(plans: list[Plan], shape: ModelShape, work: Workload) -> dict:
             "align_layers": work.align_layers,
             "checkpointing": work.checkpointing,
             "optimizer": work.optimizer,
+            "text_encoders": work.text_encoders,
+            "quant": work.quant,
         },
         "plans": {
             p.strategy: {"gpus": p.gpus, "gpu_gib": p.gpu_gib, "bytes": p.components, "total": p.total, "fits": p.fits}

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 
 from pm_lightning.data.domains import UNSEEN_DOMAIN
-from pm_lightning.models.lora_files import FORMATS, adapter_skeleton, export_domain_lora
+from pm_lightning.models.lora_files import FORMATS, adapter_skeleton, export_domain_lora, stage1_metadata
 from pm_lightning.models.model_card import latest_samples, write_model_card
 from pm_lightning.models.publish import SUFFIX
 
@@ -66,11 +66,11 @@ class LoraExport(Callback):
             files = {"lora": 0}
         else:  # every domain, plus the domain-free LoRA for unseen domains (all-ones mask / mean of the Bs)
             files = {**{name: i for i, name in enumerate(pl_module.domains)}, "unseen": UNSEEN_DOMAIN}
-        written = {}
+        written, header = {}, stage1_metadata(dict(pl_module.hparams))
         for (name, index), fmt in itertools.product(files.items(), self.formats):
             path = out / f"{name}{SUFFIX[fmt]}"
             try:  # non-essential: the checkpoint holds the adapters, and `python -m pm_lightning.export` rebuilds a file
-                export_domain_lora(transformer, index, path, fmt=fmt, domain_name=name)
+                export_domain_lora(transformer, index, path, fmt=fmt, domain_name=name, metadata=header)
                 written[path.name] = name
             except OSError as err:
                 self.failures += 1

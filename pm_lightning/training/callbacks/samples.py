@@ -100,8 +100,12 @@ class SampleGrids(Callback):
         domains = torch.tensor([domain_index(p["domain"], pl_module.domains) for p in self.prompts])
         was_training = pl_module.training
         pl_module.eval()
-        pipe = pl_module.backbone.pipeline()
+        backbone = pl_module.backbone
+        pipe = backbone.pipeline()
         pipe.set_progress_bar_config(disable=not progress)
+        embeds = None
+        if getattr(backbone, "text_encoder", True) is None:  # text_cache_only: the prompts come from the cache too
+            embeds = backbone.encode_text([p["caption"] for p in self.prompts])[:2]
         images = generate_grids(
             pipe,
             [p["caption"] for p in self.prompts],
@@ -111,6 +115,7 @@ class SampleGrids(Callback):
             self.guidance,
             self.seed,
             getattr(pl_module.backbone, "max_sequence_length", None),
+            embeds,
         )
         pl_module.train(was_training)
         return images

@@ -1,0 +1,152 @@
+"""One GPU check of the FLUX.1-dev path (random weights, no download), the Python half of `bench/gpu_check.sh`.
+
+    .venv/bin/python bench/gpu_check.py                 # GPU: FLUX.1-dev shape, bf16, 1024-px 3x3 grid (4096 + 512 tokens)
+    .venv/bin/python bench/gpu_check.py --tiny          # CPU: the scaled-down shape, same code path (tests run this)
+
+Prints, for one stage-1 step (masked LoRA rank 64 over 21 domains, alignment at blocks 4/9/14/19/29, batch 1,
+gradient checkpointing, CAME, precomputed random text embeddings; `bench/flux_step.py`'s step):
+seconds per step, model-FLOPs utilisation against the card's bf16 dense peak, peak memory
+(`torch.cuda.max_memory_allocated`) next to the memory plan's figure for the same setup (`pm_lightning.memory_plan`'s
+single-GPU DDP column without the DDP buckets, the VAE and the CUDA context, none of which the bench allocates);
+the same step under single-GPU FSDP2 (`shard_flux` on a one-rank mesh); and the time of a 28-step 1024-px grid
+(`bench/gpu_inference.py`'s denoising loop). `--json FILE` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flux_step as fs  # noqa: E402
+from gpu_inference import build as build_denoiser  # noqa: E402
+from gpu_inference import denoise, sync  # noqa: E402
+
+from pm_lightning.training import memory_estimate as me  # noqa: E402
+
+
+def plan_gib(module, setup: fs.StepSetup) -> float:
+    """The memory plan's figure for this step on one GPU: what the bench allocates (no VAE, buckets, context)."""
+    shape = me.shape_of(module.transformer)
+    work = me.Workload(
+        tokens=setup.image_tokens + setup.text_tokens,
+        text_tokens=setup.text_tokens,
+        batch=setup.batch,
+        align_layers=len(module.align_layers) if setup.align else 0,
+    )
+    parts = me.components(shape, work, me.STRATEGIES["ddp"], gpus=1)
+    for key in ("comm buffers", "CUDA context + slack", "VAE (bf16)", "text encoders (bf16)"):
+        parts.pop(key)
+    return sum(parts.values()) / me.GiB
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def fsdp2_step(setup: fs.StepSetup, steps: int, warmup: int) -> dict:
+    """The same step with the transformer under FSDP2 (`shard_flux`, every block + root) on a one-rank mesh."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from pm_lightning.training.strategies import shard_flux
+
+    cuda = setup.device.startswith("cuda")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+    try:
+        module = fs.build_module(setup, setup.device)
+        units = shard_flux(module.transformer, init_device_mesh("cuda" if cuda else "cpu", (1,)))
+        optimizer = fs.make_optimizer(module)
+        batch = fs.make_batch(setup, setup.device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(warmup + steps):
+            fs._sync(setup.device)
+            t = time.perf_counter()
+            loss = fs.train_step(module, optimizer, batch, setup, setup.device)
+            fs._sync(setup.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+        out = {"units": units, "sec_per_step": sorted(times)[len(times) // 2], "loss": float(loss)}
+        if cuda:
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        del module, optimizer
+        return out
+    finally:
+        dist.destroy_process_group()
+
+
+def generation_s(setup: fs.StepSetup, steps: int) -> float:
+    """Seconds of one `steps`-step denoising loop over the grid (median of 2, after a warm-up)."""
+    scale = "full" if setup.scale == "full" else "small"
+    transformer = build_denoiser(scale, setup.device, setup.dtype, rank=setup.rank, domains=setup.domains)
+    denoise(transformer, 1, setup.image_tokens, setup.text_tokens)  # warm-up
+    times = []
+    for _ in range(2):
+        sync(setup.device)
+        t = time.perf_counter()
+        denoise(transformer, steps, setup.image_tokens, setup.text_tokens)
+        sync(setup.device)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="the scaled-down shape (CPU, seconds)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--steps", type=int, default=None, help="measured steps (default 10 GPU, 2 tiny)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steps, warmup = args.steps or (2 if args.tiny else 10), 1 if args.tiny else 3
+    flags = ["--device", device, "--scale", "small" if args.tiny else "full"]
+    flags += ["--resolution", "128", "--text-tokens", "16", "--rank", "8"] if args.tiny else ["--rank", "64"]
+    _, setup = fs.parse_args(flags)
+    print(f"gpu_check: {fs.describe(setup, steps, warmup)}", flush=True)
+
+    result = fs.run(setup, steps, warmup)
+    module = fs.build_module(setup, "meta")
+    out = {
+        "device": result["device"],
+        "sec_per_step": result["sec_per_step"],
+        "mfu": result["mfu"],
+        "peak_gib": result["peak_gib"],
+        "plan_gib": plan_gib(module, setup),
+        "model_flops": result["model_flops"],
+    }
+    del module
+    free(device)
+    mfu = f"{out['mfu']:.1%}" if out["mfu"] is not None else "n/a (no bf16 peak known for this device)"
+    print(f"stage-1 step: {out['sec_per_step']:.3f} s, MFU {mfu} ({out['model_flops']:.3g} model FLOPs)")
+    what = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "process max RSS, CPU"
+    print(f"peak memory: {out['peak_gib']:.2f} GiB measured ({what}) vs {out['plan_gib']:.2f} GiB in the memory plan")
+
+    fsdp = fsdp2_step(setup, steps, warmup)
+    free(device)
+    out["fsdp2"] = fsdp
+    peak = f", peak {fsdp['peak_gib']:.2f} GiB" if "peak_gib" in fsdp else ""
+    print(f"FSDP2, one GPU ({fsdp['units']} block units + root): {fsdp['sec_per_step']:.3f} s per step{peak}")
+
+    gen_steps = 3 if args.tiny else 28
+    out["generation_s"] = generation_s(setup, gen_steps)
+    print(f"{gen_steps}-step {setup.resolution}-px grid generation (transformer loop): {out['generation_s']:.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Where and in what precision inference runs, decided here only: device, dtype, sampler defaults, memory savers.
+
+`generate`, `adapt`, `evaluate` and the web demo take `--device` (default cuda when available, else cpu) and
+`--dtype` (default bfloat16 on a GPU, float32 on the CPU); the sampler's steps and guidance default to the
+variant's own (`models/variants.py`: FLUX.1-dev 28 / 3.5, schnell 4 / 0, tiny 20 / 1); `--vae-tiling` decodes
+large grids tile by tile and `--cpu-offload` keeps each component on the CPU until it runs (diffusers'
+`enable_vae_tiling` / `enable_model_cpu_offload`), for cards smaller than the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from pm_lightning.data.importers import BadInput
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Device and weight dtype of the inference models, and the two memory savers of the Flux pipeline."""
+
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+
+    @classmethod
+    def resolve(
+        cls, device: str | None = None, dtype: str | None = None, vae_tiling: bool = False, cpu_offload: bool = False
+    ) -> Runtime:
+        """None -> the defaults (cuda if available else cpu; bfloat16 off the CPU, float32 on it); bad names -> BadInput."""
+        device = device or default_device()
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise BadInput(f"--device {device!r} is not a torch device ({err})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BadInput(f"--device {device}: no CUDA device here (use --device cpu)")
+        if dtype is None:
+            dtype = "float32" if dev.type == "cpu" else "bfloat16"
+        if dtype not in DTYPES:
+            raise BadInput(f"--dtype {dtype!r}: choose from {sorted(DTYPES)}")
+        if cpu_offload and dev.type == "cpu":
+            raise BadInput("--cpu-offload moves each model to the GPU when it runs: it needs --device cuda[:N]")
+        return cls(str(dev), DTYPES[dtype], bool(vae_tiling), bool(cpu_offload))
+
+    def describe(self) -> dict:
+        """What report.json records."""
+        return {
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "vae_tiling": self.vae_tiling,
+            "cpu_offload": self.cpu_offload,
+        }
+
+    def place(self, backbone) -> None:
+        """Put a freshly loaded backbone where it runs: on the device, or CPU-offloaded; VAE tiling on when asked."""
+        pipe = backbone.pipeline()
+        if self.vae_tiling:
+            pipe.vae.enable_tiling()
+        if self.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            backbone.to(self.device)
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype (every inference command)."""
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPES),
+        help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)",
+    )
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --vae-tiling, --cpu-offload (the commands that run the Flux pipeline)."""
+    add_device_flags(p)
+    p.add_argument("--vae-tiling", action="store_true", help="decode the grid tile by tile (less VAE memory)")
+    p.add_argument(
+        "--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (cards < 40 GB)"
+    )
+
+
+def runtime_from_args(args: argparse.Namespace) -> Runtime:
+    return Runtime.resolve(
+        getattr(args, "device", None),
+        getattr(args, "dtype", None),
+        getattr(args, "vae_tiling", False),
+        getattr(args, "cpu_offload", False),
+    )
+
+
+def fill_sampler_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """`--num-inference-steps` / `--guidance` not given -> the base variant's sampler defaults (in place)."""
+    from pm_lightning.models.variants import find_variant, sampler_defaults
+
+    steps, guidance = sampler_defaults(find_variant(args.base))
+    if args.num_inference_steps is None:
+        args.num_inference_steps = steps
+    if args.guidance is None:
+        args.guidance = guidance
+    return args

@@ -1,0 +1,41 @@
+"""bench/gpu_check.sh scaled down on CPU: every figure it prints comes out (step, plan, FSDP2, generation, gpu tier)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_scaled_down_on_cpu(tmp_path):
+    env = dict(os.environ, PY=sys.executable, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--tiny", "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    for line in (
+        "stage-1 step:",
+        "in the memory plan",
+        "FSDP2, one GPU (6 block units + root)",
+        "grid generation",
+        "gpu tier:",
+    ):
+        assert line in out
+    figures = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert figures["sec_per_step"] > 0 and figures["plan_gib"] > 0 and figures["generation_s"] > 0
+    assert figures["fsdp2"]["units"] == 6 and figures["fsdp2"]["loss"] == figures["fsdp2"]["loss"]  # finite
+    assert "skipped" in out  # no CUDA here: the gpu tier skips, and says so

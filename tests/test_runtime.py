@@ -1,0 +1,142 @@
+"""Inference at scale: device / dtype / sampler defaults (`inference/runtime.py`) and the stage-1 file a stage-2 or
+ReCraft LoRA records in its metadata (`models/lora_files.py`), through `generate` on CPU in bfloat16."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from pm_lightning import generate
+from pm_lightning.data.importers import BadInput
+from pm_lightning.export import main as export_main
+from pm_lightning.inference.runtime import Runtime, fill_sampler_defaults
+from pm_lightning.inference.session import stage1_under
+from pm_lightning.models.lora_files import (
+    STAGE1_KEY,
+    STAGE1_SHA_KEY,
+    file_sha256,
+    read_stage1_metadata,
+    stage1_metadata,
+)
+from tests.test_export import make_checkpoint
+from tests.test_generate import lora_file  # noqa: F401 - the module fixture, reused
+
+
+def test_runtime_defaults_and_refusals():
+    rt = Runtime.resolve("cpu")
+    assert (rt.device, rt.dtype) == ("cpu", torch.float32)  # fp32 on the CPU by default
+    assert Runtime.resolve("cpu", "bf16").dtype == torch.bfloat16
+    assert Runtime.resolve("cpu", "bfloat16").describe()["dtype"] == "bfloat16"
+    if not torch.cuda.is_available():
+        assert Runtime.resolve().device == "cpu"
+        with pytest.raises(BadInput, match="no CUDA device"):
+            Runtime.resolve("cuda")
+    with pytest.raises(BadInput, match="--dtype"):
+        Runtime.resolve("cpu", "int8")
+    with pytest.raises(BadInput, match="needs --device cuda"):
+        Runtime.resolve("cpu", cpu_offload=True)
+
+
+@pytest.mark.parametrize(
+    "base, want",
+    [
+        ("flux-dev", (28, 3.5)),
+        ("black-forest-labs/FLUX.1-dev", (28, 3.5)),
+        ("flux-schnell", (4, 0.0)),
+        ("tiny", (20, 1.0)),
+        ("some/other-flux", (28, 3.5)),  # FluxPipeline's own defaults
+    ],
+)
+def test_sampler_defaults_come_from_the_variant(base, want):
+    args = fill_sampler_defaults(argparse.Namespace(base=base, num_inference_steps=None, guidance=None))
+    assert (args.num_inference_steps, args.guidance) == want
+    given = fill_sampler_defaults(argparse.Namespace(base=base, num_inference_steps=3, guidance=2.0))
+    assert (given.num_inference_steps, given.guidance) == (3, 2.0)  # flags win
+
+
+def test_tiny_directory_is_the_tiny_variant(tiny_base):
+    from pm_lightning.core.paths import tiny_flux_dir
+
+    args = fill_sampler_defaults(argparse.Namespace(base=str(tiny_flux_dir()), num_inference_steps=None, guidance=None))
+    assert (args.num_inference_steps, args.guidance) == (20, 1.0)
+
+
+def test_export_records_the_stage1_file_of_a_stage2_checkpoint(tmp_path):
+    make_checkpoint(tmp_path, "lora")
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    stage1 = tmp_path / "unseen.safetensors"
+    stage1.write_bytes(b"stage-1 weights")
+    ckpt["hyper_parameters"].update(stage1=str(stage1), stage1_sha256=file_sha256(stage1))
+    torch.save(ckpt, tmp_path / "stage2.ckpt")
+    for fmt in ("diffusers", "kohya"):
+        out = tmp_path / f"{fmt}.safetensors"
+        export_main(["--ckpt", str(tmp_path / "stage2.ckpt"), "--domain", "lora", "--out", str(out), "--format", fmt])
+        assert read_stage1_metadata(out) == (str(stage1), file_sha256(stage1))
+        with safe_open(str(out), "pt") as f:
+            assert fmt == "kohya" or f.metadata()["format"] == "pt"  # diffusers' own key is kept
+    export_main(["--ckpt", str(tmp_path / "last.ckpt"), "--domain", "lego", "--out", str(tmp_path / "s1.safetensors")])
+    assert read_stage1_metadata(tmp_path / "s1.safetensors") is None  # a stage-1 run records nothing
+    assert stage1_metadata({"stage1": None}) == {STAGE1_KEY: "", STAGE1_SHA_KEY: ""}  # the plain base
+
+
+def _with_stage1(src, dst, stage1: str, sha: str):
+    save_file(load_file(str(src)), str(dst), metadata={"format": "pt", STAGE1_KEY: stage1, STAGE1_SHA_KEY: sha})
+    return dst
+
+
+def test_stage1_under_follows_the_metadata(tmp_path, lora_file):  # noqa: F811
+    stage1 = shutil.copy(lora_file, tmp_path / "stage1.safetensors")
+    lora = _with_stage1(lora_file, tmp_path / "s2.safetensors", str(stage1), file_sha256(stage1))
+    notes: list[str] = []
+    assert stage1_under(lora, None, "stage2", False, "--stage2-fuse", notes) == stage1 and not notes
+    assert stage1_under(lora, lora_file, "stage2", False, "--stage2-fuse", notes) == lora_file  # the flag wins
+    changed = _with_stage1(lora_file, tmp_path / "s2b.safetensors", str(stage1), "0" * 64)
+    assert stage1_under(changed, None, "stage2", False, "--stage2-fuse", notes) == stage1
+    assert "differs" in notes[0]
+    plain = _with_stage1(lora_file, tmp_path / "s2c.safetensors", "", "")
+    assert stage1_under(plain, None, "stage2", True, "--stage2-fuse", []) is None  # no YAML fallback: recorded
+    gone = _with_stage1(lora_file, tmp_path / "s2d.safetensors", str(tmp_path / "gone.safetensors"), "ab" * 32)
+    with pytest.raises(BadInput, match="--stage2-fuse FILE"):
+        stage1_under(gone, None, "stage2", False, "--stage2-fuse", [])
+    assert stage1_under(lora_file, None, "stage2", False, "--stage2-fuse", []) is None  # nothing recorded, not tiny
+
+
+def test_recraft_in_bfloat16_on_cpu_fuses_the_recorded_stage1(tiny_base, lora_file, tmp_path):  # noqa: F811
+    from pm_lightning.data.synthetic_corpus import generate_sequence
+
+    stage1 = shutil.copy(lora_file, tmp_path / "stage1.safetensors")
+    recraft = _with_stage1(lora_file, tmp_path / "recraft.safetensors", str(stage1), file_sha256(stage1))
+    seq = generate_sequence("cake", 3, 32)
+    seq.frames[-1].save(tmp_path / "cake.png")
+    out = tmp_path / "out"
+    argv = ["--base", tiny_base, "--prompt", seq.caption, "--image", str(tmp_path / "cake.png"), "--frames", "4"]
+    argv += ["--recraft", str(recraft), "--num-inference-steps", "2", "--resolution", "64", "--out", str(out)]
+    generate.main([*argv, "--device", "cpu", "--dtype", "bfloat16"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["recraft_fused_stage1"] == str(stage1)
+    s = report["settings"]
+    assert (s["device"], s["dtype"], s["cpu_offload"], s["vae_tiling"]) == ("cpu", "bfloat16", False, False)
+    assert s["guidance"] == 1.0  # the tiny variant's default, not given on the command line
+    assert len(list((out / "frames").iterdir())) == 4
+
+
+def test_generate_refuses_offload_without_a_gpu(tiny_base, tmp_path):
+    with pytest.raises(SystemExit, match="needs --device cuda"):
+        generate.main(
+            ["--base", tiny_base, "--prompt", "x", "--device", "cpu", "--cpu-offload", "--out", str(tmp_path)]
+        )
+
+
+def test_vae_tiling_is_switched_on(tiny_base):
+    from pm_lightning.inference.session import Models
+
+    models = Models(tiny_base, Runtime.resolve("cpu", "bfloat16", vae_tiling=True))
+    backbone = models.use(None, None)
+    assert backbone.vae.use_tiling and backbone.dtype == torch.bfloat16
+    assert backbone.pipeline() is backbone.pipeline()  # one pipeline object: its settings hold for every call
