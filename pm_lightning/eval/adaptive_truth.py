@@ -101,7 +101,7 @@ def row_config(row: str, base: AdaptiveConfig) -> tuple[AdaptiveConfig, bool]:
 def outcomes(terms: list[dict], cases: list[Case], cfg: AdaptiveConfig, texts: bool) -> dict[str, float]:
     """Round-one decisions (what adapt_sequence applies in its first round) scored against the answers."""
     hits = {k: [] for k in ("untouched_edited", "removal_found", "duplicate_deleted", "two_removed_found",
-                            "damaged_other_edits")}  # fmt: skip
+                            "damaged_other_edits", "missing_pair_is_largest", "copy_pair_is_smallest")}  # fmt: skip
     w = effective_weights(cfg, texts)
     for t, c in zip(terms, cases):
         delta = combine({**t, "sem": t["sem"] if texts else None}, w)
@@ -113,10 +113,12 @@ def outcomes(terms: list[dict], cases: list[Case], cfg: AdaptiveConfig, texts: b
             continue
         if c.condition == "one_removed":
             hits["removal_found"].append(c.pairs[0] in inserts)
+            hits["missing_pair_is_largest"].append(int(delta.argmax()) == c.pairs[0])  # the signal, before any rule
         elif c.condition == "two_removed":
             hits["two_removed_found"].extend(p in inserts for p in c.pairs)
         else:
             hits["duplicate_deleted"].append(bool(deletes & set(c.copies)))
+            hits["copy_pair_is_smallest"].append(int(delta.argmin()) == c.copies[0])
         right = len(inserts & set(c.pairs)) + bool(deletes & set(c.copies))
         hits["damaged_other_edits"].append(len(applied) > right)
     return {k: (sum(v) / len(v) if v else float("nan")) for k, v in hits.items()}
@@ -207,13 +209,15 @@ def markdown_table(result: dict) -> str:
     head = (
         f"| row | untouched edited (n={counts['untouched']}) | removal found (n={counts['one_removed']}) | "
         f"duplicate deleted (n={counts['duplicated']}) | two removed: found per removal (n={counts['two_removed']}) | "
-        "damaged: other edits | k1 | k2 | add_floor | del_ceiling |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "damaged: other edits | missing pair has the largest Delta | copy pair has the smallest Delta | k1 | k2 | "
+        "add_floor | del_ceiling |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for name, row in result["rows"].items():
         r, c = row["rates"], row["config"]
         cells = [_cell(r, "untouched_edited"), _cell(r, "removal_found"), _cell(r, "duplicate_deleted"),
-                 f"{100 * r['two_removed_found']:.1f}%", f"{100 * r['damaged_other_edits']:.1f}%"]  # fmt: skip
+                 f"{100 * r['two_removed_found']:.1f}%", f"{100 * r['damaged_other_edits']:.1f}%",
+                 f"{100 * r['missing_pair_is_largest']:.1f}%", f"{100 * r['copy_pair_is_smallest']:.1f}%"]  # fmt: skip
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {c['k1']} | {c['k2']} | {c['add_floor']} | {c['del_ceiling']} |"
         )
