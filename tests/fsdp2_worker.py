@@ -53,6 +53,11 @@ def main(rank: int, world: int, port: str, out: str) -> None:
         result[name] = {k: v.full_tensor() for k, v in model.state_dict().items()}
     if rank == 0:
         torch.save(result, out)
+    del model, optimizer, result  # no tensor of a gloo work may outlive the group (an abort at exit otherwise)
+    import gc
+
+    gc.collect()
+    dist.barrier()  # both ranks done with every collective before gloo's threads are torn down (an abort otherwise)
     dist.destroy_process_group()
 
 
