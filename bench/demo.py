@@ -52,9 +52,10 @@ def click_to_grid(driver, adaptive: bool) -> float:
     old = [e.get_attribute("src") for e in driver.find_elements(By.CSS_SELECTOR, "#grid img")]
     start = time.perf_counter()
     driver.find_element(By.ID, "generate").click()
-    WebDriverWait(driver, 120, poll_frequency=0.02).until(
-        lambda d: [e.get_attribute("src") for e in d.find_elements(By.CSS_SELECTOR, "#grid img")] not in ([], old)
+    loaded = (
+        "const i = document.querySelector('#grid img'); return i && i.complete && i.naturalWidth > 0 ? i.src : null"
     )
+    WebDriverWait(driver, 120, poll_frequency=0.02).until(lambda d: d.execute_script(loaded) not in (None, *old))
     return time.perf_counter() - start
 
 

@@ -182,11 +182,13 @@ def test_real_browser_generates_a_grid_and_shows_bad_uploads(server, tmp_path, r
         driver.find_element(By.CSS_SELECTOR, "#adaptive input").click()
         start = time.perf_counter()
         driver.find_element(By.ID, "generate").click()
-        img = wait.until(lambda d: (d.find_elements(By.CSS_SELECTOR, "#grid img") or [None])[0])
+        shown = "const i = document.querySelector('#grid img'); return i && i.complete ? i.naturalWidth : 0"
+        width = wait.until(lambda d: d.execute_script(shown))  # the image element exists and has loaded
         first_grid_s = time.perf_counter() - start
+        img = driver.find_element(By.CSS_SELECTOR, "#grid img")
         record_property("first_grid_s", round(first_grid_s, 2))
         print(f"\nfirst grid in the browser: {first_grid_s:.2f} s after the click")
-        assert img.get_attribute("src") and driver.execute_script("return arguments[0].naturalWidth", img) == 192
+        assert img.get_attribute("src") and width == 192
         wait.until(lambda d: "Adaptive steps" in d.find_element(By.ID, "summary").text)
         time.sleep(1)
         driver.save_screenshot(str(shots / "demo.png"))
