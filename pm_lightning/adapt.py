@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pm_lightning.inference.adaptive import config_from_args
+    from pm_lightning.inference.adaptive_settings import config_from_args
     from pm_lightning.inference.outputs import write_sample
     from pm_lightning.inference.runtime import runtime_from_args
 

@@ -16,9 +16,7 @@ from pm_lightning.inference.adaptive import (
     AdaptiveConfig,
     Thresholds,
     adapt_sequence,
-    add_config_flags,
     combine,
-    config_from_args,
     decide,
     effective_weights,
     frame_to_drop,
@@ -28,6 +26,7 @@ from pm_lightning.inference.adaptive import (
     semantic_delta,
     thresholds,
 )
+from pm_lightning.inference.adaptive_settings import add_config_flags, config_from_args
 from pm_lightning.inference.calibrate import best_split
 
 HAVE_TINY_EVAL = (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file()
@@ -307,7 +306,7 @@ def test_the_tiny_evaluators_ship_their_calibration_and_generate_reads_it(scorer
     import argparse
     import json
 
-    from pm_lightning.inference.adaptive import calibration_file, config_from_args
+    from pm_lightning.inference.adaptive_settings import calibration_file, config_from_args
 
     record = json.loads(calibration_file("tiny", "tiny").read_text())
     assert record["encoders"] == {"clip": "tiny", "dino": "tiny"}

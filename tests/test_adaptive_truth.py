@@ -13,7 +13,8 @@ import torch
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
 from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate, case_terms, make_cases, outcomes
 from pm_lightning.eval.change_truth import correlations, pair_table
-from pm_lightning.inference.adaptive import AdaptiveConfig, config_from_args, read_settings
+from pm_lightning.inference.adaptive import AdaptiveConfig
+from pm_lightning.inference.adaptive_settings import config_from_args, read_settings
 
 
 def test_every_step_records_what_it_drew():

@@ -185,7 +185,7 @@ class DemoBackend:
             return self._finish(args, grid, images, {**used, "notes": notes}, t0, progress, size)
 
     def _finish(self, args, grid, images, used, t0, progress, size) -> DemoResult:
-        from pm_lightning.inference.adaptive import config_from_args
+        from pm_lightning.inference.adaptive_settings import config_from_args
         from pm_lightning.inference.outputs import write_sample
         from pm_lightning.inference.session import captions_for, generation_report, run_adaptive
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def common_flags(p: argparse.ArgumentParser) -> None:
     """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
-    from pm_lightning.inference.adaptive import add_config_flags
+    from pm_lightning.inference.adaptive_settings import add_config_flags
     from pm_lightning.inference.cache import add_cache_flags
     from pm_lightning.inference.runtime import add_runtime_flags
 
