@@ -124,9 +124,7 @@ class DemoBackend:
         """Load the backbone, the default LoRA and the evaluators, and run one small grid; returns the seconds."""
         t0 = time.perf_counter()
         self.text_to_steps("a lego tower", "lego", 4, 0, 2, False, self.folders()[0], resolution=64)
-        from pm_lightning.eval.encoders import Encoders
-
-        Encoders.load(clip="tiny", dino="tiny")
+        self.models.encoders(self.parser.get_default("clip"), self.parser.get_default("dino"))  # kept for requests
         return time.perf_counter() - t0
 
     def _args(self, **flags) -> argparse.Namespace:
@@ -149,8 +147,8 @@ class DemoBackend:
 
         prompt = check_prompt(prompt)
         frames = int(frames)
-        args = self._args(prompt=prompt, domain=domain, frames=frames, seed=int(seed), num_inference_steps=int(steps))
-        args.adaptive = bool(adaptive)
+        args = self._args(prompt=prompt, domain=domain, frames=frames, seed=int(seed), num_inference_steps=int(steps),
+                          adaptive=bool(adaptive))  # fmt: skip
         with self.lock:
             t0 = time.perf_counter()
             _step(progress, 0.05, "loading the LoRA")
@@ -161,11 +159,10 @@ class DemoBackend:
             grid = sample_grid(backbone, prompt, size, args.num_inference_steps, args.guidance, args.seed)
             images = grid_to_frames(grid, *layout_for(frames))
             used = {"stage1": str(lora) if lora else None}
-            return self._finish(args, grid, images, used, t0, progress, size)
+            return self._finish(args, grid, images, used, [], t0, progress, size)
 
     def recraft(self, image, prompt, frames, seed, steps, adaptive, progress=None):
         """A finished image -> the steps before it (ReCraft LoRA; `generate --image`)."""
-        from pm_lightning.data.grid import frames_to_grid, layout_for
         from pm_lightning.inference.session import first_sequence, grid_resolution
 
         if not image:
@@ -173,23 +170,21 @@ class DemoBackend:
         check_upload(Path(image))
         prompt = check_prompt(prompt)
         frames = int(frames)
-        args = self._args(prompt=prompt, image=image, frames=frames, seed=int(seed), num_inference_steps=int(steps))
-        args.adaptive = bool(adaptive)
+        args = self._args(prompt=prompt, image=image, frames=frames, seed=int(seed), num_inference_steps=int(steps),
+                          adaptive=bool(adaptive))  # fmt: skip
         with self.lock:
             t0 = time.perf_counter()
             _step(progress, 0.1, "ReCraft: sampling the steps before the image")
             size = grid_resolution(self.base, frames, None)
             notes: list[str] = []
-            grid, images, used = first_sequence(self.models, args, frames, size, notes)
-            grid = frames_to_grid(images, *layout_for(frames))
-            return self._finish(args, grid, images, {**used, "notes": notes}, t0, progress, size)
+            grid, images, used = first_sequence(self.models, args, frames, size, notes)  # grid: the frames laid out
+            return self._finish(args, grid, images, used, notes, t0, progress, size)
 
-    def _finish(self, args, grid, images, used, t0, progress, size) -> DemoResult:
+    def _finish(self, args, grid, images, used, notes, t0, progress, size) -> DemoResult:
         from pm_lightning.inference.adaptive_settings import config_from_args
         from pm_lightning.inference.outputs import write_sample
         from pm_lightning.inference.session import captions_for, generation_report, run_adaptive
 
-        notes = list(used.pop("notes", []))
         timings = {"first_grid_s": round(time.perf_counter() - t0, 3)}
         result = None
         if args.adaptive:

@@ -63,6 +63,15 @@ class Models:
         self.backbone = None
         self.fused: str | None = None
         self.loaded: tuple | None = None
+        self._encoders: dict[tuple[str, str], object] = {}
+
+    def encoders(self, clip: str, dino: str):
+        """The evaluators of the adaptive steps (`Encoders.load`), loaded once per (clip, dino) for the session."""
+        if (clip, dino) not in self._encoders:
+            from pm_lightning.eval.encoders import Encoders
+
+            self._encoders[clip, dino] = Encoders.load(clip=clip, dino=dino, device=self.runtime.device)
+        return self._encoders[clip, dino]
 
     def use(self, fused: Path | None, lora: Path | None, extras: list[tuple[Path, float]] | tuple = ()):
         """The backbone with `fused` folded into its weights and `lora` (+ `extras`) loaded."""
@@ -198,7 +207,6 @@ def stage1_under(
 
 def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, args, cfg, notes: list[str]):
     """Adaptive steps on `frames` with stage-2 insertions and the evaluators; returns the AdaptiveResult."""
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.inference.adaptive import EncoderScorer, adapt_sequence
 
     tiny = models.base == "tiny"
@@ -216,7 +224,7 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
         args.insert_batch,
         cache_from_args(args),
     )
-    scorer = EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino, device=models.runtime.device))
+    scorer = EncoderScorer(models.encoders(args.clip, args.dino))
     result = adapt_sequence(frames, scorer, cfg=cfg, steps=steps, insert_batch=insert_batch)
     result.report["models"] = {
         "stage2": str(stage2) if stage2 else None,
