@@ -1,9 +1,16 @@
-"""Shared test helpers: a tiny random Flux transformer and matching forward inputs."""
+"""Shared test helpers: a tiny random Flux transformer and matching forward inputs, a stock FluxPipeline around a
+transformer alone, and the bench scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 TINY_TRANSFORMER = dict(
     patch_size=1,
@@ -50,3 +57,28 @@ def random_inputs(
     if cfg.guidance_embeds:
         inputs["guidance"] = torch.ones(batch)
     return inputs
+
+
+def bare_pipeline(transformer) -> FluxPipeline:
+    """A stock FluxPipeline around `transformer` alone (no VAE / text encoders: LoRA loading needs none)."""
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
+
+
+def load_bench(script: str, name: str | None = None):
+    """bench/<script> as a module (registered under `name`, as dataclasses look their module up by name); the bench
+    folder goes on sys.path, since the scripts import their docs_section helper."""
+    name = name or Path(script).stem
+    sys.path.insert(0, str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,14 +6,14 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers import FluxPipeline
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from pm_lightning.export import main
 from pm_lightning.models.adapters import AdapterConfig, add_adapters, use_domains
 from pm_lightning.models.lora_files import adapter_tensors
-from tests.helpers import random_inputs, tiny_transformer
+from tests.helpers import bare_pipeline, random_inputs, tiny_transformer
 from tests.test_adapters import randomize
 
 DOMAINS = ["lego", "clay"]
@@ -35,15 +35,7 @@ def make_checkpoint(tmp_path, kind: str):
 
 def stock_pipeline(lora_file) -> FluxPipeline:
     """A stock FluxPipeline around the base transformer (no VAE / text encoders: LoRA loading needs none)."""
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=tiny_transformer(0),
-    )
+    pipe = bare_pipeline(tiny_transformer(0))
     pipe.load_lora_weights(str(lora_file), adapter_name="exported")
     return pipe
 

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tests.helpers import load_bench
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "flux_step.py"
 
 
 @pytest.fixture(scope="module")
 def fs():
-    sys.path.insert(0, str(BENCH.parent))  # the bench scripts import their docs_section helper
-    spec = importlib.util.spec_from_file_location("flux_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["flux_step"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(BENCH.name, "flux_step")
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_bench
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu_inference.py"
 
 
 @pytest.mark.slow
 def test_scaled_down_run_measures_every_cache(capsys):
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("gpu_inference", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench(BENCH.name)
     rows = module.main(["--device", "cpu", "--repeats", "1", "--no-compile"])
     assert [r["cache"] for r in rows][0] == "none" and len(rows) == 4
     assert rows[0]["rel_l2"] == 0 and all(r["seconds"] > 0 for r in rows)

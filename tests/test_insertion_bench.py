@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -12,18 +9,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import REPO
+from tests.helpers import load_bench
 
 BENCH = REPO / "bench" / "insertion.py"
 
 
 @pytest.fixture(scope="module")
 def ins():
-    sys.path.insert(0, str(BENCH.parent))  # the bench scripts import their docs_section helper
-    spec = importlib.util.spec_from_file_location("insertion_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["insertion_bench"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(BENCH.name, "insertion_bench")
 
 
 def frame(seed: int, size: int = 16) -> Image.Image:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers import FluxPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pm_lightning.models.adapters import AdapterConfig, add_adapters, domain_lora_state_dict, use_domains
 from pm_lightning.models.kohya import DOUBLE, diffusers_to_kohya, kohya_name
 from pm_lightning.models.lora_files import export_domain_lora
-from tests.helpers import random_inputs, tiny_transformer
+from tests.helpers import bare_pipeline, random_inputs, tiny_transformer
 from tests.test_adapters import randomize
 
 # diffusers' reader assumes FLUX.1-dev's widths for a single block's fused linear1 (3072 x 3 + 12288), so the tiny
@@ -27,18 +27,6 @@ def adapted(kind: str, targets=None, seed: int = 0, **shape):
     add_adapters(m, cfg)
     randomize(m)
     return m
-
-
-def bare_pipeline(transformer) -> FluxPipeline:
-    return FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-    )
 
 
 def test_names_follow_black_forest_labs_modules():
