@@ -16,6 +16,7 @@ from pm_lightning import adapt, evaluate, fit, generate
 from pm_lightning.shards import main as shards_main
 from tests.test_adaptive import needs_tiny_eval
 from tests.test_fit import small_config
+from tests.test_generate import lora_file  # noqa: F401 - fixture
 from tests.test_shards import colour, make_sequence
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -125,6 +126,44 @@ def test_adapt_refuses_a_broken_meta_json(tmp_path, tiny_base):
         adapt.main(["--base", tiny_base, "--frames", str(frames), "--out", str(tmp_path / "out")])
 
 
+def frames_in_other_forms(folder: Path) -> Path:
+    """Four frames of one sequence: RGB 64 px, grayscale, RGBA on a transparent canvas, RGB at 96x80 px."""
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), colour(0, 0, 0)).save(folder / "00.png")
+    Image.new("RGB", (64, 64), colour(0, 0, 1)).convert("L").save(folder / "01.png")
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    rgba.paste(Image.new("RGBA", (32, 32), (*colour(0, 0, 2), 255)), (16, 16))
+    rgba.save(folder / "02.png")
+    Image.new("RGB", (96, 80), colour(0, 0, 3)).save(folder / "03.png")
+    return folder
+
+
+@needs_tiny_eval
+def test_adapt_takes_gray_rgba_and_mixed_size_frames_and_reports_the_conversion(tmp_path, tiny_base, lora_file):
+    frames, out = frames_in_other_forms(tmp_path / "frames"), tmp_path / "out"
+    args = ["--base", tiny_base, "--stage2", str(lora_file), "--frames", str(frames), "--out", str(out)]
+    no_edit = ["--max-rounds", "1", "--add-floor", "100", "--del-ceiling", "0"]  # the frames come out as read
+    assert adapt.main([*args, *no_edit, "--num-inference-steps", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["adaptive"]["input_conversions"] == ["frame 3: 96x80 -> 64x64"]
+    assert all(Image.open(f).size == (64, 64) for f in (out / "frames").iterdir())
+    transparent = Image.open(out / "frames" / "02.png").convert("RGB")
+    assert transparent.getpixel((0, 0)) == (255, 255, 255)  # transparency over white, as docs/RELIABILITY.md says
+
+
+def test_adapt_refuses_one_frame_and_a_step_count_that_does_not_match(tmp_path, tiny_base):
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (32, 32), "red").save(one / "00.png")
+    with pytest.raises(SystemExit, match="need at least two frame images, found 1"):
+        adapt.main(["--base", tiny_base, "--frames", str(one), "--out", str(tmp_path / "out1")])
+    three = frames_in_other_forms(tmp_path / "three")
+    (three / "meta.json").write_text(json.dumps({"caption": "blocks", "steps": ["a", "b", "c"]}))
+    with pytest.raises(SystemExit, match="3 step texts for 4 frames: give one per frame"):
+        adapt.main(["--base", tiny_base, "--frames", str(three), "--out", str(tmp_path / "out2")])
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
 def test_generate_with_a_unicode_long_prompt_and_an_unknown_domain_works(tmp_path, tiny_base):
     out = tmp_path / "out"
     assert quick_generate(tiny_base, out, "--prompt", UNICODE_LONG, "--domain", "ceramics") == 0
@@ -222,3 +261,18 @@ def test_evaluate_skips_and_counts_samples_with_bad_files(tmp_path):
     assert [r["domain"] for r in results["samples"]] == ["cake"] and set(skipped) == {"corrupt", "noprompt", "badjson"}
     assert "not a readable image" in skipped["corrupt"] and "prompt" in skipped["noprompt"]
     assert "not valid JSON" in skipped["badjson"]
+
+
+@needs_tiny_eval
+def test_evaluate_scores_gray_rgba_mixed_size_and_one_frame_samples(tmp_path):
+    root = tmp_path / "samples"
+    frames_in_other_forms(root / "mixed" / "frames")
+    (root / "one" / "frames").mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").convert("L").save(root / "one" / "frames" / "00.png")
+    for name in ("mixed", "one"):
+        Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(root / name / "grid.png")
+        (root / name / "report.json").write_text(json.dumps({"prompt": "blocks", "domain": "toy"}))
+    results = evaluate.main(["--samples", str(root), "--out", str(tmp_path / "results.json")])
+    rows = {Path(r["sample"]).name: r for r in results["samples"]}
+    assert not results["skipped"] and rows["mixed"]["frames"] == 4 and rows["one"]["frames"] == 1
+    assert rows["mixed"]["monotonicity_clip"] is not None and rows["one"]["monotonicity_clip"] is None  # n/a, not 0

@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from pm_lightning.data.grid import layout_for, serpentine_cells
+from pm_lightning.data.image_modes import as_rgb
 
 CAPTION_FILES = ("meta.json", "caption.txt")
 LORA_TAG = re.compile(r"--lora_up_cur\s+(\d+)")
@@ -135,14 +136,11 @@ def open_rgb(path: str | Path) -> Image.Image:
 
 
 def _open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file to RGB, compositing transparency over white."""
+    """Decode an image file to RGB by the rules of `data/image_modes.py` (transparency over white)."""
     with Image.open(path) as img:
         img.load()
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return img.convert("RGB")
+        rgb = as_rgb(img, str(path))
+        return rgb.copy() if rgb is img else rgb  # detached from the closed file
 
 
 def pad_to_square(img: Image.Image, mode: str = "white") -> Image.Image:

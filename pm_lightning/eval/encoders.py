@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pm_lightning.core.paths import tiny_eval_dir
+from pm_lightning.data.image_modes import frames_as_rgb
 
 TINY = "tiny"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -42,7 +43,8 @@ def _missing(kind: str, spec: str, looked: str, err: Exception | None = None) ->
 
 
 def _rgb(images: list[Image.Image]) -> list[Image.Image]:
-    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    """RGB by the rules of `data/image_modes.py`; any size is fine (each image is preprocessed on its own)."""
+    return frames_as_rgb(images, "image")
 
 
 @dataclass

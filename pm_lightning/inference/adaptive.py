@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pm_lightning.data.image_modes import frames_as_rgb, same_size
+
 log = logging.getLogger(__name__)
 
 TERMS = ("glob", "loc", "sem")
@@ -307,6 +309,19 @@ def initial_frames(
     ], note
 
 
+def _uniform_rgb(images: list[Image.Image]) -> tuple[list[Image.Image], list[str]]:
+    """The input frames as RGB of the first frame's size (docs/ADAPTIVE.md, "Input"), and what was converted."""
+    if not images:
+        return [], []
+    rgb = frames_as_rgb(images)
+    notes = [f"frame {k}: {im.mode} -> RGB" for k, (im, new) in enumerate(zip(images, rgb)) if new is not im]
+    out, resized = same_size(rgb)
+    if resized:
+        w, h = out[0].size
+        notes += [f"frame {k}: {a.size[0]}x{a.size[1]} -> {w}x{h}" for k, a in enumerate(rgb) if a.size != (w, h)]
+    return out, notes
+
+
 def _between(a: Frame, b: Frame, k: int, n: int) -> torch.Tensor | None:
     """Text embedding of the k-th of n inserted frames: the normalised interpolation of its neighbours'."""
     if a.sem is None or b.sem is None:
@@ -414,7 +429,8 @@ def adapt_sequence(
         raise ValueError("adapt_sequence: give exactly one of insert_fn and insert_batch")
     insert_batch = insert_batch or one_by_one(insert_fn)
     cfg = cfg or AdaptiveConfig()
-    frames, note = initial_frames(list(images), steps, scorer)
+    images, conversions = _uniform_rgb(list(images))
+    frames, note = initial_frames(images, steps, scorer)
     size = frames[0].image.size if frames else None
     rounds = []
     stop = "max_rounds reached"
@@ -434,6 +450,7 @@ def adapt_sequence(
         "rounds": rounds,
         "stopped": stop,
         "input_frames": len(images),
+        "input_conversions": conversions,
         "final_frames": [{"label": f.label, "text": f.text, **f.origin} for f in frames],
     }
     return AdaptiveResult(frames, report)

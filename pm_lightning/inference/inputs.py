@@ -19,10 +19,7 @@ def read_frames(folder: Path) -> tuple[list[Image.Image], dict]:
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(paths) < 2:
         raise BadInput(f"{folder}: need at least two frame images, found {len(paths)}")
-    frames = [load_user_image(p, "frame") for p in paths]
-    if len({f.size for f in frames}) > 1:
-        size = frames[0].size
-        frames = [f if f.size == size else f.resize(size, Image.Resampling.BICUBIC) for f in frames]
+    frames = [load_user_image(p, "frame") for p in paths]  # RGB by data/image_modes.py; sizes as found
     meta_path = Path(folder) / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
@@ -36,8 +33,11 @@ def read_frames(folder: Path) -> tuple[list[Image.Image], dict]:
 
 
 def input_grid(frames: list[Image.Image]) -> Image.Image:
-    """The input as a serpentine grid (4, 9, n*n frames) or a one-row strip."""
+    """The input as a serpentine grid (4, 9, n*n frames) or a one-row strip, cells of the first frame's size."""
     from pm_lightning.data.grid import frames_to_grid, layout_for
+    from pm_lightning.data.image_modes import same_size
+
+    frames = same_size(frames)[0]
 
     try:
         rows, cols = layout_for(len(frames))
