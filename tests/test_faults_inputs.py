@@ -139,7 +139,7 @@ def frames_in_other_forms(folder: Path) -> Path:
 
 
 @needs_tiny_eval
-def test_adapt_takes_gray_rgba_and_mixed_size_frames_and_reports_the_conversion(tmp_path, tiny_base, lora_file):
+def test_adapt_takes_gray_rgba_and_mixed_size_frames_and_reports_the_conversion(tmp_path, tiny_base, lora_file):  # noqa: F811
     frames, out = frames_in_other_forms(tmp_path / "frames"), tmp_path / "out"
     args = ["--base", tiny_base, "--stage2", str(lora_file), "--frames", str(frames), "--out", str(out)]
     no_edit = ["--max-rounds", "1", "--add-floor", "100", "--del-ceiling", "0"]  # the frames come out as read
