@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
-from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate, case_terms, make_cases, outcomes
+from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate, case_terms, make_cases, oracle_terms, outcomes
 from pm_lightning.eval.change_truth import correlations, pair_table
 from pm_lightning.inference.adaptive import AdaptiveConfig
 from pm_lightning.inference.adaptive_settings import config_from_args, read_settings
@@ -76,6 +76,25 @@ def test_outcomes_score_decisions_against_the_answers():
     assert rates["untouched_edited"] <= 0.1
     assert rates["duplicate_deleted"] >= 0.4 and rates["removal_found"] >= 0.4  # 16x16 gray pixels still see some
     assert cfg.del_ceiling < cfg.add_floor
+
+
+def test_the_oracle_delta_is_the_true_change_and_copies_are_zero():
+    seqs = [generate_sequence(d, s, size=32) for d in ("lego", "painting") for s in range(2)]
+    cases = make_cases(seqs, 6)
+    for c, t in zip(cases, oracle_terms(seqs, cases)):
+        seq = seqs[c.seq]
+        assert (
+            torch.equal(t["glob"], t["loc"]) and torch.equal(t["glob"], t["sem"]) and len(t["glob"]) == len(c.order) - 1
+        )
+        if c.condition == "one_removed":
+            k = c.pairs[0]
+            assert t["glob"][k] == seq.changes[k + 1] + seq.changes[k + 2]  # the pair that lost frame k + 1
+        if c.condition == "duplicated":
+            assert t["glob"][c.copies[0]] == 0
+        if c.condition == "untouched":
+            assert t["glob"].tolist() == [float(x) for x in seq.changes[1:]]
+    never = AdaptiveConfig(add_floor=1e9, del_ceiling=0.0)
+    assert outcomes(oracle_terms(seqs, cases), cases, never, True)["removal_found"] == 0
 
 
 def test_pixel_distance_ranks_the_ground_truth_change():

@@ -93,6 +93,22 @@ def case_terms(scorer, seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]
     return out
 
 
+def oracle_terms(seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
+    """Every term set to the ground truth: the number of elements that change between neighbours (0 for a copy).
+
+    The ceiling of the decision rule: no metric that is proportional to the true change can do better."""
+    out = []
+    for c in cases:
+        seq = seqs[c.seq]
+        idx = [k % len(seq.frames) for k in c.order]
+        change = torch.tensor([float(seq.change_between(a, b)) if b > a else 0.0 for a, b in zip(idx, idx[1:])])
+        out.append({"glob": change, "loc": change, "sem": change})
+    return out
+
+
+ORACLE = "oracle: Delta = true change (elements)"
+
+
 def row_config(row: str, base: AdaptiveConfig) -> tuple[AdaptiveConfig, bool]:
     overrides, texts = ROWS[row]
     return replace(base, **overrides), texts
@@ -200,6 +216,11 @@ def benchmark(scorer, per_condition: int = 200, calib_per_condition: int = 120, 
     for row in ROWS:
         cfg, _ = calibrate(calib_terms, calib_cases, row)
         rows[row] = {"config": asdict(cfg), "rates": outcomes(test_terms, test_cases, cfg, ROWS[row][1])}
+    cfg, _ = calibrate(oracle_terms(calib_seqs, calib_cases), calib_cases)
+    rows[ORACLE] = {
+        "config": asdict(cfg),
+        "rates": outcomes(oracle_terms(test_seqs, test_cases), test_cases, cfg, True),
+    }
     return {"cases_per_condition": counts, "test_split": 1, "calibration_split": 2, "rows": rows}
 
 
