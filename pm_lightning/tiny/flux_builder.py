@@ -2,9 +2,10 @@
 
 Writes a diffusers-format FluxPipeline directory (stock `FluxPipeline.from_pretrained` loads it):
 word-level tokenizers trained on the synthetic captions, then on CPU with one seed: the VAE
-(reconstruction + small KL) on frames of the training domains, Flux's latent shift/scale from
+(reconstruction + small KL) on single frames of every domain, Flux's latent shift/scale from
 its latent statistics, then the transformer and both text encoders with text-to-image flow
-matching on frames at several canvas sizes. Held-out domains are never trained on.
+matching on frames at several canvas sizes. The held-out domains are in these single-frame pools
+(FLUX knows origami as pictures); their processes (grids, sequences) are never trained on.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def build(
     flow = _flow()
     log["transformer"] = pretrain.train_transformer(pipe, pools, cfg, flow)
     log["validation"] = _validation(pipe, model_cfg, val_pools, flow, cfg.seed)
+    log["validation"]["by_domain_group"] = domain_group_validation(pipe, cfg)
     log["total_seconds"] = round(time.time() - t0)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,23 @@ def _validation(pipe, model_cfg, val_pools, flow, seed: int) -> dict:
         components.transformer(model_cfg).eval(), clip.eval(), t5.eval(), val_pools, flow
     )
     return {"trained": trained, "untrained": untrained}
+
+
+def domain_group_validation(pipe, cfg: pretrain.PretrainConfig) -> dict:
+    """Held-out-frame flow-matching loss (validation split) of the training and the held-out domains
+    apart: the before/after figure of putting held-out single frames into the base's pretraining."""
+    from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS, TRAIN_DOMAINS
+
+    out = {}
+    for name, domains in (("train_domains", TRAIN_DOMAINS), ("heldout_domains", HELDOUT_DOMAINS)):
+        pools = {
+            s: pretrain.latent_pool(
+                pipe, corpus.frame_pool(s, cfg.val_per_domain, corpus.VAL_SPLIT_SEED, domains, final_caption_only=0)
+            )
+            for s in cfg.pools
+        }
+        out[name] = pretrain.validation_loss(pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pools, _flow())
+    return out
 
 
 def _jsonable(cfg) -> dict:

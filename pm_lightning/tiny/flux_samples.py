@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS
+from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS
 from pm_lightning.tiny.frame_pools import VAL_SPLIT_SEED, frame_caption, sequences
 
 CELL = 192
@@ -42,7 +42,7 @@ def generate(pipe, caption: str, size: int, seed: int, steps: int, max_sequence_
     ).images[0]
 
 
-def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, seed: int = 0) -> Image.Image:
+def sample_sheet(model_dir: str | Path, domains=tuple(DOMAINS), steps: int = 24, seed: int = 0) -> Image.Image:
     """One row per domain (a held-out validation sequence's captions): the true final frame, then
     generated frames for steps 1, middle and last at 64 px (shown 3x) and the last step at 192 px."""
     from diffusers import FluxPipeline
@@ -63,7 +63,8 @@ def sample_sheet(model_dir: str | Path, domains=TRAIN_DOMAINS, steps: int = 24, 
         seq = sequences([domain], VAL_SPLIT_SEED, 1, CELL)[0]
         n = len(seq.frames)
         y = head_h + r * (CELL + gap)
-        draw.text((4, y + 4), _wrap(f"{domain}: {seq.caption}", 24), fill="black")
+        tag = " (held out of stage 1/2)" if domain in HELDOUT_DOMAINS else ""
+        draw.text((4, y + 4), _wrap(f"{domain}{tag}: {seq.caption}", 24), fill="black")
         cells = [seq.frames[-1]]
         for k in (0, n // 2, n - 1):
             img = generate(pipe, frame_caption(seq, k), 64, seed + r, steps, max_len)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pm_lightning.data.synthetic_corpus import DOMAINS, TRAIN_DOMAINS, Sequence, generate_sequence, sequence_seed
+from pm_lightning.data.synthetic_corpus import DOMAINS, Sequence, generate_sequence, sequence_seed
 
 TRAIN_SPLIT_SEED = 0  # the corpus split seeds of `make shards`: 0 = train, 1 = validation
 VAL_SPLIT_SEED = 1
@@ -68,12 +68,16 @@ def frame_pool(
     size: int,
     per_domain: int,
     split_seed: int = TRAIN_SPLIT_SEED,
-    domains=TRAIN_DOMAINS,
+    domains=tuple(DOMAINS),
     final_caption_only: float = 0.15,
     seed: int = 0,
     start: int = 0,
 ) -> FramePool:
     """Every frame of `per_domain` sequences per domain at `size` px, captioned per step.
+
+    Every domain by default, the held-out ones included: the base knows each domain as single
+    pictures (as FLUX knows what origami looks like), never as a process (no grid, no sequence
+    order; the stage-1/2 shards hold no held-out sequence).
 
     With probability `final_caption_only` the last frame also appears captioned with the bare
     sequence caption (what later stages write without step numbers).
