@@ -64,19 +64,12 @@ def train_style_lora(backbone, cfg: StyleLoraConfig, out, progress: bool = True)
     params = adapter_parameters(transformer)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     flow, g, rng = FlowConfig(), torch.Generator().manual_seed(cfg.seed), random.Random(cfg.seed)
+    before = fixed_draw_loss(backbone, pictures, flow)
     losses = []
     transformer.train()
     for _ in tqdm(range(cfg.steps), desc=f"style LoRA ({cfg.domain})", disable=not progress):
         batch = [pictures[rng.randrange(len(pictures))] for _ in range(cfg.batch_size)]
-        pixels = torch.stack([torch.from_numpy(p.copy()).permute(2, 0, 1) for p, _ in batch]).float() / 127.5 - 1
-        x0 = backbone.encode_images(pixels)  # (B, 16, h, w)
-        embeds, pooled, txt_ids = backbone.encode_text([c for _, c in batch])
-        h, w = x0.shape[-2:]
-        noise = torch.randn(x0.shape, generator=g)
-        t = sample_timesteps(x0.shape[0], flow, (h // 2) * (w // 2), generator=g)
-        xt = pack(interpolate(x0, noise, t))  # (B, N, 64)
-        pred = backbone.predict(xt, t, embeds, pooled, txt_ids, image_ids(h, w))
-        loss = per_sample_mse(pred, pack(velocity_target(x0, noise))).mean()
+        loss = _flow_loss(backbone, batch, flow, g).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,4 +77,30 @@ def train_style_lora(backbone, cfg: StyleLoraConfig, out, progress: bool = True)
     transformer.eval()
     export_domain_lora(transformer, 0, out)
     tenth = max(1, len(losses) // 10)
-    return {"first_loss": float(np.mean(losses[:tenth])), "last_loss": float(np.mean(losses[-tenth:]))}
+    return {
+        "first_loss": float(np.mean(losses[:tenth])),
+        "last_loss": float(np.mean(losses[-tenth:])),
+        "fixed_loss_before": before,
+        "fixed_loss_after": fixed_draw_loss(backbone, pictures, flow),
+    }
+
+
+def _flow_loss(backbone, batch, flow: FlowConfig, g: torch.Generator) -> torch.Tensor:
+    """(B,) flow-matching loss of (picture, caption) pairs with noise and t drawn from `g`."""
+    pixels = torch.stack([torch.from_numpy(p.copy()).permute(2, 0, 1) for p, _ in batch]).float() / 127.5 - 1
+    x0 = backbone.encode_images(pixels)  # (B, 16, h, w)
+    embeds, pooled, txt_ids = backbone.encode_text([c for _, c in batch])
+    h, w = x0.shape[-2:]
+    noise = torch.randn(x0.shape, generator=g)
+    t = sample_timesteps(x0.shape[0], flow, (h // 2) * (w // 2), generator=g)
+    xt = pack(interpolate(x0, noise, t))  # (B, N, 64)
+    pred = backbone.predict(xt, t, embeds, pooled, txt_ids, image_ids(h, w))
+    return per_sample_mse(pred, pack(velocity_target(x0, noise)))
+
+
+@torch.no_grad()
+def fixed_draw_loss(backbone, pictures, flow: FlowConfig, draws: int = 4, seed: int = 1234) -> float:
+    """Mean loss over every picture with the same noise and t draws each call: comparable before and after
+    training (the per-step training losses are too noisy to show learning over a few dozen steps)."""
+    g = torch.Generator().manual_seed(seed)
+    return float(torch.cat([_flow_loss(backbone, pictures, flow, g) for _ in range(draws)]).mean())
