@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = Path(args.plan) if args.plan else project_path(DEFAULT_PLAN)
         plan = select(load_plan(path, args.quick), args.rows, args.seeds)
-        out = args.out or project_path(f"runs/ablation/{plan.name}{'-quick' if args.quick else ''}")
+        out = (args.out or project_path(f"runs/ablation/{plan.name}{'-quick' if args.quick else ''}")).resolve()
         parallel = args.jobs or plan.jobs
         threads = args.threads or max(1, (os.cpu_count() or 1) // parallel)
         if args.dry_run:
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if moved:
         print(f"the earlier {out} was moved to {moved}")
+    if parallel * threads > (os.cpu_count() or 1):
+        print(f"note: {parallel} process(es) x {threads} thread(s) > {os.cpu_count()} cores: they will slow each other")
     print(f"ablation {plan.name}: rows {plan.active_rows}, seeds {plan.seeds}, {parallel} process(es) x {threads} "
           f"thread(s); output {out}")  # fmt: skip
     command = shlex.join(["python", "-m", "pm_lightning.ablate", *(sys.argv[1:] if argv is None else argv)])

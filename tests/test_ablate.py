@@ -417,3 +417,46 @@ def test_the_flux_dev_plan_drives_fits_with_the_real_configs():
         "masked_align/seed-0/lora/final/fabric_toys.safetensors"
     )
     assert load_plan(REPO / "experiments" / "ablations" / "plans" / "fabric_toys.yaml", quick=True).seeds == [0]
+
+
+# ---------------------------------------------------------------- evaluation pieces
+
+
+def test_prompts_are_never_trained_corpus_sequences_with_their_true_frames(tmp_path):
+    from pm_lightning.ablation.prompts import plan_prompts, sampler_seed, write_truth
+    from pm_lightning.data.synthetic_corpus import DOMAINS
+
+    spec = load_plan(PLAN, quick=True).eval
+    prompts = plan_prompts(spec, tmp_path)
+    assert [p.domain for p in prompts] == list(DOMAINS)  # one per domain, held-out ones included
+    assert plan_prompts(spec, tmp_path)[3].caption == prompts[3].caption  # deterministic
+    write_truth(spec, prompts)
+    for p in prompts:
+        assert len(p.steps) == p.frames == DOMAINS[p.domain] == len(list(p.truth.glob("*.png")))
+    assert len({sampler_seed(s, i) for s in range(3) for i in range(len(prompts))}) == 3 * len(prompts)
+
+
+def test_the_lora_file_of_a_domain_falls_back_to_unseen_then_lora(tmp_path):
+    from pm_lightning.ablation.row_eval import lora_for
+
+    assert lora_for(None, "lego") is None
+    for name in ("lego", "unseen"):
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    assert lora_for(tmp_path, "lego").name == "lego.safetensors"
+    assert lora_for(tmp_path, "origami").name == "unseen.safetensors"
+    with pytest.raises(FileNotFoundError, match="no LoRA file for 'x'"):
+        lora_for(tmp_path / "empty", "x")
+
+
+def test_table_metrics_average_training_and_held_out_domains_apart():
+    from pm_lightning.ablation.row_eval import edits, table_metrics
+
+    results = {"domains": {"lego": {"align": 80.0, "gt_similarity": 0.5}, "cake": {"align": 60.0, "gt_similarity": None},
+                           "origami": {"align": 30.0, "gt_similarity": 0.2}}}  # fmt: skip
+    m = table_metrics(results, ["origami", "mosaic"])
+    assert m["align"] == 70.0 and m["unseen_align"] == 30.0 and m["align/cake"] == 60.0
+    assert m["gt_sim"] == 0.5 and "gt_sim/cake" not in m and m["unseen_gt_sim"] == 0.2
+    report = {"rounds": [{"decisions": [{"action": "insert", "n": 2, "applied": True},
+                                        {"action": "delete", "applied": True}, {"action": "delete", "applied": False}]},
+                         {"decisions": [{"action": "insert", "n": 1, "applied": True}]}]}  # fmt: skip
+    assert edits(report) == (3, 1) and edits(None) == (0, 0)
