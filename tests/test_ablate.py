@@ -213,7 +213,7 @@ def test_jobs_run_after_what_they_need_and_a_rerun_skips_finished_pairs(tmp_path
     for job in jobs:
         assert all(stub.calls.index(d) < stub.calls.index(job.id) for d in job.deps)
         assert json.loads(marker_path(tmp_path, job).read_text())["command"] == commands[job.id]
-    assert any("(row, seed) pairs 8/8" in line for line in lines)
+    assert any("[rows 4/4 | (row, seed) pairs 8/8" in line for line in lines)
     assert any("left]" in line and "~?" not in line for line in lines[-3:])  # the time left, once every kind ran
 
     again = StubJobs()
@@ -460,3 +460,21 @@ def test_table_metrics_average_training_and_held_out_domains_apart():
                                         {"action": "delete", "applied": True}, {"action": "delete", "applied": False}]},
                          {"decisions": [{"action": "insert", "n": 1, "applied": True}]}]}  # fmt: skip
     assert edits(report) == (3, 1) and edits(None) == (0, 0)
+
+
+def test_a_row_can_change_its_training_and_its_parameter_count_follows(tmp_path):
+    from pm_lightning.ablation.row_params import row_parameters
+
+    data = plan_data()
+    data["rows"]["rank8"] = {"label": "masked + align, rank 8", "overlay": "experiments/ablations/masked_align.yaml",
+                             "args": {"model.init_args.adapter.rank": 8, "model.init_args.alignment.lambda0": 1.0}}  # fmt: skip
+    plan = parse_plan(data, str(PLAN))
+    job = next(j for j in build_jobs(plan, tmp_path) if j.id == "stage1/rank8/seed-0")
+    cmd = fit_command(plan, job)
+    assert cmd[cmd.index("--model.init_args.adapter.rank") + 1] == "8"
+    assert cmd[cmd.index("--model.init_args.alignment.lambda0") + 1] == "1.0"
+    small, big = row_parameters(plan, "rank8"), row_parameters(plan, "masked_align")
+    assert small["params_tiny"] < big["params_tiny"] and small["params_flux"] == big["params_flux"]  # rank 16 -> 8
+    data["rows"]["base"]["args"] = {"trainer.max_steps": 5}
+    with pytest.raises(PlanError, match="rows.base.args: only a row with an overlay trains"):
+        parse_plan(data, str(PLAN))

@@ -112,7 +112,8 @@ def fit_command(plan: Plan, job: Job) -> list[str]:
         "--trainer.logger.init_args.job_type", f"train-{job.kind}",
         "--trainer.logger.init_args.tags", json.dumps(tags),
     ]  # fmt: skip
-    for key, value in stage.args.items():
+    args = {**stage.args, **(plan.rows[job.row].args if job.kind == "stage1" else {})}
+    for key, value in args.items():
         cmd += [f"--{key}", cli_value(value)]
     return cmd
 

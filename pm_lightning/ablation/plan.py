@@ -79,6 +79,7 @@ class RowSpec:
     from_row: str | None = None  # YAML key `from`: reuse that row's stage-1 training
     stage2: bool = False  # also train stage 2 on the stage-1 domain-free LoRA (per seed)
     adaptive: str | None = None  # adaptive steps at inference: a row of eval/adaptive_truth.ROWS
+    args: dict[str, Any] = field(default_factory=dict)  # extra `--key value` for its stage-1 fit (rank, lambda0, ...)
 
     @property
     def trains_stage1(self) -> bool:
@@ -213,6 +214,8 @@ def check_plan(plan: Plan) -> None:
     if plan.jobs < 1:
         raise PlanError(f"{src}: jobs must be >= 1, got {plan.jobs}")
     for name, row in plan.rows.items():
+        if row.args and row.overlay is None:
+            raise PlanError(f"{src}: rows.{name}.args: only a row with an overlay trains, so only it takes args")
         if row.overlay is not None and row.from_row is not None:
             raise PlanError(f"{src}: rows.{name}: give `overlay` (train stage 1) or `from` (reuse a row), not both")
         if row.overlay is not None and not project_path(row.overlay).is_file():

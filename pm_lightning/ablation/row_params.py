@@ -35,7 +35,9 @@ def row_parameters(plan: Plan, row: str) -> dict[str, int]:
     spec, s1 = plan.rows[row], plan.stage1_row(row)
     if s1 is None:
         return {"params_tiny": 0, "params_flux": 0}
-    variant, adapter = stage_adapter([*plan.stage1.configs, plan.rows[s1].overlay], plan.stage1.args)
+    variant, adapter = stage_adapter(
+        [*plan.stage1.configs, plan.rows[s1].overlay], {**plan.stage1.args, **plan.rows[s1].args}
+    )
     kind = adapter.pop("kind", "masked")
     big = {"rank": plan.params.rank, "num_domains": plan.params.domains}
     small_n = _count(variant, kind, tuple(sorted(_hashable(adapter).items())))

@@ -99,10 +99,13 @@ class Progress:
         return sum(means[j.kind] for j in left) / self.parallel
 
     def line(self, event: str) -> str:
-        pairs = sum(1 for j in self.jobs if j.kind == "eval" and j.id in self.finished)
+        evals = [j for j in self.jobs if j.kind == "eval"]
+        pairs = sum(j.id in self.finished for j in evals)
+        rows = {j.row for j in evals}
+        complete = sum(all(j.id in self.finished for j in evals if j.row == r) for r in rows)
         elapsed = time.monotonic() - self.start
         return (
-            f"[{len(self.finished)}/{len(self.jobs)} jobs | (row, seed) pairs {pairs}/{self.pairs} | "
+            f"[rows {complete}/{len(rows)} | (row, seed) pairs {pairs}/{self.pairs} | jobs {len(self.finished)}/{len(self.jobs)} | "
             f"{fmt_duration(elapsed)} elapsed | ~{fmt_duration(self.time_left())} left] {event}"
         )
 
