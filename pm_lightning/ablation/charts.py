@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from pm_lightning.ablation.columns import column, format_value
 
-BAR, GAP, HEIGHT, LEFT, TOP, BOTTOM = 46, 18, 220, 60, 34, 110
+BAR, GAP, HEIGHT, LEFT, TOP, BOTTOM = 56, 22, 220, 60, 34, 110
 
 
 def bar_chart(metric: str, bars: list[tuple[str, float | None, float | None]]) -> Image.Image:
@@ -44,7 +44,7 @@ def bar_chart(metric: str, bars: list[tuple[str, float | None, float | None]]) -
                 for v in (mean - sd, mean + sd):
                     draw.line([(cx - 7, y(v)), (cx + 7, y(v))], fill="black", width=2)
             draw.text((x0, min(y(0), y(mean)) - 12), format_value(metric, mean), fill="black")
-        for k, part in enumerate(_wrap(label, 8)[:6]):
+        for k, part in enumerate(_wrap(label, 11)[:6]):
             draw.text((x0, TOP + HEIGHT + 6 + 12 * k), part, fill="black")
     return img
 
@@ -59,14 +59,15 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def row_picture(label: str, samples: list[tuple[str, Path]], cell: int = 160) -> Image.Image:
-    """One row's grids side by side (prompt id above each), its label as the title."""
-    img = Image.new("RGB", (max(1, len(samples)) * (cell + 8) + 8, cell + 40), "white")
+def row_picture(label: str, samples: list[tuple[str, Path]], cell: int = 160, per_line: int = 9) -> Image.Image:
+    """One row's grids, `per_line` to a line (prompt id above each), its label as the title."""
+    cols, lines = min(per_line, max(1, len(samples))), max(1, -(-len(samples) // per_line))
+    img = Image.new("RGB", (cols * (cell + 8) + 8, 18 + lines * (cell + 18)), "white")
     draw = ImageDraw.Draw(img)
     draw.text((8, 4), label, fill="black")
     for i, (pid, grid) in enumerate(samples):
-        x = 8 + i * (cell + 8)
-        draw.text((x, 18), pid, fill="black")
+        x, y = 8 + (i % per_line) * (cell + 8), 18 + (i // per_line) * (cell + 18)
+        draw.text((x, y), pid, fill="black")
         with Image.open(grid) as im:
-            img.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC), (x, 32))
+            img.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC), (x, y + 14))
     return img
