@@ -57,25 +57,44 @@ def contrast_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+GROUPS = (
+    ("reproduced", "Reproduced in direction, larger than the seed spread (interval excludes 0)"),
+    ("same_unresolved", "Same direction as the paper, but not resolved by the seeds"),
+    ("opposite", "Opposite direction, larger than the seed spread: does not reproduce"),
+    ("opposite_unresolved", "Opposite direction, within the seed spread"),
+    ("none", "No difference, one seed only, or no data"),
+)
+
+
+def claim_group(c: dict) -> str:
+    """Which of GROUPS a contrast falls in."""
+    if c["mean"] is None or c["beyond_spread"] is None or c["verdict"] == "no difference":
+        return "none"
+    resolved = bool(c["beyond_spread"] and c["excludes_zero"])
+    if c["verdict"] == "reproduced in direction":
+        return "reproduced" if resolved else "same_unresolved"
+    return "opposite" if resolved else "opposite_unresolved"
+
+
 def claim_lines(results: dict) -> list[str]:
-    """One sentence per contrast: the direction against the claim, and whether seeds resolve it."""
+    """The contrasts grouped by what they say about the papers' claims, one sentence each with its figures."""
     out = []
-    for c in results["contrasts"]:
-        if c["mean"] is None:
-            out.append(f"- **{c['name']}**: no data.")
+    for key, title in GROUPS:
+        mine = [c for c in results["contrasts"] if claim_group(c) == key]
+        if not mine:
             continue
-        fig = f"{c['header']} {c['mean']:+.4g}"
-        if c["low"] is not None:
-            fig += f", 95% CI [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} seeds"
-        if c["beyond_spread"] is None:
-            resolved = "one seed: no spread to compare with, so this is not evidence either way"
-        elif c["beyond_spread"] and c["excludes_zero"]:
-            resolved = "larger than the seed spread and the interval excludes 0"
-        elif c["beyond_spread"]:
-            resolved = "larger than the seed spread, but the interval includes 0"
-        else:
-            resolved = "**not larger than the seed spread**: the seeds do not resolve it"
-        out.append(f"- **{c['name']}** ({c['claim']}): {c['verdict']} ({fig}); {resolved}.")
+        out += [f"**{title}**", ""]
+        for c in mine:
+            if c["mean"] is None:
+                out.append(f"- {c['name']}: no data.")
+                continue
+            fig = f"{c['header']} {c['mean']:+.4g}"
+            if c["low"] is not None:
+                fig += f", 95% CI [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} seeds"
+            sds = [v for v in (c["sd_a"], c["sd_b"]) if v is not None]
+            spread = f"; seed sd up to {max(sds):.3g}" if sds else "; one seed: no spread to compare with"
+            out.append(f"- {c['name']} ({c['claim']}): {c['verdict']} ({fig}{spread}).")
+        out.append("")
     return out
 
 
