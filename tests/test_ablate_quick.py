@@ -67,9 +67,10 @@ def test_quick_ablation_end_to_end_and_resume(tmp_path):
     # each training is a real fit run: its resolved config and W&B run carry the ablation's grouping
     config = (out / "train" / "asymmetric" / "seed-0" / "config.yaml").read_text()
     assert "kind: asymmetric" in config and "seed_everything: 0" in config
-    train = the_run(run_records(out / "train" / "asymmetric" / "seed-0"))
+    records = run_records(out / "train" / "asymmetric" / "seed-0")
+    train = the_run(records)
     assert (train.run_group, train.job_type) == ("tiny-ablation", "train-stage1") and "row:asymmetric" in train.tags
-    keys = {i.key for i in train.config.update}
+    keys = {i.key for r in records if r.WhichOneof("record_type") == "config" for i in r.config.update}
     assert "resolved_config" in keys  # the whole config, not only the model's hyper-parameters
     for row in ("base", "full_no_sem"):
         run = the_run(run_records(out / "eval" / row / "seed-0"))
