@@ -488,3 +488,17 @@ def test_a_row_can_change_its_training_and_its_parameter_count_follows(tmp_path)
     data["rows"]["base"]["args"] = {"trainer.max_steps": 5}
     with pytest.raises(PlanError, match="rows.base.args: only a row with an overlay trains"):
         parse_plan(data, str(PLAN))
+
+
+def test_write_docs_copies_the_report_with_its_figures(tmp_path):
+    from pm_lightning.ablation.driver import copy_to_docs
+    from pm_lightning.ablation.report import write_report
+    from pm_lightning.ablation.results import collect
+
+    plan, out, docs = three_seed_plan(), tmp_path / "out", tmp_path / "docs"
+    jobs = write_fake_results(plan, out)
+    write_report(plan, out, collect(plan, out, jobs, {}), "cmd")
+    docs.mkdir()
+    text = copy_to_docs(out, docs).read_text()
+    links = [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert links and all(link.startswith("ablation/") and (docs / link).is_file() for link in links)
