@@ -129,8 +129,13 @@ def test_quick_without_a_quick_section_and_unknown_rows_are_errors():
 def test_selecting_rows_keeps_the_trainings_they_reuse():
     plan = select(load_plan(PLAN), ["full", "lora"], [1])
     ids = [j.id for j in build_jobs(plan, Path("/o"))]
-    assert ids == ["stage1/lora/seed-1", "stage1/masked_align/seed-1", "stage2/masked_align/seed-1",
-                   "eval/lora/seed-1", "eval/full/seed-1"]  # fmt: skip
+    assert ids == [
+        "stage1/masked_align/seed-1",
+        "stage2/masked_align/seed-1",
+        "stage1/lora/seed-1",
+        "eval/lora/seed-1",
+        "eval/full/seed-1",
+    ]  # fmt: skip  (stage 1 -> stage 2 first: the longest chain)
     assert [c.name for c in plan.contrasts] == []  # no contrast has both of its rows
     assert all(set(t.rows) <= {"full", "lora"} for t in plan.tables)
 
@@ -247,9 +252,12 @@ def test_results_of_another_plan_are_refused(tmp_path):
     plan = small_plan()
     jobs, commands = commands_for(plan, tmp_path)
     Runner(tmp_path, 1, 1, lambda s: None).run(jobs, commands, StubJobs())
-    plan.stage1.args["trainer.max_steps"] = 999
+    steps, plan.stage1.args["trainer.max_steps"] = plan.stage1.args["trainer.max_steps"], 999
     _, changed = commands_for(plan, tmp_path)
-    with pytest.raises(PlanChanged, match="stage1/lora/seed-0 from another plan"):
+    with pytest.raises(
+        PlanChanged,
+        match=rf"masked_align/seed-0 from another plan:\n  then: .*max_steps {steps} .*\n  now: .*max_steps 999 ",
+    ):
         Runner(tmp_path, 1, 1, lambda s: None).run(jobs, changed, StubJobs())
 
 

@@ -76,7 +76,12 @@ def build_jobs(plan: Plan, out: Path) -> list[Job]:
                 job.rows.append(row)
                 deps.append(job.id)
             evals.append(Job(f"eval/{row}/seed-{seed}", "eval", row, seed, eval_dir(out, row, seed), deps, [row]))
-    return [*trains.values(), *evals]
+    feeds_stage2 = {d for j in trains.values() if j.kind == "stage2" for d in j.deps}
+
+    def first(job: Job) -> tuple[int, int]:  # the longest chain first: stage 1 that stage 2 waits for, then stage 2
+        return job.seed, 0 if job.id in feeds_stage2 else 1 if job.kind == "stage2" else 2
+
+    return [*sorted(trains.values(), key=first), *evals]
 
 
 def cli_value(value) -> str:
