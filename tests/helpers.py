@@ -82,3 +82,49 @@ def load_bench(script: str, name: str | None = None):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def wandb_records(run_folder: Path, timeout: float = 30.0) -> list:
+    """Every record of a finished offline W&B run, once its exit record is on disk (wandb-core writes from its own
+    process, a moment after `finish()` returns; see tests/test_run_dir.settled_listing)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_wandb_file(run_folder)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.3)
+
+
+def read_wandb_file(run_folder: Path) -> list:
+    """Every record of an offline W&B run (`<run_folder>/run-<id>.wandb`), parsed by wandb's own protobuf
+    (`wandb.proto.wandb_internal_pb2.Record`). wandb 0.31 ships no Python reader of the file, which wandb-core writes
+    in LevelDB's log framing: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of chunks, each with a
+    7-byte header (crc32, length uint16 LE, type: 1 full, 2 first, 3 middle, 4 last); a block's last < 7 bytes are
+    padding."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_folder).glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is no W&B transaction log"
+    block, pos, records, parts = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:  # zero padding at the end of a block
+            pos += left
+            continue
+        parts += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            records.append(record)
+            parts = b""
+    return records

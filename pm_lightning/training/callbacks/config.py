@@ -1,4 +1,5 @@
-"""The resolved config: saved as `<run dir>/config.yaml` (LightningCLI) and inside every checkpoint."""
+"""The resolved config: saved as `<run dir>/config.yaml` (LightningCLI), inside every checkpoint, and as the
+logger's run config (`resolved_config`: on W&B the whole config, so runs of an ablation compare by any key)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ class SaveConfigWithCheckpoints(SaveConfigCallback):
         root = Path(trainer.default_root_dir)
         root.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, str(root / CONFIG_NAME), skip_unset=False, overwrite=True, multifile=False)
+        if trainer.loggers:
+            import yaml
+
+            resolved = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"resolved_config": resolved})
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["config"] = self.parser.dump(self.config, skip_unset=False)

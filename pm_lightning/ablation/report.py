@@ -1,0 +1,178 @@
+"""The local report of an ablation: results.json (rows x seeds x metrics, summaries, contrasts), RESULTS.md (the
+tables, which claims of the papers reproduce in direction and which do not, the figures), a bar chart per metric
+(charts/<metric>.png) and one picture per row (pictures/<row>.png)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pm_lightning.ablation.charts import bar_chart, row_picture
+from pm_lightning.ablation.columns import column, format_value
+from pm_lightning.ablation.jobs import eval_dir
+from pm_lightning.ablation.plan import Plan
+from pm_lightning.core.atomic import atomic_path
+
+
+def cell(key: str, summary: dict | None) -> str:
+    """ "mean +- sd" (sd only with two seeds or more)."""
+    if not summary or summary["mean"] is None:
+        return "-"
+    text = format_value(key, summary["mean"])
+    if summary["sd"] is not None and column(key).fmt != "count":
+        text += f" ± {format_value(key, summary['sd']).rstrip('%')}" + ("%" if column(key).fmt.endswith("%") else "")
+    return text
+
+
+def markdown_table(results: dict, rows: list[str], columns: list[str]) -> str:
+    """Rows x columns of "mean ± sd"; a column no row has a value for (e.g. the judge's without an endpoint) is left out."""
+    rows = [r for r in rows if r in results["rows"]]
+    columns = [
+        c for c in columns if any(results["rows"][r]["summary"].get(c, {}).get("mean") is not None for r in rows)
+    ]
+    head = "| row | seeds | " + " | ".join(column(c).header for c in columns) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(columns)]
+    for row in rows:
+        r = results["rows"][row]
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cell(c, r["summary"].get(c)) for c in columns) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def domains_of(results: dict, prefix: str = "align") -> list[str]:
+    found = {k.split("/", 1)[1] for r in results["rows"].values() for k in r["summary"] if k.startswith(prefix + "/")}
+    return sorted(found)
+
+
+def contrast_table(results: dict) -> str:
+    lines = ["| contrast | metric | a − b (mean over seeds) | 95% t interval | seeds | sd a / sd b | beyond the seed spread | the paper | verdict |",
+             "|---|---|---:|---|---:|---|---|---|---|"]  # fmt: skip
+    for c in results["contrasts"]:
+        mean = "-" if c["mean"] is None else f"{c['mean']:+.4g}"
+        ci = "- (one seed)" if c["low"] is None else f"[{c['low']:+.4g}, {c['high']:+.4g}]"
+        sds = " / ".join("-" if v is None else f"{v:.3g}" for v in (c["sd_a"], c["sd_b"]))
+        beyond = {True: "yes", False: "**no**", None: "-"}[c["beyond_spread"]]
+        lines.append(f"| {c['name']} | {c['header']} ({c['better']} is better) | {mean} | {ci} | {c['n']} | {sds} | "
+                     f"{beyond} | {c['claim']} | {c['verdict']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+GROUPS = (
+    ("reproduced", "Reproduced in direction, larger than the seed spread (interval excludes 0)"),
+    ("same_unresolved", "Same direction as the paper, but not resolved by the seeds"),
+    ("opposite", "Opposite direction, larger than the seed spread: does not reproduce"),
+    ("opposite_unresolved", "Opposite direction, within the seed spread"),
+    ("none", "No difference, one seed only, or no data"),
+)
+
+
+def claim_group(c: dict) -> str:
+    """Which of GROUPS a contrast falls in."""
+    if c["mean"] is None or c["beyond_spread"] is None or c["verdict"] == "no difference":
+        return "none"
+    resolved = bool(c["beyond_spread"] and c["excludes_zero"])
+    if c["verdict"] == "reproduced in direction":
+        return "reproduced" if resolved else "same_unresolved"
+    return "opposite" if resolved else "opposite_unresolved"
+
+
+def claim_lines(results: dict) -> list[str]:
+    """The contrasts grouped by what they say about the papers' claims, one sentence each with its figures."""
+    out = []
+    for key, title in GROUPS:
+        mine = [c for c in results["contrasts"] if claim_group(c) == key]
+        if not mine:
+            continue
+        out += [f"**{title}**", ""]
+        for c in mine:
+            if c["mean"] is None:
+                out.append(f"- {c['name']}: no data.")
+                continue
+            fig = f"{c['header']} {c['mean']:+.4g}"
+            if c["low"] is not None:
+                fig += f", 95% CI [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} seeds"
+            sds = [v for v in (c["sd_a"], c["sd_b"]) if v is not None]
+            spread = f"; seed sd up to {max(sds):.3g}" if sds else "; one seed: no spread to compare with"
+            out.append(f"- {c['name']} ({c['claim']}): {c['verdict']} ({fig}{spread}).")
+        out.append("")
+    return out
+
+
+def chart_metrics(plan: Plan) -> list[str]:
+    keys = [k for t in plan.tables for k in t.columns if not k.startswith("params_")]
+    return list(dict.fromkeys(keys))
+
+
+def write_figures(plan: Plan, out: Path, results: dict) -> tuple[dict[str, Path], dict[str, Path]]:
+    """charts/<metric>.png and pictures/<row>.png; returns both maps."""
+    charts, pictures = {}, {}
+    for metric in chart_metrics(plan):
+        bars = [(r["label"], r["summary"].get(metric, {}).get("mean"), r["summary"].get(metric, {}).get("sd"))
+                for r in results["rows"].values() if metric in r["summary"]]  # fmt: skip
+        if bars:
+            path = out / "charts" / f"{metric.replace('/', '_')}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            bar_chart(metric, bars).save(path)
+            charts[metric] = path
+    seed = plan.seeds[0]
+    for row in plan.active_rows:
+        samples = eval_dir(out, row, seed) / "samples"
+        grids = sorted((p.name, p / "grid.png") for p in samples.iterdir() if (p / "grid.png").is_file()) if samples.is_dir() else []  # fmt: skip
+        if grids:
+            path = out / "pictures" / f"{row}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            row_picture(f"{results['rows'][row]['label']} (seed {seed})", grids).save(path)
+            pictures[row] = path
+    return charts, pictures
+
+
+def render(plan: Plan, results: dict, charts: dict[str, Path], pictures: dict[str, Path], command: str) -> str:
+    """RESULTS.md."""
+    parts = [f"# Ablation `{plan.name}`", ""]
+    if plan.quick:
+        parts += ["> **Quick run** (`--quick`: a few training steps, one seed). It checks that the harness runs end "
+                  "to end; its figures say nothing about the methods.", ""]  # fmt: skip
+    parts += [f"Command: `{command}`. Plan: `{plan.source}`. Seeds: {plan.seeds}. Written {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+              "Cells are mean ± sample sd over seeds. Align and the proxies are defined in docs/EVALUATION.md; "
+              "`(held out)` columns average the held-out domains, the others the training domains.", ""]  # fmt: skip
+    for t in plan.tables:
+        parts += [f"## {t.title}", "", markdown_table(results, t.rows, t.columns), ""]
+        if t.note:
+            parts += [t.note, ""]
+    domains = domains_of(results)
+    if domains:
+        parts += [
+            "## Align per domain",
+            "",
+            markdown_table(results, plan.active_rows, [f"align/{d}" for d in domains]),
+            "",
+        ]
+    parts += ["## Paired comparisons", "",
+              "a − b per seed (both rows share the seed's training noise and sampler seeds), its mean and 95% Student-t "
+              "interval; *beyond the seed spread* means |mean difference| > the larger per-row sd.", "",
+              contrast_table(results), "", "## Which claims reproduce", "", *claim_lines(results), ""]  # fmt: skip
+    if results["missing"]:
+        parts += [
+            "## Missing",
+            "",
+            "Not finished (rerun the same command to resume): " + ", ".join(results["missing"]),
+            "",
+        ]
+    if charts:
+        parts += ["## Figures", ""] + [f"![{column(m).header}]({p.relative_to(p.parents[1])})" for m, p in charts.items()] + [""]  # fmt: skip
+    if pictures:
+        parts += ["## Samples (same prompts and sampler seeds in every row)", ""]
+        parts += [f"![{row}]({p.relative_to(p.parents[1])})" for row, p in pictures.items()] + [""]
+    return "\n".join(parts)
+
+
+def write_report(plan: Plan, out: Path, results: dict, command: str) -> tuple[Path, Path, dict, dict]:
+    """results.json, RESULTS.md, charts/, pictures/ in `out`; returns (md, json, charts, pictures)."""
+    out = Path(out)
+    charts, pictures = write_figures(plan, out, results)
+    json_path, md_path = out / "results.json", out / "RESULTS.md"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(render(plan, results, charts, pictures, command))
+    return md_path, json_path, charts, pictures

@@ -1,0 +1,202 @@
+"""Evaluating one (row, seed): the project's own inference and scoring, the same prompts and sampler seeds for every
+row. Stage-1 grids as `generate` makes them (stock FluxPipeline + the row's LoRA file for the prompt's domain: the
+domain's file, else the domain-free `unseen` one, else the plain `lora` one; none for the base), adaptive steps with
+that seed's stage-2 LoRA for the adaptive rows (`inference/session.run_adaptive`), sample folders as `generate`
+writes them, then `eval/sample_table` scores them and `eval/adaptive_truth` measures the adaptive rows on ground
+truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B evaluation run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from pm_lightning.ablation.columns import FROM_SAMPLE_TABLE, TRUTH_KEYS
+from pm_lightning.ablation.jobs import eval_dir, fused_stage1, stage1_dir, stage2_dir
+from pm_lightning.ablation.plan import Plan
+from pm_lightning.ablation.prompts import Prompt, plan_prompts, sampler_seed, write_truth
+from pm_lightning.core.atomic import atomic_path
+
+
+def lora_for(folder: Path | None, domain: str) -> Path | None:
+    """The stage-1 file of a domain in a LoraExport folder: `<domain>`, else `unseen` (masks removed / mean of the
+    Bs), else the plain `lora`; None for no folder (the base)."""
+    if folder is None:
+        return None
+    for name in (domain, "unseen", "lora"):
+        if (folder / f"{name}.safetensors").is_file():
+            return folder / f"{name}.safetensors"
+    raise FileNotFoundError(f"no LoRA file for {domain!r} (nor unseen / lora) in {folder}")
+
+
+def generate_args(plan: Plan, prompt: Prompt, seed: int, index: int, out: Path, steps: list[str] | None):
+    """`generate`'s own argument namespace for one prompt (its parser, so every default is generate's)."""
+    from pm_lightning.inference.flags import generate_parser, parse_inference_args
+
+    ev = plan.eval
+    argv = ["--prompt", prompt.caption, "--domain", prompt.domain, "--out", str(out), "--base", ev.base,
+            "--seed", str(sampler_seed(seed, index)), "--clip", ev.clip, "--dino", ev.dino]  # fmt: skip
+    for flag, value in (("--num-inference-steps", ev.num_inference_steps), ("--guidance", ev.guidance),
+                        ("--device", ev.device), ("--dtype", ev.dtype)):  # fmt: skip
+        if value is not None:
+            argv += [flag, str(value)]
+    if steps:
+        argv += ["--steps", *steps]
+    return parse_inference_args(generate_parser(), argv)
+
+
+def judge_for(plan: Plan, cache: Path):
+    """The GPT-4o judge when the plan asks for it (auto: an endpoint or key is configured), else None."""
+    mode = plan.eval.judge
+    configured = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
+    if mode == "off" or (mode == "auto" and not configured):
+        return None
+    from pm_lightning.eval.judge import Judge
+
+    return Judge.from_env(cache_dir=cache)
+
+
+def adaptive_configs(plan: Plan, out: Path, scorer) -> dict[str, dict]:
+    """Each adaptive row's settings, calibrated on split 2 as eval/adaptive_truth calibrates them (the same cases for
+    every row), computed once for the whole ablation (OUT/calibration.json, under a file lock)."""
+    import fcntl
+    from dataclasses import asdict
+
+    from pm_lightning.data.synthetic_corpus import DOMAINS
+    from pm_lightning.eval.adaptive_truth import calibrate, case_terms, make_cases, truth_sequences
+
+    path = Path(out) / "calibration.json"
+    needed = sorted({r.adaptive for r in plan.rows.values() if r.adaptive})
+    with open(Path(out) / ".calibration.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        n = plan.eval.truth_calibration_cases
+        if done.get("cases_per_condition") != n or any(r not in done.get("rows", {}) for r in needed):
+            seqs = truth_sequences(2, -(-n // len(DOMAINS)))
+            cases = make_cases(seqs, n, seed=1)
+            terms = case_terms(scorer, seqs, cases)
+            rows = {}
+            for name in needed:
+                cfg, rates = calibrate(terms, cases, name)
+                rows[name] = {"config": asdict(cfg), "rates_on_calibration_data": rates}
+            done = {"cases_per_condition": n, "split": 2, "encoders": {"clip": plan.eval.clip, "dino": plan.eval.dino},
+                    "rows": rows}  # fmt: skip
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(done, indent=1) + "\n")
+    return done["rows"]
+
+
+def truth_figures(plan: Plan, scorer, name: str, config: dict, seed: int) -> dict[str, float]:
+    """Ground-truth rates of one adaptive row on split-1 cases drawn with the ablation seed."""
+    from pm_lightning.data.synthetic_corpus import DOMAINS
+    from pm_lightning.eval.adaptive_truth import ROWS, case_terms, make_cases, outcomes, truth_sequences
+    from pm_lightning.inference.adaptive import AdaptiveConfig
+
+    n = plan.eval.truth_cases
+    seqs = truth_sequences(1, -(-n // len(DOMAINS)))
+    cases = make_cases(seqs, n, seed=seed)
+    rates = outcomes(case_terms(scorer, seqs, cases), cases, AdaptiveConfig.from_dict(config), ROWS[name][1])
+    return {TRUTH_KEYS[k]: v for k, v in rates.items() if k in TRUTH_KEYS and not math.isnan(v)}
+
+
+def table_metrics(results: dict, held_out: list[str]) -> dict[str, float]:
+    """Per-domain scores (`align/lego`), their mean over the training domains (`align`) and the held-out ones
+    (`unseen_align`), from `eval/sample_table.evaluate`'s result."""
+    out: dict[str, float] = {}
+    for src, key in FROM_SAMPLE_TABLE.items():
+        seen, unseen = [], []
+        for domain, vals in results["domains"].items():
+            value = vals.get(src)
+            if value is None:
+                continue
+            out[f"{key}/{domain}"] = value
+            (unseen if domain in held_out else seen).append(value)
+        if seen:
+            out[key] = sum(seen) / len(seen)
+        if unseen:
+            out[f"unseen_{key}"] = sum(unseen) / len(unseen)
+    return out
+
+
+def edits(report: dict | None) -> tuple[int, int]:
+    """(frames inserted, frames deleted) by the adaptive steps of one sample."""
+    if not report:
+        return 0, 0
+    applied = [d for r in report["rounds"] for d in r["decisions"] if d["applied"]]
+    return sum(d.get("n", 1) for d in applied if d["action"] == "insert"), sum(d["action"] == "delete" for d in applied)
+
+
+def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
+    """Generate, adapt, score and measure one (row, seed); returns the metrics record (also metrics.json)."""
+    from pm_lightning.data.grid import grid_to_frames, layout_for
+    from pm_lightning.eval.encoders import Encoders
+    from pm_lightning.eval.sample_table import evaluate
+    from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer
+    from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.runtime import runtime_from_args
+    from pm_lightning.inference.session import (
+        Models,
+        captions_for,
+        generation_report,
+        grid_resolution,
+        run_adaptive,
+        sample_grid,
+    )
+
+    start, out, spec = time.perf_counter(), Path(out), plan.rows[row]
+    folder, s1 = eval_dir(out, row, seed), plan.stage1_row(row)
+    prompts = plan_prompts(plan.eval, out / "truth")
+    write_truth(plan.eval, prompts)
+    lora_dir = stage1_dir(out, s1, seed) / "lora" / "final" if s1 else None
+    with_texts = spec.adaptive != "without Delta_sem"  # that row is "without step texts" (eval/adaptive_truth.ROWS)
+    jobs = [(i, p, generate_args(plan, p, seed, i, folder / "samples" / p.id, p.steps if with_texts else None))
+            for i, p in enumerate(prompts)]  # fmt: skip
+    models = Models(plan.eval.base, runtime_from_args(jobs[0][2]))
+    enc = Encoders.load(clip=plan.eval.clip, dino=plan.eval.dino, device=models.runtime.device)
+    scorer = EncoderScorer(enc)
+    config = None
+    if spec.adaptive:
+        config = adaptive_configs(plan, out, scorer)[spec.adaptive]["config"]
+    firsts = []
+    for _, p, args in jobs:  # every stage-1 grid first: one backbone for all, LoRA files swapped per domain
+        lora = lora_for(lora_dir, p.domain)
+        resolution = grid_resolution(args.base, p.frames)
+        grid = sample_grid(models.use(None, lora), p.caption, resolution, args.num_inference_steps, args.guidance,
+                           args.seed)  # fmt: skip
+        rows_, cols = layout_for(p.frames)
+        used = {"stage1": str(lora) if lora else None}
+        settings = dict(base=args.base, frames=p.frames, rows=rows_, cols=cols, resolution=resolution)
+        firsts.append((grid, grid_to_frames(grid, rows_, cols), used, settings))
+    for (_, p, args), (grid, frames, used, settings) in zip(jobs, firsts):
+        notes, result, timings = [], None, {}
+        if spec.adaptive:
+            args.adaptive = True
+            args.stage2 = stage2_dir(out, s1, seed) / "lora" / "final" / "lora.safetensors"
+            args.stage2_fuse = fused_stage1(plan, out, s1, seed)
+            t0 = time.perf_counter()
+            cfg = AdaptiveConfig.from_dict(config)
+            result = run_adaptive(models, frames, args.steps, p.caption, args, cfg, notes)
+            timings["adaptive_s"] = round(time.perf_counter() - t0, 3)
+        final = result.images if result is not None else frames
+        report = generation_report(args, models, settings, used, notes, result, timings)
+        report.update(ablation={"row": row, "seed": seed, "prompt_id": p.id})
+        if p.truth is not None:
+            report["ground_truth"] = str(p.truth.resolve())
+        write_sample(args.out, grid, final, captions_for(result, args.steps, len(final)), report)
+    results = evaluate(folder / "samples", enc, judge_for(plan, out / "judge-cache"))
+    metrics = table_metrics(results, plan.eval.held_out)
+    if spec.adaptive:
+        counts = [edits(json.loads((folder / "samples" / p.id / "report.json").read_text())["adaptive"])
+                  for p in prompts]  # fmt: skip
+        metrics["inserted"] = sum(c[0] for c in counts) / len(counts)
+        metrics["deleted"] = sum(c[1] for c in counts) / len(counts)
+        metrics.update(truth_figures(plan, scorer, spec.adaptive, config, seed))
+    record = {"row": row, "seed": seed, "metrics": metrics, "samples": results["samples"],
+              "skipped": results["skipped"], "adaptive_config": config, "encoders": results["encoders"],
+              "eval_s": round(time.perf_counter() - start, 2)}  # fmt: skip
+    with atomic_path(folder / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+    return record
