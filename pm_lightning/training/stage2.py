@@ -91,9 +91,11 @@ class Stage2Module(FlowMatchingModule):
 
     # ------------------------------------------------------------------ model
 
+    def prepare_base(self, backbone) -> None:
+        if self.stage1:  # into the unquantized weights, before `quantize` stores them
+            fuse_lora_file(backbone, self.stage1)
+
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
-        if self.stage1:
-            fuse_lora_file(self.backbone, self.stage1)
         add_adapters(transformer, self.adapter_cfg)
         set_domains(transformer, None)  # domain-free routing
 
