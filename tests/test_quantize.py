@@ -121,3 +121,10 @@ def test_a_quantized_run_exports_lora_files_that_load_on_the_unquantized_base(ti
 def test_the_hparams_record_the_mode():
     module = Stage1Module(quantize="nf4", domains=TRAIN_DOMAINS, adapter=AdapterConfig(rank=4))
     assert module.hparams["quantize"] == "nf4"
+
+
+def test_the_cli_refuses_an_unknown_mode_naming_the_key(capsys):
+    with pytest.raises(SystemExit):
+        fit.main(["--config", "experiments/tiny.yaml", "--model.init_args.quantize", "int4", "--print_config"])
+    err = capsys.readouterr().err
+    assert 'Parser key "quantize"' in err and "int4" in err

@@ -9,6 +9,7 @@ with the documentation below. Hyper-parameters are saved by `save_stage_hparams`
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 import lightning as L
 import torch
@@ -52,7 +53,7 @@ class FlowMatchingModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         text_cache_dir: str | None = None,
         text_cache_only: bool = False,
-        quantize: str = "none",
+        quantize: Literal["none", "int8", "fp8", "nf4"] = "none",
         seed: int = 0,
         max_nonfinite_steps: int = 5,
     ):
