@@ -54,6 +54,7 @@ class FlowMatchingModule(L.LightningModule):
         text_cache_dir: str | None = None,
         text_cache_only: bool = False,
         quantize: Literal["none", "int8", "fp8", "nf4"] = "none",
+        latent_cache_dir: str | None = None,
         seed: int = 0,
         max_nonfinite_steps: int = 5,
     ):
@@ -73,6 +74,10 @@ class FlowMatchingModule(L.LightningModule):
             quantize: storage of the frozen base's Linear weights: "none" (the base dtype), "int8", "fp8" or "nf4"
                 (torchao weight-only, `models/quantize.py`); the adapters stay fp32 on top. Single device or DDP only
                 (FSDP2 and DeepSpeed cannot shard or cast the quantized tensors).
+            latent_cache_dir: read each grid's VAE latents from this cache (fill it once with
+                `python -m pm_lightning.latent_cache`) instead of encoding pixels: the VAE then stays in CPU memory and
+                moves to the GPU only to decode sample grids. A grid missing from the cache, or a cache made with
+                another VAE, resolution or dtype, stops the run with the command to run (never a silent re-encode).
             seed: seed of the per-step noise and timesteps (and of stage 2's frame choice).
             max_nonfinite_steps: consecutive steps with a non-finite loss or gradient that are skipped (no optimizer
                 update) before the run stops with a message naming the step and the last good checkpoint.
@@ -83,6 +88,8 @@ class FlowMatchingModule(L.LightningModule):
         if text_cache_only and not text_cache_dir:
             raise ValueError("model.init_args.text_cache_only needs model.init_args.text_cache_dir (the cache to read)")
         self.quantize = check_mode(quantize)
+        self.latent_cache_dir = latent_cache_dir
+        self.latent_cache = None  # the LatentCache, built with the backbone
         self.base, self.domains = base, list(domains or [])
         self.flow_cfg, self.optim_cfg = flow or FlowConfig(), optimizer or OptimizerConfig()
         self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
@@ -106,6 +113,7 @@ class FlowMatchingModule(L.LightningModule):
             "text_cache_dir": self.text_cache_dir,
             "text_cache_only": self.text_cache_only,
             "quantize": self.quantize,
+            "latent_cache_dir": self.latent_cache_dir,
             "seed": self.seed,
             "max_nonfinite_steps": self.nonfinite.limit,
         }
@@ -136,6 +144,11 @@ class FlowMatchingModule(L.LightningModule):
             text_cache_dir=self.text_cache_dir,
             text_encoders=not self.text_cache_only,
         )
+        if self.latent_cache_dir:
+            from pm_lightning.models.vae_latents import LatentCache
+
+            self.latent_cache = LatentCache(self.latent_cache_dir, self.backbone.vae, self.model_dtype(), self.base)
+            self.backbone.park_vae()  # CPU memory, out of the module tree: never on the GPU for a training step
         self.prepare_base(self.backbone)
         quantize_base(self.backbone.transformer, self.quantize)
         self.add_stage_adapters(self.backbone.transformer)
@@ -159,7 +172,7 @@ class FlowMatchingModule(L.LightningModule):
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Packed clean latents (B, N, 64) and the transformer's text/position inputs."""
-        latents = self.backbone.encode_images(batch["pixels"].to(self.device, self.backbone.dtype))  # (B, 16, h, w)
+        latents = self.clean_latents(batch)  # (B, 16, h, w)
         prompt_embeds, pooled, txt_ids = self.backbone.encode_text(list(batch["caption"]))
         h, w = latents.shape[-2:]
         cond = dict(
@@ -169,6 +182,14 @@ class FlowMatchingModule(L.LightningModule):
             img_ids=image_ids(h, w, device=self.device),
         )
         return pack(latents), cond  # (B, N, 64)
+
+    def clean_latents(self, batch: dict) -> torch.Tensor:
+        """(B, 16, h, w) latents of the batch's grids: read from the latent cache, else encoded by the VAE."""
+        if self.latent_cache is None:
+            return self.backbone.encode_images(batch["pixels"].to(self.device, self.backbone.dtype))
+        resolution = batch["pixels"].shape[-1]
+        latents = self.latent_cache.load(batch["grid_id"], resolution, batch.get("key"), batch.get("url"))
+        return latents.to(self.device, self.backbone.dtype)
 
     def transformer_inputs(self, xt: torch.Tensor, t: torch.Tensor, cond: dict) -> dict:
         """Keyword arguments of the Flux transformer for noisy tokens `xt` at times `t`."""

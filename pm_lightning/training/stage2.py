@@ -67,6 +67,11 @@ class Stage2Module(FlowMatchingModule):
                 dtype, gradient_checkpointing, text_cache_dir, seed).
         """
         super().__init__(**kwargs)
+        if self.latent_cache_dir:
+            raise ValueError(
+                "model.init_args.latent_cache_dir is for stage 1: stage 2 and ReCraft encode each chosen frame on its "
+                "own (a cell of the grid, resized), not the grid the cache holds"
+            )
         if adapter.kind != "lora":
             raise ValueError(
                 f"model.init_args.adapter.kind must be 'lora' for stage 2 (domain-free), got {adapter.kind!r}"
