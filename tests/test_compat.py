@@ -76,3 +76,10 @@ def test_torchao_nf4_config_is_where_we_read_it():
 
     config = nf4_weight_only_config()
     assert (config.block_size, config.scaler_block_size) == (64, 256)
+
+
+def test_ddp_ignore_sets_what_ddp_reads():
+    model = nn.Sequential(nn.Linear(2, 2))
+    compat.ddp_ignore(model, ["0.weight"])
+    compat.ddp_ignore(model, ["0.bias"])  # adds to what is there
+    assert model._ddp_params_and_buffers_to_ignore == ["0.bias", "0.weight"]

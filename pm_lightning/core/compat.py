@@ -48,6 +48,25 @@ def nf4_weight_only_config():
     return NF4WeightOnlyConfig()
 
 
+def ddp_ignore(module, names: list[str]) -> None:
+    """torch DDP: leave the parameters / buffers `names` (relative to `module`) out of DDP's initial broadcast and its
+    gradient reducer.
+
+    DDP reads the private attribute `module._ddp_params_and_buffers_to_ignore`, which the private static
+    `DistributedDataParallel._set_params_and_buffers_to_ignore_for_model` sets.
+    """
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    setter = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+    if setter is None:
+        raise CompatError(
+            f"torch {torch.__version__}: DistributedDataParallel._set_params_and_buffers_to_ignore_for_model is gone, "
+            "so a quantized base cannot be kept out of DDP's broadcast; pin torch to the version in constraints.txt"
+        )
+    setter(module, sorted(set(names) | set(getattr(module, "_ddp_params_and_buffers_to_ignore", []))))
+
+
 def wandb_init_kwargs(logger) -> dict[str, Any]:
     """Lightning: the keyword arguments `WandbLogger` will pass to `wandb.init` (mutable until the run starts).
 

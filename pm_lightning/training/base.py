@@ -14,9 +14,10 @@ from typing import Literal
 import lightning as L
 import torch
 
+from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.data.importers import BadInput
 from pm_lightning.models.backbone import image_ids, pack
-from pm_lightning.models.quantize import check_mode, quantize_base
+from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.training.metrics import PerDomainMean
 from pm_lightning.training.nonfinite import NonFiniteGuard
@@ -152,6 +153,8 @@ class FlowMatchingModule(L.LightningModule):
         self.prepare_base(self.backbone)
         quantize_base(self.backbone.transformer, self.quantize)
         self.add_stage_adapters(self.backbone.transformer)
+        if self.quantize != "none":  # every rank loads and quantizes the same base: DDP need not (cannot) broadcast it
+            ddp_ignore(self, [name for name, p in self.named_parameters() if is_quantized(p)])
 
     def prepare_base(self, backbone) -> None:
         """Change the frozen base before it is quantized and adapters are added (stage 2 fuses its stage-1 LoRA)."""
