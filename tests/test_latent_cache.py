@@ -96,6 +96,25 @@ def test_another_vae_resolution_or_dtype_is_refused(tiny_base, cache_dir, batch)
         LatentCache(cache_dir, load_vae(tiny_base), torch.bfloat16, tiny_base).load(batch["grid_id"], 96)
 
 
+def test_fit_stops_with_exit_2_naming_a_missing_grid_or_a_foreign_cache(
+    tiny_base, tiny_shards, cache_dir, tmp_path, capsys
+):
+    partial = tmp_path / "partial"
+    cache = LatentCache(partial, load_vae(tiny_base), torch.float32, tiny_base)
+    cache.open(96)  # a cache for this VAE, resolution and dtype that holds no grid of the shards
+    config = small_config(tmp_path / "a", tiny_base, tiny_shards, max_steps=1, latent_cache_dir=str(partial))
+    assert fit.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: grid " in err and "is not in the latent cache" in err and "python -m pm_lightning.latent_cache" in err
+    )
+    config = small_config(tmp_path / "b", tiny_base, tiny_shards, max_steps=1, latent_cache_dir=str(cache_dir))
+    text = config.read_text().replace("resolution: 96", "resolution: 192")
+    config.write_text(text)
+    assert fit.main(["--config", str(config)]) == 2  # refused in configure_model, before a batch is read
+    assert "was not made for this run" in capsys.readouterr().err
+
+
 def test_sample_grids_decode_with_the_parked_vae(tiny_base, cache_dir):
     from pm_lightning.training.callbacks import SampleGrids
 

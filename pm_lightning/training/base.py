@@ -150,6 +150,11 @@ class FlowMatchingModule(L.LightningModule):
 
             self.latent_cache = LatentCache(self.latent_cache_dir, self.backbone.vae, self.model_dtype(), self.base)
             self.backbone.park_vae()  # CPU memory, out of the module tree: never on the GPU for a training step
+            resolution = getattr(
+                getattr(getattr(self._trainer, "datamodule", None), "hparams", None), "resolution", None
+            )
+            if resolution:  # a cache of another VAE / resolution / dtype is refused before any step
+                self.latent_cache.check(resolution)
         self.prepare_base(self.backbone)
         quantize_base(self.backbone.transformer, self.quantize)
         self.add_stage_adapters(self.backbone.transformer)
