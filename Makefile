@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,judge,demo]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,judge,demo,quant]'
 	touch $(STAMP)
 
 constraints: $(STAMP)

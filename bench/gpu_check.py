@@ -8,14 +8,17 @@ gradient checkpointing, CAME, precomputed random text embeddings; `bench/flux_st
 seconds per step, model-FLOPs utilisation against the card's bf16 dense peak, peak memory
 (`torch.cuda.max_memory_allocated`) next to the memory plan's figure for the same setup (`pm_lightning.memory_plan`'s
 single-GPU DDP column without the DDP buckets, the VAE and the CUDA context, none of which the bench allocates);
-the same step under single-GPU FSDP2 (`shard_flux` on a one-rank mesh); and the time of a 28-step 1024-px grid
-(`bench/gpu_inference.py`'s denoising loop). `--json FILE` writes the figures.
+the same step under single-GPU FSDP2 (`shard_flux` on a one-rank mesh); the same step with the frozen base quantized
+(`--quant`, default fp8 on an Ada / Hopper GPU, else int8; `model.init_args.quantize`, torchao weight-only) next to
+the plan's figure for it; and the time of a 28-step 1024-px grid (`bench/gpu_inference.py`'s denoising loop).
+`--json FILE` writes the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import sys
@@ -32,7 +35,7 @@ from gpu_inference import denoise, sync  # noqa: E402
 from pm_lightning.training import memory_estimate as me  # noqa: E402
 
 
-def plan_gib(module, setup: fs.StepSetup) -> float:
+def plan_gib(module, setup: fs.StepSetup, quant: str = "none") -> float:
     """The memory plan's figure for this step on one GPU: what the bench allocates (no VAE, buckets, context)."""
     shape = me.shape_of(module.transformer)
     work = me.Workload(
@@ -40,6 +43,7 @@ def plan_gib(module, setup: fs.StepSetup) -> float:
         text_tokens=setup.text_tokens,
         batch=setup.batch,
         align_layers=len(module.align_layers) if setup.align else 0,
+        quant=quant,
     )
     parts = me.components(shape, work, me.STRATEGIES["ddp"], gpus=1)
     for key in ("comm buffers", "CUDA context + slack", "VAE (bf16)", "text encoders (bf16)"):
@@ -88,6 +92,63 @@ def fsdp2_step(setup: fs.StepSetup, steps: int, warmup: int) -> dict:
         dist.destroy_process_group()
 
 
+def default_quant(device: str) -> str:
+    """fp8 where the card has fp8 tensor cores (Ada / Hopper and newer, compute capability >= 8.9), else int8."""
+    if device.startswith("cuda") and torch.cuda.get_device_capability(device) >= (8, 9):
+        return "fp8"
+    return "int8"
+
+
+def quantized_module(setup: fs.StepSetup, mode: str):
+    """`fs.build_module` with the base quantized before the adapters are added, as `configure_model` does."""
+    from diffusers import FluxTransformer2DModel
+    from torch import nn
+
+    from pm_lightning.models.quantize import quantize_base
+
+    module = fs.build_module(setup, "meta")  # the Stage1Module and its settings; its transformer is replaced
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(setup.transformer_config())
+    nn.Module.to(transformer, setup.dtype)
+    transformer.to_empty(device=setup.device)
+    fs.init_weights_(transformer, setup.seed)
+    transformer.requires_grad_(False)
+    quantize_base(transformer, mode)
+    module.add_stage_adapters(transformer)
+    torch.manual_seed(setup.seed)
+    with torch.no_grad():  # B off zero, as fs.init_weights_ does: the alignment term is non-zero
+        for name, p in transformer.named_parameters():
+            if "lora_B" in name:
+                p.uniform_(-1e-2 / p.shape[-1] ** 0.5, 1e-2 / p.shape[-1] ** 0.5)
+    transformer.enable_gradient_checkpointing()
+    module.backbone = fs.RandomBackbone(transformer, setup.text_tokens, setup.seed)
+    return module.to(setup.device).train()
+
+
+def quantized_step(setup: fs.StepSetup, steps: int, warmup: int, mode: str) -> dict:
+    """The stage-1 step over a quantized frozen base: seconds per step, peak memory, the plan's figure, the loss."""
+    cuda = setup.device.startswith("cuda")
+    module = quantized_module(setup, mode)
+    optimizer = fs.make_optimizer(module)
+    batch = fs.make_batch(setup, setup.device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        fs._sync(setup.device)
+        t = time.perf_counter()
+        loss = fs.train_step(module, optimizer, batch, setup, setup.device)
+        fs._sync(setup.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    out = {"mode": mode, "sec_per_step": sorted(times)[len(times) // 2], "loss": float(loss)}
+    out["plan_gib"] = plan_gib(module, setup, mode)
+    if cuda:
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del module, optimizer
+    return out
+
+
 def generation_s(setup: fs.StepSetup, steps: int) -> float:
     """Seconds of one `steps`-step denoising loop over the grid (median of 2, after a warm-up)."""
     scale = "full" if setup.scale == "full" else "small"
@@ -108,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiny", action="store_true", help="the scaled-down shape (CPU, seconds)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default 10 GPU, 2 tiny)")
+    p.add_argument(
+        "--quant", default="auto", choices=("auto", "none", "int8", "fp8", "nf4"), help="quantized-base step"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +203,19 @@ def main(argv: list[str] | None = None) -> dict:
     out["fsdp2"] = fsdp
     peak = f", peak {fsdp['peak_gib']:.2f} GiB" if "peak_gib" in fsdp else ""
     print(f"FSDP2, one GPU ({fsdp['units']} block units + root): {fsdp['sec_per_step']:.3f} s per step{peak}")
+
+    mode = default_quant(device) if args.quant == "auto" else args.quant
+    if mode != "none" and importlib.util.find_spec("torchao") is None:
+        print("quantized base: skipped (torchao is not installed: pip install 'pm_lightning[quant]')")
+    elif mode != "none":
+        quant = quantized_step(setup, steps, warmup, mode)
+        free(device)
+        out["quantized"] = quant
+        peak = f", peak {quant['peak_gib']:.2f} GiB measured" if "peak_gib" in quant else ""
+        print(
+            f"quantized base ({mode}, torchao weight-only): {quant['sec_per_step']:.3f} s per step{peak} vs "
+            f"{quant['plan_gib']:.2f} GiB in the memory plan"
+        )
 
     gen_steps = 3 if args.tiny else 28
     out["generation_s"] = generation_s(setup, gen_steps)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU check of the FLUX.1-dev path, under 8 minutes on one H100 / H200, no download (random weights):
 # the stage-1 step (time, MFU vs the card's bf16 dense peak, peak memory next to the memory plan's figure), the same
-# step under single-GPU FSDP2, a 28-step 1024-px grid, then the `gpu` pytest tier.
+# step under single-GPU FSDP2, the step over a quantized frozen base, a 28-step 1024-px grid, then the `gpu` pytest tier.
 #   bash bench/gpu_check.sh            # or: make bench-gpu-check
 #   bash bench/gpu_check.sh --tiny     # the scaled-down shape on CPU (the gpu tier then skips: no CUDA)
+# The quantized-base step runs with `--quant auto|none|int8|fp8|nf4` (auto: fp8 on Ada / Hopper, else int8).
 # Figures also go to $OUT/gpu_check.json when OUT is set. Not yet run on a GPU (none was available when written).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,11 +1,11 @@
 """`python -m pm_lightning.memory_plan`: analytic per-GPU memory of a stage-1 step under DDP, FSDP2 and ZeRO-2.
 
     python -m pm_lightning.memory_plan --gpus 8 --card-gib 48 --variant flux-dev --rank 64 --domains 21 --tokens 4608
-    python -m pm_lightning.memory_plan --gpus 1 --card-gib 24 --quant nf4 --text-cache
+    python -m pm_lightning.memory_plan --gpus 1 --card-gib 24 --quant int8 --text-cache --latent-cache
     python -m pm_lightning.memory_plan --json
 
-Counts the transformer (bf16, or fp8 / NF4 weights with --quant), the text encoders (none with --text-cache), the
-VAE, activations with or without checkpointing, the alignment teacher's features, the optimizer state and the
+Counts the transformer (bf16, or int8 / fp8 / NF4 weights with --quant), the text encoders (none with --text-cache),
+the VAE (none with --latent-cache), activations with or without checkpointing, the alignment teacher's features, the optimizer state and the
 strategy's buffers; then a table of every strategy x quantization, with and without the text cache, and the
 configuration recommended for the card.
 
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-align", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--text-cache", action="store_true", help="T5 + CLIP off the GPU (text_cache_only)")
-    ap.add_argument("--quant", default="none", choices=sorted(QUANT_BYTES), help="frozen base storage")
+    ap.add_argument("--latent-cache", action="store_true", help="VAE off the GPU (latent_cache_dir)")
+    ap.add_argument("--quant", default="none", choices=list(QUANT_BYTES), help="frozen base storage (quantize)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     shape = model_shape(args.variant, AdapterConfig(kind=args.kind, rank=args.rank, num_domains=args.domains))
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.optimizer,
         text_encoders=not args.text_cache,
         quant=args.quant,
+        vae=not args.latent_cache,
     )
     plans = plan_all(shape, work, args.gpus, args.card_gib)
     out = to_json(plans, shape, work)

@@ -68,3 +68,18 @@ def test_extras_fail_with_an_install_hint(monkeypatch):
 def test_torch_total_norm_is_public():
     """torch >= 2.6 (the floor in pyproject.toml)."""
     assert torch.nn.utils.get_total_norm([torch.ones(4)]).item() == pytest.approx(2.0)
+
+
+def test_torchao_nf4_config_is_where_we_read_it():
+    pytest.importorskip("torchao")
+    from pm_lightning.core.compat import nf4_weight_only_config
+
+    config = nf4_weight_only_config()
+    assert (config.block_size, config.scaler_block_size) == (64, 256)
+
+
+def test_ddp_ignore_sets_what_ddp_reads():
+    model = nn.Sequential(nn.Linear(2, 2))
+    compat.ddp_ignore(model, ["0.weight"])
+    compat.ddp_ignore(model, ["0.bias"])  # adds to what is there
+    assert model._ddp_params_and_buffers_to_ignore == ["0.bias", "0.weight"]

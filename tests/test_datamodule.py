@@ -85,7 +85,19 @@ def test_batch_contract(tmp_path):
     corpus(tmp_path)
     dm = ProcessDataModule(str(tmp_path), domains=["lego", "clay"], resolution=96, batch_size=4, num_workers=0)
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"pixels", "caption", "steps", "domain", "domain_name", "rows", "cols", "key"}
+    assert set(batch) == {
+        "pixels",
+        "caption",
+        "steps",
+        "domain",
+        "domain_name",
+        "rows",
+        "cols",
+        "key",
+        "url",
+        "grid_id",
+    }
+    assert len(set(batch["grid_id"])) == 4 and all(len(g) == 64 for g in batch["grid_id"])  # sha256 of each PNG
     assert batch["pixels"].shape == (4, 3, 96, 96) and batch["pixels"].dtype == torch.float32
     assert batch["pixels"].min() >= -1 and batch["pixels"].max() <= 1
     assert batch["domain"].dtype == batch["rows"].dtype == batch["cols"].dtype == torch.long

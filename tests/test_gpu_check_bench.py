@@ -1,4 +1,5 @@
-"""bench/gpu_check.sh scaled down on CPU: every figure it prints comes out (step, plan, FSDP2, generation, gpu tier)."""
+"""bench/gpu_check.sh scaled down on CPU: every figure it prints comes out (step, plan, FSDP2, quantized base,
+generation, gpu tier)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_gpu_check_runs_scaled_down_on_cpu(tmp_path):
         "stage-1 step:",
         "in the memory plan",
         "FSDP2, one GPU (6 block units + root)",
+        "quantized base (int8, torchao weight-only)",
         "grid generation",
         "gpu tier:",
     ):
@@ -38,4 +40,7 @@ def test_gpu_check_runs_scaled_down_on_cpu(tmp_path):
     figures = json.loads((tmp_path / "gpu_check.json").read_text())
     assert figures["sec_per_step"] > 0 and figures["plan_gib"] > 0 and figures["generation_s"] > 0
     assert figures["fsdp2"]["units"] == 6 and figures["fsdp2"]["loss"] == figures["fsdp2"]["loss"]  # finite
+    quant = figures["quantized"]
+    assert quant["mode"] == "int8" and quant["sec_per_step"] > 0 and quant["loss"] == quant["loss"]  # finite
+    assert 0 < quant["plan_gib"] < figures["plan_gib"]  # the plan counts the int8 base smaller
     assert "skipped" in out  # no CUDA here: the gpu tier skips, and says so

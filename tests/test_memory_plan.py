@@ -186,7 +186,24 @@ def test_the_plan_states_what_fits_a_card():
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         memory_plan.main(["--card-gib", "24", "--gpus", "1"])
-    assert "recommended on 24 GiB" in out.getvalue() and "planning figure" in out.getvalue()
+    assert "recommended on 24 GiB" in out.getvalue() and "(quantize: int8)" in out.getvalue()
+    assert "not yet measured" in out.getvalue()  # no GPU has run the quantized base: the figure is the plan's
+
+
+def test_quantized_rows_are_the_configs_that_run_and_the_latent_cache_drops_the_vae():
+    plan = run_plan("--card-gib", "24", "--gpus", "1", "--text-cache")
+    quantized = {(o["strategy"], o["quant"]) for o in plan["options"] if o["quant"] != "none"}
+    assert quantized == {("ddp", q) for q in ("int8", "fp8", "nf4")}  # FSDP2 / ZeRO cannot shard the quantized base
+    assert plan["recommended"]["quant"] == "int8"  # same bytes as fp8, closer to bf16 on the tiny base
+    int8, fp8 = (
+        run_plan("--text-cache", "--quant", q)["plans"]["ddp"]["bytes"]["frozen base"] for q in ("int8", "fp8")
+    )
+    assert int8 == fp8
+    cached = run_plan("--text-cache", "--latent-cache")["plans"]["ddp"]
+    assert cached["bytes"]["VAE (bf16)"] == 0
+    assert run_plan("--text-cache")["plans"]["ddp"]["total"] - cached["total"] == mp.FLUX_VAE_PARAMS * 2
+    with pytest.raises(SystemExit):
+        memory_plan.main(["--quant", "int4"])
 
 
 def test_tiny_variant_counts_its_text_encoders_and_vae():

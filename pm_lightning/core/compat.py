@@ -30,6 +30,43 @@ def register_custom_lora_layer(lora_config, mapping: dict) -> None:
     register(mapping)
 
 
+def nf4_weight_only_config():
+    """torchao: the `quantize_` config that stores Linear weights as NF4Tensor (blocks of 64, scaler blocks of 256).
+
+    torchao keeps it in the private `torchao.prototype._nf4tensor_api.NF4WeightOnlyConfig` (the NF4Tensor itself is
+    public, `torchao.quantization.NF4Tensor`).
+    """
+    try:
+        from torchao.prototype._nf4tensor_api import NF4WeightOnlyConfig
+    except ImportError as err:
+        import torchao
+
+        raise CompatError(
+            f"torchao {torchao.__version__}: torchao.prototype._nf4tensor_api.NF4WeightOnlyConfig is gone, so "
+            "quantize: nf4 cannot build its config; pin torchao to the version in constraints.txt"
+        ) from err
+    return NF4WeightOnlyConfig()
+
+
+def ddp_ignore(module, names: list[str]) -> None:
+    """torch DDP: leave the parameters / buffers `names` (relative to `module`) out of DDP's initial broadcast and its
+    gradient reducer.
+
+    DDP reads the private attribute `module._ddp_params_and_buffers_to_ignore`, which the private static
+    `DistributedDataParallel._set_params_and_buffers_to_ignore_for_model` sets.
+    """
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    setter = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+    if setter is None:
+        raise CompatError(
+            f"torch {torch.__version__}: DistributedDataParallel._set_params_and_buffers_to_ignore_for_model is gone, "
+            "so a quantized base cannot be kept out of DDP's broadcast; pin torch to the version in constraints.txt"
+        )
+    setter(module, sorted(set(names) | set(getattr(module, "_ddp_params_and_buffers_to_ignore", []))))
+
+
 def wandb_init_kwargs(logger) -> dict[str, Any]:
     """Lightning: the keyword arguments `WandbLogger` will pass to `wandb.init` (mutable until the run starts).
 

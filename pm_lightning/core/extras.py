@@ -6,7 +6,7 @@ import importlib
 from types import ModuleType
 
 # module -> the pyproject extra that installs it
-EXTRAS = {"openai": "judge", "deepspeed": "deepspeed", "gradio": "demo"}
+EXTRAS = {"openai": "judge", "deepspeed": "deepspeed", "gradio": "demo", "torchao": "quant"}
 
 
 class MissingExtra(ImportError):

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pm_lightning.data.domains import domain_index
 from pm_lightning.data.grid import frames_to_grid, grid_to_frames
+from pm_lightning.data.shard_grids import grid_id
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
 # bad_shard counts events (a shard that cannot be opened or read on); the others count samples. "lost": samples a
@@ -129,7 +130,8 @@ def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> It
             counter.add("bad_json", url, key, repr(err))
             continue
         check_resolution(resolution, rows, cols, where=f" ({url} key {key!r})")
-        yield dict(key=key, url=url, png=sample["grid.png"], rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
+        png = sample["grid.png"]
+        yield dict(key=key, url=url, png=png, grid_id=grid_id(png), rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
 
 
 def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Random) -> Iterator[dict]:
@@ -186,6 +188,8 @@ def collate(samples: list[dict]) -> dict:
         "rows": torch.tensor([s["rows"] for s in samples], dtype=torch.long),
         "cols": torch.tensor([s["cols"] for s in samples], dtype=torch.long),
         "key": [s["key"] for s in samples],
+        "url": [s["url"] for s in samples],
+        "grid_id": [s["grid_id"] for s in samples],  # sha256 of the PNG: the latent cache's key
     }
 
 

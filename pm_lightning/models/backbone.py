@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -48,6 +49,29 @@ def image_ids(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
     rows = torch.arange(h // 2, device=device).repeat_interleave(w // 2)
     cols = torch.arange(w // 2, device=device).repeat(h // 2)
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).to(dtype)  # (N, 3)
+
+
+def vae_encode(vae, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 16, H/8, W/8) Flux latents: (z - shift_factor) * scaling_factor (the mode of the
+    VAE's posterior unless `sample`). The one encoding of training and of the latent cache."""
+    cfg = vae.config
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    z = dist.sample(generator) if sample else dist.mode()  # (B, C, h, w)
+    return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+
+
+def load_vae(source: str, dtype: torch.dtype = torch.float32):
+    """The AutoencoderKL of `source` (variant name, local directory or hub id) alone, as `from_pretrained` loads it."""
+    from diffusers import AutoencoderKL
+
+    variant = VARIANTS.get(source)
+    location = variant.location() if variant else source
+    try:
+        return AutoencoderKL.from_pretrained(
+            local_root(location), subfolder="vae", torch_dtype=dtype, local_files_only=True
+        )
+    except (OSError, ValueError) as err:
+        raise not_found_error(location, err) from err
 
 
 def caption_key(caption: str) -> str:
@@ -186,6 +210,7 @@ class FluxBackbone(nn.Module):
         self.source = source
         self.guidance = guidance
         self._pipeline = None  # built once: diffusers' offload hooks and settings live on the pipeline object
+        self._parked_vae: list = []  # the VAE kept in CPU memory outside the module tree (`park_vae`)
         self.requires_grad_(False)
         self.train(False)
 
@@ -283,11 +308,37 @@ class FluxBackbone(nn.Module):
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell (8 for Flux): 2 ** (number of VAE blocks - 1)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.any_vae.config.block_out_channels) - 1)
 
     @property
     def latent_channels(self) -> int:
-        return self.vae.config.latent_channels
+        return self.any_vae.config.latent_channels
+
+    @property
+    def any_vae(self):
+        """The VAE, in the module tree or parked in CPU memory."""
+        return self.vae if self.vae is not None else (self._parked_vae[0] if self._parked_vae else None)
+
+    def park_vae(self) -> None:
+        """Keep the VAE in CPU memory and out of the module tree, so moving the model (Lightning's `.to(device)`,
+        DDP's parameter broadcast) leaves it there: training from the latent cache never needs it on the GPU."""
+        if self.vae is not None:
+            self._parked_vae = [self.vae.to("cpu")]
+            self.vae = None
+
+    @contextmanager
+    def vae_on_device(self):
+        """Inside: the VAE on the transformer's device (a parked one is moved there, then back to CPU memory)."""
+        if not self._parked_vae or self.vae is not None:
+            yield self.vae
+            return
+        self.vae = self._parked_vae[0].to(self.device)
+        try:
+            yield self.vae
+        finally:
+            self._parked_vae[0] = self.vae.to("cpu")
+            self.vae = None
+            self._pipeline = None
 
     @property
     def guidance_embeds(self) -> bool:
@@ -375,10 +426,7 @@ class FluxBackbone(nn.Module):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 16, H/8, W/8) Flux latents: (z - shift_factor) * scaling_factor."""
-        cfg = self.vae.config
-        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()  # (B, C, h, w)
-        return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+        return vae_encode(self.vae, pixels, sample, generator)
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

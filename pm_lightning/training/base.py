@@ -9,12 +9,15 @@ with the documentation below. Hyper-parameters are saved by `save_stage_hparams`
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 import lightning as L
 import torch
 
+from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.data.importers import BadInput
 from pm_lightning.models.backbone import image_ids, pack
+from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.training.metrics import PerDomainMean
 from pm_lightning.training.nonfinite import NonFiniteGuard
@@ -22,6 +25,18 @@ from pm_lightning.training.optim import OptimizerConfig, build_optimizer, build_
 from pm_lightning.training.precision import base_dtype, parse_dtype
 
 VAL_SEED_OFFSET = 1_000_000  # validation noise never coincides with a training step's noise
+
+
+def check_strategy_for_quantize(strategy) -> None:
+    """A quantized base trains on one device or under DDP; FSDP2 cannot shard torchao's quantized tensors (checked:
+    `aten.split` / `new_zeros` are not implemented for them) and DeepSpeed casts the whole module."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
+        raise ValueError(
+            f"model.init_args.quantize needs a single device or DDP (experiments/strategies/ddp.yaml), not "
+            f"{type(strategy).__name__}: the sharded strategies cannot shard or cast the quantized base"
+        )
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -39,6 +54,8 @@ class FlowMatchingModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         text_cache_dir: str | None = None,
         text_cache_only: bool = False,
+        quantize: Literal["none", "int8", "fp8", "nf4"] = "none",
+        latent_cache_dir: str | None = None,
         seed: int = 0,
         max_nonfinite_steps: int = 5,
     ):
@@ -55,6 +72,13 @@ class FlowMatchingModule(L.LightningModule):
             text_cache_only: never load the text encoders (T5-XXL, CLIP): every caption, and every sample prompt,
                 must be in `text_cache_dir` (fill it once with `python -m pm_lightning.text_cache`); a missing one
                 stops the run with the caption and that command. Off: missing captions are encoded and cached.
+            quantize: storage of the frozen base's Linear weights: "none" (the base dtype), "int8", "fp8" or "nf4"
+                (torchao weight-only, `models/quantize.py`); the adapters stay fp32 on top. Single device or DDP only
+                (FSDP2 and DeepSpeed cannot shard or cast the quantized tensors).
+            latent_cache_dir: read each grid's VAE latents from this cache (fill it once with
+                `python -m pm_lightning.latent_cache`) instead of encoding pixels: the VAE then stays in CPU memory and
+                moves to the GPU only to decode sample grids. A grid missing from the cache, or a cache made with
+                another VAE, resolution or dtype, stops the run with the command to run (never a silent re-encode).
             seed: seed of the per-step noise and timesteps (and of stage 2's frame choice).
             max_nonfinite_steps: consecutive steps with a non-finite loss or gradient that are skipped (no optimizer
                 update) before the run stops with a message naming the step and the last good checkpoint.
@@ -64,6 +88,9 @@ class FlowMatchingModule(L.LightningModule):
             parse_dtype(dtype)  # a wrong name fails at load, not when the model is built
         if text_cache_only and not text_cache_dir:
             raise ValueError("model.init_args.text_cache_only needs model.init_args.text_cache_dir (the cache to read)")
+        self.quantize = check_mode(quantize)
+        self.latent_cache_dir = latent_cache_dir
+        self.latent_cache = None  # the LatentCache, built with the backbone
         self.base, self.domains = base, list(domains or [])
         self.flow_cfg, self.optim_cfg = flow or FlowConfig(), optimizer or OptimizerConfig()
         self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
@@ -86,6 +113,8 @@ class FlowMatchingModule(L.LightningModule):
             "gradient_checkpointing": self.gradient_checkpointing,
             "text_cache_dir": self.text_cache_dir,
             "text_cache_only": self.text_cache_only,
+            "quantize": self.quantize,
+            "latent_cache_dir": self.latent_cache_dir,
             "seed": self.seed,
             "max_nonfinite_steps": self.nonfinite.limit,
         }
@@ -101,11 +130,14 @@ class FlowMatchingModule(L.LightningModule):
     # ------------------------------------------------------------------ model
 
     def configure_model(self) -> None:
-        """Load the backbone once (lazily, so strategies can wrap it) and add this stage's adapters."""
+        """Load the backbone once (lazily, so strategies can wrap it), prepare and quantize the frozen base, and add
+        this stage's adapters on top."""
         if self.backbone is not None:
             return
         from pm_lightning.models.backbone import FluxBackbone
 
+        if self.quantize != "none":
+            check_strategy_for_quantize(self._trainer.strategy if self._trainer is not None else None)
         self.backbone = FluxBackbone.from_pretrained(
             self.base,
             dtype=self.model_dtype(),
@@ -113,7 +145,24 @@ class FlowMatchingModule(L.LightningModule):
             text_cache_dir=self.text_cache_dir,
             text_encoders=not self.text_cache_only,
         )
+        if self.latent_cache_dir:
+            from pm_lightning.models.vae_latents import LatentCache
+
+            self.latent_cache = LatentCache(self.latent_cache_dir, self.backbone.vae, self.model_dtype(), self.base)
+            self.backbone.park_vae()  # CPU memory, out of the module tree: never on the GPU for a training step
+            resolution = getattr(
+                getattr(getattr(self._trainer, "datamodule", None), "hparams", None), "resolution", None
+            )
+            if resolution:  # a cache of another VAE / resolution / dtype is refused before any step
+                self.latent_cache.check(resolution)
+        self.prepare_base(self.backbone)
+        quantize_base(self.backbone.transformer, self.quantize)
         self.add_stage_adapters(self.backbone.transformer)
+        if self.quantize != "none":  # every rank loads and quantizes the same base: DDP need not (cannot) broadcast it
+            ddp_ignore(self, [name for name, p in self.named_parameters() if is_quantized(p)])
+
+    def prepare_base(self, backbone) -> None:
+        """Change the frozen base before it is quantized and adapters are added (stage 2 fuses its stage-1 LoRA)."""
 
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
         """Inject this stage's trainable adapters into `transformer`."""
@@ -131,7 +180,7 @@ class FlowMatchingModule(L.LightningModule):
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """Packed clean latents (B, N, 64) and the transformer's text/position inputs."""
-        latents = self.backbone.encode_images(batch["pixels"].to(self.device, self.backbone.dtype))  # (B, 16, h, w)
+        latents = self.clean_latents(batch)  # (B, 16, h, w)
         prompt_embeds, pooled, txt_ids = self.backbone.encode_text(list(batch["caption"]))
         h, w = latents.shape[-2:]
         cond = dict(
@@ -141,6 +190,14 @@ class FlowMatchingModule(L.LightningModule):
             img_ids=image_ids(h, w, device=self.device),
         )
         return pack(latents), cond  # (B, N, 64)
+
+    def clean_latents(self, batch: dict) -> torch.Tensor:
+        """(B, 16, h, w) latents of the batch's grids: read from the latent cache, else encoded by the VAE."""
+        if self.latent_cache is None:
+            return self.backbone.encode_images(batch["pixels"].to(self.device, self.backbone.dtype))
+        resolution = batch["pixels"].shape[-1]
+        latents = self.latent_cache.load(batch["grid_id"], resolution, batch.get("key"), batch.get("url"))
+        return latents.to(self.device, self.backbone.dtype)
 
     def transformer_inputs(self, xt: torch.Tensor, t: torch.Tensor, cond: dict) -> dict:
         """Keyword arguments of the Flux transformer for noisy tokens `xt` at times `t`."""

@@ -19,6 +19,7 @@ from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.importers import BadInput
 from pm_lightning.data.stream import EmptyStream
 from pm_lightning.models.backbone import not_found_error, resolve_source
+from pm_lightning.models.vae_latents import MissingLatents, WrongLatentCache
 from pm_lightning.models.variants import VARIANTS
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.callbacks import SaveConfigWithCheckpoints
@@ -131,6 +132,9 @@ def main(args: list[str] | None = None) -> int:
         return 2
     except BadInput as err:  # e.g. a checkpoint of another stage or adapter
         print(f"error: --ckpt_path {ckpt}: {err}", file=sys.stderr)
+        return 2
+    except (MissingLatents, WrongLatentCache) as err:  # latent_cache_dir: a grid missing, or another VAE's cache
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except EmptyStream as err:
         print(f"error: {err}", file=sys.stderr)

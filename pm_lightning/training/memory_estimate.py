@@ -30,11 +30,14 @@ T = image + text tokens, N = image tokens, D = hidden width, K = blocks, L = ali
 * text encoders     T5-XXL + CLIP-L weights in bf16 on every GPU, unless the text cache keeps them off
                     (`text_cache_only: true`, filled by `python -m pm_lightning.text_cache`): 0.
 * VAE               its weights in bf16 (the encode itself runs under no_grad before the transformer and is
-                    freed before the step's peak).
+                    freed before the step's peak); 0 with the latent cache (`latent_cache_dir`, filled by
+                    `python -m pm_lightning.latent_cache`: the VAE stays in CPU memory during training steps).
 * alignment teacher the same transformer with the adapters off, under no_grad: no weights of its own; its
                     features are the "alignment features" row, its working set is freed block by block.
-* quantized base    fp8 weight-only (torchao): 1 byte per Linear weight of the base; NF4 (bitsandbytes, double
-                    quantization): 4.127 bits; everything else (norms, embeddings, biases) stays bf16.
+* quantized base    `model.init_args.quantize` (torchao weight-only, `models/quantize.py`): int8 and fp8 1 byte per
+                    Linear weight of the base (+ one scale per row, negligible), NF4 4.127 bits (blocks of 64 with
+                    double-quantized scales); everything else (norms, embeddings, biases) stays bf16. Single GPU or
+                    DDP only: FSDP2 and DeepSpeed cannot shard / cast the quantized tensors, so those rows are n/a.
 * CUDA context      a constant (context, kernels, allocator slack): outside max_memory_allocated.
 """
 
@@ -65,11 +68,15 @@ CUDA_CONTEXT_GIB = 1.5
 """CUDA context, cuBLAS/flash workspaces and allocator fragmentation (not in max_memory_allocated)."""
 DEEPSPEED_BUCKET = 200_000_000
 """Lightning's DeepSpeedStrategy default reduce/allgather bucket size, in elements."""
-QUANT_AVAILABLE = ("none",)
-"""Quantization options a training config can switch on today; fp8 / NF4 rows are planning figures only."""
-QUANT_BYTES = {"none": 2.0, "fp8": 1.0, "nf4": 4.127 / 8}
-"""Bytes per quantizable (Linear weight) parameter of the frozen base: bf16, torchao fp8 weight-only (per-channel
-scales, negligible), bitsandbytes NF4 with double quantization (4 bits + 0.127 bits of block scales)."""
+QUANT_BYTES = {"none": 2.0, "int8": 1.0, "fp8": 1.0, "nf4": 4.127 / 8}
+"""Bytes per quantizable (Linear weight) parameter of the frozen base (`model.init_args.quantize`): bf16, torchao int8
+and fp8 weight-only (per-row scales, negligible), torchao NF4 (4 bits + 0.127 bits of double-quantized block scales).
+Order = preference when several fit: int8 before fp8 (same bytes; int8 per-row was 5x closer to the bf16 output on
+the tiny base, tests/test_quantize.py, and needs no fp8 hardware)."""
+QUANT_STRATEGIES = ("ddp",)
+"""Strategies a quantized base trains under (one GPU is the DDP column with --gpus 1)."""
+MEASURED_ON_GPU = False
+"""Whether the quantized rows have been measured on a GPU (bench/gpu_check.py --quant); not yet."""
 FLUX_TEXT_ENCODER_PARAMS = 4_762_310_656 + 123_060_480
 """T5 v1.1 XXL encoder + CLIP ViT-L/14 text model (FLUX.1-dev / schnell's text_encoder_2 and text_encoder)."""
 FLUX_VAE_PARAMS = 83_819_683
@@ -222,7 +229,9 @@ class Workload:
     text_encoders: bool = False
     """T5 + CLIP on the GPU (no text cache)."""
     quant: str = "none"
-    """Frozen base storage: "none" (bf16), "fp8" (torchao weight-only) or "nf4" (bitsandbytes)."""
+    """Frozen base storage: "none" (bf16), "int8" / "fp8" / "nf4" (torchao weight-only, `model.init_args.quantize`)."""
+    vae: bool = True
+    """The VAE on the GPU (False with the latent cache, `model.init_args.latent_cache_dir`)."""
 
     def __post_init__(self):
         if self.quant not in QUANT_BYTES:
@@ -313,7 +322,7 @@ def components(shape: ModelShape, work: Workload, strategy: Strategy, gpus: int)
     }
     out.update(activation_bytes(shape, work))
     out["text encoders (bf16)"] = shape.text_encoder_params * BF16 if work.text_encoders else 0
-    out["VAE (bf16)"] = shape.vae_params * BF16
+    out["VAE (bf16)"] = shape.vae_params * BF16 if work.vae else 0
     out["CUDA context + slack"] = int(CUDA_CONTEXT_GIB * GiB)
     return out
 
@@ -370,6 +379,8 @@ def options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> lis
         for quant in QUANT_BYTES:
             w = replace(work, text_encoders=text_encoders, quant=quant)
             for plan in plan_all(shape, w, gpus, gpu_gib):
+                if quant != "none" and plan.strategy not in QUANT_STRATEGIES:
+                    continue  # not a configuration that runs
                 out.append(
                     {"strategy": plan.strategy, "quant": quant, "text_cache": not text_encoders}
                     | {"total": plan.total, "fits": plan.fits}
@@ -397,7 +408,10 @@ def format_options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float)
     for cache in (True, False):
         for quant in QUANT_BYTES:
             row = {o["strategy"]: o for o in opts if o["quant"] == quant and o["text_cache"] == cache}
-            cells = [f"{row[s]['total'] / GiB:.1f}{'' if row[s]['fits'] else ' (no)'}" for s in STRATEGIES]
+            cells = [
+                f"{row[s]['total'] / GiB:.1f}{'' if row[s]['fits'] else ' (no)'}" if s in row else "n/a"
+                for s in STRATEGIES
+            ]
             label = f"base {quant if quant != 'none' else 'bf16'}, {'text cache' if cache else 'T5 + CLIP on GPU'}"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     best = recommend(shape, work, gpus, gpu_gib)
@@ -407,12 +421,13 @@ def format_options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float)
         )
     else:
         config = STRATEGIES[best["strategy"]].config
-        quant = "" if best["quant"] == "none" else f", frozen base in {best['quant']}"
-        if best["quant"] not in QUANT_AVAILABLE:
-            quant += " (a planning figure: no training config quantizes the base yet, docs/SCALING.md)"
+        quant = "" if best["quant"] == "none" else f", frozen base in {best['quant']} (quantize: {best['quant']})"
+        if best["quant"] != "none" and not MEASURED_ON_GPU:
+            quant += " [trains on CPU in the tests; its GPU memory is this plan's figure, not yet measured]"
+        latents = "" if work.vae else ", latent cache (latent_cache_dir)"
         lines.append(
             f"\nrecommended on {gpu_gib:g} GiB: {best['strategy']} ({config}), text cache (text_cache_only: true)"
-            f"{quant}: {best['total'] / GiB:.1f} GiB per GPU"
+            f"{latents}{quant}: {best['total'] / GiB:.1f} GiB per GPU"
         )
     return "\n".join(lines)
 
@@ -430,7 +445,8 @@ def format_table(plans: list[Plan], shape: ModelShape, work: Workload) -> str:
         f"base {shape.base_params:,} params, adapters {shape.adapter_params:,} ({work.optimizer}); {work.tokens} tokens "
         f"({work.image_tokens} image + {work.text_tokens} text) x batch {work.batch} per GPU; "
         f"{work.align_layers} alignment layers; checkpointing {'on' if work.checkpointing else 'off'}; "
-        f"text encoders {'on the GPU' if work.text_encoders else 'off (text cache)'}; base {work.quant}",
+        f"text encoders {'on the GPU' if work.text_encoders else 'off (text cache)'}; "
+        f"VAE {'on the GPU' if work.vae else 'off (latent cache)'}; base {work.quant}",
         "",
         head,
         "|---" + "|---:" * len(plans) + "|",
@@ -438,7 +454,9 @@ def format_table(plans: list[Plan], shape: ModelShape, work: Workload) -> str:
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{p.components[name] / GiB:.2f}" for p in plans) + " |")
     lines.append("| **total** | " + " | ".join(f"**{p.total / GiB:.2f}**" for p in plans) + " |")
-    lines.append("| fits | " + " | ".join("yes" if p.fits else "NO" for p in plans) + " |")
+    runs = lambda p: work.quant == "none" or p.strategy in QUANT_STRATEGIES  # noqa: E731
+    fits = ["n/a (quantize: DDP only)" if not runs(p) else "yes" if p.fits else "NO" for p in plans]
+    lines.append("| fits | " + " | ".join(fits) + " |")
     return "\n".join(lines)
 
 
@@ -455,6 +473,7 @@ def to_json(plans: list[Plan], shape: ModelShape, work: Workload) -> dict:
             "optimizer": work.optimizer,
             "text_encoders": work.text_encoders,
             "quant": work.quant,
+            "vae": work.vae,
         },
         "plans": {
             p.strategy: {"gpus": p.gpus, "gpu_gib": p.gpu_gib, "bytes": p.components, "total": p.total, "fits": p.fits}

@@ -67,6 +67,11 @@ class Stage2Module(FlowMatchingModule):
                 dtype, gradient_checkpointing, text_cache_dir, seed).
         """
         super().__init__(**kwargs)
+        if self.latent_cache_dir:
+            raise ValueError(
+                "model.init_args.latent_cache_dir is for stage 1: stage 2 and ReCraft encode each chosen frame on its "
+                "own (a cell of the grid, resized), not the grid the cache holds"
+            )
         if adapter.kind != "lora":
             raise ValueError(
                 f"model.init_args.adapter.kind must be 'lora' for stage 2 (domain-free), got {adapter.kind!r}"
@@ -91,9 +96,11 @@ class Stage2Module(FlowMatchingModule):
 
     # ------------------------------------------------------------------ model
 
+    def prepare_base(self, backbone) -> None:
+        if self.stage1:  # into the unquantized weights, before `quantize` stores them
+            fuse_lora_file(backbone, self.stage1)
+
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
-        if self.stage1:
-            fuse_lora_file(self.backbone, self.stage1)
         add_adapters(transformer, self.adapter_cfg)
         set_domains(transformer, None)  # domain-free routing
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -101,22 +102,24 @@ class SampleGrids(Callback):
         was_training = pl_module.training
         pl_module.eval()
         backbone = pl_module.backbone
-        pipe = backbone.pipeline()
-        pipe.set_progress_bar_config(disable=not progress)
         embeds = None
         if getattr(backbone, "text_encoder", True) is None:  # text_cache_only: the prompts come from the cache too
             embeds = backbone.encode_text([p["caption"] for p in self.prompts])[:2]
-        images = generate_grids(
-            pipe,
-            [p["caption"] for p in self.prompts],
-            domains,
-            self.resolution,
-            self.num_inference_steps,
-            self.guidance,
-            self.seed,
-            getattr(pl_module.backbone, "max_sequence_length", None),
-            embeds,
-        )
+        vae_here = getattr(backbone, "vae_on_device", nullcontext)  # a parked VAE (latent cache) visits the GPU
+        with vae_here():
+            pipe = backbone.pipeline()
+            pipe.set_progress_bar_config(disable=not progress)
+            images = generate_grids(
+                pipe,
+                [p["caption"] for p in self.prompts],
+                domains,
+                self.resolution,
+                self.num_inference_steps,
+                self.guidance,
+                self.seed,
+                getattr(pl_module.backbone, "max_sequence_length", None),
+                embeds,
+            )
         pl_module.train(was_training)
         return images
 
