@@ -59,9 +59,9 @@ def contrast_table(results: dict) -> str:
 
 GROUPS = (
     ("reproduced", "Reproduced in direction, larger than the seed spread (interval excludes 0)"),
-    ("same_unresolved", "Same direction as the paper, but not resolved by the seeds"),
-    ("opposite", "Opposite direction, larger than the seed spread: does not reproduce"),
-    ("opposite_unresolved", "Opposite direction, within the seed spread"),
+    ("same_unresolved", "Same direction as the paper, not resolved (within the seed spread, or the interval holds 0)"),
+    ("opposite", "Opposite direction, larger than the seed spread (interval excludes 0): does not reproduce"),
+    ("opposite_unresolved", "Opposite direction, not resolved (within the seed spread, or the interval holds 0)"),
     ("none", "No difference, one seed only, or no data"),
 )
 
