@@ -51,9 +51,21 @@ def read_marker(out: Path, job: Job) -> dict | None:
         return None
 
 
+METADATA_FLAGS = ("--trainer.logger.init_args.tags",)  # W&B tags list the selected rows that use a training
+
+
 def comparable(cmd: list[str]) -> list[str]:
-    """A command without the interpreter path (a moved venv is the same plan)."""
-    return cmd[1:]
+    """A command without the interpreter path (a moved venv is the same plan) and without its W&B tags (they name
+    the rows of the current selection that use the job: `--rows` a subset is the same training)."""
+    out, skip = [], False
+    for arg in cmd[1:]:
+        if skip:
+            skip = False
+        elif arg in METADATA_FLAGS:
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 def is_finished(out: Path, job: Job, command: list[str]) -> bool:
