@@ -71,22 +71,8 @@ def fsdp2_step(setup: fs.StepSetup, steps: int, warmup: int) -> dict:
     try:
         module = fs.build_module(setup, setup.device)
         units = shard_flux(module.transformer, init_device_mesh("cuda" if cuda else "cpu", (1,)))
-        optimizer = fs.make_optimizer(module)
-        batch = fs.make_batch(setup, setup.device)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for i in range(warmup + steps):
-            fs._sync(setup.device)
-            t = time.perf_counter()
-            loss = fs.train_step(module, optimizer, batch, setup, setup.device)
-            fs._sync(setup.device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-        out = {"units": units, "sec_per_step": sorted(times)[len(times) // 2], "loss": float(loss)}
-        if cuda:
-            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        del module, optimizer
+        out = {"units": units, **timed_steps(module, setup, steps, warmup)}
+        del module
         return out
     finally:
         dist.destroy_process_group()
@@ -127,8 +113,15 @@ def quantized_module(setup: fs.StepSetup, mode: str):
 
 def quantized_step(setup: fs.StepSetup, steps: int, warmup: int, mode: str) -> dict:
     """The stage-1 step over a quantized frozen base: seconds per step, peak memory, the plan's figure, the loss."""
-    cuda = setup.device.startswith("cuda")
     module = quantized_module(setup, mode)
+    out = {"mode": mode, **timed_steps(module, setup, steps, warmup), "plan_gib": plan_gib(module, setup, mode)}
+    del module
+    return out
+
+
+def timed_steps(module, setup: fs.StepSetup, steps: int, warmup: int) -> dict:
+    """Median seconds per training step after `warmup` steps, the last loss, and the peak memory on CUDA."""
+    cuda = setup.device.startswith("cuda")
     optimizer = fs.make_optimizer(module)
     batch = fs.make_batch(setup, setup.device)
     if cuda:
@@ -141,11 +134,10 @@ def quantized_step(setup: fs.StepSetup, steps: int, warmup: int, mode: str) -> d
         fs._sync(setup.device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
-    out = {"mode": mode, "sec_per_step": sorted(times)[len(times) // 2], "loss": float(loss)}
-    out["plan_gib"] = plan_gib(module, setup, mode)
+    out = {"sec_per_step": sorted(times)[len(times) // 2], "loss": float(loss)}
     if cuda:
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del module, optimizer
+    del optimizer
     return out
 
 
