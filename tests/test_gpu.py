@@ -10,8 +10,6 @@ pytestmark = pytest.mark.gpu
 
 
 def test_bf16_mixed_step_on_cuda(tmp_path, tiny_base, tiny_shards):
-    import lightning as L
-
     from pm_lightning.data.datamodule import ProcessDataModule
     from pm_lightning.models.adapters import AdapterConfig
     from pm_lightning.training.stage1 import Stage1Module
@@ -26,15 +24,7 @@ def test_bf16_mixed_step_on_cuda(tmp_path, tiny_base, tiny_shards):
         num_workers=0,
         samples_per_epoch=4,
     )
-    trainer = L.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = gpu_trainer(tmp_path, max_steps=1)
     trainer.fit(module, datamodule=data)
     base = [p for p in module.transformer.parameters() if not p.requires_grad]
     adapters = module.trainable_parameters()
@@ -49,7 +39,6 @@ def test_quantized_base_trains_on_cuda_in_bf16_mixed(tmp_path, tiny_base, tiny_s
     pytest.importorskip("torchao")
     if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("fp8 weight-only: an Ada / Hopper GPU (compute capability >= 8.9)")
-    import lightning as L
 
     from pm_lightning.data.datamodule import ProcessDataModule
     from pm_lightning.models.adapters import AdapterConfig
@@ -63,18 +52,25 @@ def test_quantized_base_trains_on_cuda_in_bf16_mixed(tmp_path, tiny_base, tiny_s
     data = ProcessDataModule(
         train_shards=tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=2, num_workers=0
     )
-    trainer = L.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = gpu_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=data)
     assert quantized_linears(module.transformer)
     assert all(p.is_cuda and p.dtype == torch.float32 for p in module.trainable_parameters())
     assert torch.isfinite(trainer.callback_metrics["loss/total"])
     lora_b = [p for n, p in module.transformer.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: two steps moved it
+
+
+def gpu_trainer(tmp_path, max_steps: int):
+    """One GPU, bf16-mixed, no logger or checkpoints: the Lightning path of the gpu tier."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
