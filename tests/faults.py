@@ -59,7 +59,8 @@ class KillAt(Callback):
 
     moment: "backward" (after the backward of optimizer step `step`, before the update), "checkpoint-write" (half of
     the checkpoint of step `step` written), "lora-write" (half of the first LoRA file of export `tag` written),
-    "samples" (while rendering the sample sheet `tag`), "timer" (`seconds` after optimizer step `step` starts:
+    "samples" (while rendering the sample sheet `tag`), "before-last" (the checkpoint of step `step` written, its
+    `last.ckpt` not yet: Lightning writes them one after the other), "timer" (`seconds` after optimizer step `step` starts:
     anywhere in that step, its checkpoint, exports or samples, or the next step).
     """
 
@@ -71,6 +72,8 @@ class KillAt(Callback):
             self._patch_checkpoint_write(trainer)
         elif self.moment == "lora-write":
             self._patch_lora_write()
+        elif self.moment == "before-last":
+            self._patch_last_checkpoint(trainer)
         elif self.moment == "samples":
             import pm_lightning.training.callbacks.samples as samples
 
@@ -101,6 +104,18 @@ class KillAt(Callback):
             return real_write(opener, data)
 
         local.LocalFileOpener.write = write
+
+    def _patch_last_checkpoint(self, trainer) -> None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        real, killer = ModelCheckpoint._save_last_checkpoint, self
+
+        def save_last(cb, trainer, monitor_candidates):
+            if trainer.global_step == killer.step:
+                _die()
+            return real(cb, trainer, monitor_candidates)
+
+        ModelCheckpoint._save_last_checkpoint = save_last
 
     def _patch_lora_write(self) -> None:
         from diffusers import FluxPipeline

@@ -1,5 +1,5 @@
-"""kill -9 at 10 moments of a tiny fit (during a step, a checkpoint write, a LoRA export, sample rendering, and at
-random times), then `--ckpt_path last` until the run completes: every resume succeeds, the final adapters and
+"""kill -9 at 11 moments of a tiny fit (during a step, a checkpoint write, between a checkpoint and its last.ckpt,
+a LoRA export, sample rendering, and at random times), then `--ckpt_path last` until the run completes: every resume succeeds, the final adapters and
 LoRA files are bit-identical to an uninterrupted run, and no file the run wrote is ever left half-written."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pm_lightning.training.run_dir import earlier_checkpoints
 from tests.conftest import REPO
 from tests.test_fit import small_config, with_outputs
 
@@ -25,6 +26,7 @@ MOMENTS = [
     {"moment": "backward", "step": 0},
     {"moment": "checkpoint-write", "step": 2},  # the first checkpoint: nothing to resume, start again
     {"moment": "checkpoint-write", "step": 4},  # last.ckpt of step 2 must survive
+    {"moment": "before-last", "step": 2},  # step 2's checkpoint written, no last.ckpt: "last" means that one
     {"moment": "lora-write", "tag": "step-000002"},
     {"moment": "lora-write", "tag": "final"},
     {"moment": "samples", "tag": "step-000004"},
@@ -68,7 +70,7 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_kill_9_at_ten_moments_then_resume_gives_the_uninterrupted_result(tmp_path, tiny_base, tiny_shards):
+def test_kill_9_at_eleven_moments_then_resume_gives_the_uninterrupted_result(tmp_path, tiny_base, tiny_shards):
     straight = config(tmp_path / "straight", tiny_base, tiny_shards)
     assert fit(straight).returncode == 0
     want = outcome(tmp_path / "straight" / "run")
@@ -84,7 +86,7 @@ def test_kill_9_at_ten_moments_then_resume_gives_the_uninterrupted_result(tmp_pa
         killed = first.returncode == -9 and not complete(run)  # killed before the run was done
         resumes = 0
         while not complete(run):
-            resume = ["--ckpt_path", "last"] if (run / "checkpoints" / "last.ckpt").is_file() else []
+            resume = ["--ckpt_path", "last"] if earlier_checkpoints(run) else []  # what a user would do
             proc = fit(cfg, *resume)
             assert proc.returncode == 0, (moment, proc.stderr[-3000:])
             resumes += 1

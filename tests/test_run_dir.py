@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,23 @@ def test_a_run_shorter_than_the_checkpoint_interval_resumes(run_env):
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # resumed into it, no last-v1.ckpt
     assert (cwd / "runs" / "a" / "lora" / "step-000003").is_dir()
+
+
+def test_last_falls_back_to_the_newest_checkpoint_when_the_run_died_before_writing_last(run_env, capsys):
+    """Lightning writes a step's checkpoint, then last.ckpt: a kill -9 between the two (seen in the kill campaign)
+    leaves no last.ckpt, and a plain restart is refused (the directory holds a checkpoint); "last" resumes it."""
+    cwd, config = run_env
+    assert fit.main(["--config", str(config)]) == 0
+    folder = cwd / "runs" / "a" / "checkpoints"
+    (folder / "last.ckpt").rename(folder / "epoch=0-step=2.ckpt")
+    (folder / "epoch=0-step=1.ckpt").write_bytes(b"older")  # an older one must not be picked
+    old = (folder / "epoch=0-step=2.ckpt").stat().st_mtime_ns
+    os.utime(folder / "epoch=0-step=1.ckpt", ns=(old - 10**9, old - 10**9))
+    capsys.readouterr()
+    assert fit.main(["--config", str(config)]) == 2  # a new run is still refused
+    assert fit.main(["--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"]) == 0
+    assert "resuming from " + str(folder / "epoch=0-step=2.ckpt") in capsys.readouterr().err
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 3
 
 
 def test_resuming_a_directory_without_a_run_says_so(tmp_path, capsys, run_env):

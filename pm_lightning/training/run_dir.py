@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -24,17 +25,24 @@ def earlier_checkpoints(root: str | Path) -> list[Path]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
-    """`--ckpt_path`: "last" is `<root>/checkpoints/last.ckpt` (a clear error when missing); a path stays as is.
+    """`--ckpt_path`: "last" is `<root>/checkpoints/last.ckpt`; a path stays as is.
 
     Resolved here rather than by Lightning, whose "last" looks in the first logger's folder (for W&B a new folder
-    per run) when the checkpoint callback has no explicit dirpath.
+    per run) when the checkpoint callback has no explicit dirpath. Lightning writes a step's checkpoint and then
+    `last.ckpt`: a run killed between the two has no `last.ckpt` but a complete newer checkpoint, so "last" then
+    means the newest checkpoint of the run (said on stderr). No checkpoint at all is a clear error.
     """
     if ckpt_path != "last":
         return ckpt_path
     last = Path(root) / "checkpoints" / "last.ckpt"
-    if not last.is_file():
+    if last.is_file():
+        return str(last)
+    found = [p for p in earlier_checkpoints(root) if not p.name.startswith(".")]
+    if not found:
         raise FileNotFoundError(f"--ckpt_path last: no {last} (nothing to resume in run directory {root})")
-    return str(last)
+    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    print(f"--ckpt_path last: no {last.name} (the run stopped while writing it); resuming from {newest}", file=sys.stderr)
+    return str(newest)
 
 
 def is_launch_process() -> bool:
