@@ -41,7 +41,9 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
     if not found:
         raise FileNotFoundError(f"--ckpt_path last: no {last} (nothing to resume in run directory {root})")
     newest = max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
-    print(f"--ckpt_path last: no {last.name} (the run stopped while writing it); resuming from {newest}", file=sys.stderr)
+    print(
+        f"--ckpt_path last: no {last.name} (the run stopped while writing it); resuming from {newest}", file=sys.stderr
+    )
     return str(newest)
 
 
