@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 import math
 import statistics
 from pathlib import Path
@@ -424,12 +425,18 @@ def test_wandb_runs_read_back_with_the_group_the_row_and_the_table(tmp_path, mon
     results = collect(plan, tmp_path, jobs, {})
     _, _, charts, pictures = write_report(plan, tmp_path, results, "cmd")
     record = json.loads((tmp_path / "eval" / "lora" / "seed-1" / "metrics.json").read_text())
-    log_eval_run(plan, tmp_path / "eval" / "lora" / "seed-1", "lora", 1, record, {"stage1": {"seed_everything": 1}})
+    log_eval_run(plan, tmp_path, tmp_path / "eval" / "lora" / "seed-1", "lora", 1, record, {"stage1": {"seed_everything": 1}})  # fmt: skip
     log_summary_run(plan, tmp_path, results, charts, pictures)
+    assert offline_run(tmp_path).name.endswith("-summary")
+    time.sleep(1.1)  # offline folders are named by the second: the rerun's has another name
+    log_summary_run(plan, tmp_path, results, charts, pictures)  # a rerun of the ablation replaces its summary run
+    assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 1  # (offline_run below asserts it too)
 
     evals = wandb_records(offline_run(tmp_path / "eval" / "lora" / "seed-1"))
     (run,) = [r.run for r in evals if r.WhichOneof("record_type") == "run"]
     assert (run.run_group, run.job_type) == ("tiny-ablation", "lora") and {"row:lora", "seed:1"} <= set(run.tags)
+    prefix = (tmp_path / "wandb-id").read_text().strip()
+    assert run.run_id == f"{prefix}-eval-lora-s1"  # stable: a rerun of the job replaces it, no duplicate row on W&B
     config = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert config["row"] == "lora" and config["training"]["stage1"]["seed_everything"] == 1
     summary = {i.key: json.loads(i.value_json) for r in evals if r.WhichOneof("record_type") == "summary" for i in r.summary.update if i.key}  # fmt: skip

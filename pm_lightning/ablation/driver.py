@@ -99,7 +99,7 @@ def run_eval_job(out: Path, job_id: str) -> int:
         configs["stage1"] = _yaml(stage1_dir(out, s1, job.seed) / "config.yaml")
     if plan.rows[job.row].stage2:
         configs["stage2"] = _yaml(stage2_dir(out, s1, job.seed) / "config.yaml")
-    where = log_eval_run(plan, eval_dir(out, job.row, job.seed), job.row, job.seed, record, configs)
+    where = log_eval_run(plan, out, eval_dir(out, job.row, job.seed), job.row, job.seed, record, configs)
     print(f"{job_id}: {len(record['samples'])} samples scored in {record['eval_s']:.0f} s; W&B run {where}")
     return 0
 

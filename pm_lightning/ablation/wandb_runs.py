@@ -8,25 +8,48 @@ sample grids of every row (`wandb.Image`). Offline without credentials (`wandb s
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pm_lightning.ablation.columns import column
 from pm_lightning.ablation.plan import Plan
 
 
-def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str], config: dict):
-    """A W&B run in `folder/wandb` (offline unless wandb finds credentials, as for training runs)."""
+ID_FILE = "wandb-id"  # OUT/wandb-id: the folder's W&B id prefix, made once (a --start-over folder gets a new one)
+
+
+def run_id(out: Path, job: str) -> str:
+    """The W&B id of one of the folder's runs (`eval-<row>-s<seed>`, `summary`): the same on every rerun, so a rerun
+    replaces the run (online: `resume="allow"`; offline: the newest folder of an id is the one kept) instead of
+    adding a duplicate to the project's runs table."""
+    import secrets
+
+    path = Path(out) / ID_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(4) + "\n")
+    return f"{path.read_text().strip()}-{job}"
+
+
+def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str], config: dict, id: str):
+    """A W&B run in `folder/wandb` (offline unless wandb finds credentials, as for training runs). Offline, earlier
+    folders of the same run id (an earlier run of this job, superseded) are removed: `wandb sync` of two folders with
+    one id keeps only one of them anyway (wandb/wandb#3841)."""
     import wandb
 
     from pm_lightning.training.wandb_logger import has_wandb_credentials
 
     folder.mkdir(parents=True, exist_ok=True)
     mode = "online" if has_wandb_credentials() else "offline"
-    return wandb.init(project=plan.project, group=plan.name, job_type=job_type, name=name,
+    if mode == "offline":
+        for old in (folder / "wandb").glob(f"offline-run-*-{id}"):
+            shutil.rmtree(old, ignore_errors=True)
+    return wandb.init(project=plan.project, group=plan.name, job_type=job_type, name=name, id=id, resume="allow",
                       tags=sorted(set(tags)), config=config, dir=str(folder), mode=mode)  # fmt: skip
 
 
-def log_eval_run(plan: Plan, folder: Path, row: str, seed: int, record: dict, train_configs: dict[str, dict]) -> str:
+def log_eval_run(plan: Plan, out: Path, folder: Path, row: str, seed: int, record: dict,
+                 train_configs: dict[str, dict]) -> str:  # fmt: skip
     """The evaluation run of one (row, seed); returns its local folder."""
     from dataclasses import asdict
 
@@ -35,7 +58,7 @@ def log_eval_run(plan: Plan, folder: Path, row: str, seed: int, record: dict, tr
     config = {"ablation": plan.name, "row": row, "seed": seed, "row_spec": asdict(plan.rows[row]),
               "eval": asdict(plan.eval), "training": train_configs, "adaptive_config": record.get("adaptive_config")}  # fmt: skip
     run = start_run(plan, folder, row, f"{row}-seed{seed}-eval", [f"ablation:{plan.name}", f"row:{row}",
-                    f"seed:{seed}", "eval"], config)  # fmt: skip
+                    f"seed:{seed}", "eval"], config, run_id(out, f"eval-{row}-s{seed}"))  # fmt: skip
     try:
         keys = ["sample", "domain", "prompt", "align", "monotonicity_pixel", "evenness_pixel", "gt_similarity"]
         table = wandb.Table(columns=["grid", *keys])
@@ -55,7 +78,8 @@ def log_summary_run(plan: Plan, out: Path, results: dict, charts: dict[str, Path
     import wandb
 
     run = start_run(plan, Path(out), "summary", f"{plan.name}-summary", [f"ablation:{plan.name}", "summary"],
-                    {"plan": results["plan"], "seeds": results["seeds"], "quick": results["quick"]})  # fmt: skip
+                    {"plan": results["plan"], "seeds": results["seeds"], "quick": results["quick"]},
+                    run_id(out, "summary"))  # fmt: skip
     try:
         metrics = sorted({k for r in results["rows"].values() for k in r["summary"]})
         cols = ["row", "label", "seeds"] + [f"{m} {part}" for m in metrics for part in ("mean", "sd")]

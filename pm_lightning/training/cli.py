@@ -72,6 +72,8 @@ class ProcessCLI(LightningCLI):
             if isinstance(logger, AutoWandbLogger):
                 logger.use_run_dir(run_dir)
                 logger.describe_run(self.config.experiment, tags)
+                if self.config.ckpt_path is not None and (run_id := logger.continue_run()):
+                    print(f"W&B: the resumed fit continues run {run_id} of {run_dir}", file=sys.stderr)
 
 
 def build_cli(args: list[str] | None = None) -> ProcessCLI:

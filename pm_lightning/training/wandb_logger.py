@@ -80,6 +80,20 @@ class AutoWandbLogger(WandbLogger):
             init["group"] = group
         init["tags"] = sorted(set(init.get("tags") or []) | set(tags))
 
+    def continue_run(self) -> str | None:
+        """On a resume (`--ckpt_path`): continue the run directory's latest online W&B run (its id, with Lightning's
+        `resume="allow"`) so the curves go on in one run instead of a new one per restart. Returns the id, or None:
+        no earlier online run, or this run is offline (wandb cannot append one offline run to another: two offline
+        folders of one id replace each other on `wandb sync`, wandb/wandb#3841; each part stays its own run)."""
+        init = wandb_init_kwargs(self)
+        if self._experiment is not None or self.auto_offline or init.get("id") or not self.save_dir:
+            return None
+        earlier = sorted(Path(self.save_dir, "wandb").glob("run-*-*"), key=lambda p: p.name)
+        if not earlier:
+            return None
+        init["id"] = earlier[-1].name.split("-", 2)[2]  # run-<YYYYMMDD_HHMMSS>-<id>
+        return init["id"]
+
     @property
     def experiment(self):
         """The W&B run, started on first use in a directory that exists; offline when the server fails to answer."""
