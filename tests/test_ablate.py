@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-import time
 import math
 import statistics
+import time
 from pathlib import Path
 
 import pytest

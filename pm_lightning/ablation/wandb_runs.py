@@ -14,7 +14,6 @@ from pathlib import Path
 from pm_lightning.ablation.columns import column
 from pm_lightning.ablation.plan import Plan
 
-
 ID_FILE = "wandb-id"  # OUT/wandb-id: the folder's W&B id prefix, made once (a --start-over folder gets a new one)
 
 
