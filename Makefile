@@ -85,7 +85,8 @@ ablation: shards
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x --timeout 600
 
-test-slow: $(STAMP) browser
+# The slow tier runs the quick ablation on the default shards (built when missing: about a minute).
+test-slow: $(STAMP) browser shards
 	$(BIN)/python -m pytest -q -x -m slow --timeout 1800
 
 # The web demo on http://127.0.0.1:7860 (PORT=): the tiny model on CPU, LoRA folders from runs/.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,10 +20,11 @@ class Reply:
 
 
 class OpenAIStub:
-    """`with OpenAIStub([Reply(...), ...]) as stub:` serves `stub.base_url`; the last reply repeats once the script runs out."""
+    """`with OpenAIStub([Reply(...), ...]) as stub:` serves `stub.base_url`; the last reply repeats once the script runs out.
+    `answer`, when given, replies instead: a function of the request body (a reply that depends on what was sent)."""
 
-    def __init__(self, replies: list[Reply] | None = None):
-        self.replies = list(replies or [Reply()])
+    def __init__(self, replies: list[Reply] | None = None, answer: Callable[[dict], Reply] | None = None):
+        self.replies, self.answer = list(replies or [Reply()]), answer
         self.requests: list[dict] = []  # {"path", "headers", "body"} per request, in arrival order
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -40,6 +42,8 @@ class OpenAIStub:
     def _next(self, request: dict) -> Reply:
         with self._lock:
             self.requests.append(request)
+            if self.answer is not None:
+                return self.answer(request["body"])
             return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
 
     def _handler(self):
