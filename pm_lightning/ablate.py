@@ -27,7 +27,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plan", default=None, help=f"ablation plan (YAML; default {DEFAULT_PLAN})")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablation/<name>[-quick])")
     p.add_argument("--quick", action="store_true", help="the plan's quick section: a few steps per row, one seed")
-    p.add_argument("--rows", nargs="+", default=None, help="only these rows (their trainings come along)")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help="only these rows (their trainings come along); `all`: the follow-up rows too (default: every row "
+        "but the plan's follow-ups)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds")
     p.add_argument("--jobs", type=int, default=None, help="processes at once (default: the plan's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default cores / jobs)")

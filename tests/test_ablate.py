@@ -152,6 +152,22 @@ def test_selecting_rows_keeps_the_trainings_they_reuse():
     assert all(set(t.rows) <= {"full", "lora"} for t in plan.tables)
 
 
+def test_follow_up_rows_run_only_when_named_or_with_all():
+    plan = load_plan(PLAN)
+    followups = [n for n, r in plan.rows.items() if r.followup]
+    assert followups and "masked_align_r4" in followups and "masked_align" not in followups
+    default = select(load_plan(PLAN))
+    assert not set(default.active_rows) & set(followups) and "full" in default.active_rows
+    assert all(not {c.a, c.b} & set(followups) for c in default.contrasts)
+    assert {c.name for c in default.contrasts} == {
+        c.name for c in plan.contrasts if not {c.a, c.b} & set(followups)
+    }  # every contrast of the default rows is kept
+    assert select(load_plan(PLAN), ["all"]).active_rows == list(plan.rows)
+    named = select(load_plan(PLAN), ["masked_align", "masked_align_r4"])
+    assert named.active_rows == ["masked_align", "masked_align_r4"]
+    assert [c.name for c in named.contrasts] == ["follow-up: rank 4 vs 16 (Align held out)"]
+
+
 # ---------------------------------------------------------------- jobs and commands
 
 
@@ -294,6 +310,9 @@ def test_the_output_folder_keeps_its_plan(tmp_path):
     plan = load_plan(PLAN)
     prepare(plan, plan_data(), tmp_path)
     prepare(select(load_plan(PLAN), ["lora"], [0]), plan_data(), tmp_path)  # a subset of the same plan: fine
+    data = plan_data()
+    data["rows"]["lora"]["followup"] = True  # whether a plain run selects a row changes none of its results
+    prepare(parse_plan(data, str(PLAN)), data, tmp_path)
     data = plan_data()
     data["eval"]["corpus"]["per_domain"] = 5
     with pytest.raises(PlanChanged, match="changed: eval"):

@@ -169,6 +169,28 @@ def test_unseen_domain_masked_is_the_all_ones_mask():
     assert torch.allclose(run(m, x, [0, 0]), unseen, atol=1e-6)
 
 
+def test_unseen_mask_mean_is_the_mean_of_the_domain_gates():
+    m = adapted("masked", unseen_mask="mean")
+    randomize(m)
+    x = random_inputs(m)
+    unseen = run(m, x, [-1, -1])
+    assert not torch.allclose(unseen, run(adapted_like_ones(m), x, [-1, -1]), atol=1e-4)  # not the all-ones mask
+    for layer in m.modules():
+        if isinstance(layer, MaskedLoraLinear):
+            g = layer.lora_gate["default"].data
+            g[:] = g.mean(0)  # every domain given the mean gates (the mean unchanged): the unseen mask's update
+    assert torch.allclose(run(m, x, [0, 0]), unseen, atol=1e-6)
+    with pytest.raises(ValueError, match="unseen_mask"):
+        AdapterConfig(kind="masked", unseen_mask="median")
+
+
+def adapted_like_ones(m):
+    """The same adapters as `m`, with the default all-ones unseen mask."""
+    ones = adapted("masked")
+    ones.load_state_dict(m.state_dict())
+    return ones
+
+
 def test_unseen_domain_asymmetric_is_the_mean_of_the_Bs():
     m = adapted("asymmetric")
     randomize(m)

@@ -32,8 +32,13 @@ def plan_from_record(record: dict) -> Plan:
 def differences(old: Plan, new: Plan) -> list[str]:
     """Settings that change results already in the folder (evaluation, parameter scale, shared rows)."""
     diffs = [k for k in ("eval", "params", "stage1", "stage2") if asdict(getattr(old, k)) != asdict(getattr(new, k))]
-    diffs += [f"rows.{r}" for r in old.rows if r in new.rows and asdict(old.rows[r]) != asdict(new.rows[r])]
+    diffs += [f"rows.{r}" for r in old.rows if r in new.rows and _results_of(old.rows[r]) != _results_of(new.rows[r])]
     return diffs
+
+
+def _results_of(row) -> dict:
+    """What of a row decides its results: all but `followup` (whether a plain run selects it)."""
+    return {k: v for k, v in asdict(row).items() if k != "followup"}
 
 
 def prepare(plan: Plan, data: dict, out: Path, start_over: bool = False) -> Path | None:

@@ -80,6 +80,7 @@ class RowSpec:
     stage2: bool = False  # also train stage 2 on the stage-1 domain-free LoRA (per seed)
     adaptive: str | None = None  # adaptive steps at inference: a row of eval/adaptive_truth.ROWS
     args: dict[str, Any] = field(default_factory=dict)  # extra `--key value` for its stage-1 fit (rank, lambda0, ...)
+    followup: bool = False  # an investigation: run only when named (`--rows NAME ...` or `--rows all`)
 
     @property
     def trains_stage1(self) -> bool:
@@ -272,7 +273,11 @@ def load_plan(path: str | Path, quick: bool = False) -> Plan:
 
 def select(plan: Plan, rows: list[str] | None = None, seeds: list[int] | None = None) -> Plan:
     """The plan restricted to `rows` (their trainings still come from the rows they reuse) and `seeds`;
-    contrasts and tables keep what they can still show."""
+    contrasts and tables keep what they can still show. No `rows`: every row but the follow-ups; `["all"]`: every row."""
+    if rows == ["all"]:
+        rows = list(plan.rows)
+    elif not rows and any(spec.followup for spec in plan.rows.values()):
+        rows = [name for name, spec in plan.rows.items() if not spec.followup]
     if rows:
         unknown = [r for r in rows if r not in plan.rows]
         if unknown:

@@ -91,8 +91,11 @@ class MaskedLoraLinear(DomainLoraLinear):
 
     adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_gate",)
 
-    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config, num_gated: int = 0, **kwargs) -> None:
-        self.num_gated = num_gated
+    def update_layer(
+        self, adapter_name: str, r: int, lora_alpha: float, config, num_gated: int = 0, unseen_mask: str = "ones",
+        **kwargs,
+    ) -> None:  # fmt: skip
+        self.num_gated, self.unseen_mask = num_gated, unseen_mask
         if not hasattr(self, "lora_gate"):
             self.lora_gate = nn.ParameterDict({})  # must exist before peft's set_adapter walks adapter_layer_names
         super().update_layer(adapter_name, r, lora_alpha, config, **kwargs)
@@ -102,12 +105,17 @@ class MaskedLoraLinear(DomainLoraLinear):
         self.lora_gate[adapter_name] = nn.Parameter(torch.ones(self.num_domains, self.num_gated, device=device))
 
     def mask_table(self, adapter: str) -> torch.Tensor:
-        """(num_domains + 1, r) masks; the last row is the all-ones unseen mask, so index -1 selects it."""
+        """(num_domains + 1, r) masks; the last row is the unseen mask, so index -1 selects it: all ones ("mask
+        removed", the default) or, with ``unseen_mask="mean"``, the mean of the domain masks."""
         gate = self.lora_gate[adapter]  # (C, g)
         r = self.r[adapter]
         shared = torch.ones(gate.shape[0], r - gate.shape[1], device=gate.device, dtype=gate.dtype)  # (C, r-g)
-        unseen = torch.ones(1, r, device=gate.device, dtype=gate.dtype)  # (1, r)
-        return torch.cat([torch.cat([gate, shared], dim=1), unseen], dim=0)  # (C+1, r)
+        domains = torch.cat([gate, shared], dim=1)  # (C, r)
+        if getattr(self, "unseen_mask", "ones") == "mean":
+            unseen = domains.mean(0, keepdim=True)  # (1, r)
+        else:
+            unseen = torch.ones(1, r, device=gate.device, dtype=gate.dtype)  # (1, r)
+        return torch.cat([domains, unseen], dim=0)  # (C+1, r)
 
     def _routed_update(self, adapter: str, h: torch.Tensor) -> torch.Tensor:
         domains = self._check_batch(h)

@@ -76,6 +76,9 @@ class AdapterConfig:
     """rho: the fraction of rank rows with learnable per-domain gates (masked only); g = round(rho * r), at least 1 if rho > 0."""
     mask_l1: float = 0.0
     """Weight of the L1 pull of the gates towards 0 (applied by the training module to ``mask_l1()``)."""
+    unseen_mask: Literal["ones", "mean"] = "ones"
+    """masked: the gates of an unseen domain. "ones": the mask removed (ProcessMaker, the default); "mean": the mean
+    of the trained domain gates (the masked analogue of MakeAnything's mean of the Bs; an ablation follow-up)."""
     fused_qkv: bool = True
     """Share A (and gates) across the projections BFL's Flux fuses (q/k/v; single-block q/k/v/mlp)."""
 
@@ -94,6 +97,8 @@ class AdapterConfig:
             )
         if not 0.0 <= self.mask_fraction <= 1.0:
             raise ValueError(f"AdapterConfig.mask_fraction must be in [0, 1], got {self.mask_fraction!r}")
+        if self.unseen_mask not in ("ones", "mean"):
+            raise ValueError(f"AdapterConfig.unseen_mask must be 'ones' or 'mean', got {self.unseen_mask!r}")
         if not self.mask_l1 >= 0.0:
             raise ValueError(f"AdapterConfig.mask_l1 must be >= 0, got {self.mask_l1!r}")
 
@@ -142,7 +147,7 @@ def _layer_factory(cfg: AdapterConfig):
     cls = MaskedLoraLinear if cfg.kind == "masked" else AsymmetricLoraLinear
     extra = dict(num_domains=cfg.num_domains)
     if cfg.kind == "masked":
-        extra["num_gated"] = cfg.num_gated
+        extra.update(num_gated=cfg.num_gated, unseen_mask=cfg.unseen_mask)
 
     def make(base_layer, adapter_name, **kwargs):
         return cls(base_layer, adapter_name, **kwargs, **extra)
