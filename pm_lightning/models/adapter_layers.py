@@ -111,7 +111,7 @@ class MaskedLoraLinear(DomainLoraLinear):
         r = self.r[adapter]
         shared = torch.ones(gate.shape[0], r - gate.shape[1], device=gate.device, dtype=gate.dtype)  # (C, r-g)
         domains = torch.cat([gate, shared], dim=1)  # (C, r)
-        if getattr(self, "unseen_mask", "ones") == "mean":
+        if self.unseen_mask == "mean":
             unseen = domains.mean(0, keepdim=True)  # (1, r)
         else:
             unseen = torch.ones(1, r, device=gate.device, dtype=gate.dtype)  # (1, r)
