@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from pm_lightning.core.errors import BadInput
 from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags, parse_inference_args
 from pm_lightning.inference.inputs import input_grid, read_frames
-from pm_lightning.inference.session import BadInput, Models, captions_for, run_adaptive
+from pm_lightning.inference.session import Models, captions_for, run_adaptive
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 from pm_lightning.eval.sample_table import evaluate
 from pm_lightning.inference.runtime import Runtime, add_device_flags
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
 
-    from pm_lightning.data.importers import BadInput
+    from pm_lightning.core.errors import BadInput
     from pm_lightning.data.stream import ResolutionError
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import load_vae

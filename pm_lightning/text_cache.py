@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
 
-    from pm_lightning.data.importers import BadInput
+    from pm_lightning.core.errors import BadInput
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import FluxBackbone
     from pm_lightning.models.text_embeddings import config_prompts, config_shards, precompute, shard_captions

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 from pm_lightning.demo.backend import PLAIN, DemoBackend, delta_rows, lora_folders, stage1_file
 from tests.test_stage2 import stage1_file as stage1_lora  # noqa: F401 - fixture
 

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from pm_lightning import adapt, generate
+from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import project_home
-from pm_lightning.inference.session import BadInput, grid_resolution, stage_file
+from pm_lightning.inference.session import grid_resolution, stage_file
 from pm_lightning.inference.tiny_defaults import default_lora
 from tests.test_adaptive import needs_tiny_eval
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pm_lightning import generate
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 from pm_lightning.export import main as export_main
 from pm_lightning.inference.runtime import Runtime, fill_sampler_defaults
 from pm_lightning.inference.session import stage1_under

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 from PIL import Image
 
+from pm_lightning.core.errors import BadInput
 from pm_lightning.data.grid import layout_for, serpentine_cells
 from pm_lightning.data.image_modes import as_rgb
 
@@ -89,10 +90,6 @@ def cell_boxes(size: tuple[int, int], rows: int, cols: int, order: str) -> list[
         c = cols - 1 - c if order == "reverse-s" else c
         boxes.append((xs[c], ys[r], xs[c + 1], ys[r + 1]))
     return boxes
-
-
-class BadInput(ValueError):
-    """A user-supplied file or value that cannot be used; the message names it and the fix."""
 
 
 MAX_INPUT_PIXELS = 64_000_000  # 8000 x 8000: above this an input is refused before it is decoded

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 
 PLAIN = "(plain base, no LoRA)"
 MAX_UPLOAD_MB = 10

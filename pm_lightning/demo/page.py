@@ -12,7 +12,7 @@ import logging
 import gradio as gr
 import pandas as pd
 
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 from pm_lightning.demo.backend import MAX_UPLOAD_MB, DemoBackend
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pm_lightning.data.importers import BadInput, load_user_image
+from pm_lightning.core.errors import BadInput
+from pm_lightning.data.importers import load_user_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 

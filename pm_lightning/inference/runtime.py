@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 
 DTYPES = {
     "float32": torch.float32,

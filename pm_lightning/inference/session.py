@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pm_lightning.data.importers import BadInput, load_user_image
+from pm_lightning.core.errors import BadInput
+from pm_lightning.data.importers import load_user_image
 from pm_lightning.inference.cache import CacheConfig, cache_from_args, transformer_cache
 from pm_lightning.inference.runtime import Runtime
 from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1

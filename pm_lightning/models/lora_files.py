@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.errors import BadInput
 from pm_lightning.data.domains import UNSEEN_DOMAIN
-from pm_lightning.data.importers import BadInput
 from pm_lightning.models.adapters import (
     AdapterConfig,
     add_adapters,

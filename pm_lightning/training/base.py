@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from pm_lightning.core.compat import ddp_ignore
-from pm_lightning.data.importers import BadInput
+from pm_lightning.core.errors import BadInput
 from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator

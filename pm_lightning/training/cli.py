@@ -15,8 +15,8 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from pm_lightning.core.atomic import WriteFailed
+from pm_lightning.core.errors import BadInput
 from pm_lightning.data.datamodule import ProcessDataModule
-from pm_lightning.data.importers import BadInput
 from pm_lightning.data.stream import EmptyStream
 from pm_lightning.models.backbone import not_found_error, resolve_source
 from pm_lightning.models.vae_latents import MissingLatents, WrongLatentCache
