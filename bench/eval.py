@@ -21,8 +21,8 @@ from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when r
 
 from pm_lightning.data.grid import frames_to_grid, layout_for
 from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence
-from pm_lightning.eval.encoders import Encoders
 from pm_lightning.eval.scores import clip_score, grid_and_frame_clip_scores
+from pm_lightning.models.encoders import Encoders
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Evaluation"

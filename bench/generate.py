@@ -66,11 +66,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     from pm_lightning.data.synthetic_corpus import generate_sequence
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer, combine, effective_weights, pair_terms
     from pm_lightning.inference.reference_sampling import insert_between
     from pm_lightning.inference.session import sample_grid
     from pm_lightning.models.backbone import FluxBackbone
+    from pm_lightning.models.encoders import Encoders
 
     start = time.perf_counter()
     source, what = tiny_base()

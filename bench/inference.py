@@ -52,12 +52,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     from pm_lightning.data.grid import grid_to_frames
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.eval.scores import clip_score
     from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer, adapt_sequence
     from pm_lightning.inference.cache import CacheConfig
     from pm_lightning.inference.session import Models, make_insert_fn, sample_grid
     from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1
+    from pm_lightning.models.encoders import Encoders
 
     t0 = time.perf_counter()
     stage1, stage2, fuse = default_lora("stage1", "lego"), default_lora("stage2"), fused_stage1("stage2")

@@ -252,8 +252,8 @@ def run(args: argparse.Namespace) -> dict | None:
         domains = {"training domains": list(TRAIN_DOMAINS), "held-out domains": list(HELDOUT_DOMAINS)}
     samples = collect(domains, args.per_domain, cell)
 
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.inference.session import Models
+    from pm_lightning.models.encoders import Encoders
 
     backbone = Models("tiny").use(fuse, stage2)
     enc = Encoders.load(clip="tiny", dino="tiny")

@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from pm_lightning.eval.adaptive_truth import benchmark, calibration_record, markdown_table, write_docs
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer
     from pm_lightning.inference.adaptive_settings import calibration_file
+    from pm_lightning.models.encoders import Encoders
 
     torch.set_num_threads(1)
     result = benchmark(EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino)), args.per_condition)

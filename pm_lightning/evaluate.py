@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--judge-cache", type=Path, default=None, help="folder for cached judge answers")
     args = p.parse_args(argv)
 
-    from pm_lightning.eval.encoders import EncoderNotFound, Encoders
+    from pm_lightning.models.encoders import EncoderNotFound, Encoders
 
     try:
         rt = Runtime.resolve(args.device, args.dtype)

@@ -286,8 +286,8 @@ def test_loop_uses_step_texts_and_interpolates_them_for_inserted_frames():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.inference.adaptive import EncoderScorer
+    from pm_lightning.models.encoders import Encoders
 
     return EncoderScorer(Encoders.load(clip="tiny", dino="tiny"))
 

@@ -7,7 +7,7 @@ import torch
 
 from pm_lightning.core.paths import tiny_eval_dir
 from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence, sequence_seed
-from pm_lightning.eval.encoders import EncoderNotFound, Encoders
+from pm_lightning.models.encoders import EncoderNotFound, Encoders
 from pm_lightning.tiny.evaluators import EVAL_SPLIT_SEED, zero_shot_prompt
 
 pytestmark = pytest.mark.skipif(

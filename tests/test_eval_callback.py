@@ -25,7 +25,7 @@ COLORS = ["red", "blue", "green"]
 
 
 class FakeEncoders:
-    """Deterministic stand-in for pm_lightning.eval.encoders.Encoders: the mean colour vs a fixed text vector."""
+    """Deterministic stand-in for pm_lightning.models.encoders.Encoders: the mean colour vs a fixed text vector."""
 
     def image_embeddings(self, images):
         x = torch.tensor([[c / 255 + 0.1 for c in im.convert("RGB").resize((1, 1)).getpixel((0, 0))] for im in images])

@@ -71,7 +71,7 @@ def test_same_size_resizes_to_the_first_frame():
 
 @pytest.fixture(scope="module")
 def encoders():
-    from pm_lightning.eval.encoders import Encoders
+    from pm_lightning.models.encoders import Encoders
 
     return Encoders.load()
 

@@ -59,7 +59,7 @@ def test_one_name_per_thing():
 def test_the_package_imports_outside_the_repository(tmp_path):
     """Nothing is read from the current directory at import time; a missing project home is a clear error."""
     code = (
-        "import pm_lightning.training.cli, pm_lightning.inference.session, pm_lightning.eval.encoders\n"
+        "import pm_lightning.training.cli, pm_lightning.inference.session, pm_lightning.models.encoders\n"
         "import pm_lightning.core.paths as p\n"
         "p._looks_like_home = lambda path: False\n"
         "try:\n    p.tiny_flux_dir()\nexcept p.ProjectFilesNotFound as e:\n    print('ERR', e)\n"

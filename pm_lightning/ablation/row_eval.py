@@ -132,7 +132,6 @@ def edits(report: dict | None) -> tuple[int, int]:
 def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     """Generate, adapt, score and measure one (row, seed); returns the metrics record (also metrics.json)."""
     from pm_lightning.data.grid import grid_to_frames, layout_for
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.eval.sample_table import evaluate
     from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer
     from pm_lightning.inference.outputs import write_sample
@@ -145,6 +144,7 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
         run_adaptive,
         sample_grid,
     )
+    from pm_lightning.models.encoders import Encoders
 
     start, out, spec = time.perf_counter(), Path(out), plan.rows[row]
     folder, s1 = eval_dir(out, row, seed), plan.stage1_row(row)

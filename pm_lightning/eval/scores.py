@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 if TYPE_CHECKING:
-    from pm_lightning.eval.encoders import Encoders
+    from pm_lightning.models.encoders import Encoders
 
 METRICS = ("cosine", "l2")
 

@@ -229,7 +229,7 @@ class Scorer(Protocol):
 
 
 class EncoderScorer:
-    """`Scorer` over `pm_lightning.eval.encoders.Encoders`; caches features per image object across rounds."""
+    """`Scorer` over `pm_lightning.models.encoders.Encoders`; caches features per image object across rounds."""
 
     def __init__(self, encoders):
         self.enc = encoders

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import json
 
-    from pm_lightning.eval.encoders import Encoders
+    from pm_lightning.models.encoders import Encoders
 
     torch.set_num_threads(1)
     result = calibrate(

@@ -69,7 +69,7 @@ class Models:
     def encoders(self, clip: str, dino: str):
         """The evaluators of the adaptive steps (`Encoders.load`), loaded once per (clip, dino) for the session."""
         if (clip, dino) not in self._encoders:
-            from pm_lightning.eval.encoders import Encoders
+            from pm_lightning.models.encoders import Encoders
 
             self._encoders[clip, dino] = Encoders.load(clip=clip, dino=dino, device=self.runtime.device)
         return self._encoders[clip, dino]

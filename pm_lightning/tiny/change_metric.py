@@ -38,7 +38,7 @@ def change_data(seqs: list[Sequence], preprocess, seed: int) -> ChangeData:
 
 def image_and_patches(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(L2-normalised image embeddings (N, D), L2-normalised patch tokens (N, P, W)): one pass of the visual tower,
-    the tokens being what `dino="tiny"` scores (eval/encoders.py)."""
+    the tokens being what `dino="tiny"` scores (models/encoders.py)."""
     visual = model.visual
     pooled, tokens = visual._pool(visual.transformer(visual._embeds(images)))
     return F.normalize(pooled @ visual.proj, dim=-1), F.normalize(tokens, dim=-1)

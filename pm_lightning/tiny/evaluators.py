@@ -256,8 +256,8 @@ def save(model, out: Path, used_tokens: torch.Tensor) -> Path:
 def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
     """The whole recipe; returns the metrics (also written to OUT/metrics.json and OUT/README.md)."""
     from pm_lightning.eval.change_truth import correlations, pair_table
-    from pm_lightning.eval.encoders import Encoders
     from pm_lightning.inference.adaptive import EncoderScorer
+    from pm_lightning.models.encoders import Encoders
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)

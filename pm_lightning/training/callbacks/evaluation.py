@@ -40,7 +40,7 @@ class EvaluationCallback(SampleGrids):
         """
         Args:
             clip: CLIP encoder for the CLIP score: "tiny" (the embedded evaluator), a local directory,
-                or "MODEL/PRETRAINED" for open_clip (see `pm_lightning.eval.encoders`).
+                or "MODEL/PRETRAINED" for open_clip (see `pm_lightning.models.encoders`).
             judge: also score each grid with the GPT-4o rubric (Accuracy, Coherence, Usability).
             judge_model: chat model; None = `OPENAI_MODEL`, else gpt-4o.
             judge_base_url: OpenAI-compatible endpoint; None = `OPENAI_BASE_URL`, else api.openai.com.
@@ -66,7 +66,7 @@ class EvaluationCallback(SampleGrids):
     def encoders(self, device: str = "cpu"):
         """The CLIP encoder, loaded on first use."""
         if self._encoders is None:
-            from pm_lightning.eval.encoders import Encoders
+            from pm_lightning.models.encoders import Encoders
 
             # dino="tiny" reuses the CLIP visual tower: nothing else is loaded (the callback needs no patch tokens).
             self._encoders = Encoders.load(clip=self.clip, dino="tiny", device=device)
