@@ -127,8 +127,8 @@ def test_other_encoders_without_calibration_are_warned_about(caplog):
 
 def test_outcomes_score_what_adapt_sequence_does_in_its_first_round():
     """The benchmark's scoring (decide on the case's Deltas) is the first round of the real path."""
+    from pm_lightning.data.near_duplicates import near_duplicate
     from pm_lightning.inference.adaptive import adapt_sequence
-    from pm_lightning.inference.calibrate import near_duplicate
 
     seqs = [generate_sequence(d, s, size=32) for d in ("lego", "cake") for s in range(2)]
     cases = make_cases(seqs, 6)

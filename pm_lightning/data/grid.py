@@ -2,11 +2,13 @@
 
 Row r of an R x C grid runs left-to-right when r is even and right-to-left when r is odd,
 so temporally adjacent frames are always grid neighbours: 9 frames -> 3x3 "S",
-4 frames -> 2x2 TL, TR, BR, BL.
+4 frames -> 2x2 TL, TR, BR, BL. A grid's id is the sha256 of its PNG bytes (`grid_id`): the shard stream puts it
+in every batch and the VAE latent cache is keyed on it (`data/shard_grids.py`, `models/vae_latents.py`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Sequence
 
@@ -15,6 +17,11 @@ import torch
 from PIL import Image
 
 DEFAULT_LAYOUTS = {4: (2, 2), 9: (3, 3)}
+
+
+def grid_id(png: bytes) -> str:
+    """The id of a grid: sha256 of its PNG bytes (hex)."""
+    return hashlib.sha256(png).hexdigest()
 
 
 def serpentine_cells(rows: int, cols: int) -> list[tuple[int, int]]:

@@ -1,13 +1,12 @@
 """The grids of a shard set, each named by its content: what the VAE latent cache is keyed on.
 
-A grid's id is the SHA-256 of its PNG member's bytes, so the same grid in two shard sets (train / val, a
+A grid's id is the SHA-256 of its PNG member's bytes (`data/grid.py`), so the same grid in two shard sets (train / val, a
 re-sharded copy) has one id, and a grid that changed is a new id (never a stale latent). The stream puts the id of
 every sample in its batch (`batch["grid_id"]`, `data/stream.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import tarfile
@@ -16,12 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pm_lightning.data.grid import grid_id
 from pm_lightning.data.shard_writer import expand_shards
-
-
-def grid_id(png: bytes) -> str:
-    """The id of a grid: sha256 of its PNG bytes (hex)."""
-    return hashlib.sha256(png).hexdigest()
+from pm_lightning.data.stream import check_resolution, decode_grid
 
 
 @dataclass
@@ -38,8 +34,6 @@ class ShardGrid:
 def shard_grids(shards: Iterable[str], resolution: int, skip: set[str] | frozenset = frozenset()) -> Iterator[ShardGrid]:
     """Every grid of the shard specs at `resolution` (tar order); ids in `skip` are not decoded. Members the
     training stream would skip (no metadata, unreadable) are skipped here too."""
-    from pm_lightning.data.stream import check_resolution, decode_grid
-
     for url in itertools.chain.from_iterable(expand_shards(s) for s in shards):
         with tarfile.open(url) as tar:
             members: dict[str, dict[str, bytes]] = {}

@@ -26,8 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from pm_lightning.data.domains import domain_index
-from pm_lightning.data.grid import frames_to_grid, grid_to_frames
-from pm_lightning.data.shard_grids import grid_id
+from pm_lightning.data.grid import frames_to_grid, grid_id, grid_to_frames
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
 # bad_shard counts events (a shard that cannot be opened or read on); the others count samples. "lost": samples a

@@ -78,7 +78,7 @@ def make_cases(seqs, per_condition: int, seed: int = 0) -> list[Case]:
 
 def case_terms(scorer, seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
     """The Delta terms of every case (features computed once per sequence, near-duplicates included)."""
-    from pm_lightning.inference.calibrate import near_duplicate
+    from pm_lightning.data.near_duplicates import near_duplicate
 
     feats = {}
     for s in sorted({c.seq for c in cases}):

@@ -13,8 +13,8 @@ import argparse
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
 
+from pm_lightning.data.near_duplicates import near_duplicate
 from pm_lightning.inference.adaptive import (
     AdaptiveConfig,
     EncoderScorer,
@@ -42,15 +42,6 @@ def best_split(low: Sequence[float], high: Sequence[float]) -> tuple[float, floa
 
     best = min(cuts, key=lambda c: (error(c), -c))
     return best, error(best)
-
-
-def near_duplicate(image: Image.Image, quality: int = 75) -> Image.Image:
-    """A JPEG round trip of `image`: a duplicate frame as a generator would repeat it (not bit-identical)."""
-    import io
-
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 def _variants(n: int) -> list[tuple[str, list[int], dict]]:

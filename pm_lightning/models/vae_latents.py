@@ -9,7 +9,7 @@ Layout: `<root>/<cache id>/meta.json` + `<root>/<cache id>/<grid id>.safetensors
 The cache id is a hash of what the latents depend on: the VAE (a SHA-256 of its config and of every weight), the
 resolution the grid is decoded at, and the dtype it is encoded in. meta.json records those and the base id, so a
 run whose VAE, resolution or dtype differs finds no folder of its own and is refused with what the cache holds; a
-grid id (sha256 of the PNG, `data/shard_grids.py`) missing from the folder stops the run naming the grid, its shard
+grid id (sha256 of the PNG, `data/grid.py`) missing from the folder stops the run naming the grid, its shard
 and the command to run. Nothing is ever re-encoded during training.
 """
 

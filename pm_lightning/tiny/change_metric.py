@@ -24,7 +24,7 @@ class ChangeData:
 
 
 def change_data(seqs: list[Sequence], preprocess, seed: int) -> ChangeData:
-    from pm_lightning.inference.calibrate import near_duplicate
+    from pm_lightning.data.near_duplicates import near_duplicate
 
     rng, offsets, dup_frame, dups, at = random.Random(seed), [], [], [], 0
     for seq in seqs:
