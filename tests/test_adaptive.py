@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pm_lightning.core.paths import tiny_eval_dir
+from pm_lightning.eval.guard_sweep import best_split
 from pm_lightning.inference.adaptive import (
     AdaptiveConfig,
     Thresholds,
@@ -27,7 +28,6 @@ from pm_lightning.inference.adaptive import (
     thresholds,
 )
 from pm_lightning.inference.adaptive_settings import add_config_flags, config_from_args
-from pm_lightning.inference.calibrate import best_split
 
 HAVE_TINY_EVAL = (tiny_eval_dir() / "clip" / "open_clip_config.json").is_file()
 needs_tiny_eval = pytest.mark.skipif(

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
-from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate, case_terms, make_cases, oracle_terms, outcomes
+from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate_row, case_terms, make_cases, oracle_terms, outcomes
 from pm_lightning.eval.change_truth import correlations, pair_table
 from pm_lightning.inference.adaptive import AdaptiveConfig
 from pm_lightning.inference.adaptive_settings import config_from_args, read_settings
+from tests.test_adaptive import needs_tiny_eval
 
 
 def test_every_step_records_what_it_drew():
@@ -72,7 +73,7 @@ def test_outcomes_score_decisions_against_the_answers():
     never = AdaptiveConfig(add_floor=10.0, del_ceiling=0.0, k1=5, k2=5)  # no edit can pass
     r = outcomes(terms, cases, never, texts=False)
     assert r["untouched_edited"] == 0 and r["removal_found"] == 0 and r["duplicate_deleted"] == 0
-    cfg, rates = calibrate(terms, cases, "without Delta_sem")
+    cfg, rates = calibrate_row(terms, cases, "without Delta_sem")
     assert rates["untouched_edited"] <= 0.1
     assert rates["duplicate_deleted"] >= 0.4 and rates["removal_found"] >= 0.4  # 16x16 gray pixels still see some
     assert cfg.del_ceiling < cfg.add_floor
@@ -134,7 +135,7 @@ def test_outcomes_score_what_adapt_sequence_does_in_its_first_round():
     cases = make_cases(seqs, 6)
     scorer = PixelScorer()
     terms = case_terms(scorer, seqs, cases)
-    cfg, _ = calibrate(terms, cases, "without Delta_sem")
+    cfg, _ = calibrate_row(terms, cases, "without Delta_sem")
     cfg = replace(cfg, max_rounds=1)
     for t, c in zip(terms, cases):
         seq = seqs[c.seq]
@@ -147,3 +148,21 @@ def test_outcomes_score_what_adapt_sequence_does_in_its_first_round():
             assert bool(got) == bool(one["untouched_edited"])
         elif c.condition == "one_removed":
             assert (("insert", c.pairs[0]) in got) == bool(one["removal_found"])
+
+
+@needs_tiny_eval
+def test_guard_sweep_command_prints_and_writes_the_guards_it_chose(tmp_path, capsys):
+    """`calibrate_adaptive --guard-sweep` as docs/ADAPTIVE.md runs it, on 1 sequence per domain (about 3 s)."""
+    from pm_lightning import calibrate_adaptive
+
+    out = tmp_path / "sweep.json"
+    calibrate_adaptive.main(["--guard-sweep", "--per-domain", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert set(result) == {"text", "no_text"}
+    for r in result.values():
+        assert r["sequences"] == len(DOMAINS)
+        assert f"chosen: add_floor {r['add_floor']:.2f}, del_ceiling {r['del_ceiling']:.3f}" in printed
+        chosen = r["add_sweep"][str(r["add_floor"])]
+        assert chosen["false_insert"] <= 0.1 or r["add_floor"] == 0.6  # the loosest guard within max_false
+        assert r["del_sweep"][str(r["del_ceiling"])]["false_delete"] <= 0.1

@@ -66,7 +66,7 @@ def adaptive_configs(plan: Plan, out: Path, scorer) -> dict[str, dict]:
     from dataclasses import asdict
 
     from pm_lightning.data.synthetic_corpus import DOMAINS
-    from pm_lightning.eval.adaptive_truth import calibrate, case_terms, make_cases, truth_sequences
+    from pm_lightning.eval.adaptive_truth import calibrate_row, case_terms, make_cases, truth_sequences
 
     path = Path(out) / "calibration.json"
     needed = sorted({r.adaptive for r in plan.rows.values() if r.adaptive})
@@ -80,7 +80,7 @@ def adaptive_configs(plan: Plan, out: Path, scorer) -> dict[str, dict]:
             terms = case_terms(scorer, seqs, cases)
             rows = {}
             for name in needed:
-                cfg, rates = calibrate(terms, cases, name)
+                cfg, rates = calibrate_row(terms, cases, name)
                 rows[name] = {"config": asdict(cfg), "rates_on_calibration_data": rates}
             done = {"cases_per_condition": n, "split": 2, "encoders": {"clip": plan.eval.clip, "dino": plan.eval.dino},
                     "rows": rows}  # fmt: skip

@@ -140,7 +140,7 @@ def outcomes(terms: list[dict], cases: list[Case], cfg: AdaptiveConfig, texts: b
     return {k: (sum(v) / len(v) if v else float("nan")) for k, v in hits.items()}
 
 
-def calibrate(
+def calibrate_row(
     terms: list[dict], cases: list[Case], row: str = "full", max_false: float = 0.10, base: AdaptiveConfig | None = None
 ) -> tuple[AdaptiveConfig, dict]:
     """k1, add_floor, then k2, del_ceiling: the insertion settings that find the most removals while at most
@@ -214,9 +214,9 @@ def benchmark(scorer, per_condition: int = 200, calib_per_condition: int = 120, 
     rows = {"shipped defaults (not recalibrated)": {"config": asdict(AdaptiveConfig()),
             "rates": outcomes(test_terms, test_cases, AdaptiveConfig(), True)}}  # fmt: skip
     for row in ROWS:
-        cfg, _ = calibrate(calib_terms, calib_cases, row)
+        cfg, _ = calibrate_row(calib_terms, calib_cases, row)
         rows[row] = {"config": asdict(cfg), "rates": outcomes(test_terms, test_cases, cfg, ROWS[row][1])}
-    cfg, _ = calibrate(oracle_terms(calib_seqs, calib_cases), calib_cases)
+    cfg, _ = calibrate_row(oracle_terms(calib_seqs, calib_cases), calib_cases)
     rows[ORACLE] = {
         "config": asdict(cfg),
         "rates": outcomes(oracle_terms(test_seqs, test_cases), test_cases, cfg, True),

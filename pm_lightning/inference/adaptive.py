@@ -7,7 +7,7 @@ texts; without step texts the semantic term is dropped and the weights renormali
 of the sequence's Deltas: insert where Delta > max(mu + k1 sigma, add_floor), delete where
 Delta < min(mu - k2 sigma, del_ceiling). Everything up to `decide` is a pure function; `adapt_sequence`
 runs the bounded rounds with a `Scorer` and an `insert_fn`, so it is testable without models.
-Calibrate the guards: `python -m pm_lightning.inference.calibrate` (docs/ADAPTIVE.md).
+Calibrate them: `python -m pm_lightning.calibrate_adaptive` (docs/ADAPTIVE.md).
 """
 
 from __future__ import annotations

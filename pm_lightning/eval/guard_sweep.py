@@ -1,15 +1,15 @@
-"""Calibration of the adaptive-steps guards on the synthetic corpus (ground truth known).
+"""The guard sweep of the adaptive steps on the synthetic corpus (ground truth known).
 
-    python -m pm_lightning.inference.calibrate [--per-domain 20] [--max-false 0.1] [--json FILE]
+    python -m pm_lightning.calibrate_adaptive --guard-sweep [--per-domain 20] [--max-false 0.1] [--json FILE]
 
 Measures Delta for true adjacent pairs, pairs with frames removed and repeated frames, and picks
 each absolute guard as the loosest value that edits at most `max_false` of the true sequences
-(docs/ADAPTIVE.md has the figures).
+(docs/ADAPTIVE.md has the figures). The calibration of k1, k2 and the guards together, on held-out damaged
+sequences, is `eval/adaptive_truth.py` (the command's default mode).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import torch
@@ -17,7 +17,6 @@ import torch
 from pm_lightning.data.near_duplicates import near_duplicate
 from pm_lightning.inference.adaptive import (
     AdaptiveConfig,
-    EncoderScorer,
     Scorer,
     Thresholds,
     combine,
@@ -108,7 +107,7 @@ def guard_rates(
     return {k: hit / max(total, 1) for k, (hit, total) in counts.items()}
 
 
-def calibrate(scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 1, max_false: float = 0.1) -> dict:
+def sweep_guards(scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 1, max_false: float = 0.1) -> dict:
     """Sweep the guards on the corpus; each guard is the loosest one that edits at most `max_false` of the
     true sequences (docs/ADAPTIVE.md): the guards exist to keep good sequences unchanged.
 
@@ -164,56 +163,31 @@ def calibrate(scorer: Scorer, per_domain: int = 20, size: int = 64, seed: int = 
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.inference.calibrate", description=__doc__.split("\n")[0])
-    p.add_argument("--per-domain", type=int, default=20, help="sequences per synthetic domain")
-    p.add_argument("--size", type=int, default=64, help="frame size in px")
-    p.add_argument("--seed", type=int, default=1, help="corpus split seed (1 = validation, never trained on)")
-    p.add_argument("--clip", default="tiny", help="CLIP spec for Encoders.load")
-    p.add_argument("--dino", default="tiny", help="DINO spec for Encoders.load")
-    p.add_argument(
-        "--max-false", type=float, default=0.1, help="largest share of true sequences a guard may let be edited"
-    )
-    p.add_argument("--json", default=None, help="also write the result as JSON here")
-    args = p.parse_args(argv)
-    import json
-
-    from pm_lightning.models.encoders import Encoders
-
-    torch.set_num_threads(1)
-    result = calibrate(
-        EncoderScorer(Encoders.load(clip=args.clip, dino=args.dino)),
-        args.per_domain,
-        args.size,
-        args.seed,
-        args.max_false,
-    )
+def markdown_report(result: dict) -> str:
+    """The sweep's tables and the chosen guards, per mode (with / without step texts), as printed by the command."""
+    lines = []
     for mode, r in result.items():
-        print(
+        lines.append(
             f"\n### {'with step texts' if mode == 'text' else 'no step texts (Delta_sem dropped)'}, {r['sequences']} true sequences\n"
         )
-        print("| pair Delta | p05 | p25 | p50 | p75 | p95 |\n|---|---:|---:|---:|---:|---:|")
+        lines.append("| pair Delta | p05 | p25 | p50 | p75 | p95 |\n|---|---:|---:|---:|---:|---:|")
         for cat, q in r["pair_quantiles"].items():
-            print(f"| {cat} | " + " | ".join(f"{v:.3f}" for v in q.values()) + " |")
-        print("\n| add_floor | false insert (true seq) | hit, 1 missing | hit, 2 missing |\n|---:|---:|---:|---:|")
+            lines.append(f"| {cat} | " + " | ".join(f"{v:.3f}" for v in q.values()) + " |")
+        lines.append(
+            "\n| add_floor | false insert (true seq) | hit, 1 missing | hit, 2 missing |\n|---:|---:|---:|---:|"
+        )
         for f, x in r["add_sweep"].items():
-            print(f"| {f:.2f} | {x['false_insert']:.3f} | {x['gap1']:.3f} | {x['gap2']:.3f} |")
-        print("\n| del_ceiling | false delete (true seq) | hit, repeated frame |\n|---:|---:|---:|")
+            lines.append(f"| {f:.2f} | {x['false_insert']:.3f} | {x['gap1']:.3f} | {x['gap2']:.3f} |")
+        lines.append("\n| del_ceiling | false delete (true seq) | hit, repeated frame |\n|---:|---:|---:|")
         for c, x in r["del_sweep"].items():
-            print(f"| {c:.3f} | {x['false_delete']:.3f} | {x['dup']:.3f} |")
+            lines.append(f"| {c:.3f} | {x['false_delete']:.3f} | {x['dup']:.3f} |")
         a, d = r["add_sweep"][r["add_floor"]], r["del_sweep"][r["del_ceiling"]]
-        print(
+        lines.append(
             f"\nat the chosen guards: false insert {a['false_insert']:.3f}, hit 1 missing {a['gap1']:.3f}, hit 2 missing "
             f"{a['gap2']:.3f}; false delete {d['false_delete']:.3f}, hit repeated {d['dup']:.3f}"
         )
-        print(
+        lines.append(
             f"chosen: add_floor {r['add_floor']:.2f}, del_ceiling {r['del_ceiling']:.3f}, "
             f"two_frame_ratio {r['two_frame_ratio']:.3f} (1- vs 2-frame gaps, balanced error {r['two_frame_ratio_balanced_error']:.3f})"
         )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
-
-
-if __name__ == "__main__":
-    main()
+    return "\n".join(lines)
