@@ -8,7 +8,6 @@ from diffusers import FluxPipeline
 
 from pm_lightning.core.paths import tiny_flux_dir
 from pm_lightning.models.backbone import (
-    BackboneNotFoundError,
     FluxBackbone,
     caption_key,
     image_ids,
@@ -16,6 +15,7 @@ from pm_lightning.models.backbone import (
     pack,
     unpack,
 )
+from pm_lightning.models.weights import BackboneNotFoundError
 
 CAPTIONS = [
     "a red lego tower of eight red bricks on a green baseplate. step 3: place the second red brick",

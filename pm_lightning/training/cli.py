@@ -18,9 +18,9 @@ from pm_lightning.core.atomic import WriteFailed
 from pm_lightning.core.errors import BadInput
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.stream import EmptyStream
-from pm_lightning.models.backbone import not_found_error, resolve_source
 from pm_lightning.models.vae_latents import MissingLatents, WrongLatentCache
 from pm_lightning.models.variants import VARIANTS
+from pm_lightning.models.weights import not_found_error, resolve_source
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.callbacks import SaveConfigWithCheckpoints
 from pm_lightning.training.nonfinite import NonFiniteTraining, last_checkpoint

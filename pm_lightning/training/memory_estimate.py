@@ -167,8 +167,8 @@ def _counted_from_configs(variant: str) -> dict[str, int]:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from pm_lightning.models.backbone import resolve_source
     from pm_lightning.models.variants import get_variant
+    from pm_lightning.models.weights import resolve_source
 
     root = resolve_source(get_variant(variant).location())
     with torch.device("meta"):
