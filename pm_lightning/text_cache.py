@@ -5,7 +5,7 @@
         --base tiny --out runs/text-cache
     python -m pm_lightning.text_cache --config experiments/fabric_toys_stage2.yaml --step-text --base flux-dev --out ...
 
-Writes `FluxBackbone`'s own cache (`<out>/<encoder id>/<sha256(caption)>.safetensors`), the folder a run reads with
+Writes the text embedding cache (`<out>/<encoder id>/<sha256(caption)>.safetensors`, `TextEmbeddingCache`), the folder a run reads with
 `model.init_args.text_cache_dir: <out>`; with `text_cache_only: true` the run never loads T5-XXL / CLIP (about
 9.5 GiB per GPU at FLUX.1-dev size). `--dtype` must be the run's base dtype (bfloat16 under bf16-mixed, float32 for
 the tiny CPU runs): it is part of the cache key. Captions already cached are skipped. Formats:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     written, cached = precompute(backbone, sorted(set(captions) | set(prompts)), args.batch_size)
     print(
         f"{len(captions)} shard captions + {len(prompts)} sample prompts: {written} encoded, {cached} already cached "
-        f"-> {backbone._cache_dir()} (text_cache_dir: {args.out}, dtype {dtype})"
+        f"-> {backbone.text_cache.folder} (text_cache_dir: {args.out}, dtype {dtype})"
     )
     return 0
 

@@ -9,12 +9,12 @@ from diffusers import FluxPipeline
 from pm_lightning.core.paths import tiny_flux_dir
 from pm_lightning.models.backbone import (
     FluxBackbone,
-    caption_key,
     image_ids,
     meta_transformer,
     pack,
     unpack,
 )
+from pm_lightning.models.text_embeddings import caption_key
 from pm_lightning.models.weights import BackboneNotFoundError
 
 CAPTIONS = [

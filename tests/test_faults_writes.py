@@ -90,22 +90,22 @@ def test_a_failed_checkpoint_write_stops_the_run_naming_the_file(tmp_path, tiny_
 def test_text_cache_failures_cost_the_cache_not_the_run(tmp_path, tiny_base, monkeypatch, caplog):
     """A full disk while writing the text cache: embeddings still come back, nothing half-written is left; a
     damaged cache entry is encoded again."""
-    import pm_lightning.models.backbone as backbone_module
+    import pm_lightning.models.text_embeddings as cache_module
     from pm_lightning.models.backbone import FluxBackbone
 
     plain = FluxBackbone.from_pretrained(tiny_base)
     want = plain.encode_text(["a lego tower"])[0]
     cached = FluxBackbone.from_pretrained(tiny_base, text_cache_dir=tmp_path / "cache")
-    real = backbone_module.atomic_path
+    real = cache_module.atomic_path
 
     def full_disk(path):
         raise WriteFailed(f"writing {path} failed ([Errno 28] No space left on device); the previous file is intact")
 
-    monkeypatch.setattr(backbone_module, "atomic_path", full_disk)
+    monkeypatch.setattr(cache_module, "atomic_path", full_disk)
     got = cached.encode_text(["a lego tower"])[0]
     assert torch.equal(got, want) and "No space left" in caplog.text
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
-    monkeypatch.setattr(backbone_module, "atomic_path", real)
+    monkeypatch.setattr(cache_module, "atomic_path", real)
     cached.encode_text(["a lego tower"])
     (entry,) = list((tmp_path / "cache").rglob("*.safetensors"))
     entry.write_bytes(b"damaged")

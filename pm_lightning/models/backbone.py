@@ -7,8 +7,6 @@ diffusers / transformers `from_pretrained(..., subfolder=...)`; the math mirrors
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pm_lightning.core.atomic import atomic_path
+from pm_lightning.models.text_embeddings import TextEmbeddingCache
 from pm_lightning.models.variants import VARIANTS, Variant, get_variant
 from pm_lightning.models.weights import COMPONENTS, local_root, not_found_error, resolve_source
-
-log = logging.getLogger(__name__)
 
 # -- pure functions: 2x2 latent packing and image position ids, exactly as FluxPipeline -------------
 
@@ -75,18 +71,6 @@ def load_vae(source: str, dtype: torch.dtype = torch.float32):
         raise not_found_error(location, err) from err
 
 
-def caption_key(caption: str) -> str:
-    """Cache key of a caption: a hash of its text and nothing else."""
-    return hashlib.sha256(caption.encode("utf-8")).hexdigest()
-
-
-class MissingTextEmbeddings(KeyError):
-    """A caption is not in the text cache and the text encoders were not loaded (`text_cache_only`)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
 # -- the backbone -------------------------------------------------------------------------------------
 
 
@@ -121,6 +105,11 @@ class FluxBackbone(nn.Module):
         # the text encoders' dtype (part of the cache key), known without them when they are not loaded
         self.text_dtype = text_dtype or (text_encoder_2.dtype if text_encoder_2 is not None else torch.float32)
         self.source = source
+        self.text_cache = (
+            TextEmbeddingCache(self.text_cache_dir, source, max_sequence_length, self.text_dtype)
+            if self.text_cache_dir
+            else None
+        )
         self.guidance = guidance
         self._pipeline = None  # built once: diffusers' offload hooks and settings live on the pipeline object
         self._parked_vae: list = []  # the VAE kept in CPU memory outside the module tree (`park_vae`)
@@ -278,19 +267,14 @@ class FluxBackbone(nn.Module):
         embeds = self.text_encoder_2(t5_ids.to(t5_dev), output_hidden_states=False)[0]  # (B, T, D)
         return embeds.to(self.text_encoder_2.dtype), pooled.to(self.text_encoder.dtype)
 
-    def _cache_dir(self) -> Path:
-        """Per-encoder subfolder, so two backbones never share entries; files inside are keyed by caption only."""
-        ident = f"{self.source}|{self.max_sequence_length}|{self.text_dtype}|{self.text_dtype}"
-        return self.text_cache_dir / hashlib.sha256(ident.encode()).hexdigest()[:16]
-
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Captions -> (prompt_embeds (B, T, D), pooled (B, P), txt_ids (T, 3)), as FluxPipeline.encode_prompt.
 
         With `text_cache_dir` set, each caption's embeddings are read from / written to
-        `<dir>/<encoder id>/<sha256(caption)>.safetensors`.
+        `<dir>/<encoder id>/<sha256(caption)>.safetensors` (`models/text_embeddings.py`, `TextEmbeddingCache`).
         """
         captions = [captions] if isinstance(captions, str) else list(captions)
-        if self.text_cache_dir is None:
+        if self.text_cache is None:
             embeds, pooled = self._encode_text_uncached(captions)
         else:
             embeds, pooled = self._encode_text_cached(captions)
@@ -299,36 +283,16 @@ class FluxBackbone(nn.Module):
 
     def _encode_text_cached(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Read cached captions, encode the missing ones in one batch and write them."""
-        from safetensors.torch import load_file, save_file
-
-        folder = self._cache_dir()
-        paths = [folder / f"{caption_key(c)}.safetensors" for c in captions]
-        found = {}
-        for path in set(paths):
-            if path.is_file():
-                try:
-                    found[path] = load_file(path)
-                except Exception as err:  # noqa: BLE001 - a damaged entry is re-encoded, never fatal
-                    log.warning("text cache entry %s is unreadable (%s): encoding the caption again", path, err)
+        cache = self.text_cache
+        paths = [cache.path(c) for c in captions]
+        found = cache.load(set(paths))
         missing = sorted({c for c, p in zip(captions, paths) if p not in found})
         if missing and self.text_encoder is None:
-            raise MissingTextEmbeddings(
-                f"{len(missing)} caption(s) not in the text cache {folder} and the text encoders are not loaded "
-                f"(text_cache_only), e.g. {missing[0]!r}. Precompute them: python -m pm_lightning.text_cache "
-                f"--shards <the training shards> --base {self.source} --dtype {str(self.text_dtype).removeprefix('torch.')} "
-                f"--max-sequence-length {self.max_sequence_length} --out {self.text_cache_dir}"
-            )
+            raise cache.missing_error(missing)
         if missing:
             embeds, pooled = self._encode_text_uncached(missing)
             for i, caption in enumerate(missing):
-                entry = {"prompt_embeds": embeds[i].cpu().contiguous(), "pooled": pooled[i].cpu().contiguous()}
-                path = folder / f"{caption_key(caption)}.safetensors"
-                try:  # atomic: concurrent workers never read half a file
-                    with atomic_path(path) as tmp:
-                        save_file(entry, tmp, metadata={"caption": caption})
-                except OSError as err:  # a full disk costs the cache, not the run
-                    log.warning("text cache: %s; continuing without caching this caption", err)
-                found[path] = entry
+                found[cache.path(caption)] = cache.save(caption, embeds[i], pooled[i])
         device = self.device
         embeds = torch.stack([found[p]["prompt_embeds"] for p in paths]).to(device)  # (B, T, D)
         pooled = torch.stack([found[p]["pooled"] for p in paths]).to(device)  # (B, P)
