@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
+from pm_lightning.core.dtypes import DTYPES
 from pm_lightning.models.lora_files import FORMATS
 from pm_lightning.models.publish import PushFailed, export_checkpoint, push_folder
-from pm_lightning.training.precision import DTYPES
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,17 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: the config's)")
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
     p.add_argument("--out", type=Path, required=True, help="the cache folder (the run's latent_cache_dir)")
-    p.add_argument("--dtype", default=None, help="VAE dtype (default: float32 for tiny, else bfloat16)")
+    p.add_argument(
+        "--dtype", default=None, help="VAE dtype (default: the base's training dtype, float32 for tiny, else bfloat16)"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
 
+    from pm_lightning.core.dtypes import dtype_name
     from pm_lightning.core.errors import BadInput
     from pm_lightning.data.stream import ResolutionError
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import load_vae
     from pm_lightning.models.vae_latents import LatentCache, precompute
-    from pm_lightning.models.variants import find_variant
 
     shards, resolution = list(args.shards), args.resolution
     if args.config:
@@ -57,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not resolution:
         p.error("give --resolution (the run's data.resolution) or a --config that sets it")
     try:
-        tiny = getattr(find_variant(args.base), "name", None) == "tiny"
-        rt = Runtime.resolve(args.device, args.dtype or ("float32" if tiny else "bfloat16"))
+        rt = Runtime.for_cache(args.device, args.dtype, args.base)
         vae = load_vae(args.base, rt.dtype).to(rt.device).eval()
         cache = LatentCache(args.out, vae, rt.dtype, args.base)
         written, before = precompute(cache, vae, shards, resolution, args.batch_size)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     print(
         f"{written} grids encoded at {resolution} px ({before} were already cached) -> {cache.folder(resolution)} "
-        f"(latent_cache_dir: {args.out}, dtype {str(rt.dtype).removeprefix('torch.')}, VAE sha256 {cache.fingerprint[:12]})"
+        f"(latent_cache_dir: {args.out}, dtype {dtype_name(rt.dtype)}, VAE sha256 {cache.fingerprint[:12]})"
     )
     return 0
 

@@ -26,27 +26,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=Path, default=None, help="sample prompts: a config YAML or a text file")
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
     p.add_argument("--out", type=Path, required=True, help="the cache folder (the run's text_cache_dir)")
-    p.add_argument("--dtype", default=None, help="text encoders' dtype (default: float32 for tiny, else bfloat16)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="text encoders' dtype (default: the base's training dtype, float32 for tiny, else bfloat16)",
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: the variant's)")
     p.add_argument("--step-text", action="store_true", help="stage 2 with step_text: caption + step pairs too")
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
 
+    from pm_lightning.core.dtypes import dtype_name
     from pm_lightning.core.errors import BadInput
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import FluxBackbone
     from pm_lightning.models.text_embeddings import config_prompts, config_shards, precompute, shard_captions
-    from pm_lightning.models.variants import find_variant
 
     shards = list(args.shards) + (config_shards(args.config) if args.config else [])
     prompt_files = [f for f in (args.config, args.prompts) if f is not None]
     if not shards and not prompt_files:
         p.error("give --shards, --config or --prompts")
     try:
-        tiny = getattr(find_variant(args.base), "name", None) == "tiny"
-        dtype = args.dtype or ("float32" if tiny else "bfloat16")
-        rt = Runtime.resolve(args.device, dtype)
+        rt = Runtime.for_cache(args.device, args.dtype, args.base)
         captions = shard_captions(shards, args.step_text) if shards else []
     except (BadInput, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     written, cached = precompute(backbone, sorted(set(captions) | set(prompts)), args.batch_size)
     print(
         f"{len(captions)} shard captions + {len(prompts)} sample prompts: {written} encoded, {cached} already cached "
-        f"-> {backbone.text_cache.folder} (text_cache_dir: {args.out}, dtype {dtype})"
+        f"-> {backbone.text_cache.folder} (text_cache_dir: {args.out}, dtype {dtype_name(rt.dtype)})"
     )
     return 0
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -24,8 +26,11 @@ from pm_lightning.models.lora_files import (
     read_stage1_metadata,
     stage1_metadata,
 )
+from pm_lightning.training.precision import base_dtype
 from tests.test_export import make_checkpoint
 from tests.test_generate import lora_file  # noqa: F401 - the module fixture, reused
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 
 
 def test_runtime_defaults_and_refusals():
@@ -140,3 +145,13 @@ def test_vae_tiling_is_switched_on(tiny_base):
     backbone = models.use(None, None)
     assert backbone.vae.use_tiling and backbone.dtype == torch.bfloat16
     assert backbone.pipeline() is backbone.pipeline()  # one pipeline object: its settings hold for every call
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.name)
+def test_a_cache_defaults_to_the_dtype_its_training_run_keys_it_by(config):
+    """`text_cache` / `latent_cache` without --dtype (`Runtime.for_cache`) write the dtype each shipped experiment's
+    run reads its caches in (`training/precision.py`), so their cache ids match without a flag."""
+    cfg = yaml.safe_load(config.read_text())
+    init = cfg["model"]["init_args"]
+    trains_in = base_dtype(cfg["trainer"].get("precision"), None, init.get("dtype"))
+    assert Runtime.for_cache("cpu", None, init["base"]).dtype == trains_in

@@ -14,16 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from pm_lightning.core.dtypes import DTYPE_NAMES, default_dtype, dtype_name
 from pm_lightning.core.errors import BadInput
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+from pm_lightning.models.variants import find_variant, sampler_defaults
 
 
 def default_device() -> str:
@@ -51,19 +44,25 @@ class Runtime:
             raise BadInput(f"--device {device!r} is not a torch device ({err})") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BadInput(f"--device {device}: no CUDA device here (use --device cpu)")
-        if dtype is None:
-            dtype = "float32" if dev.type == "cpu" else "bfloat16"
-        if dtype not in DTYPES:
-            raise BadInput(f"--dtype {dtype!r}: choose from {sorted(DTYPES)}")
+        dtype = dtype or default_dtype(dev.type)
+        if dtype not in DTYPE_NAMES:
+            raise BadInput(f"--dtype {dtype!r}: choose from {sorted(DTYPE_NAMES)}")
         if cpu_offload and dev.type == "cpu":
             raise BadInput("--cpu-offload moves each model to the GPU when it runs: it needs --device cuda[:N]")
-        return cls(str(dev), DTYPES[dtype], bool(vae_tiling), bool(cpu_offload))
+        return cls(str(dev), DTYPE_NAMES[dtype], bool(vae_tiling), bool(cpu_offload))
+
+    @classmethod
+    def for_cache(cls, device: str | None, dtype: str | None, base: str) -> Runtime:
+        """Where a text or latent cache of `base` is computed, in the dtype its training runs key it by: `dtype`, else
+        the default for the device they train on (`Variant.trains_on`; a base that is no variant: a GPU run)."""
+        variant = find_variant(base)
+        return cls.resolve(device, dtype or default_dtype(variant.trains_on if variant else "cuda"))
 
     def describe(self) -> dict:
         """What report.json records."""
         return {
             "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.dtype),
             "vae_tiling": self.vae_tiling,
             "cpu_offload": self.cpu_offload,
         }
@@ -85,7 +84,7 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=sorted(DTYPES),
+        choices=sorted(DTYPE_NAMES),
         help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)",
     )
 
@@ -110,8 +109,6 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
 
 def fill_sampler_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """`--num-inference-steps` / `--guidance` not given -> the base variant's sampler defaults (in place)."""
-    from pm_lightning.models.variants import find_variant, sampler_defaults
-
     steps, guidance = sampler_defaults(find_variant(args.base))
     if args.num_inference_steps is None:
         args.num_inference_steps = steps

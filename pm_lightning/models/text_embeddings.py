@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.data.reference_cells import stage2_caption
 from pm_lightning.data.shard_writer import expand_shards
 
@@ -48,6 +49,7 @@ class TextEmbeddingCache:
     @property
     def folder(self) -> Path:
         """Per-encoder subfolder, so two backbones never share entries; files inside are keyed by caption only."""
+        # str(dtype) ("torch.bfloat16"), not dtype_name: the id format the existing caches were written with
         ident = f"{self.source}|{self.max_sequence_length}|{self.dtype}|{self.dtype}"
         return self.root / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -84,7 +86,7 @@ class TextEmbeddingCache:
         return MissingTextEmbeddings(
             f"{len(missing)} caption(s) not in the text cache {self.folder} and the text encoders are not loaded "
             f"(text_cache_only), e.g. {missing[0]!r}. Precompute them: python -m pm_lightning.text_cache "
-            f"--shards <the training shards> --base {self.source} --dtype {str(self.dtype).removeprefix('torch.')} "
+            f"--shards <the training shards> --base {self.source} --dtype {dtype_name(self.dtype)} "
             f"--max-sequence-length {self.max_sequence_length} --out {self.root}"
         )
 

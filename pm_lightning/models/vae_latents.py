@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.dtypes import dtype_name
 
 FORMAT = 1
 CONFIG_IGNORED = ("_diffusers_version", "_name_or_path", "_use_default_values")
@@ -48,10 +49,6 @@ def vae_fingerprint(vae) -> str:
         h.update(name.encode())
         h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 class LatentCache:

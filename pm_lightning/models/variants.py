@@ -34,6 +34,9 @@ class Variant:
     align_layers: tuple[int, ...] = field(default=())
     num_inference_steps: int = 28  # sampler defaults (generate / adapt without --num-inference-steps / --guidance)
     guidance_scale: float = 3.5
+    trains_on: str = (
+        "cuda"  # the device type its training runs use: the caches' default dtype follows it (core/dtypes.py)
+    )
 
     def location(self) -> str:
         """Hub id or local directory of the weights (the embedded tiny Flux is looked up in the project home)."""
@@ -67,6 +70,7 @@ VARIANTS: dict[str, Variant] = {
         max_sequence_length=32,
         num_inference_steps=20,
         guidance_scale=1.0,
+        trains_on="cpu",  # experiments/tiny*.yaml: CPU, 32-true
     ),
 }
 

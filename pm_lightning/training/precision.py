@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from pm_lightning.core.dtypes import DTYPES
 
 
 def parse_dtype(name: str) -> torch.dtype:
