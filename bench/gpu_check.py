@@ -32,23 +32,24 @@ import flux_step as fs  # noqa: E402
 from gpu_inference import build as build_denoiser  # noqa: E402
 from gpu_inference import denoise, sync  # noqa: E402
 
-from pm_lightning.training import memory_estimate as me  # noqa: E402
+from pm_lightning.scaling import memory_formulas as mf  # noqa: E402
+from pm_lightning.scaling import model_shapes as ms
 
 
 def plan_gib(module, setup: fs.StepSetup, quant: str = "none") -> float:
     """The memory plan's figure for this step on one GPU: what the bench allocates (no VAE, buckets, context)."""
-    shape = me.shape_of(module.transformer)
-    work = me.Workload(
+    shape = ms.shape_of(module.transformer)
+    work = mf.Workload(
         tokens=setup.image_tokens + setup.text_tokens,
         text_tokens=setup.text_tokens,
         batch=setup.batch,
         align_layers=len(module.align_layers) if setup.align else 0,
         quant=quant,
     )
-    parts = me.components(shape, work, me.STRATEGIES["ddp"], gpus=1)
+    parts = mf.components(shape, work, mf.STRATEGIES["ddp"], gpus=1)
     for key in ("comm buffers", "CUDA context + slack", "VAE (bf16)", "text encoders (bf16)"):
         parts.pop(key)
-    return sum(parts.values()) / me.GiB
+    return sum(parts.values()) / mf.GiB
 
 
 def free(device: str) -> None:

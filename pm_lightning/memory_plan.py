@@ -9,7 +9,7 @@ the VAE (none with --latent-cache), activations with or without checkpointing, t
 strategy's buffers; then a table of every strategy x quantization, with and without the text cache, and the
 configuration recommended for the card.
 
-Formulas and assumptions: `pm_lightning/training/memory_estimate.py` and docs/SCALING.md.
+Formulas and assumptions: `pm_lightning/scaling/memory_formulas.py` and docs/SCALING.md.
 """
 
 from __future__ import annotations
@@ -18,18 +18,10 @@ import argparse
 import json
 
 from pm_lightning.models.adapters import AdapterConfig
-from pm_lightning.training.memory_estimate import (
-    OPTIMIZER_STATE,
-    QUANT_BYTES,
-    Workload,
-    format_options,
-    format_table,
-    model_shape,
-    options,
-    plan_all,
-    recommend,
-    to_json,
-)
+from pm_lightning.scaling.memory_formulas import OPTIMIZER_STATE, QUANT_BYTES, Workload
+from pm_lightning.scaling.model_shapes import model_shape
+from pm_lightning.scaling.plan_report import format_options, format_table, to_json
+from pm_lightning.scaling.plan_search import options, plan_all, recommend
 
 
 def main(argv: list[str] | None = None) -> dict:

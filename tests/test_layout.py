@@ -28,7 +28,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_the_folders_are_the_library_by_role():
-    assert LIBRARY == ["ablation", "core", "data", "demo", "eval", "inference", "models", "tiny", "training"]
+    assert LIBRARY == ["ablation", "core", "data", "demo", "eval", "inference", "models", "scaling", "tiny", "training"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -13,7 +13,9 @@ from torch import nn
 
 from pm_lightning import memory_plan
 from pm_lightning.models.adapters import AdapterConfig
-from pm_lightning.training import memory_estimate as mp
+from pm_lightning.scaling import memory_formulas as mf
+from pm_lightning.scaling import model_shapes as ms
+from pm_lightning.scaling import plan_search as ps
 
 SMALL = dict(
     patch_size=1,
@@ -27,11 +29,11 @@ SMALL = dict(
     guidance_embeds=True,
     axes_dims_rope=(8, 12, 12),
 )
-WORK = mp.Workload(tokens=4608, text_tokens=512, batch=1, align_layers=5)
+WORK = mf.Workload(tokens=4608, text_tokens=512, batch=1, align_layers=5)
 
 
 @pytest.fixture(scope="module")
-def small_shape() -> mp.ModelShape:
+def small_shape() -> ms.ModelShape:
     from diffusers import FluxTransformer2DModel
 
     from pm_lightning.models.adapters import add_adapters
@@ -39,7 +41,7 @@ def small_shape() -> mp.ModelShape:
     with torch.device("meta"):
         model = FluxTransformer2DModel(**SMALL)
         add_adapters(model, AdapterConfig(kind="masked", rank=16, num_domains=4))
-    return mp.shape_of(model)
+    return ms.shape_of(model)
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +54,15 @@ def flux_dev() -> dict:
 
 
 def test_components_sum_to_total(small_shape):
-    for plan in mp.plan_all(small_shape, WORK, gpus=8, gpu_gib=48):
+    for plan in ps.plan_all(small_shape, WORK, gpus=8, gpu_gib=48):
         assert plan.total == sum(plan.components.values())
         assert all(v >= 0 for v in plan.components.values())
-        assert plan.fits == (plan.total <= 48 * mp.GiB)
+        assert plan.fits == (plan.total <= 48 * mf.GiB)
 
 
 def test_sharding_divides_where_it_should(small_shape):
-    one = {p.strategy: p.components for p in mp.plan_all(small_shape, WORK, gpus=1)}
-    eight = {p.strategy: p.components for p in mp.plan_all(small_shape, WORK, gpus=8)}
+    one = {p.strategy: p.components for p in ps.plan_all(small_shape, WORK, gpus=1)}
+    eight = {p.strategy: p.components for p in ps.plan_all(small_shape, WORK, gpus=8)}
     opt = "optimizer state (came, fp32)"
     # DDP replicates everything
     assert one["ddp"] == eight["ddp"]
@@ -74,7 +76,7 @@ def test_sharding_divides_where_it_should(small_shape):
         assert eight[name]["frozen base"] == math.ceil(one[name]["frozen base"] / 8)
         assert eight[name][opt] == math.ceil(one[name][opt] / 8)
     # activations and the gathered working set do not shrink with more GPUs
-    for name in mp.STRATEGIES:
+    for name in mf.STRATEGIES:
         for key in (
             "activations: block checkpoints",
             "activations: one block backward",
@@ -105,26 +107,26 @@ def test_came_state_is_exact_for_a_small_module():
         sum(p.sum() for p in params).backward()
         opt.step()
         real = sum(v.numel() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-        assert real == mp.optimizer_state_elements([p.shape for p in params], name), name
+        assert real == mf.optimizer_state_elements([p.shape for p in params], name), name
         model.zero_grad()
 
 
 def test_came_factored_state_is_smaller_for_2d():
     for shape in [(64, 3072), (18432, 64), (21, 19), (21, 3072, 64)]:
-        assert mp.came_state_elements(shape) < mp.adamw_state_elements(shape)
+        assert mf.came_state_elements(shape) < mf.adamw_state_elements(shape)
     # came = m (full) + 2 x (rows + cols) + RMS
-    assert mp.came_state_elements((64, 3072)) == 64 * 3072 + 2 * (64 + 3072) + 1
-    assert mp.came_state_elements((10,)) == 2 * 10 + 1
+    assert mf.came_state_elements((64, 3072)) == 64 * 3072 + 2 * (64 + 3072) + 1
+    assert mf.came_state_elements((10,)) == 2 * 10 + 1
 
 
 def test_activation_formula(small_shape):
-    acts = mp.activation_bytes(small_shape, WORK)
+    acts = mf.activation_bytes(small_shape, WORK)
     unit = WORK.tokens * small_shape.hidden * 2
     assert acts["activations: block checkpoints"] == small_shape.num_blocks * unit
-    assert acts["activations: one block backward"] == (mp.SAVED_PER_BLOCK + mp.GRAD_PER_BLOCK) * unit
-    assert acts["alignment features"] == 5 * 4096 * small_shape.hidden * 2 * mp.ALIGN_PER_LAYER
-    off = mp.activation_bytes(small_shape, mp.Workload(checkpointing=False, align_layers=0))
-    assert off["activations: block checkpoints"] == small_shape.num_blocks * mp.SAVED_PER_BLOCK * unit
+    assert acts["activations: one block backward"] == (mf.SAVED_PER_BLOCK + mf.GRAD_PER_BLOCK) * unit
+    assert acts["alignment features"] == 5 * 4096 * small_shape.hidden * 2 * mf.ALIGN_PER_LAYER
+    off = mf.activation_bytes(small_shape, mf.Workload(checkpointing=False, align_layers=0))
+    assert off["activations: block checkpoints"] == small_shape.num_blocks * mf.SAVED_PER_BLOCK * unit
     assert off["alignment features"] == 0
 
 
@@ -138,7 +140,7 @@ def test_flux_dev_consistent_with_params(flux_dev):
 
 def test_flux_dev_plan_on_8_a6000(flux_dev):
     plans = flux_dev["plans"]
-    assert set(plans) == set(mp.STRATEGIES)
+    assert set(plans) == set(mf.STRATEGIES)
     gib = 2**30
     assert plans["ddp"]["bytes"]["frozen base"] == 11_901_408_320 * 2  # bf16, whole on every GPU
     assert plans["zero2"]["bytes"]["frozen base"] == 11_901_408_320 * 2
@@ -160,13 +162,13 @@ def test_text_encoders_vae_and_quantization_are_counted(flux_dev):
     with_t5 = run_plan()["plans"]["ddp"]["bytes"]
     cached = flux_dev["plans"]["ddp"]["bytes"]
     assert cached["text encoders (bf16)"] == 0
-    assert with_t5["text encoders (bf16)"] == mp.FLUX_TEXT_ENCODER_PARAMS * 2  # T5-XXL + CLIP-L: 9.1 GiB
+    assert with_t5["text encoders (bf16)"] == ms.FLUX_TEXT_ENCODER_PARAMS * 2  # T5-XXL + CLIP-L: 9.1 GiB
     assert 41 * gib < sum(with_t5.values()) < 44 * gib  # the "about 41-44 GiB with them"
-    assert cached["VAE (bf16)"] == mp.FLUX_VAE_PARAMS * 2
+    assert cached["VAE (bf16)"] == ms.FLUX_VAE_PARAMS * 2
     fp8, nf4 = (run_plan("--text-cache", "--quant", q)["plans"]["ddp"]["bytes"]["frozen base"] for q in ("fp8", "nf4"))
     bf16 = cached["frozen base"]
     assert nf4 < fp8 < bf16 and 0.5 < fp8 / bf16 < 0.52  # nearly all the base is Linear weights
-    shape = mp.model_shape("flux-dev", AdapterConfig(rank=64, num_domains=21))
+    shape = ms.model_shape("flux-dev", AdapterConfig(rank=64, num_domains=21))
     assert fp8 == bf16 - shape.linear_params  # 2 -> 1 byte per Linear weight
 
 
@@ -201,11 +203,11 @@ def test_quantized_rows_are_the_configs_that_run_and_the_latent_cache_drops_the_
     assert int8 == fp8
     cached = run_plan("--text-cache", "--latent-cache")["plans"]["ddp"]
     assert cached["bytes"]["VAE (bf16)"] == 0
-    assert run_plan("--text-cache")["plans"]["ddp"]["total"] - cached["total"] == mp.FLUX_VAE_PARAMS * 2
+    assert run_plan("--text-cache")["plans"]["ddp"]["total"] - cached["total"] == ms.FLUX_VAE_PARAMS * 2
     with pytest.raises(SystemExit):
         memory_plan.main(["--quant", "int4"])
 
 
 def test_tiny_variant_counts_its_text_encoders_and_vae():
-    shape = mp.model_shape("tiny", AdapterConfig(rank=4, num_domains=4))
+    shape = ms.model_shape("tiny", AdapterConfig(rank=4, num_domains=4))
     assert 0 < shape.text_encoder_params and 0 < shape.vae_params and 0 < shape.linear_params < shape.base_params

@@ -10,7 +10,7 @@ Only the frozen base is quantized, before the adapters are added: peft then wrap
 `base_layer`, and the adapters (plain / masked / asymmetric LoRA) stay fp32 parameters on top. Gradients reach the
 adapters through the quantized layers' input gradients (each format's linear is differentiable in its input).
 What this stores per Linear weight (bytes): bf16 2, int8 1, fp8 1, nf4 4.127 / 8; the memory plan counts the same
-(`training/memory_estimate.py`). A Linear whose shape a format cannot hold (NF4 needs a multiple of 64 x 256
+(`scaling/memory_formulas.py`). A Linear whose shape a format cannot hold (NF4 needs a multiple of 64 x 256
 elements) stays unquantized and is reported.
 
 Library choice (docs/SCALING.md, "Quantized base"): torchao covers the three formats with one `quantize_` call,

@@ -1,6 +1,7 @@
 """Analytic per-GPU memory of a stage-1 training step under DDP, FSDP2 and DeepSpeed ZeRO-2 (no GPU needed).
 
-Command: `python -m pm_lightning.memory_plan`.
+Command: `python -m pm_lightning.memory_plan`. The model's shape: `scaling/model_shapes.py`; the plan over strategies,
+quantizations and the text cache: `scaling/plan_search.py`; its tables: `scaling/plan_report.py`.
 
 Parameter counts and shapes come from the real model built on the ``meta`` device with the real
 ``add_adapters`` (so they agree with ``pm_lightning.params``); everything else is a formula of those
@@ -48,11 +49,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters
+from pm_lightning.scaling.model_shapes import ModelShape
 
 GiB = 2**30
-DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
-BF16, FP32 = DTYPE_BYTES[torch.bfloat16], DTYPE_BYTES[torch.float32]
+BF16, FP32 = torch.bfloat16.itemsize, torch.float32.itemsize
 
 SAVED_PER_BLOCK = 30
 """Tensors one Flux block saves for backward, in units of B x T x D bf16 elements. Measured with
@@ -77,106 +77,6 @@ QUANT_STRATEGIES = ("ddp",)
 """Strategies a quantized base trains under (one GPU is the DDP column with --gpus 1)."""
 MEASURED_ON_GPU = False
 """Whether the quantized rows have been measured on a GPU (bench/gpu_check.py --quant); not yet."""
-FLUX_TEXT_ENCODER_PARAMS = 4_762_310_656 + 123_060_480
-"""T5 v1.1 XXL encoder + CLIP ViT-L/14 text model (FLUX.1-dev / schnell's text_encoder_2 and text_encoder)."""
-FLUX_VAE_PARAMS = 83_819_683
-"""FLUX.1's AutoencoderKL (16 latent channels)."""
-
-
-# ---------------------------------------------------------------------------------------------- shapes
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the plan needs to know about a transformer with adapters."""
-
-    base_params: int
-    """Frozen parameters (the whole base transformer)."""
-    adapter_shapes: tuple[tuple[int, ...], ...]
-    """Shape of every trainable parameter, each tied parameter once."""
-    units: tuple[tuple[int, int], ...]
-    """(frozen, trainable) parameters of each FSDP unit: the double- then single-stream blocks."""
-    hidden: int
-    """Hidden width D."""
-    linear_params: int = 0
-    """Frozen Linear weights: what a quantized base stores in fp8 / NF4."""
-    text_encoder_params: int = 0
-    """T5 + CLIP text encoders (on the GPU unless the text cache replaces them)."""
-    vae_params: int = 0
-
-    @property
-    def adapter_params(self) -> int:
-        return sum(math.prod(s) for s in self.adapter_shapes)
-
-    @property
-    def root_params(self) -> int:
-        """Parameters outside the blocks (embedders, final norm and projection): FSDP's root unit."""
-        return self.base_params + self.adapter_params - sum(f + t for f, t in self.units)
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.units)
-
-    @property
-    def largest_unit(self) -> int:
-        return max(f + t for f, t in self.units)
-
-
-def shape_of(transformer: torch.nn.Module) -> ModelShape:
-    """The ModelShape of a Flux transformer with adapters (real or meta device)."""
-    blocks = list(transformer.transformer_blocks) + list(transformer.single_transformer_blocks)
-    units = tuple(
-        (
-            sum(p.numel() for p in b.parameters() if not p.requires_grad),
-            sum(p.numel() for p in b.parameters() if p.requires_grad),
-        )
-        for b in blocks
-    )
-    cfg = transformer.config
-    return ModelShape(
-        base_params=sum(p.numel() for p in transformer.parameters() if not p.requires_grad),
-        adapter_shapes=tuple(tuple(p.shape) for p in adapter_parameters(transformer)),
-        units=units,
-        hidden=cfg.num_attention_heads * cfg.attention_head_dim,
-        linear_params=sum(
-            m.weight.numel()
-            for m in transformer.modules()
-            if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
-        ),
-    )
-
-
-def model_shape(variant: str, adapter: AdapterConfig) -> ModelShape:
-    """Build `variant` on the meta device, add `adapter`, and read its shape (seconds, no memory); FLUX.1's text
-    encoders and VAE are known counts, the tiny ones are counted from their configs on the meta device."""
-    from dataclasses import replace
-
-    from pm_lightning.models.backbone import meta_transformer
-
-    with torch.device("meta"):
-        transformer = meta_transformer(variant)
-        add_adapters(transformer, adapter)
-    shape = shape_of(transformer)
-    if variant in ("flux-dev", "flux-schnell"):
-        return replace(shape, text_encoder_params=FLUX_TEXT_ENCODER_PARAMS, vae_params=FLUX_VAE_PARAMS)
-    return replace(shape, **_counted_from_configs(variant))
-
-
-def _counted_from_configs(variant: str) -> dict[str, int]:
-    """Text encoder and VAE parameters of a local pipeline, built on the meta device from its configs."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from pm_lightning.models.variants import get_variant
-    from pm_lightning.models.weights import resolve_source
-
-    root = resolve_source(get_variant(variant).location())
-    with torch.device("meta"):
-        clip = CLIPTextModel(CLIPTextConfig.from_pretrained(root, subfolder="text_encoder"))
-        t5 = T5EncoderModel(T5Config.from_pretrained(root, subfolder="text_encoder_2"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root, subfolder="vae"))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return {"text_encoder_params": count(clip) + count(t5), "vae_params": count(vae)}
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -343,140 +243,3 @@ def _comm(shape: ModelShape, strategy: Strategy) -> int:
     if strategy.engine == "deepspeed":
         return min(DEEPSPEED_BUCKET, a) * BF16
     return max(t for _, t in shape.units) * BF16  # one unit's unsharded grads before reduce-scatter
-
-
-@dataclass(frozen=True)
-class Plan:
-    strategy: str
-    gpus: int
-    gpu_gib: float
-    components: dict[str, int]
-
-    @property
-    def total(self) -> int:
-        return sum(self.components.values())
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= self.gpu_gib * GiB
-
-
-def plan_all(shape: ModelShape, work: Workload, gpus: int = 8, gpu_gib: float = 48) -> list[Plan]:
-    """One Plan per strategy in STRATEGIES."""
-    return [Plan(name, gpus, gpu_gib, components(shape, work, s, gpus)) for name, s in STRATEGIES.items()]
-
-
-SPEED_ORDER = ("ddp", "zero2", "fsdp_shard_grad_op", "fsdp_full_shard")
-"""Fastest first: DDP communicates least; FSDP2 with resharding gathers every unit twice per step."""
-
-
-def options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> list[dict]:
-    """Every (text cache, quantization, strategy) of `work` with its total per GPU and whether it fits."""
-    from dataclasses import replace
-
-    out = []
-    for text_encoders in (False, True):
-        for quant in QUANT_BYTES:
-            w = replace(work, text_encoders=text_encoders, quant=quant)
-            for plan in plan_all(shape, w, gpus, gpu_gib):
-                if quant != "none" and plan.strategy not in QUANT_STRATEGIES:
-                    continue  # not a configuration that runs
-                out.append(
-                    {"strategy": plan.strategy, "quant": quant, "text_cache": not text_encoders}
-                    | {"total": plan.total, "fits": plan.fits}
-                )
-    return out
-
-
-def recommend(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> dict | None:
-    """The configuration to use on this card: text cache on, the least quantization that fits, then the fastest
-    strategy that fits; None when nothing does (fewer tokens, a smaller adapter or more GPUs)."""
-    fitting = [o for o in options(shape, work, gpus, gpu_gib) if o["fits"] and o["text_cache"]]
-    quant_rank = list(QUANT_BYTES)
-    fitting.sort(key=lambda o: (quant_rank.index(o["quant"]), SPEED_ORDER.index(o["strategy"])))
-    return fitting[0] if fitting else None
-
-
-def format_options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> str:
-    """Markdown: total GiB per GPU of every strategy x quantization, with and without the text cache, and the
-    recommendation."""
-    opts = options(shape, work, gpus, gpu_gib)
-    lines = [
-        f"| {gpus} x {gpu_gib:g} GiB: total GiB per GPU | " + " | ".join(STRATEGIES) + " |",
-        "|---" + "|---:" * len(STRATEGIES) + "|",
-    ]
-    for cache in (True, False):
-        for quant in QUANT_BYTES:
-            row = {o["strategy"]: o for o in opts if o["quant"] == quant and o["text_cache"] == cache}
-            cells = [
-                f"{row[s]['total'] / GiB:.1f}{'' if row[s]['fits'] else ' (no)'}" if s in row else "n/a"
-                for s in STRATEGIES
-            ]
-            label = f"base {quant if quant != 'none' else 'bf16'}, {'text cache' if cache else 'T5 + CLIP on GPU'}"
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    best = recommend(shape, work, gpus, gpu_gib)
-    if best is None:
-        lines.append(
-            f"\nrecommended on {gpu_gib:g} GiB: nothing fits; use more GPUs, fewer tokens or a smaller adapter"
-        )
-    else:
-        config = STRATEGIES[best["strategy"]].config
-        quant = "" if best["quant"] == "none" else f", frozen base in {best['quant']} (quantize: {best['quant']})"
-        if best["quant"] != "none" and not MEASURED_ON_GPU:
-            quant += " [trains on CPU in the tests; its GPU memory is this plan's figure, not yet measured]"
-        latents = "" if work.vae else ", latent cache (latent_cache_dir)"
-        lines.append(
-            f"\nrecommended on {gpu_gib:g} GiB: {best['strategy']} ({config}), text cache (text_cache_only: true)"
-            f"{latents}{quant}: {best['total'] / GiB:.1f} GiB per GPU"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def format_table(plans: list[Plan], shape: ModelShape, work: Workload) -> str:
-    """A markdown table: one row per component, one column per strategy, GiB per GPU."""
-    names = list(plans[0].components)
-    head = (
-        f"| GiB per GPU ({plans[0].gpus} x {plans[0].gpu_gib:g} GiB) | " + " | ".join(p.strategy for p in plans) + " |"
-    )
-    lines = [
-        f"base {shape.base_params:,} params, adapters {shape.adapter_params:,} ({work.optimizer}); {work.tokens} tokens "
-        f"({work.image_tokens} image + {work.text_tokens} text) x batch {work.batch} per GPU; "
-        f"{work.align_layers} alignment layers; checkpointing {'on' if work.checkpointing else 'off'}; "
-        f"text encoders {'on the GPU' if work.text_encoders else 'off (text cache)'}; "
-        f"VAE {'on the GPU' if work.vae else 'off (latent cache)'}; base {work.quant}",
-        "",
-        head,
-        "|---" + "|---:" * len(plans) + "|",
-    ]
-    for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{p.components[name] / GiB:.2f}" for p in plans) + " |")
-    lines.append("| **total** | " + " | ".join(f"**{p.total / GiB:.2f}**" for p in plans) + " |")
-    runs = lambda p: work.quant == "none" or p.strategy in QUANT_STRATEGIES  # noqa: E731
-    fits = ["n/a (quantize: DDP only)" if not runs(p) else "yes" if p.fits else "NO" for p in plans]
-    lines.append("| fits | " + " | ".join(fits) + " |")
-    return "\n".join(lines)
-
-
-def to_json(plans: list[Plan], shape: ModelShape, work: Workload) -> dict:
-    return {
-        "base_params": shape.base_params,
-        "adapter_params": shape.adapter_params,
-        "workload": {
-            "tokens": work.tokens,
-            "text_tokens": work.text_tokens,
-            "batch": work.batch,
-            "align_layers": work.align_layers,
-            "checkpointing": work.checkpointing,
-            "optimizer": work.optimizer,
-            "text_encoders": work.text_encoders,
-            "quant": work.quant,
-            "vae": work.vae,
-        },
-        "plans": {
-            p.strategy: {"gpus": p.gpus, "gpu_gib": p.gpu_gib, "bytes": p.components, "total": p.total, "fits": p.fits}
-            for p in plans
-        },
-    }
