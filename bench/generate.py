@@ -66,7 +66,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     from pm_lightning.data.synthetic_corpus import generate_sequence
-    from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer, combine, effective_weights, pair_terms
+    from pm_lightning.inference.adaptive import EncoderScorer, pair_terms
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig, combine, effective_weights
     from pm_lightning.inference.reference_sampling import insert_between
     from pm_lightning.inference.session import sample_grid
     from pm_lightning.models.backbone import FluxBackbone

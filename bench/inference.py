@@ -53,7 +53,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from pm_lightning.data.grid import grid_to_frames
     from pm_lightning.eval.scores import clip_score
-    from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer, adapt_sequence
+    from pm_lightning.inference.adaptive import EncoderScorer, adapt_sequence
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig
     from pm_lightning.inference.cache import CacheConfig
     from pm_lightning.inference.session import Models, make_insert_fn, sample_grid
     from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from pm_lightning.eval.adaptive_truth import benchmark, calibration_record, markdown_table, write_docs
     from pm_lightning.eval.guard_sweep import markdown_report, sweep_guards
-    from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer
+    from pm_lightning.inference.adaptive import EncoderScorer
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig
     from pm_lightning.inference.adaptive_settings import calibration_file
     from pm_lightning.models.encoders import Encoders
 

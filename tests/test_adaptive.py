@@ -13,10 +13,10 @@ from PIL import Image
 
 from pm_lightning.core.paths import tiny_eval_dir
 from pm_lightning.eval.guard_sweep import best_split
-from pm_lightning.inference.adaptive import (
+from pm_lightning.inference.adaptive import adapt_sequence
+from pm_lightning.inference.adaptive_rule import (
     AdaptiveConfig,
     Thresholds,
-    adapt_sequence,
     combine,
     decide,
     effective_weights,

@@ -13,7 +13,7 @@ import torch
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
 from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate_row, case_terms, make_cases, oracle_terms, outcomes
 from pm_lightning.eval.change_truth import correlations, pair_table
-from pm_lightning.inference.adaptive import AdaptiveConfig
+from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 from pm_lightning.inference.adaptive_settings import config_from_args, read_settings
 from tests.test_adaptive import needs_tiny_eval
 

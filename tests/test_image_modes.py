@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from pm_lightning.data.image_modes import as_rgb, frames_as_rgb, same_size
-from pm_lightning.inference.adaptive import AdaptiveConfig, adapt_sequence
+from pm_lightning.inference.adaptive import adapt_sequence
+from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 from tests.test_adaptive import needs_tiny_eval
 
 

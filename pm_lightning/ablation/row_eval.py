@@ -93,7 +93,7 @@ def truth_figures(plan: Plan, scorer, name: str, config: dict, seed: int) -> dic
     """Ground-truth rates of one adaptive row on split-1 cases drawn with the ablation seed."""
     from pm_lightning.data.synthetic_corpus import DOMAINS
     from pm_lightning.eval.adaptive_truth import ROWS, case_terms, make_cases, outcomes, truth_sequences
-    from pm_lightning.inference.adaptive import AdaptiveConfig
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 
     n = plan.eval.truth_cases
     seqs = truth_sequences(1, -(-n // len(DOMAINS)))
@@ -133,7 +133,8 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     """Generate, adapt, score and measure one (row, seed); returns the metrics record (also metrics.json)."""
     from pm_lightning.data.grid import grid_to_frames, layout_for
     from pm_lightning.eval.sample_table import evaluate
-    from pm_lightning.inference.adaptive import AdaptiveConfig, EncoderScorer
+    from pm_lightning.inference.adaptive import EncoderScorer
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig
     from pm_lightning.inference.outputs import write_sample
     from pm_lightning.inference.runtime import runtime_from_args
     from pm_lightning.inference.session import (

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from pm_lightning.inference.adaptive import (
+from pm_lightning.inference.adaptive_rule import (
     AdaptiveConfig,
     combine,
     decide,

@@ -18,7 +18,7 @@ from pm_lightning.data.synthetic_corpus import Sequence
 
 def pair_table(scorer, seqs: list[Sequence], gaps=(1, 2, 3), weights: dict | None = None) -> list[dict]:
     """One row per frame pair: {domain, seq, i, j, change, glob, loc, sem, delta} (delta: the weighted sum)."""
-    from pm_lightning.inference.adaptive import AdaptiveConfig, effective_weights
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig, effective_weights
 
     weights = weights or effective_weights(AdaptiveConfig(), has_sem=True)
     rows = []
@@ -38,7 +38,7 @@ def pair_table(scorer, seqs: list[Sequence], gaps=(1, 2, 3), weights: dict | Non
 
 
 def _chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from pm_lightning.inference.adaptive import batched_chamfer
+    from pm_lightning.inference.adaptive_rule import batched_chamfer
 
     return batched_chamfer(a[None], b[None])[0]
 

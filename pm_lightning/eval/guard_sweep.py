@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 
 from pm_lightning.data.near_duplicates import near_duplicate
-from pm_lightning.inference.adaptive import (
+from pm_lightning.inference.adaptive import Scorer
+from pm_lightning.inference.adaptive_rule import (
     AdaptiveConfig,
-    Scorer,
     Thresholds,
     combine,
     effective_weights,

@@ -8,7 +8,7 @@ import logging
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from pm_lightning.inference.adaptive import AdaptiveConfig
+from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def change_loss(model, frames: torch.Tensor, data: ChangeData, picks: list[int])
     """Make Delta_glob and Delta_loc measure change: within each picked sequence, every frame pair's distance
     correlates (Pearson) with log(1 + ground-truth change), and a near-duplicate sits closer to its frame than
     any true step (its distance over the sequence's smallest step distance is pushed below 1/4, bounded)."""
-    from pm_lightning.inference.adaptive import batched_chamfer
+    from pm_lightning.inference.adaptive_rule import batched_chamfer
 
     loss = frames.new_zeros((), dtype=torch.float32)
     for s in picks:
