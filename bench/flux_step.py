@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from docs_section import BENCH_MD, write_section  # noqa: E402 - bench/ is on sys.path when run as a script
 
-from pm_lightning.models.adapters import KINDS, AdapterConfig, adapter_parameters  # noqa: E402
+from pm_lightning.models.adapter_config import KINDS, AdapterConfig  # noqa: E402
+from pm_lightning.models.adapters import adapter_parameters  # noqa: E402
 from pm_lightning.models.alignment import AlignmentConfig  # noqa: E402
 from pm_lightning.models.variants import VARIANTS  # noqa: E402
 from pm_lightning.training.flow import sample_timesteps  # noqa: E402

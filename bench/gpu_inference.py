@@ -31,7 +31,9 @@ SECTION = "## FLUX.1-dev inference"
 def build(scale: str, device: str, dtype: torch.dtype, rank: int, domains: int):
     from diffusers import FluxTransformer2DModel
 
-    from pm_lightning.models.adapters import AdapterConfig, add_adapters, set_domains
+    from pm_lightning.models.adapter_config import AdapterConfig
+    from pm_lightning.models.adapter_routing import set_domains
+    from pm_lightning.models.adapters import add_adapters
     from pm_lightning.models.backbone import meta_transformer
 
     cfg = {k: v for k, v in dict(meta_transformer("flux-dev").config).items() if not k.startswith("_")}

@@ -20,7 +20,9 @@ from diffusers import FluxTransformer2DModel
 from docs_section import BENCH_MD, write_section  # bench/ is on sys.path when run as a script
 
 from pm_lightning.models import alignment as al
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters, use_domains
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import use_domains
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 
 SECTION = "## Model core"
 

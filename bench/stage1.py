@@ -29,7 +29,7 @@ def make_module(base: str, batch: int, resolution: int):
     """A configured Stage1Module (masked rank 16 + alignment, as experiments/tiny.yaml) and one fixed batch."""
     import torch
 
-    from pm_lightning.models.adapters import AdapterConfig
+    from pm_lightning.models.adapter_config import AdapterConfig
     from pm_lightning.models.alignment import AlignmentConfig
     from pm_lightning.training.optim import OptimizerConfig
     from pm_lightning.training.stage1 import Stage1Module

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pm_lightning.models.adapters import AdapterConfig
+from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.scaling.memory_formulas import OPTIMIZER_STATE, QUANT_BYTES, Workload
 from pm_lightning.scaling.model_shapes import model_shape
 from pm_lightning.scaling.plan_report import format_options, format_table, to_json
@@ -25,7 +25,7 @@ from pm_lightning.scaling.plan_search import options, plan_all, recommend
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pm_lightning.models.adapters import KINDS
+    from pm_lightning.models.adapter_config import KINDS
     from pm_lightning.models.variants import VARIANTS
 
     ap = argparse.ArgumentParser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pm_lightning.models.adapters import AdapterConfig
+from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.param_count import count_parameters, format_table, read_configs
 from pm_lightning.models.variants import VARIANTS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
-from pm_lightning.models.adapters import adapter_state_dict
+from pm_lightning.models.adapter_state import adapter_state_dict
 
 
 class DumpAdapters(Callback):

@@ -5,21 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, MaskedLoraLinear
-from pm_lightning.models.adapters import (
-    AdapterConfig,
-    adapter_parameters,
-    adapter_state_dict,
+from pm_lightning.models.adapter_routing import (
     adapters_disabled,
-    add_adapters,
-    domain_lora_state_dict,
-    load_adapter_state_dict,
-    mask_l1,
     merge_adapters,
     set_domains,
     unmerge_adapters,
     use_domains,
 )
+from pm_lightning.models.adapter_state import (
+    adapter_state_dict,
+    domain_lora_state_dict,
+    load_adapter_state_dict,
+    mask_l1,
+)
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from tests.helpers import random_inputs, tiny_transformer
 
 RANK = 4

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pm_lightning.models import alignment as al
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, adapters_disabled, add_adapters, set_domains
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import adapters_disabled, set_domains
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from tests.helpers import random_inputs, tiny_transformer
 
 N_BLOCKS = 5  # tests.helpers: 2 double + 3 single

@@ -11,7 +11,9 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from pm_lightning.export import main
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, use_domains
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import use_domains
+from pm_lightning.models.adapters import add_adapters
 from pm_lightning.models.lora_files import adapter_tensors
 from tests.helpers import bare_pipeline, random_inputs, tiny_transformer
 from tests.test_adapters import randomize

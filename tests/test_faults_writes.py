@@ -29,7 +29,8 @@ def test_atomic_path_keeps_the_previous_file_on_any_failure(tmp_path):
 def test_lora_export_is_atomic_and_loads_in_diffusers(tmp_path, tiny_base):
     from diffusers import FluxPipeline
 
-    from pm_lightning.models.adapters import AdapterConfig, add_adapters
+    from pm_lightning.models.adapter_config import AdapterConfig
+    from pm_lightning.models.adapters import add_adapters
     from pm_lightning.models.lora_files import export_domain_lora
 
     pipe = FluxPipeline.from_pretrained(tiny_base)

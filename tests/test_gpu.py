@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gpu
 
 def test_bf16_mixed_step_on_cuda(tmp_path, tiny_base, tiny_shards):
     from pm_lightning.data.datamodule import ProcessDataModule
-    from pm_lightning.models.adapters import AdapterConfig
+    from pm_lightning.models.adapter_config import AdapterConfig
     from pm_lightning.training.stage1 import Stage1Module
     from tests.conftest import TRAIN_DOMAINS
 
@@ -41,7 +41,7 @@ def test_quantized_base_trains_on_cuda_in_bf16_mixed(tmp_path, tiny_base, tiny_s
         pytest.skip("fp8 weight-only: an Ada / Hopper GPU (compute capability >= 8.9)")
 
     from pm_lightning.data.datamodule import ProcessDataModule
-    from pm_lightning.models.adapters import AdapterConfig
+    from pm_lightning.models.adapter_config import AdapterConfig
     from pm_lightning.models.quantize import quantized_linears
     from pm_lightning.training.stage1 import Stage1Module
     from tests.conftest import TRAIN_DOMAINS

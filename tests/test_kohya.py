@@ -8,7 +8,10 @@ from diffusers import FluxPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, domain_lora_state_dict, use_domains
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import use_domains
+from pm_lightning.models.adapter_state import domain_lora_state_dict
+from pm_lightning.models.adapters import add_adapters
 from pm_lightning.models.kohya import DOUBLE, diffusers_to_kohya, kohya_name
 from pm_lightning.models.lora_files import export_domain_lora
 from tests.helpers import bare_pipeline, random_inputs, tiny_transformer

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pm_lightning import memory_plan
-from pm_lightning.models.adapters import AdapterConfig
+from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.scaling import memory_formulas as mf
 from pm_lightning.scaling import model_shapes as ms
 from pm_lightning.scaling import plan_search as ps

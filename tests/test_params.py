@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pm_lightning.models.adapters import AdapterConfig
+from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.param_count import count_parameters, format_table, read_configs
 from pm_lightning.params import main
 

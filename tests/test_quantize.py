@@ -13,7 +13,9 @@ pytest.importorskip(
 )
 
 from pm_lightning import fit  # noqa: E402
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, adapters_disabled, set_domains  # noqa: E402
+from pm_lightning.models.adapter_config import AdapterConfig  # noqa: E402
+from pm_lightning.models.adapter_routing import adapters_disabled, set_domains  # noqa: E402
+from pm_lightning.models.adapters import adapter_parameters  # noqa: E402
 from pm_lightning.models.quantize import is_quantized, quantize_base, quantized_linears  # noqa: E402
 from pm_lightning.training.stage1 import Stage1Module  # noqa: E402
 from tests.conftest import TRAIN_DOMAINS  # noqa: E402

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pm_lightning.data.datamodule import ProcessDataModule
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapters import adapter_parameters
 from pm_lightning.models.alignment import AlignmentConfig
 from pm_lightning.training.optim import OptimizerConfig
 from pm_lightning.training.stage1 import Stage1Module

@@ -18,7 +18,9 @@ from pm_lightning.inference.reference_sampling import (
     to_pil,
     to_tensor,
 )
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, adapters_disabled, add_adapters
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import adapters_disabled
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.training.optim import OptimizerConfig
 from pm_lightning.training.stage2 import Stage2Module
 from tests.conftest import TRAIN_DOMAINS

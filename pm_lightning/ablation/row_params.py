@@ -11,7 +11,7 @@ from pm_lightning.ablation.plan import Plan
 
 @cache
 def _count(variant: str, kind: str, adapter: tuple) -> int:
-    from pm_lightning.models.adapters import AdapterConfig
+    from pm_lightning.models.adapter_config import AdapterConfig
     from pm_lightning.models.param_count import count_parameters
 
     cfg = AdapterConfig.from_dict({**dict(adapter), "kind": kind})

@@ -8,7 +8,7 @@ import torch
 from diffusers import FluxPipeline
 from PIL import Image
 
-from pm_lightning.models.adapters import use_domains
+from pm_lightning.models.adapter_routing import use_domains
 
 
 @torch.no_grad()

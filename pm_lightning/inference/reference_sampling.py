@@ -22,7 +22,7 @@ from pm_lightning.data.reference_cells import (
     check_cell,
     with_clean_references,
 )
-from pm_lightning.models.adapters import use_domains
+from pm_lightning.models.adapter_routing import use_domains
 from pm_lightning.models.backbone import image_ids, pack, unpack
 from pm_lightning.models.variants import VARIANTS
 

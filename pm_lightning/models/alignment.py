@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pm_lightning.models.adapters import adapters_disabled
+from pm_lightning.models.adapter_routing import adapters_disabled
 
 FLUX_DEV_DEPTH = 57  # 19 double + 38 single blocks
 FLUX_DEV_LAYERS = (4, 9, 14, 19, 29)

@@ -37,14 +37,9 @@ from torch import nn
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.errors import BadInput
 from pm_lightning.data.domains import UNSEEN_DOMAIN
-from pm_lightning.models.adapters import (
-    AdapterConfig,
-    add_adapters,
-    domain_lora_state_dict,
-    load_adapter_state_dict,
-    materialize_adapters,
-    tuner_layers,
-)
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_state import domain_lora_state_dict, load_adapter_state_dict
+from pm_lightning.models.adapters import add_adapters, materialize_adapters, tuner_layers
 from pm_lightning.models.variants import VARIANTS
 
 PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")

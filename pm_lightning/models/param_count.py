@@ -11,7 +11,8 @@ from dataclasses import replace
 
 import torch
 
-from pm_lightning.models.adapters import KINDS, AdapterConfig, adapter_parameters, add_adapters
+from pm_lightning.models.adapter_config import KINDS, AdapterConfig
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.variants import VARIANTS
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 
 FLUX_TEXT_ENCODER_PARAMS = 4_762_310_656 + 123_060_480
 """T5 v1.1 XXL encoder + CLIP ViT-L/14 text model (FLUX.1-dev / schnell's text_encoder_2 and text_encoder)."""

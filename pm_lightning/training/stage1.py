@@ -12,7 +12,10 @@ from dataclasses import asdict, replace
 
 import torch
 
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters, mask_l1, set_domains
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import set_domains
+from pm_lightning.models.adapter_state import mask_l1
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.alignment import (
     AlignmentConfig,
     alignment_loss,

@@ -29,7 +29,9 @@ from pm_lightning.data.reference_cells import (
     stage2_caption,
     with_clean_references,
 )
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters, set_domains
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import set_domains
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.models.lora_files import check_stage1_file, file_sha256, fuse_lora_file
 from pm_lightning.training.base import FlowMatchingModule

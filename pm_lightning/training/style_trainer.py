@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pm_lightning.models.adapters import AdapterConfig, adapter_parameters, add_adapters
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.models.lora_files import export_domain_lora
 from pm_lightning.training.flow import FlowConfig, interpolate, per_sample_mse, sample_timesteps, velocity_target

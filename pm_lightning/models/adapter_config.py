@@ -1,0 +1,84 @@
+"""Which adapter, where, and how big: `AdapterConfig` and the adapter kinds.
+
+One LoRA (A: r x k, B: d x r, scale alpha / r) on each target Linear, injected by peft (`models/adapters.py`):
+
+* ``lora``        delta W = B A (stock peft ``lora.Linear``).
+* ``asymmetric``  delta W_c = B_c A: shared A, one B per domain c (``AsymmetricLoraLinear``).
+* ``masked``      delta W_c = B diag(m_c) A (``MaskedLoraLinear``): the first g = round(rho * r) rank
+  rows carry a learnable gate per domain (initialised to 1; ``mask_l1`` measures |gates| for an
+  optional L1 pull towards 0); the other r - g rows are shared, fixed at 1 for every domain and are
+  not parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+KINDS = ("lora", "asymmetric", "masked")
+
+
+@dataclass
+class AdapterConfig:
+    """Which adapter, where, and how big."""
+
+    kind: Literal["lora", "asymmetric", "masked"] = "masked"
+    """lora (one plain LoRA), asymmetric (shared A, a B per domain), masked (one LoRA + per-domain row gates)."""
+    rank: int = 64
+    """LoRA rank r."""
+    alpha: float | None = None
+    """LoRA alpha; the update is scaled by alpha / rank. None -> rank (scale 1)."""
+    num_domains: int = 1
+    """Number of configured (training) domains; index -1 is the unseen domain."""
+    target_modules: list[str] | None = None
+    """Linear names (relative to a block, e.g. "attn.to_q", or suffixes of full names); None -> every Linear of the blocks."""
+    mask_fraction: float = 0.3
+    """rho: the fraction of rank rows with learnable per-domain gates (masked only); g = round(rho * r), at least 1 if rho > 0."""
+    mask_l1: float = 0.0
+    """Weight of the L1 pull of the gates towards 0 (applied by the training module to ``mask_l1()``)."""
+    unseen_mask: Literal["ones", "mean"] = "ones"
+    """masked: the gates of an unseen domain. "ones": the mask removed (ProcessMaker, the default); "mean": the mean
+    of the trained domain gates (the masked analogue of MakeAnything's mean of the Bs; an ablation follow-up)."""
+    fused_qkv: bool = True
+    """Share A (and gates) across the projections BFL's Flux fuses (q/k/v; single-block q/k/v/mlp)."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"AdapterConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"AdapterConfig.rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ValueError(f"AdapterConfig.alpha must be positive or None, got {self.alpha!r}")
+        if not isinstance(self.num_domains, int) or self.num_domains < 1:
+            raise ValueError(f"AdapterConfig.num_domains must be a positive integer, got {self.num_domains!r}")
+        if self.target_modules is not None and (isinstance(self.target_modules, str) or not self.target_modules):
+            raise ValueError(
+                f"AdapterConfig.target_modules must be a non-empty list of names or None, got {self.target_modules!r}"
+            )
+        if not 0.0 <= self.mask_fraction <= 1.0:
+            raise ValueError(f"AdapterConfig.mask_fraction must be in [0, 1], got {self.mask_fraction!r}")
+        if self.unseen_mask not in ("ones", "mean"):
+            raise ValueError(f"AdapterConfig.unseen_mask must be 'ones' or 'mean', got {self.unseen_mask!r}")
+        if not self.mask_l1 >= 0.0:
+            raise ValueError(f"AdapterConfig.mask_l1 must be >= 0, got {self.mask_l1!r}")
+
+    @property
+    def lora_alpha(self) -> float:
+        """alpha with the None default resolved (= rank)."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def num_gated(self) -> int:
+        """g: the number of leading rank rows with per-domain gates (round half up, at least 1 if rho > 0)."""
+        if self.mask_fraction == 0:
+            return 0
+        return max(1, int(self.mask_fraction * self.rank + 0.5))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdapterConfig:
+        """Build from a plain dict (checkpoint hyper-parameters); unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown AdapterConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)

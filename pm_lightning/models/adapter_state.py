@@ -1,0 +1,65 @@
+"""The adapters' state: the gates' L1 penalty, peft's adapter state dict (save / load), one domain as a plain LoRA."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from pm_lightning.models.adapter_layers import DomainLoraLinear
+from pm_lightning.models.adapter_routing import check_domain
+from pm_lightning.models.adapters import adapter_parameters, domain_layers, named_tuner_layers
+
+
+def mask_l1(transformer: nn.Module) -> torch.Tensor:
+    """Mean |gate| over every learnable gate entry (0 for the other kinds); the caller weights it."""
+    gates = {id(g): g for layer in domain_layers(transformer) for g in getattr(layer, "lora_gate", {}).values()}
+    total = sum(g.numel() for g in gates.values())
+    if total == 0:
+        p = next(iter(adapter_parameters(transformer)), None)
+        return torch.zeros((), device=p.device if p is not None else None)
+    return sum(g.abs().sum() for g in gates.values()) / total
+
+
+def adapter_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """peft's adapter state dict: ``<module>.lora_A.weight``, ``.lora_B.weight``, ``.lora_gate`` (no adapter name)."""
+    return get_peft_model_state_dict(transformer)
+
+
+_ADAPTER_NAME = re.compile(r"\.default(?=\.weight$|$)")
+
+
+def load_adapter_state_dict(transformer: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Load an ``adapter_state_dict`` (keys with or without peft's ``.default``); every key must match."""
+    sd = {_ADAPTER_NAME.sub("", k): v for k, v in sd.items()}
+    expected = set(adapter_state_dict(transformer))
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise KeyError(
+            f"adapter state dict mismatch: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+    set_peft_model_state_dict(transformer, sd)
+
+
+def domain_lora_state_dict(transformer: nn.Module, domain: int, fold_scale: bool = True) -> dict[str, torch.Tensor]:
+    """One domain's adapter as a plain LoRA: ``{<module>.lora_A.weight: (r, k), <module>.lora_B.weight: (d, r)}``.
+
+    masked: B diag(m_domain); asymmetric: B_domain (mean of the Bs for -1); lora: B. With
+    ``fold_scale`` B is multiplied by alpha / r, so the LoRA reproduces the output when loaded with
+    lora_alpha = r (diffusers' default when a file carries no alpha). Tied A are written per module.
+    """
+    check_domain(transformer, domain)
+    out = {}
+    with torch.no_grad():
+        for name, layer in named_tuner_layers(transformer):
+            for adapter in layer.lora_A:
+                A = layer.lora_A[adapter].weight  # (r, k)
+                is_domain = isinstance(layer, DomainLoraLinear)
+                B = layer.domain_B(adapter, domain) if is_domain else layer.lora_B[adapter].weight  # (d, r)
+                if fold_scale:
+                    B = B * layer.scaling[adapter]
+                out[f"{name}.lora_A.weight"] = A.detach().clone().contiguous()
+                out[f"{name}.lora_B.weight"] = B.detach().clone().contiguous()
+    return out
