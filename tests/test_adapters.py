@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import get_args, get_type_hints
+
 import pytest
 import torch
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
-from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_config import ADAPTER_KINDS, AdapterConfig
 from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, MaskedLoraLinear
 from pm_lightning.models.adapter_routing import (
     adapters_disabled,
@@ -294,3 +297,23 @@ def test_config_defaults_and_unknown_targets():
         add_adapters(tiny_transformer(), AdapterConfig(target_modules=["no_such_layer"]))
     with pytest.raises(ValueError, match="unknown AdapterConfig field"):
         AdapterConfig.from_dict({"rnak": 4})
+
+
+@pytest.mark.parametrize("kind", sorted(ADAPTER_KINDS))
+def test_each_kind_of_the_table_injects_its_layer_class(kind):
+    """`ADAPTER_KINDS` is the one list: AdapterConfig accepts exactly its keys and each injects the layer it names."""
+    hint = get_type_hints(AdapterConfig)["kind"]
+    assert set(get_args(hint)) == set(ADAPTER_KINDS)
+    layers = {type(m) for m in adapted(kind).modules() if isinstance(m, PeftLoraLinear)}
+    assert layers == {ADAPTER_KINDS[kind].layer or PeftLoraLinear}
+
+
+def test_an_unknown_kind_raises_instead_of_becoming_another():
+    """A kind changed after validation is refused at injection (it used to become the asymmetric layer silently);
+    checked red by restoring the old `else AsymmetricLoraLinear` branch of `_layer_factory`."""
+    cfg = AdapterConfig(kind="masked", rank=RANK)
+    cfg.kind = "sparse"
+    with pytest.raises(ValueError, match="unknown adapter kind 'sparse'"):
+        add_adapters(tiny_transformer(), cfg)
+    with pytest.raises(ValueError, match="AdapterConfig.kind must be one of"):
+        AdapterConfig(kind="sparse")

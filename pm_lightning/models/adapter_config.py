@@ -8,21 +8,26 @@ One LoRA (A: r x k, B: d x r, scale alpha / r) on each target Linear, injected b
   rows carry a learnable gate per domain (initialised to 1; ``mask_l1`` measures |gates| for an
   optional L1 pull towards 0); the other r - g rows are shared, fixed at 1 for every domain and are
   not parameters.
+
+`ADAPTER_KINDS` is the one list of kinds: name -> peft layer class (+ the layer's extra arguments). `AdapterConfig.kind`
+accepts its keys (the Literal is built from them) and `add_adapters` injects its layer; adding a kind is one layer
+class in `models/adapter_layers.py` and one row here (docs/ARCHITECTURE.md, "Adding an adapter kind").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
 
-KINDS = ("lora", "asymmetric", "masked")
+from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, MaskedLoraLinear
 
 
 @dataclass
 class AdapterConfig:
     """Which adapter, where, and how big."""
 
-    kind: Literal["lora", "asymmetric", "masked"] = "masked"
+    kind: Literal[KINDS] = "masked"  # the keys of ADAPTER_KINDS (below); LightningCLI lists them as the choices
     """lora (one plain LoRA), asymmetric (shared A, a B per domain), masked (one LoRA + per-domain row gates)."""
     rank: int = 64
     """LoRA rank r."""
@@ -82,3 +87,22 @@ class AdapterConfig:
         if unknown:
             raise ValueError(f"unknown AdapterConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    """One adapter kind: its peft layer class (None: stock peft ``lora.Linear``) and that layer's extra arguments."""
+
+    layer: type | None
+    layer_args: Callable[[AdapterConfig], dict] = lambda cfg: {}
+
+
+ADAPTER_KINDS: dict[str, AdapterKind] = {
+    "lora": AdapterKind(None),
+    "asymmetric": AdapterKind(AsymmetricLoraLinear, lambda cfg: {"num_domains": cfg.num_domains}),
+    "masked": AdapterKind(
+        MaskedLoraLinear,
+        lambda cfg: {"num_domains": cfg.num_domains, "num_gated": cfg.num_gated, "unseen_mask": cfg.unseen_mask},
+    ),
+}
+KINDS = tuple(ADAPTER_KINDS)

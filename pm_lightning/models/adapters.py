@@ -27,8 +27,8 @@ from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from pm_lightning.core.compat import register_custom_lora_layer
-from pm_lightning.models.adapter_config import AdapterConfig
-from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, DomainLoraLinear, MaskedLoraLinear
+from pm_lightning.models.adapter_config import ADAPTER_KINDS, KINDS, AdapterConfig
+from pm_lightning.models.adapter_layers import DomainLoraLinear, MaskedLoraLinear
 
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 # Linears that BFL's checkpoint fuses into one layer (img_attn.qkv, txt_attn.qkv, single linear1).
@@ -58,13 +58,14 @@ def resolve_targets(transformer: nn.Module, target_modules: list[str] | None = N
 
 
 def _layer_factory(cfg: AdapterConfig):
-    """The peft custom-module class for cfg.kind (None = stock peft lora.Linear), with its extra kwargs bound."""
-    if cfg.kind == "lora":
+    """The peft custom-module class of cfg.kind (None = stock peft lora.Linear), its extra kwargs bound; an unknown kind
+    (a config changed after it was validated) raises."""
+    kind = ADAPTER_KINDS.get(cfg.kind)
+    if kind is None:
+        raise ValueError(f"unknown adapter kind {cfg.kind!r}; known: {KINDS}")
+    if kind.layer is None:
         return None
-    cls = MaskedLoraLinear if cfg.kind == "masked" else AsymmetricLoraLinear
-    extra = dict(num_domains=cfg.num_domains)
-    if cfg.kind == "masked":
-        extra.update(num_gated=cfg.num_gated, unseen_mask=cfg.unseen_mask)
+    cls, extra = kind.layer, kind.layer_args(cfg)
 
     def make(base_layer, adapter_name, **kwargs):
         return cls(base_layer, adapter_name, **kwargs, **extra)
