@@ -87,3 +87,18 @@ def test_ground_truth_similarity_and_proxies_dict():
     out = sequence_proxies(x, truth)
     assert set(out) == {"monotonicity", "evenness", "gt_similarity"}
     assert set(sequence_proxies(x)) == {"monotonicity", "evenness"}
+
+
+def test_each_metric_is_read_from_its_one_definition():
+    """A metric of eval/metric_registry.py reaches the sample table's columns and the ablations' columns (mean, per
+    domain, held out) with its header, format and direction, with no second list to edit."""
+    from pm_lightning.ablation.columns import FROM_SAMPLE_TABLE, column
+    from pm_lightning.eval.metric_registry import METRICS
+    from pm_lightning.eval.sample_table import markdown_table
+
+    for m in METRICS:
+        assert FROM_SAMPLE_TABLE[m.key] == m.ablation_key
+        for key in (m.ablation_key, f"unseen_{m.ablation_key}", f"{m.ablation_key}/lego"):
+            assert (column(key).fmt, column(key).better) == (m.fmt, m.better)
+        table = markdown_table({"lego": {"n": 1, m.key: 0.5}}, {"n": 1, m.key: 0.5}, [m.key])
+        assert table.splitlines()[0] == f"| Domain | n | {m.header} |" and f"| {format(0.5, m.fmt)} |" in table

@@ -1,5 +1,8 @@
 """The metrics an ablation reports: key -> header, number format, and which direction is better.
 
+The sample metrics come from `eval/metric_registry.py` (one definition each); the rest (parameters, edits,
+ground-truth rates, training time) are the ablation's own.
+
 Per-domain metrics are `<metric>/<domain>` (e.g. `align/lego`); `unseen_<metric>` is the mean over the held-out
 domains, the plain key the mean over the training domains (eval/sample_table's per-domain means, averaged).
 """
@@ -7,6 +10,8 @@ domains, the plain key the mean over the training domains (eval/sample_table's p
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from pm_lightning.eval.metric_registry import METRICS
 
 
 @dataclass(frozen=True)
@@ -16,31 +21,9 @@ class Column:
     better: str | None  # "higher", "lower", or None (a cost or a count, no direction)
 
 
-# eval/sample_table keys -> ablation keys
-FROM_SAMPLE_TABLE = {
-    "align": "align",
-    "clip_frames": "clip_frames",
-    "monotonicity_clip": "mono",
-    "evenness_clip": "even",
-    "monotonicity_pixel": "mono_px",
-    "evenness_pixel": "even_px",
-    "gt_similarity": "gt_sim",
-    "accuracy": "accuracy",
-    "coherence": "coherence",
-    "usability": "usability",
-}
-SCORES = {
-    "align": Column("Align", ".2f", "higher"),
-    "clip_frames": Column("CLIP frames", ".2f", "higher"),
-    "mono": Column("Mono", ".3f", "higher"),
-    "even": Column("Even", ".3f", "higher"),
-    "mono_px": Column("Mono px", ".3f", "higher"),
-    "even_px": Column("Even px", ".3f", "higher"),
-    "gt_sim": Column("GT sim", ".3f", "higher"),
-    "accuracy": Column("Acc (judge)", ".2f", "higher"),
-    "coherence": Column("Coh (judge)", ".2f", "higher"),
-    "usability": Column("Use (judge)", ".2f", "higher"),
-}
+# the sample metrics (eval/metric_registry.py): sample-table key -> ablation key, and their columns
+FROM_SAMPLE_TABLE = {m.key: m.ablation_key for m in METRICS}
+SCORES = {m.ablation_key: Column(m.ablation_header, m.fmt, m.better) for m in METRICS}
 COLUMNS: dict[str, Column] = {
     "params_tiny": Column("Params (tiny)", "count", None),
     "params_flux": Column("Params (FLUX.1-dev)", "count", None),

@@ -2,7 +2,7 @@
 
 A sample folder holds `grid.png`, `frames/` (00.png, 01.png, ...) and `report.json` with at least `prompt`
 and `domain`, optionally `ground_truth` (a folder of true frames, relative to the sample folder or absolute)
-and `steps`. Definitions: docs/EVALUATION.md.
+and `steps`. The metrics, their columns and formats: `eval/metric_registry.py`. Definitions: docs/EVALUATION.md.
 """
 
 from __future__ import annotations
@@ -16,22 +16,8 @@ from pathlib import Path
 from PIL import Image
 
 from pm_lightning.data.importers import load_user_image
-from pm_lightning.eval.scores import clip_score, pixel_features, sequence_proxies
-
-# (key, header): the table's columns in order; judge columns only with --judge.
-COLUMNS = (
-    ("align", "Align"),
-    ("clip_frames", "CLIP frames"),
-    ("accuracy", "Acc"),
-    ("coherence", "Coh"),
-    ("usability", "Use"),
-    ("monotonicity_clip", "Mono"),
-    ("evenness_clip", "Even"),
-    ("monotonicity_pixel", "Mono px"),
-    ("evenness_pixel", "Even px"),
-    ("gt_similarity", "GT sim"),
-)
-JUDGE_KEYS = ("accuracy", "coherence", "usability")
+from pm_lightning.eval.metric_registry import BY_KEY, METRICS, SampleFeatures
+from pm_lightning.eval.scores import pixel_features, sequence_proxies
 
 
 @dataclass
@@ -81,31 +67,32 @@ def find_samples(root: Path) -> list[Path]:
 
 
 def score_sample(enc, sample: Sample, judge=None) -> dict:
-    """Every score of one sample (one CLIP image pass over grid, frames and ground truth)."""
+    """Every metric of one sample (one CLIP image pass over grid, frames and ground truth); judge metrics with a judge."""
     n, t = len(sample.frames), sample.ground_truth or []
     emb = enc.image_embeddings([sample.grid, *sample.frames, *t])  # (1 + T + T', D)
-    text = enc.text_embeddings([sample.prompt])  # (1, D)
     frames_emb, truth_emb = emb[1 : 1 + n], emb[1 + n :]
+    pix = pixel_features(list(sample.frames) + list(t))
+    features = SampleFeatures(
+        text=enc.text_embeddings([sample.prompt]),  # (1, D)
+        grid=emb[:1],
+        frames=frames_emb,
+        clip=sequence_proxies(frames_emb, truth_emb if t else None),
+        pixel=sequence_proxies(pix[:n], pix[n:] if t else None, "l2"),
+        judge=judge.score(sample.grid, sample.prompt) if judge is not None else None,
+    )
     row = {
         "sample": str(sample.path),
         "domain": sample.domain,
         "prompt": sample.prompt,
         "frames": n,
         "proxy_target": "ground_truth" if t else "last_frame",
-        "align": clip_score(emb[:1], text).item(),
-        "clip_frames": clip_score(frames_emb, text.expand(n, -1)).mean().item(),
     }
-    clip = sequence_proxies(frames_emb, truth_emb if t else None)
-    if "gt_similarity" in clip:
-        row["gt_similarity"] = clip.pop("gt_similarity")
-    row.update({f"{k}_clip": v for k, v in clip.items()})
-    pix = pixel_features(list(sample.frames) + list(t))
-    row.update({f"{k}_pixel": v for k, v in sequence_proxies(pix[:n], pix[n:] if t else None, "l2").items()})
+    for metric in METRICS:
+        if not (metric.judge and judge is None) and not (metric.needs_truth and not t):
+            row[metric.key] = metric.value(features)
     row = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}  # JSON has no NaN
     if judge is not None:
-        result = judge.score(sample.grid, sample.prompt)
-        row.update({k: getattr(result, k) for k in JUDGE_KEYS})
-        row["judge_error"] = result.error
+        row["judge_error"] = features.judge.error
     return row
 
 
@@ -125,15 +112,12 @@ def aggregate(rows: list[dict], keys: list[str]) -> tuple[dict, dict]:
 
 
 def _fmt(key: str, value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if key in ("align", "clip_frames", *JUDGE_KEYS) else f"{value:.3f}"
+    return "-" if value is None else format(value, BY_KEY[key].fmt)
 
 
 def markdown_table(domains: dict, mean: dict, keys: list[str]) -> str:
     """Paper-style table: one row per domain, then the mean over domains."""
-    headers = dict(COLUMNS)
-    lines = ["| Domain | n | " + " | ".join(headers[k] for k in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    lines = ["| Domain | n | " + " | ".join(BY_KEY[k].header for k in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for name, vals in [*domains.items(), ("**mean over domains**", mean)]:
         lines.append(f"| {name} | {vals['n']} | " + " | ".join(_fmt(k, vals[k]) for k in keys) + " |")
     return "\n".join(lines)
@@ -153,10 +137,10 @@ def evaluate(samples_dir: Path, enc, judge=None) -> dict:
             print(f"skipping {folder}: {err}", file=sys.stderr)
             continue
         rows.append(score_sample(enc, sample, judge))
-    keys = [k for k, _ in COLUMNS if (judge is not None or k not in JUDGE_KEYS)]
+    keys = [m.key for m in METRICS if judge is not None or not m.judge]
     domains, mean = aggregate(rows, keys)
     return {
-        "columns": {k: dict(COLUMNS)[k] for k in keys},
+        "columns": {k: BY_KEY[k].header for k in keys},
         "domains": domains,
         "mean": mean,
         "samples": rows,
