@@ -38,7 +38,7 @@ from docs_section import BENCH_MD, write_section  # noqa: E402 - bench/ is on sy
 from pm_lightning.models.adapter_config import KINDS, AdapterConfig  # noqa: E402
 from pm_lightning.models.adapters import adapter_parameters  # noqa: E402
 from pm_lightning.models.alignment import AlignmentConfig  # noqa: E402
-from pm_lightning.models.variants import VARIANTS  # noqa: E402
+from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER, VARIANTS  # noqa: E402
 from pm_lightning.training.flow import sample_timesteps  # noqa: E402
 from pm_lightning.training.stage1 import Stage1Module  # noqa: E402
 
@@ -53,15 +53,6 @@ PEAK_BF16_DENSE = (  # first substring of torch.cuda.get_device_name() that matc
     ("A100", 312e12),
     ("A6000", 155e12),
 )
-SMALL = dict(  # the CPU config: 2 double + 4 single blocks, width 4 x 32 = 128 instead of 24 x 128 = 3072
-    num_layers=2,
-    num_single_layers=4,
-    attention_head_dim=32,
-    num_attention_heads=4,
-    joint_attention_dim=64,
-    pooled_projection_dim=32,
-    axes_dims_rope=(8, 12, 12),
-)
 FULL_MODEL_FLOPS, FULL_EXECUTED_FLOPS = 2.081e14, 2.843e14  # flux-dev defaults, from --flops-only --scale full
 LATENT_CHANNELS, PX_PER_TOKEN = 16, 16  # VAE: 16 channels, 8 px per latent cell; packing 2 x 2 cells per token
 
@@ -70,7 +61,7 @@ LATENT_CHANNELS, PX_PER_TOKEN = 16, 16  # VAE: 16 channels, 8 px per latent cell
 class StepSetup:
     """What one benchmark run measures."""
 
-    scale: str = "full"  # "full" (the variant's transformer) or "small" (SMALL overrides)
+    scale: str = "full"  # "full" (the variant's transformer) or "small" (the tiny Flux transformer, models/variants.py)
     variant: str = "flux-dev"
     device: str = "cuda"
     precision: str = "bf16-mixed"  # "bf16-mixed" (bf16 base + autocast) or "32"
@@ -102,7 +93,7 @@ class StepSetup:
         from pm_lightning.models.backbone import meta_transformer
 
         cfg = {k: v for k, v in dict(meta_transformer(self.variant).config).items() if not k.startswith("_")}
-        return dict(cfg, **SMALL) if self.scale == "small" else cfg
+        return dict(cfg, **TINY_FLUX_TRANSFORMER) if self.scale == "small" else cfg
 
 
 class RandomBackbone(nn.Module):

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import BENCH_MD, write_section  # noqa: E402
-from flux_step import SMALL, init_weights_  # noqa: E402
+from flux_step import init_weights_  # noqa: E402
 
 SECTION = "## FLUX.1-dev inference"
 
@@ -35,9 +35,10 @@ def build(scale: str, device: str, dtype: torch.dtype, rank: int, domains: int):
     from pm_lightning.models.adapter_routing import set_domains
     from pm_lightning.models.adapters import add_adapters
     from pm_lightning.models.backbone import meta_transformer
+    from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
 
     cfg = {k: v for k, v in dict(meta_transformer("flux-dev").config).items() if not k.startswith("_")}
-    cfg = dict(cfg, **SMALL) if scale == "small" else cfg
+    cfg = dict(cfg, **TINY_FLUX_TRANSFORMER) if scale == "small" else cfg
     with torch.device("meta"):
         transformer = FluxTransformer2DModel.from_config(cfg)
         torch.nn.Module.to(transformer, dtype)

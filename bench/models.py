@@ -23,29 +23,17 @@ from pm_lightning.models import alignment as al
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_routing import use_domains
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
+from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
 
 SECTION = "## Model core"
 
-# 2 double + 4 single blocks, hidden 4 x 32 = 128
-BENCH_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=2,
-    num_single_layers=4,
-    attention_head_dim=32,
-    num_attention_heads=4,
-    joint_attention_dim=64,
-    pooled_projection_dim=32,
-    guidance_embeds=True,
-    axes_dims_rope=(8, 12, 12),
-)
 BATCH, GRID, TEXT, RANK, DOMAINS = 4, 12, 32, 16, 4  # 12 x 12 image tokens = a 192 px grid
 
 
 def build(kind: str) -> FluxTransformer2DModel:
     """The same random base (seed 0) with a rank-16 adapter of `kind`, B nudged off zero."""
     torch.manual_seed(0)
-    model = FluxTransformer2DModel(**BENCH_TRANSFORMER).train()
+    model = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)  # 2 double + 4 single blocks, width 128.train()
     model.requires_grad_(False)
     add_adapters(model, AdapterConfig(kind=kind, rank=RANK, num_domains=DOMAINS))
     with torch.no_grad():

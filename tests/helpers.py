@@ -10,18 +10,19 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
+# the tiny Flux's transformer, smaller still for unit tests (width 2 x 16) and with distinct text widths (joint 32,
+# pooled 24), so a swapped text axis fails
 TINY_TRANSFORMER = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=2,
+    TINY_FLUX_TRANSFORMER,
     num_single_layers=3,
     attention_head_dim=16,
     num_attention_heads=2,
     joint_attention_dim=32,
     pooled_projection_dim=24,
-    guidance_embeds=True,
     axes_dims_rope=(4, 6, 6),
 )
 

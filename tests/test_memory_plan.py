@@ -13,22 +13,11 @@ from torch import nn
 
 from pm_lightning import memory_plan
 from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
 from pm_lightning.scaling import memory_formulas as mf
 from pm_lightning.scaling import model_shapes as ms
 from pm_lightning.scaling import plan_search as ps
 
-SMALL = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=2,
-    num_single_layers=4,
-    attention_head_dim=32,
-    num_attention_heads=4,
-    joint_attention_dim=64,
-    pooled_projection_dim=32,
-    guidance_embeds=True,
-    axes_dims_rope=(8, 12, 12),
-)
 WORK = mf.Workload(tokens=4608, text_tokens=512, batch=1, align_layers=5)
 
 
@@ -39,7 +28,7 @@ def small_shape() -> ms.ModelShape:
     from pm_lightning.models.adapters import add_adapters
 
     with torch.device("meta"):
-        model = FluxTransformer2DModel(**SMALL)
+        model = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)
         add_adapters(model, AdapterConfig(kind="masked", rank=16, num_domains=4))
     return ms.shape_of(model)
 

@@ -135,3 +135,17 @@ def test_the_stage_shards_hold_no_held_out_sequence():
     index = REPO / "data" / "shards" / "train" / "index.json"
     if index.is_file():  # built by `make shards` on this machine
         assert not set(json.loads(index.read_text())["domains"]) & set(HELDOUT_DOMAINS)
+
+
+def test_the_tiny_transformer_config_is_spelled_once():
+    """The recipe builds, and data/tiny-flux holds, exactly `TINY_FLUX_TRANSFORMER` (the tests' and the CPU
+    benchmarks' small model)."""
+    from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
+    from pm_lightning.tiny.flux_components import TinyFluxConfig, transformer
+
+    on_disk = json.loads((tiny_flux_dir() / "transformer" / "config.json").read_text())
+    wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_FLUX_TRANSFORMER.items()}
+    assert {k: on_disk[k] for k in wanted} == wanted
+    with torch.device("meta"):
+        built = dict(transformer(TinyFluxConfig()).config)
+    assert {k: built[k] for k in wanted} == {k: TINY_FLUX_TRANSFORMER[k] for k in wanted}

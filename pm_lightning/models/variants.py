@@ -20,6 +20,21 @@ _FLUX_12B = dict(
     axes_dims_rope=(16, 56, 56),
 )
 
+TINY_FLUX_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=2,
+    num_single_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=64,
+    pooled_projection_dim=64,
+    guidance_embeds=True,
+    axes_dims_rope=(8, 12, 12),
+)
+"""The embedded tiny Flux's transformer (data/tiny-flux/transformer/config.json, built by `tiny/flux_components.py`):
+2 double + 4 single blocks, width 4 x 32 = 128. Also the small model of the tests and of the CPU benchmarks."""
+
 
 @dataclass(frozen=True)
 class Variant:

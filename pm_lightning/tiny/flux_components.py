@@ -12,6 +12,10 @@ from pathlib import Path
 
 import torch
 
+from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
+
+TEXT_WIDTHS = ("joint_attention_dim", "pooled_projection_dim")  # = text_dim, the text encoders' width
+
 SPECIALS = ("[PAD]", "[EOS]", "[UNK]")  # ids 0, 1, 2; EOS must not be 2 (CLIP's legacy argmax pooling)
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
@@ -48,17 +52,8 @@ class TinyFluxConfig:
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_groups: int = 1  # one group: more than 1 lets flat colours collapse in the output GroupNorm
     latent_channels: int = 16
-    transformer: dict = field(
-        default_factory=lambda: dict(
-            patch_size=1,
-            in_channels=64,
-            num_layers=2,
-            num_single_layers=4,
-            attention_head_dim=32,
-            num_attention_heads=4,
-            guidance_embeds=True,
-            axes_dims_rope=(8, 12, 12),
-        )
+    transformer: dict = field(  # the text widths come from text_dim (`transformer` below)
+        default_factory=lambda: {k: v for k, v in TINY_FLUX_TRANSFORMER.items() if k not in TEXT_WIDTHS}
     )
 
     def __post_init__(self):
