@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from docs_section import write_section  # bench/ is on sys.path when run as a script
+from _paths import REPO  # bench/ is on sys.path when run as a script; it puts REPO there too
+from docs_section import write_section
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 from tests.test_demo import chromium, free_port  # noqa: E402 - the browser test's launcher
 
 SECTION = "## Web demo"

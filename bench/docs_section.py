@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BENCH_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+from _paths import REPO  # bench/ is on sys.path when run as a script
+
+BENCH_MD = REPO / "docs" / "BENCHMARKS.md"
 PREAMBLE = "# Benchmarks\n\nFigures measured by the `bench/` scripts (`make bench`); rerun them to refresh.\n"
 
 

@@ -25,15 +25,11 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import _paths  # noqa: F401 - bench/ is on sys.path as a script; this puts the repository there too
 import torch
+from docs_section import BENCH_MD, write_section
 from torch import nn
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from docs_section import BENCH_MD, write_section  # noqa: E402 - bench/ is on sys.path when run as a script
 
 from pm_lightning.models.adapter_config import KINDS, AdapterConfig  # noqa: E402
 from pm_lightning.models.adapters import adapter_parameters  # noqa: E402

@@ -17,12 +17,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from docs_section import write_section  # bench/ is on sys.path when run as a script
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import _paths  # noqa: F401 - bench/ is on sys.path as a script; this puts the repository there too
+from docs_section import write_section
 
 
 def make_module(base: str, batch: int, resolution: int):
