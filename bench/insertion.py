@@ -216,11 +216,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def stage_cell() -> int:
     """The cell (frame size, px) of the tiny stage-2 config: the frames are rendered at this size."""
-    import yaml
-
+    from pm_lightning.core.config_files import load_config
     from pm_lightning.core.paths import experiment_config
 
-    cfg = yaml.safe_load(experiment_config("tiny_stage2").read_text())
+    cfg = load_config(experiment_config("tiny_stage2"))
     return int(cfg["model"]["init_args"]["cell"])
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 def config_data(path: Path) -> tuple[list[str], int | None]:
     """An experiment config's training + validation shard specs and its `data.resolution`."""
-    import yaml
-
+    from pm_lightning.core.config_files import load_config
     from pm_lightning.models.text_embeddings import config_shards
 
-    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    data = load_config(path).get("data") or {}
     return config_shards(path), data.get("resolution")
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pm_lightning import generate
+from pm_lightning.core.config_files import load_config
 from pm_lightning.core.errors import BadInput
 from pm_lightning.export import main as export_main
 from pm_lightning.inference.runtime import Runtime, fill_sampler_defaults
@@ -151,7 +151,7 @@ def test_vae_tiling_is_switched_on(tiny_base):
 def test_a_cache_defaults_to_the_dtype_its_training_run_keys_it_by(config):
     """`text_cache` / `latent_cache` without --dtype (`Runtime.for_cache`) write the dtype each shipped experiment's
     run reads its caches in (`training/precision.py`), so their cache ids match without a flag."""
-    cfg = yaml.safe_load(config.read_text())
+    cfg = load_config(config)
     init = cfg["model"]["init_args"]
     trains_in = base_dtype(cfg["trainer"].get("precision"), None, init.get("dtype"))
     assert Runtime.for_cache("cpu", None, init["base"]).dtype == trains_in

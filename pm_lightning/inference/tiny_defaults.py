@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pm_lightning.core.config_files import load_config
 from pm_lightning.core.paths import experiment_config, project_path
 
 CONFIGS = {"stage1": "tiny", "stage2": "tiny_stage2", "recraft": "tiny_recraft"}
 
 
 def _yaml(kind: str) -> dict:
-    """The tiny experiment config for `kind` (stage1, stage2, recraft) as a dict."""
-    import yaml
-
-    return yaml.safe_load(experiment_config(CONFIGS[kind]).read_text())
+    """The tiny experiment config for `kind` (stage1, stage2, recraft) as a dict, with what it extends."""
+    return load_config(experiment_config(CONFIGS[kind]))
 
 
 def _project_path(value: str | None) -> Path | None:

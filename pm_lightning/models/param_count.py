@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+from pm_lightning.core.config_files import load_configs
 from pm_lightning.models.adapter_config import KINDS, AdapterConfig
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.variants import VARIANTS
@@ -58,21 +59,9 @@ def _short(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def read_configs(paths: list[str]) -> tuple[str | None, dict, int | None]:
-    """(variant, adapter dict, number of domains) from LightningCLI YAML files merged in order."""
-    import yaml
-
-    merged: dict = {}
-    for path in paths:
-        with open(path) as f:
-            merged = _deep_merge(merged, yaml.safe_load(f) or {})
+    """(variant, adapter dict, number of domains) from LightningCLI YAML files merged in order (`core/config_files.py`)."""
+    merged = load_configs(paths)
     model = merged.get("model", {}) or {}
     model = model.get("init_args", model)
     domains = model.get("domains") or (merged.get("data", {}) or {}).get("domains")

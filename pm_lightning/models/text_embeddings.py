@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.config_files import load_config
 from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.data.reference_cells import stage2_caption
 from pm_lightning.data.shard_writer import expand_shards
@@ -111,12 +112,10 @@ def shard_captions(shards: Iterable[str], step_text: bool = False) -> list[str]:
 def config_prompts(path: str | Path) -> list[str]:
     """Sample prompts: an experiment config's `SampleGrids` / `EvaluationCallback` captions, or a text file (one
     prompt per line)."""
-    import yaml
-
     path = Path(path)
     if path.suffix not in (".yaml", ".yml"):
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    config = yaml.safe_load(path.read_text()) or {}
+    config = load_config(path)
     callbacks = (config.get("trainer") or {}).get("callbacks") or []
     prompts = [p for cb in callbacks for p in (cb.get("init_args") or {}).get("prompts") or []]
     return sorted({p["caption"] for p in prompts})
@@ -124,9 +123,7 @@ def config_prompts(path: str | Path) -> list[str]:
 
 def config_shards(path: str | Path) -> list[str]:
     """The training and validation shard specs of an experiment config (`data.train_shards` / `val_shards`)."""
-    import yaml
-
-    data = (yaml.safe_load(Path(path).read_text()) or {}).get("data") or {}
+    data = load_config(path).get("data") or {}
     found = [data.get("train_shards"), data.get("val_shards")]
     return [s for spec in found if spec for s in ([spec] if isinstance(spec, str) else spec)]
 

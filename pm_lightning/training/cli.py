@@ -15,6 +15,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from pm_lightning.core.atomic import WriteFailed
+from pm_lightning.core.config_files import resolved_config_args
 from pm_lightning.core.errors import BadInput
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.stream import EmptyStream
@@ -53,6 +54,12 @@ class ProcessCLI(LightningCLI):
             help="start a new run in a run directory that holds an earlier run (moved to <dir>.prev-<time>)",
         )
         parser.link_arguments("data.domains", "model.init_args.domains")
+
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parse, with each `--config` that `extends:` another read resolved (`core/config_files.py`)."""
+        if isinstance(args, dict):
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(resolved_config_args(sys.argv[1:] if args is None else list(args)))
 
     def before_instantiate_classes(self) -> None:
         require_local_base(self.config.model.init_args.base)
