@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flux_step as fs  # noqa: E402
+import step_setup as st  # noqa: E402
 from gpu_inference import build as build_denoiser  # noqa: E402
 from gpu_inference import denoise, sync  # noqa: E402
 
@@ -36,7 +37,7 @@ from pm_lightning.scaling import memory_formulas as mf  # noqa: E402
 from pm_lightning.scaling import model_shapes as ms
 
 
-def plan_gib(module, setup: fs.StepSetup, quant: str = "none") -> float:
+def plan_gib(module, setup: st.StepSetup, quant: str = "none") -> float:
     """The memory plan's figure for this step on one GPU: what the bench allocates (no VAE, buckets, context)."""
     shape = ms.shape_of(module.transformer)
     work = mf.Workload(
@@ -58,7 +59,7 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def fsdp2_step(setup: fs.StepSetup, steps: int, warmup: int) -> dict:
+def fsdp2_step(setup: st.StepSetup, steps: int, warmup: int) -> dict:
     """The same step with the transformer under FSDP2 (`shard_flux`, every block + root) on a one-rank mesh."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -70,7 +71,7 @@ def fsdp2_step(setup: fs.StepSetup, steps: int, warmup: int) -> dict:
     os.environ.setdefault("MASTER_PORT", "29517")
     dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
     try:
-        module = fs.build_module(setup, setup.device)
+        module = st.build_module(setup, setup.device)
         units = shard_flux(module.transformer, init_device_mesh("cuda" if cuda else "cpu", (1,)))
         out = {"units": units, **timed_steps(module, setup, steps, warmup)}
         del module
@@ -86,33 +87,33 @@ def default_quant(device: str) -> str:
     return "int8"
 
 
-def quantized_module(setup: fs.StepSetup, mode: str):
-    """`fs.build_module` with the base quantized before the adapters are added, as `configure_model` does."""
+def quantized_module(setup: st.StepSetup, mode: str):
+    """`st.build_module` with the base quantized before the adapters are added, as `configure_model` does."""
     from diffusers import FluxTransformer2DModel
     from torch import nn
 
     from pm_lightning.models.quantize import quantize_base
 
-    module = fs.build_module(setup, "meta")  # the Stage1Module and its settings; its transformer is replaced
+    module = st.build_module(setup, "meta")  # the Stage1Module and its settings; its transformer is replaced
     with torch.device("meta"):
         transformer = FluxTransformer2DModel.from_config(setup.transformer_config())
     nn.Module.to(transformer, setup.dtype)
     transformer.to_empty(device=setup.device)
-    fs.init_weights_(transformer, setup.seed)
+    st.init_weights_(transformer, setup.seed)
     transformer.requires_grad_(False)
     quantize_base(transformer, mode)
     module.add_stage_adapters(transformer)
     torch.manual_seed(setup.seed)
-    with torch.no_grad():  # B off zero, as fs.init_weights_ does: the alignment term is non-zero
+    with torch.no_grad():  # B off zero, as st.init_weights_ does: the alignment term is non-zero
         for name, p in transformer.named_parameters():
             if "lora_B" in name:
                 p.uniform_(-1e-2 / p.shape[-1] ** 0.5, 1e-2 / p.shape[-1] ** 0.5)
     transformer.enable_gradient_checkpointing()
-    module.backbone = fs.RandomBackbone(transformer, setup.text_tokens, setup.seed)
+    module.backbone = st.RandomBackbone(transformer, setup.text_tokens, setup.seed)
     return module.to(setup.device).train()
 
 
-def quantized_step(setup: fs.StepSetup, steps: int, warmup: int, mode: str) -> dict:
+def quantized_step(setup: st.StepSetup, steps: int, warmup: int, mode: str) -> dict:
     """The stage-1 step over a quantized frozen base: seconds per step, peak memory, the plan's figure, the loss."""
     module = quantized_module(setup, mode)
     out = {"mode": mode, **timed_steps(module, setup, steps, warmup), "plan_gib": plan_gib(module, setup, mode)}
@@ -120,18 +121,18 @@ def quantized_step(setup: fs.StepSetup, steps: int, warmup: int, mode: str) -> d
     return out
 
 
-def timed_steps(module, setup: fs.StepSetup, steps: int, warmup: int) -> dict:
+def timed_steps(module, setup: st.StepSetup, steps: int, warmup: int) -> dict:
     """Median seconds per training step after `warmup` steps, the last loss, and the peak memory on CUDA."""
     cuda = setup.device.startswith("cuda")
-    optimizer = fs.make_optimizer(module)
-    batch = fs.make_batch(setup, setup.device)
+    optimizer = st.make_optimizer(module)
+    batch = st.make_batch(setup, setup.device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(warmup + steps):
         fs._sync(setup.device)
         t = time.perf_counter()
-        loss = fs.train_step(module, optimizer, batch, setup, setup.device)
+        loss = st.train_step(module, optimizer, batch, setup, setup.device)
         fs._sync(setup.device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
@@ -142,7 +143,7 @@ def timed_steps(module, setup: fs.StepSetup, steps: int, warmup: int) -> dict:
     return out
 
 
-def generation_s(setup: fs.StepSetup, steps: int) -> float:
+def generation_s(setup: st.StepSetup, steps: int) -> float:
     """Seconds of one `steps`-step denoising loop over the grid (median of 2, after a warm-up)."""
     scale = "full" if setup.scale == "full" else "small"
     transformer = build_denoiser(scale, setup.device, setup.dtype, rank=setup.rank, domains=setup.domains)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"gpu_check: {fs.describe(setup, steps, warmup)}", flush=True)
 
     result = fs.run(setup, steps, warmup)
-    module = fs.build_module(setup, "meta")
+    module = st.build_module(setup, "meta")
     out = {
         "device": result["device"],
         "sec_per_step": result["sec_per_step"],

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_section import BENCH_MD, write_section  # noqa: E402
-from flux_step import init_weights_  # noqa: E402
+from step_setup import init_weights_  # noqa: E402
 
 SECTION = "## FLUX.1-dev inference"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,17 +22,23 @@ def fs():
 
 
 @pytest.fixture(scope="module")
+def st(fs):
+    """bench/step_setup.py, as bench/flux_step.py imported it (one copy of its classes)."""
+    return sys.modules["step_setup"]
+
+
+@pytest.fixture(scope="module")
 def setup(fs):
     return fs.parse_args(["--device", "cpu"])[1]
 
 
 @pytest.fixture(scope="module")
-def counts(fs, setup) -> dict[str, int]:
+def counts(st, setup) -> dict[str, int]:
     """Meta-device counts of the scaled-down step: with / without recomputation, and the forward alone."""
     return {
-        "executed": fs.count_flops(setup, checkpointing=True),
-        "model": fs.count_flops(setup, checkpointing=False),
-        "forward": fs.count_flops(setup, checkpointing=True, what="forward"),
+        "executed": st.count_flops(setup, checkpointing=True),
+        "model": st.count_flops(setup, checkpointing=False),
+        "forward": st.count_flops(setup, checkpointing=True, what="forward"),
     }
 
 
@@ -81,21 +88,21 @@ def _linear_and_attention_flops(module, batch, setup) -> int:
     return total + blocks * 4 * setup.batch * tokens**2 * width
 
 
-def test_forward_flops_match_an_independent_count(fs, setup, counts):
+def test_forward_flops_match_an_independent_count(st, setup, counts):
     counted = counts["forward"]
-    module = fs.build_module(setup, "cpu")
-    independent = _linear_and_attention_flops(module, fs.make_batch(setup, "cpu"), setup)
+    module = st.build_module(setup, "cpu")
+    independent = _linear_and_attention_flops(module, st.make_batch(setup, "cpu"), setup)
     assert abs(counted - independent) / independent < 0.01, (counted, independent)
 
 
-def test_meta_count_equals_a_real_step(fs, setup, counts):
+def test_meta_count_equals_a_real_step(st, setup, counts):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    module = fs.build_module(setup, "cpu")
+    module = st.build_module(setup, "cpu")
     # the CPU flash-attention kernel has no FLOP formula; the math backend runs (and counts) bmm as on meta
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fs.train_step(module, None, fs.make_batch(setup, "cpu"), setup, "cpu")
+        st.train_step(module, None, st.make_batch(setup, "cpu"), setup, "cpu")
     assert counter.get_total_flops() == counts["executed"]
 
 
