@@ -14,7 +14,7 @@ from pm_lightning.models.backbone import (
     pack,
     unpack,
 )
-from pm_lightning.models.text_embeddings import caption_key
+from pm_lightning.models.text_embedding_cache import caption_key
 from pm_lightning.models.weights import BackboneNotFoundError
 
 CAPTIONS = [

@@ -91,7 +91,7 @@ def test_a_failed_checkpoint_write_stops_the_run_naming_the_file(tmp_path, tiny_
 def test_text_cache_failures_cost_the_cache_not_the_run(tmp_path, tiny_base, monkeypatch, caplog):
     """A full disk while writing the text cache: embeddings still come back, nothing half-written is left; a
     damaged cache entry is encoded again."""
-    import pm_lightning.models.text_embeddings as cache_module
+    import pm_lightning.models.text_embedding_cache as cache_module
     from pm_lightning.models.backbone import FluxBackbone
 
     plain = FluxBackbone.from_pretrained(tiny_base)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pm_lightning.models.text_embeddings import TextEmbeddingCache
+from pm_lightning.models.text_embedding_cache import TextEmbeddingCache
 from pm_lightning.models.variants import VARIANTS, Variant, get_variant
 from pm_lightning.models.weights import COMPONENTS, local_root, not_found_error, resolve_source
 
@@ -271,7 +271,7 @@ class FluxBackbone(nn.Module):
         """Captions -> (prompt_embeds (B, T, D), pooled (B, P), txt_ids (T, 3)), as FluxPipeline.encode_prompt.
 
         With `text_cache_dir` set, each caption's embeddings are read from / written to
-        `<dir>/<encoder id>/<sha256(caption)>.safetensors` (`models/text_embeddings.py`, `TextEmbeddingCache`).
+        `<dir>/<encoder id>/<sha256(caption)>.safetensors` (`TextEmbeddingCache`, `models/text_embedding_cache.py`).
         """
         captions = [captions] if isinstance(captions, str) else list(captions)
         if self.text_cache is None:
