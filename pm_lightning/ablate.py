@@ -19,6 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 DEFAULT_PLAN = "experiments/ablations/plans/tiny.yaml"
 
 
@@ -48,7 +50,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # after parsing: the plan's metric columns import torch, the driver the whole inference stack (measured:
+    # docs/ARCHITECTURE.md, "Start-up"); --help and a bad flag answer without them
     from pm_lightning.ablation import driver
+    from pm_lightning.ablation.jobs import build_jobs, job_command
     from pm_lightning.ablation.plan import PlanError, load_plan, select
     from pm_lightning.ablation.runner import PlanChanged
     from pm_lightning.core.paths import project_path
@@ -62,15 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         parallel = args.jobs or plan.jobs
         threads = args.threads or max(1, (os.cpu_count() or 1) // parallel)
         if args.dry_run:
-            from pm_lightning.ablation.jobs import build_jobs, job_command
-
             for job in build_jobs(plan, out):
                 print(
                     f"{job.id}  (after {', '.join(job.deps) or 'nothing'})\n  {shlex.join(job_command(plan, out, job))}"
                 )
             return 0
-        import yaml
-
         moved = driver.prepare(plan, yaml.safe_load(path.read_text()), out, args.start_over)
     except (PlanError, PlanChanged) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.inference.adaptive_settings import config_from_args
 from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags, parse_inference_args
 from pm_lightning.inference.inputs import input_grid, read_frames
+from pm_lightning.inference.outputs import write_sample
+from pm_lightning.inference.runtime import runtime_from_args
 from pm_lightning.inference.session import Models, captions_for, run_adaptive
 
 
@@ -37,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pm_lightning.inference.adaptive_settings import config_from_args
-    from pm_lightning.inference.outputs import write_sample
-    from pm_lightning.inference.runtime import runtime_from_args
-
     cfg = config_from_args(args)
     frames, meta = read_frames(args.frames)
     steps = args.steps or meta.get("steps") or None

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from pm_lightning.core.extras import require
 from pm_lightning.inference.runtime import add_device_flags
 
 
@@ -27,9 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warm-up", action="store_true", help="skip the start-up grid (the first request pays it)")
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
-    from pm_lightning.core.extras import require
-
     require("gradio", "the web demo")
+    # after the check: the demo modules import gradio (the optional extra `demo`) and the inference stack
     from pm_lightning.demo.backend import DemoBackend
     from pm_lightning.demo.page import launch
 

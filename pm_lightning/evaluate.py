@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.eval.judge import Judge  # its openai client is imported when a judge is built
 from pm_lightning.eval.sample_table import evaluate
 from pm_lightning.inference.runtime import Runtime, add_device_flags
+from pm_lightning.models.encoders import EncoderNotFound, Encoders
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,8 +38,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--judge-cache", type=Path, default=None, help="folder for cached judge answers")
     args = p.parse_args(argv)
 
-    from pm_lightning.models.encoders import EncoderNotFound, Encoders
-
     try:
         rt = Runtime.resolve(args.device, args.dtype)
         enc = Encoders.load(clip=args.clip, dino=args.dino, device=rt.device, dtype=rt.dtype)
@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> dict:
         p.exit(2, f"error: {err}\n")
     judge = None
     if args.judge:
-        from pm_lightning.eval.judge import Judge  # openai client only when asked for
-
         judge = Judge.from_env(
             model=args.judge_model, base_url=args.judge_base_url, timeout=args.judge_timeout, cache_dir=args.judge_cache
         )

@@ -23,7 +23,11 @@ import argparse
 import sys
 import time
 
+from pm_lightning.data.grid import layout_for
+from pm_lightning.inference.adaptive_settings import config_from_args
 from pm_lightning.inference.flags import generate_parser, parse_inference_args
+from pm_lightning.inference.outputs import write_sample
+from pm_lightning.inference.runtime import runtime_from_args
 from pm_lightning.inference.session import (
     BadInput,
     Models,
@@ -49,11 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pm_lightning.data.grid import layout_for
-    from pm_lightning.inference.adaptive_settings import config_from_args
-    from pm_lightning.inference.outputs import write_sample
-    from pm_lightning.inference.runtime import runtime_from_args
-
     cfg = config_from_args(args)
     frames_n = args.frames or default_frames(args.domain)
     rows, cols = layout_for(frames_n)

@@ -17,12 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from pm_lightning.core.config_files import config_shards, load_config
+from pm_lightning.core.errors import BadInput
+
 
 def config_data(path: Path) -> tuple[list[str], int | None]:
     """An experiment config's training + validation shard specs and its `data.resolution`."""
-    from pm_lightning.core.config_files import load_config
-    from pm_lightning.models.text_embeddings import config_shards
-
     data = load_config(path).get("data") or {}
     return config_shards(path), data.get("resolution")
 
@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from pm_lightning.core.dtypes import dtype_name
-    from pm_lightning.core.errors import BadInput
     from pm_lightning.data.stream import ResolutionError
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import load_vae

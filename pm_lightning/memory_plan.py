@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_config import KINDS, AdapterConfig
+from pm_lightning.models.variants import VARIANTS
 from pm_lightning.scaling.memory_formulas import OPTIMIZER_STATE, QUANT_BYTES, Workload
 from pm_lightning.scaling.model_shapes import model_shape
 from pm_lightning.scaling.plan_report import format_options, format_table, to_json
@@ -25,9 +26,6 @@ from pm_lightning.scaling.plan_search import options, plan_all, recommend
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pm_lightning.models.adapter_config import KINDS
-    from pm_lightning.models.variants import VARIANTS
-
     ap = argparse.ArgumentParser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=float, default=48, help="GiB per GPU (A6000: 48)")

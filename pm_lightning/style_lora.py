@@ -14,6 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
+from pm_lightning.data.synthetic_corpus import spec_for
+from pm_lightning.models.backbone import FluxBackbone
+from pm_lightning.models.variants import VARIANTS
 from pm_lightning.training.style_trainer import StyleLoraConfig, train_style_lora
 
 
@@ -29,9 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resolution", type=int, default=None, help="picture side (default: the base's grid resolution)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from pm_lightning.data.synthetic_corpus import spec_for
-    from pm_lightning.models.backbone import FluxBackbone
-    from pm_lightning.models.variants import VARIANTS
 
     try:
         spec_for(args.domain)

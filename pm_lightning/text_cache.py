@@ -18,6 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from pm_lightning.core.config_files import config_prompts, config_shards
+from pm_lightning.core.errors import BadInput
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pm_lightning.text_cache", description=__doc__.split("\n")[0])
@@ -38,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from pm_lightning.core.dtypes import dtype_name
-    from pm_lightning.core.errors import BadInput
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import FluxBackbone
-    from pm_lightning.models.text_embeddings import config_prompts, config_shards, precompute, shard_captions
+    from pm_lightning.models.text_embeddings import precompute, shard_captions
 
     shards = list(args.shards) + (config_shards(args.config) if args.config else [])
     prompt_files = [f for f in (args.config, args.prompts) if f is not None]

@@ -10,9 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from pm_lightning.tiny import flux_components as components
 from pm_lightning.tiny import flux_pretrain as pretrain
-from pm_lightning.tiny.flux_builder import build
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
         help="where to draw the sample sheet; 'none' to skip",
     )
     args = p.parse_args(argv)
+    # after parsing: the recipe's components import diffusers and transformers (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.tiny import flux_components as components
+    from pm_lightning.tiny.flux_builder import build
+
     cfg = pretrain.PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps)
     if args.quick:
         cfg.pools, cfg.batches, cfg.val_per_domain = {64: 2, 128: 1}, {64: 4, 128: 2}, 1

@@ -7,9 +7,8 @@ import pytest
 import yaml
 
 from pm_lightning import fit
-from pm_lightning.core.config_files import load_config, merge, resolved_config_args
+from pm_lightning.core.config_files import config_shards, load_config, merge, resolved_config_args
 from pm_lightning.inference.tiny_defaults import fused_stage1
-from pm_lightning.models.text_embeddings import config_shards
 from tests.conftest import REPO
 
 EXPERIMENTS = REPO / "experiments"

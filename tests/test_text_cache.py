@@ -12,9 +12,10 @@ import torch
 import yaml
 
 from pm_lightning import fit, text_cache
+from pm_lightning.core.config_files import config_prompts
 from pm_lightning.models.backbone import FluxBackbone
 from pm_lightning.models.text_embedding_cache import MissingTextEmbeddings
-from pm_lightning.models.text_embeddings import config_prompts, shard_captions
+from pm_lightning.models.text_embeddings import shard_captions
 from tests.test_fit import adapters_of, small_config, with_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

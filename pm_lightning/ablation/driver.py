@@ -10,9 +10,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pm_lightning.ablation.jobs import build_jobs, eval_dir, job_command
+import torch
+import yaml
+
+from pm_lightning.ablation.jobs import build_jobs, eval_dir, job_command, stage1_dir, stage2_dir
 from pm_lightning.ablation.plan import Plan, parse_plan, select
+from pm_lightning.ablation.report import write_report
+from pm_lightning.ablation.results import collect
+from pm_lightning.ablation.row_eval import evaluate_pair
+from pm_lightning.ablation.row_params import row_parameters
 from pm_lightning.ablation.runner import Outcome, PlanChanged, Runner
+from pm_lightning.ablation.wandb_runs import log_eval_run, log_summary_run
 from pm_lightning.core.atomic import atomic_path
 
 PLAN_FILE = "plan.json"
@@ -65,10 +73,6 @@ def prepare(plan: Plan, data: dict, out: Path, start_over: bool = False) -> Path
 def run_ablation(plan: Plan, out: Path, parallel: int, threads: int, command: str, print_fn=print,
                  run_fn=None, summary_run: bool = True) -> tuple[Outcome, dict]:  # fmt: skip
     """Run (or resume) every job, then collect, report and log the summary; returns the outcome and the paths."""
-    from pm_lightning.ablation.report import write_report
-    from pm_lightning.ablation.results import collect
-    from pm_lightning.ablation.row_params import row_parameters
-
     out = Path(out)
     jobs = build_jobs(plan, out)
     commands = {j.id: job_command(plan, out, j) for j in jobs}
@@ -78,19 +82,12 @@ def run_ablation(plan: Plan, out: Path, parallel: int, threads: int, command: st
     md, js, charts, pictures = write_report(plan, out, results, command)
     paths = {"results_md": md, "results_json": js, "charts": charts, "pictures": pictures}
     if summary_run:
-        from pm_lightning.ablation.wandb_runs import log_summary_run
-
         paths["wandb_summary"] = log_summary_run(plan, out, results, charts, pictures)
     return outcome, paths
 
 
 def run_eval_job(out: Path, job_id: str) -> int:
     """The worker side of an evaluation job (`python -m pm_lightning.ablate --run-job eval/ROW/seed-S --out OUT`)."""
-    import torch
-
-    from pm_lightning.ablation.jobs import stage1_dir, stage2_dir
-    from pm_lightning.ablation.row_eval import evaluate_pair
-    from pm_lightning.ablation.wandb_runs import log_eval_run
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(out)
@@ -110,8 +107,6 @@ def run_eval_job(out: Path, job_id: str) -> int:
 
 
 def _yaml(path: Path) -> dict | None:
-    import yaml
-
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 

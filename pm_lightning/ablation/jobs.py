@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pm_lightning.ablation.plan import Plan
+from pm_lightning.core.paths import project_path
 
 
 @dataclass
@@ -97,8 +98,6 @@ def cli_value(value) -> str:
 
 def fit_command(plan: Plan, job: Job) -> list[str]:
     """The `python -m pm_lightning.fit` command line of a training job (without resume flags)."""
-    from pm_lightning.core.paths import project_path
-
     stage = plan.stage1 if job.kind == "stage1" else plan.stage2
     cmd = [sys.executable, "-m", "pm_lightning.fit"]
     for cfg in stage.configs:

@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pm_lightning.ablation.columns import is_metric
+from pm_lightning.core.paths import project_path
 
 ADAPTIVE_ROWS = ("full", "without Delta_glob", "without Delta_loc", "without Delta_sem")  # eval/adaptive_truth.ROWS
 JUDGE_MODES = ("auto", "on", "off")
@@ -205,8 +208,6 @@ def parse_plan(data: dict, source: str, quick: bool = False) -> Plan:
 
 def check_plan(plan: Plan) -> None:
     """Cross-references: rows, overlays, contrasts, tables, seeds."""
-    from pm_lightning.core.paths import project_path
-
     src = plan.source
     if not plan.rows:
         raise PlanError(f"{src}: rows is empty")
@@ -259,8 +260,6 @@ def check_plan(plan: Plan) -> None:
 
 def load_plan(path: str | Path, quick: bool = False) -> Plan:
     """Read and validate a plan file (YAML)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"plan file {path} not found (the tiny plan: experiments/ablations/plans/tiny.yaml)")

@@ -4,10 +4,13 @@ ablation seed s: 1000 s + i, the same for every row."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pm_lightning.ablation.plan import EvalSpec
+from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 
 
 @dataclass
@@ -26,14 +29,11 @@ def sampler_seed(seed: int, index: int) -> int:
 
 def plan_prompts(spec: EvalSpec, truth_root: Path | None = None) -> list[Prompt]:
     """The plan's prompts in a fixed order; corpus prompts carry their true frames' folder under `truth_root`."""
-    from pm_lightning.data.synthetic_corpus import DOMAINS
-
     if spec.prompts is not None:
         return [
             Prompt(f"{p['domain']}-{i:02d}", p["domain"], p["caption"], p.get("steps"), DOMAINS.get(p["domain"], 9))
             for i, p in enumerate(spec.prompts)
         ]
-    from pm_lightning.data.synthetic_corpus import generate_sequence, sequence_seed
 
     c = spec.corpus
     out = []
@@ -50,10 +50,6 @@ def write_truth(spec: EvalSpec, prompts: list[Prompt]) -> None:
     """The true frames of the corpus prompts (00.png, ...), written once; the folder appears complete or not at all."""
     if spec.corpus is None:
         return
-    import os
-    import shutil
-
-    from pm_lightning.data.synthetic_corpus import generate_sequence, sequence_seed
 
     c = spec.corpus
     for p in prompts:

@@ -10,6 +10,7 @@ from pathlib import Path
 from pm_lightning.ablation.columns import column
 from pm_lightning.ablation.jobs import Job, eval_dir
 from pm_lightning.ablation.plan import Plan
+from pm_lightning.ablation.runner import read_marker
 from pm_lightning.ablation.stats import beyond_spread, paired, summarize
 
 
@@ -25,8 +26,6 @@ def read_pair(out: Path, row: str, seed: int) -> dict | None:
 def training_seconds(out: Path, jobs: list[Job], row: str, seed: int) -> tuple[float | None, bool]:
     """(wall seconds of the trainings a (row, seed) needs, whether any of them was resumed: then only the last
     attempt is counted)."""
-    from pm_lightning.ablation.runner import read_marker
-
     evaluation = next((j for j in jobs if j.id == f"eval/{row}/seed-{seed}"), None)
     if evaluation is None:
         return None, False

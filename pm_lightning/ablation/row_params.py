@@ -7,22 +7,19 @@ from __future__ import annotations
 from functools import cache
 
 from pm_lightning.ablation.plan import Plan
+from pm_lightning.core.paths import project_path
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.param_count import count_parameters, read_configs
 
 
 @cache
 def _count(variant: str, kind: str, adapter: tuple) -> int:
-    from pm_lightning.models.adapter_config import AdapterConfig
-    from pm_lightning.models.param_count import count_parameters
-
     cfg = AdapterConfig.from_dict({**dict(adapter), "kind": kind})
     return count_parameters(variant, cfg, kinds=(kind,))["trainable"][kind]
 
 
 def stage_adapter(configs: list[str], args: dict) -> tuple[str, dict]:
     """(variant, adapter settings incl. num_domains) of stacked LightningCLI configs and `--model.init_args.adapter.*`."""
-    from pm_lightning.core.paths import project_path
-    from pm_lightning.models.param_count import read_configs
-
     variant, adapter, n_domains = read_configs([str(project_path(c)) for c in configs])
     prefix = "model.init_args.adapter."
     adapter.update({k[len(prefix) :]: v for k, v in args.items() if k.startswith(prefix)})

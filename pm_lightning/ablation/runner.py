@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pm_lightning
 from pm_lightning.ablation.jobs import Job, resume_flags, training_finished
 from pm_lightning.core.atomic import atomic_path
 
@@ -135,8 +136,6 @@ class Runner:
         self._lock = threading.Lock()
 
     def env(self) -> dict[str, str]:
-        import pm_lightning
-
         env = dict(os.environ)
         here = str(Path(pm_lightning.__file__).resolve().parents[1])  # this checkout, not another install
         env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])

@@ -8,11 +8,14 @@ sample grids of every row (`wandb.Image`). Offline without credentials (`wandb s
 
 from __future__ import annotations
 
+import secrets
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from pm_lightning.ablation.columns import column
 from pm_lightning.ablation.plan import Plan
+from pm_lightning.training import wandb_logger
 
 ID_FILE = "wandb-id"  # OUT/wandb-id: the folder's W&B id prefix, made once (a --start-over folder gets a new one)
 
@@ -21,8 +24,6 @@ def run_id(out: Path, job: str) -> str:
     """The W&B id of one of the folder's runs (`eval-<row>-s<seed>`, `summary`): the same on every rerun, so a rerun
     replaces the run (online: `resume="allow"`; offline: the newest folder of an id is the one kept) instead of
     adding a duplicate to the project's runs table."""
-    import secrets
-
     path = Path(out) / ID_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,10 +37,8 @@ def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str
     one id keeps only one of them anyway (wandb/wandb#3841)."""
     import wandb
 
-    from pm_lightning.training.wandb_logger import has_wandb_credentials
-
     folder.mkdir(parents=True, exist_ok=True)
-    mode = "online" if has_wandb_credentials() else "offline"
+    mode = "online" if wandb_logger.has_wandb_credentials() else "offline"
     if mode == "offline":
         for old in (folder / "wandb").glob(f"offline-run-*-{id}"):
             shutil.rmtree(old, ignore_errors=True)
@@ -50,8 +49,6 @@ def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str
 def log_eval_run(plan: Plan, out: Path, folder: Path, row: str, seed: int, record: dict,
                  train_configs: dict[str, dict]) -> str:  # fmt: skip
     """The evaluation run of one (row, seed); returns its local folder."""
-    from dataclasses import asdict
-
     import wandb
 
     config = {"ablation": plan.name, "row": row, "seed": seed, "row_spec": asdict(plan.rows[row]),

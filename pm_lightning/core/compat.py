@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import peft
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
 
 class CompatError(RuntimeError):
     """An installed library no longer has a private API that pm_lightning relies on."""
@@ -21,8 +25,6 @@ def register_custom_lora_layer(lora_config, mapping: dict) -> None:
     """
     register = getattr(lora_config, "_register_custom_module", None)
     if register is None:
-        import peft
-
         raise CompatError(
             f"peft {peft.__version__}: LoraConfig._register_custom_module is gone, so masked / asymmetric "
             "adapters cannot be injected; pin peft to the version in constraints.txt"
@@ -55,9 +57,6 @@ def ddp_ignore(module, names: list[str]) -> None:
     DDP reads the private attribute `module._ddp_params_and_buffers_to_ignore`, which the private static
     `DistributedDataParallel._set_params_and_buffers_to_ignore_for_model` sets.
     """
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
     setter = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
     if setter is None:
         raise CompatError(

@@ -4,7 +4,8 @@ A file with `extends:` is its base (a path relative to the file's folder) with t
 rule: mappings merge key by key; a mapping whose `class_path` changes is replaced whole (a stage-2 model is not a
 stage-1 model with changes); anything else, lists included (the callbacks), is replaced. Chains are followed
 (experiments/tiny_recraft.yaml -> tiny_stage2.yaml -> tiny.yaml). Several files merge in order by the same rule, as
-LightningCLI merges several `--config` files.
+LightningCLI merges several `--config` files. `config_shards` / `config_prompts`: the shards and sample prompts of a
+config, as the caches read them.
 
 `fit` hands LightningCLI each such file resolved (`resolved_config_args`: LightningCLI accepts a config as YAML text),
 and every other reader of an experiment config (`text_cache`, `latent_cache`, `params`, the tiny defaults) reads it
@@ -81,3 +82,22 @@ def resolved_config_args(args: list[str]) -> list[str]:
             out.append(arg)
         i += 1
     return out
+
+
+def config_prompts(path: str | Path) -> list[str]:
+    """Sample prompts: an experiment config's `SampleGrids` / `EvaluationCallback` captions, or a text file (one
+    prompt per line)."""
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    config = load_config(path)
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    prompts = [p for cb in callbacks for p in (cb.get("init_args") or {}).get("prompts") or []]
+    return sorted({p["caption"] for p in prompts})
+
+
+def config_shards(path: str | Path) -> list[str]:
+    """The training and validation shard specs of an experiment config (`data.train_shards` / `val_shards`)."""
+    data = load_config(path).get("data") or {}
+    found = [data.get("train_shards"), data.get("val_shards")]
+    return [s for spec in found if spec for s in ([spec] if isinstance(spec, str) else spec)]

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pm_lightning.data import synthetic_renderers as sd
 from pm_lightning.data.synthetic_renderers import Canvas
+from tqdm import tqdm
 
 
 # ---------------------------------------------------------------- backgrounds (empty frames)
@@ -157,8 +158,6 @@ def write_sequence(seq: Sequence, folder: Path) -> None:
 def write_corpus(out: Path, per_domain: int = 200, size: int = 64, seed: int = 0,
                  domains: Iterable[str] | None = None, progress: bool = True) -> dict:
     """Write `per_domain` sequences of each domain under `out`; returns {domain: count}."""
-    from tqdm import tqdm
-
     names = list(domains) if domains is not None else list(DOMAINS)
     for name in names:
         spec_for(name)

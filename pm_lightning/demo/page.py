@@ -13,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS
 from pm_lightning.demo.backend import MAX_UPLOAD_MB, DemoBackend
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ def guarded(fn, *args, progress=None) -> tuple:
 
 
 def build_page(backend: DemoBackend) -> gr.Blocks:
-    from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS
-
     domains = list(DOMAINS)
     with gr.Blocks(title="pm_lightning: how things are made") as page:
         gr.Markdown(

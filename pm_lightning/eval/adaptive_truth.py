@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
+from pm_lightning.data.near_duplicates import near_duplicate
+from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 from pm_lightning.inference.adaptive_rule import (
     AdaptiveConfig,
     combine,
@@ -78,8 +81,6 @@ def make_cases(seqs, per_condition: int, seed: int = 0) -> list[Case]:
 
 def case_terms(scorer, seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
     """The Delta terms of every case (features computed once per sequence, near-duplicates included)."""
-    from pm_lightning.data.near_duplicates import near_duplicate
-
     feats = {}
     for s in sorted({c.seq for c in cases}):
         seq = seqs[s]
@@ -193,15 +194,11 @@ def calibration_record(cfg: AdaptiveConfig, clip: str, dino: str, rates: dict, d
 
 def truth_sequences(split_seed: int, per_domain: int, size: int = 64):
     """`per_domain` sequences of every synthetic domain from one corpus split (1: validation, 2: calibration)."""
-    from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
-
     return [generate_sequence(d, sequence_seed(split_seed, d, i), size) for d in DOMAINS for i in range(per_domain)]
 
 
 def benchmark(scorer, per_condition: int = 200, calib_per_condition: int = 120, seed: int = 0) -> dict:
     """Calibrate every row on split 2, measure it on split 1 (and the shipped defaults); JSON-ready."""
-    from pm_lightning.data.synthetic_corpus import DOMAINS
-
     per_domain = -(-per_condition // len(DOMAINS))
     test_seqs = truth_sequences(1, per_domain)
     calib_seqs = truth_sequences(2, -(-calib_per_condition // len(DOMAINS)))
@@ -253,8 +250,6 @@ def _cell(rates: dict, key: str) -> str:
 
 def write_docs(table: str, command: str) -> None:
     """Replace the ground-truth section of docs/ADAPTIVE.md."""
-    from pathlib import Path
-
     doc = Path(__file__).resolve().parents[2] / "docs" / "ADAPTIVE.md"
     header = "## Ground truth: what the adaptive steps find"
     section = (

@@ -14,12 +14,11 @@ import torch
 from torchmetrics.functional import spearman_corrcoef
 
 from pm_lightning.data.synthetic_corpus import Sequence
+from pm_lightning.inference.adaptive_rule import AdaptiveConfig, batched_chamfer, effective_weights
 
 
 def pair_table(scorer, seqs: list[Sequence], gaps=(1, 2, 3), weights: dict | None = None) -> list[dict]:
     """One row per frame pair: {domain, seq, i, j, change, glob, loc, sem, delta} (delta: the weighted sum)."""
-    from pm_lightning.inference.adaptive_rule import AdaptiveConfig, effective_weights
-
     weights = weights or effective_weights(AdaptiveConfig(), has_sem=True)
     rows = []
     for s, seq in enumerate(seqs):
@@ -38,8 +37,6 @@ def pair_table(scorer, seqs: list[Sequence], gaps=(1, 2, 3), weights: dict | Non
 
 
 def _chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from pm_lightning.inference.adaptive_rule import batched_chamfer
-
     return batched_chamfer(a[None], b[None])[0]
 
 

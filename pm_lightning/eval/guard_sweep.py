@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from pm_lightning.data.near_duplicates import near_duplicate
+from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 from pm_lightning.inference.adaptive import Scorer
 from pm_lightning.inference.adaptive_rule import (
     AdaptiveConfig,
@@ -60,8 +61,6 @@ def corpus_sequences(
 ) -> dict[str, list[tuple[str, torch.Tensor, dict]]]:
     """{"text"|"no_text": [(kind, pair Deltas, answer)]} for every ground-truth sequence of the synthetic corpus
     (split `seed`, every domain) and its damaged variants (`_variants`): the input of the guard calibration."""
-    from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
-
     cfg = cfg or AdaptiveConfig()
     out: dict[str, list] = {"text": [], "no_text": []}
     for domain in DOMAINS:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from pm_lightning.core.extras import MissingExtra, require
+
 log = logging.getLogger(__name__)
 
 CRITERIA = ("accuracy", "coherence", "usability")
@@ -186,8 +188,6 @@ class Judge:
         )
 
     def _make_client(self, api_key: str | None):
-        from pm_lightning.core.extras import MissingExtra, require
-
         try:
             openai = require("openai", "the GPT-4o judge")
         except MissingExtra as err:

@@ -8,6 +8,9 @@ import logging
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import yaml
+
+from pm_lightning.core.paths import tiny_eval_dir
 from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 
 log = logging.getLogger(__name__)
@@ -28,8 +31,6 @@ def calibration_file(clip: str, dino: str) -> Path | None:
     """Where the calibration of an encoder pair lives: the tiny evaluators' folder for ("tiny", "tiny"); other pairs
     keep theirs where `python -m pm_lightning.calibrate_adaptive --out` wrote it (given with --adaptive-config)."""
     if (clip, dino) == ("tiny", "tiny"):
-        from pm_lightning.core.paths import tiny_eval_dir
-
         return tiny_eval_dir() / "adaptive_calibration.json"
     return None
 
@@ -37,8 +38,6 @@ def calibration_file(clip: str, dino: str) -> Path | None:
 def read_settings(path: str | Path, clip: str | None, dino: str | None) -> dict:
     """AdaptiveConfig values from a YAML mapping, or from a calibration record (`{"encoders", "config"}`), which
     must belong to the encoders in use: guards calibrated for one encoder pair mean nothing for another."""
-    import yaml
-
     with open(path) as fh:
         values = dict(yaml.safe_load(fh) or {})
     if "encoders" in values and "config" in values:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
+
 MODES = ("none", "first-block", "taylorseer")
 
 
@@ -42,7 +44,6 @@ class CacheConfig:
 
             return FirstBlockCacheConfig(threshold=self.threshold)
         if self.mode == "taylorseer":
-            import torch
             from diffusers import TaylorSeerCacheConfig
 
             return TaylorSeerCacheConfig(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pm_lightning.inference.adaptive_settings import add_config_flags
+from pm_lightning.inference.cache import add_cache_flags
+from pm_lightning.inference.runtime import add_runtime_flags, fill_sampler_defaults
+from pm_lightning.inference.session import extra_lora
+
 
 def common_flags(p: argparse.ArgumentParser) -> None:
     """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
-    from pm_lightning.inference.adaptive_settings import add_config_flags
-    from pm_lightning.inference.cache import add_cache_flags
-    from pm_lightning.inference.runtime import add_runtime_flags
-
     p.add_argument("--base", default="tiny", help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id")
     p.add_argument("--stage2", type=Path, default=None, help="stage-2 (dual reference) LoRA file")
     p.add_argument(
@@ -43,15 +44,11 @@ def common_flags(p: argparse.ArgumentParser) -> None:
 
 def parse_inference_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """`p.parse_args(argv)` with the sampler defaults of the base variant filled in (generate, adapt, the demo)."""
-    from pm_lightning.inference.runtime import fill_sampler_defaults
-
     return fill_sampler_defaults(p.parse_args(argv))
 
 
 def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
     """`generate`'s flags (the web demo builds its requests from them too, so both share every default)."""
-    from pm_lightning.inference.session import extra_lora
-
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--prompt", required=True)
     p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")

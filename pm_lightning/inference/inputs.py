@@ -8,6 +8,8 @@ from pathlib import Path
 from PIL import Image
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.data.grid import frames_to_grid, layout_for
+from pm_lightning.data.image_modes import same_size
 from pm_lightning.data.importers import load_user_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -35,9 +37,6 @@ def read_frames(folder: Path) -> tuple[list[Image.Image], dict]:
 
 def input_grid(frames: list[Image.Image]) -> Image.Image:
     """The input as a serpentine grid (4, 9, n*n frames) or a one-row strip, cells of the first frame's size."""
-    from pm_lightning.data.grid import frames_to_grid, layout_for
-    from pm_lightning.data.image_modes import same_size
-
     frames = same_size(frames)[0]
 
     try:

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from pm_lightning.core.atomic import atomic_path
@@ -40,6 +43,7 @@ from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_state import domain_lora_state_dict, load_adapter_state_dict
 from pm_lightning.models.adapters import add_adapters, materialize_adapters, tuner_layers
+from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
 from pm_lightning.models.variants import VARIANTS
 
 PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
@@ -64,7 +68,6 @@ def export_domain_lora(
     (`models/kohya.py`), what ComfyUI / Forge / kohya tools read (and diffusers converts on load). `metadata` goes
     into the safetensors header next to the writer's own (`stage1_metadata`: the base a stage-2 LoRA needs)."""
     from diffusers import FluxPipeline
-    from safetensors.torch import save_file
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown LoRA format {fmt!r}; choose from {FORMATS}")
@@ -80,8 +83,6 @@ def export_domain_lora(
                 tmp.parent, transformer_lora_layers=sd, weight_name=tmp.name, save_function=save
             )
         else:
-            from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
-
             rank = next(v.shape[0] for k, v in sd.items() if k.endswith("lora_A.weight"))
             header = {**kohya_metadata(rank, domain_name), **(metadata or {})}
             save_file(diffusers_to_kohya(sd, transformer), str(tmp), metadata=header)
@@ -101,8 +102,6 @@ def stage1_metadata(hparams: dict) -> dict[str, str]:
 
 def read_stage1_metadata(path: str | Path) -> tuple[str, str] | None:
     """(stage-1 path, sha256) recorded in a LoRA file ("" = trained on the plain base); None when not recorded."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -149,8 +148,6 @@ def domain_index_of(name: str, domains: list[str]) -> int:
 def load_checkpoint(path: str | Path) -> dict:
     """A training checkpoint read safely: tensors and plain data only (`weights_only=True`), never arbitrary pickled
     objects, so a downloaded file cannot run code. Raises ValueError naming the file and what is wrong with it."""
-    import pickle
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} not found")
@@ -233,8 +230,6 @@ def quiet_diffusers():
 def load_lora_file(pipe, path: str | Path, adapter_name: str, role: str = "LoRA file") -> None:
     """`pipe.load_lora_weights(path)` with a clear BadInput for a file that is missing, not safetensors (a pickle
     is never opened), holds no LoRA tensors, or does not fit the pipeline's transformer (another base or width)."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{role} {path} not found")

@@ -14,28 +14,17 @@ import torch
 from pm_lightning.core.config_files import load_configs
 from pm_lightning.models.adapter_config import KINDS, AdapterConfig
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
+from pm_lightning.models.backbone import meta_transformer
 from pm_lightning.models.variants import VARIANTS
-
-
-def _meta_transformer(variant: str):
-    """The variant's transformer on the meta device (backbone helper when present)."""
-    try:
-        from pm_lightning.models.backbone import meta_transformer
-    except ImportError:  # backbone not there yet: build it from the variant table
-        from diffusers import FluxTransformer2DModel
-
-        with torch.device("meta"):
-            return FluxTransformer2DModel(**VARIANTS[variant].transformer_config)
-    return meta_transformer(variant)
 
 
 def count_parameters(variant: str, cfg: AdapterConfig, kinds: tuple[str, ...] = KINDS) -> dict:
     """{"base": N, "trainable": {kind: N}, "rank": r, "domains": c} for `variant` with cfg's targets."""
-    base = sum(p.numel() for p in _meta_transformer(variant).parameters())
+    base = sum(p.numel() for p in meta_transformer(variant).parameters())
     trainable = {}
     for kind in kinds:
         with torch.device("meta"):
-            transformer = _meta_transformer(variant)
+            transformer = meta_transformer(variant)
             add_adapters(transformer, replace(cfg, kind=kind))
         trainable[kind] = sum(p.numel() for p in adapter_parameters(transformer))
     return {"base": base, "trainable": trainable, "rank": cfg.rank, "domains": cfg.num_domains}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from pm_lightning.core.compat import CompatError, nf4_weight_only_config
@@ -76,7 +77,6 @@ def quantize_base(transformer: nn.Module, mode: str) -> list[str]:
     check_mode(mode)
     if mode == "none":
         return []
-    from peft.tuners.lora.layer import LoraLayer
 
     if any(isinstance(m, LoraLayer) for m in transformer.modules()):
         raise ValueError("quantize the base before adding adapters (the adapters stay unquantized fp32)")

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.dtypes import dtype_name
@@ -50,8 +51,6 @@ class TextEmbeddingCache:
 
     def load(self, paths) -> dict[Path, dict[str, torch.Tensor]]:
         """The entries of `paths` that are there and readable; a damaged entry is left out (encoded again), never fatal."""
-        from safetensors.torch import load_file
-
         found = {}
         for path in paths:
             if path.is_file():
@@ -63,8 +62,6 @@ class TextEmbeddingCache:
 
     def save(self, caption: str, embeds: torch.Tensor, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         """Write one caption's (T, D) embeddings and (P,) pooled vector (atomic); a full disk costs the cache only."""
-        from safetensors.torch import save_file
-
         entry = {"prompt_embeds": embeds.cpu().contiguous(), "pooled": pooled.cpu().contiguous()}
         try:  # atomic: concurrent workers never read half a file
             with atomic_path(self.path(caption)) as tmp:

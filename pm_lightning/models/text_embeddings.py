@@ -10,11 +10,9 @@ import itertools
 import json
 import tarfile
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 
-from pm_lightning.core.config_files import load_config
 from pm_lightning.data.reference_cells import stage2_caption
 from pm_lightning.data.shard_writer import expand_shards
 
@@ -34,25 +32,6 @@ def shard_captions(shards: Iterable[str], step_text: bool = False) -> list[str]:
                     pairs = itertools.combinations(range(len(steps)), 2)
                     out.update(stage2_caption(caption, steps, pair, True) for pair in pairs)
     return sorted(out)
-
-
-def config_prompts(path: str | Path) -> list[str]:
-    """Sample prompts: an experiment config's `SampleGrids` / `EvaluationCallback` captions, or a text file (one
-    prompt per line)."""
-    path = Path(path)
-    if path.suffix not in (".yaml", ".yml"):
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    config = load_config(path)
-    callbacks = (config.get("trainer") or {}).get("callbacks") or []
-    prompts = [p for cb in callbacks for p in (cb.get("init_args") or {}).get("prompts") or []]
-    return sorted({p["caption"] for p in prompts})
-
-
-def config_shards(path: str | Path) -> list[str]:
-    """The training and validation shard specs of an experiment config (`data.train_shards` / `val_shards`)."""
-    data = load_config(path).get("data") or {}
-    found = [data.get("train_shards"), data.get("val_shards")]
-    return [s for spec in found if spec for s in ([spec] if isinstance(spec, str) else spec)]
 
 
 def precompute(backbone, captions: list[str], batch_size: int = 16) -> tuple[int, int]:

@@ -21,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.dtypes import dtype_name
+from pm_lightning.data.shard_grids import shard_grids
+from pm_lightning.data.stream import to_unit_range as convert
+from pm_lightning.models.backbone import vae_encode
 
 FORMAT = 1
 CONFIG_IGNORED = ("_diffusers_version", "_name_or_path", "_use_default_values")
@@ -98,8 +102,6 @@ class LatentCache:
 
     def save(self, grid_id: str, latents: torch.Tensor, resolution: int, key: str = "") -> None:
         """Write one grid's (16, h, w) latents (atomic: a concurrent reader never sees half a file)."""
-        from safetensors.torch import save_file
-
         path = self.folder(resolution) / f"{grid_id}.safetensors"
         with atomic_path(path) as tmp:
             save_file({"latents": latents.to(self.dtype).cpu().contiguous()}, tmp, metadata={"key": key})
@@ -131,8 +133,6 @@ class LatentCache:
 
     def load(self, grid_ids: list[str], resolution: int, keys: list[str] | None = None, urls: list[str] | None = None):
         """(B, 16, h, w) latents of the grids, or MissingLatents naming the first missing grid and the command."""
-        from safetensors.torch import load_file
-
         folder = self.check(resolution)
         paths = [folder / f"{g}.safetensors" for g in grid_ids]
         missing = [i for i, p in enumerate(paths) if not p.is_file()]
@@ -149,17 +149,12 @@ class LatentCache:
 
 def to_unit_range(pixels: list[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) grids -> (B, 3, H, W) float32 in [-1, 1], exactly as the training stream converts them."""
-    from pm_lightning.data.stream import to_unit_range as convert
-
     return convert(np.stack(pixels))
 
 
 @torch.no_grad()
 def precompute(cache: LatentCache, vae, shards: list[str], resolution: int, batch_size: int = 8) -> tuple[int, int]:
     """Encode every grid of `shards` at `resolution` not yet in `cache`; (written, already there)."""
-    from pm_lightning.data.shard_grids import shard_grids
-    from pm_lightning.models.backbone import vae_encode
-
     cache.open(resolution)
     done = cache.existing(resolution)
     before, pending, written = len(done), [], 0

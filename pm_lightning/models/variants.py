@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pm_lightning.core.paths import tiny_flux_dir
 
@@ -103,8 +104,6 @@ def get_variant(name: str) -> Variant:
 
 def find_variant(base: str) -> Variant | None:
     """The variant a `--base` names: its name, its hub id, or the directory it lives in; None for anything else."""
-    from pathlib import Path
-
     if base in VARIANTS:
         return VARIANTS[base]
     for v in VARIANTS.values():

@@ -4,12 +4,15 @@ built on the ``meta`` device with the real ``add_adapters`` (so they agree with 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
+from pm_lightning.models.backbone import meta_transformer
+from pm_lightning.models.variants import get_variant
+from pm_lightning.models.weights import resolve_source
 
 FLUX_TEXT_ENCODER_PARAMS = 4_762_310_656 + 123_060_480
 """T5 v1.1 XXL encoder + CLIP ViT-L/14 text model (FLUX.1-dev / schnell's text_encoder_2 and text_encoder)."""
@@ -80,9 +83,6 @@ def shape_of(transformer: torch.nn.Module) -> ModelShape:
 def model_shape(variant: str, adapter: AdapterConfig) -> ModelShape:
     """Build `variant` on the meta device, add `adapter`, and read its shape (seconds, no memory); FLUX.1's text
     encoders and VAE are known counts, the tiny ones are counted from their configs on the meta device."""
-    from dataclasses import replace
-
-    from pm_lightning.models.backbone import meta_transformer
 
     with torch.device("meta"):
         transformer = meta_transformer(variant)
@@ -97,9 +97,6 @@ def _counted_from_configs(variant: str) -> dict[str, int]:
     """Text encoder and VAE parameters of a local pipeline, built on the meta device from its configs."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from pm_lightning.models.variants import get_variant
-    from pm_lightning.models.weights import resolve_source
 
     root = resolve_source(get_variant(variant).location())
     with torch.device("meta"):

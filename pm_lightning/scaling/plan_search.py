@@ -3,7 +3,7 @@ configuration recommended for the card (`scaling/memory_formulas.py` has the for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pm_lightning.scaling.memory_formulas import (
     QUANT_BYTES,
@@ -43,8 +43,6 @@ SPEED_ORDER = ("ddp", "zero2", "fsdp_shard_grad_op", "fsdp_full_shard")
 
 def options(shape: ModelShape, work: Workload, gpus: int, gpu_gib: float) -> list[dict]:
     """Every (text cache, quantization, strategy) of `work` with its total per GPU and whether it fits."""
-    from dataclasses import replace
-
     out = []
     for text_encoders in (False, True):
         for quant in QUANT_BYTES:

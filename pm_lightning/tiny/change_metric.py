@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pm_lightning.data.near_duplicates import near_duplicate
 from pm_lightning.data.synthetic_corpus import Sequence
+from pm_lightning.inference.adaptive_rule import batched_chamfer
 
 
 @dataclass
@@ -24,8 +26,6 @@ class ChangeData:
 
 
 def change_data(seqs: list[Sequence], preprocess, seed: int) -> ChangeData:
-    from pm_lightning.data.near_duplicates import near_duplicate
-
     rng, offsets, dup_frame, dups, at = random.Random(seed), [], [], [], 0
     for seq in seqs:
         offsets.append(at)
@@ -53,8 +53,6 @@ def change_loss(model, frames: torch.Tensor, data: ChangeData, picks: list[int])
     """Make Delta_glob and Delta_loc measure change: within each picked sequence, every frame pair's distance
     correlates (Pearson) with log(1 + ground-truth change), and a near-duplicate sits closer to its frame than
     any true step (its distance over the sequence's smallest step distance is pushed below 1/4, bounded)."""
-    from pm_lightning.inference.adaptive_rule import batched_chamfer
-
     loss = frames.new_zeros((), dtype=torch.float32)
     for s in picks:
         n = len(data.changes[s])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from pm_lightning.data.grid import frames_to_grid, layout_for
 from pm_lightning.data.synthetic_corpus import (
@@ -33,6 +34,8 @@ from pm_lightning.data.synthetic_corpus import (
     generate_sequence,
     sequence_seed,
 )
+from pm_lightning.inference.adaptive import EncoderScorer
+from pm_lightning.models.encoders import Encoders
 from pm_lightning.tiny.change_metric import ChangeData, change_data, change_loss
 
 ALL_DOMAINS = (*TRAIN_DOMAINS, *HELDOUT_DOMAINS)  # what the evaluators are trained on: every domain
@@ -239,8 +242,6 @@ def save(model, out: Path, used_tokens: torch.Tensor) -> Path:
     carries nothing), so they are stored as zeros: the file stays the same size on disk but
     compresses to a fraction of it in git.
     """
-    from safetensors.torch import save_file
-
     clip_dir = out / "clip"
     clip_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
@@ -255,10 +256,6 @@ def save(model, out: Path, used_tokens: torch.Tensor) -> Path:
 
 def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
     """The whole recipe; returns the metrics (also written to OUT/metrics.json and OUT/README.md)."""
-    from pm_lightning.eval.change_truth import correlations, pair_table
-    from pm_lightning.inference.adaptive import EncoderScorer
-    from pm_lightning.models.encoders import Encoders
-
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     t0, cpu0, load0 = time.time(), time.process_time(), os.getloadavg()[0]
@@ -270,6 +267,9 @@ def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
     history = train(model, tokenizer, frames, grids, texts, cfg, changes=change_data(seqs, preprocess, cfg.seed))
     train_seconds, train_cpu_seconds = round(time.time() - t0), round(time.process_time() - cpu0)
     clip_dir = save(model, out, used_token_ids(tokenizer, all_texts))
+
+    # lazy: change_truth imports torchmetrics (and transformers with it), 14 s of tiny_eval's start-up (measured)
+    from pm_lightning.eval.change_truth import correlations, pair_table
 
     enc = Encoders.load(clip="tiny", dino="tiny", device="cpu", root=out)  # measure the saved, reloaded model
     eval_train = render(TRAIN_DOMAINS, EVAL_SPLIT_SEED, cfg.eval_per_domain)

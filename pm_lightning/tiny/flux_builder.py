@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS, TRAIN_DOMAINS
 from pm_lightning.tiny import flux_components as components
 from pm_lightning.tiny import flux_pretrain as pretrain
 from pm_lightning.tiny import frame_pools as corpus
 from pm_lightning.tiny.flux_readme import write_readme
+from pm_lightning.tiny.flux_samples import sample_sheet
+from pm_lightning.training.flow import FlowConfig
 
 
 def build(
@@ -77,8 +81,6 @@ def build(
     }
     log["size_mb"] = round(components.dir_size_mb(out), 2)
     if samples_png is not None:
-        from pm_lightning.tiny.flux_samples import sample_sheet
-
         samples_png.parent.mkdir(parents=True, exist_ok=True)
         sample_sheet(out).save(samples_png)
         log["samples_png"] = str(samples_png)
@@ -88,8 +90,6 @@ def build(
 
 
 def _flow():
-    from pm_lightning.training.flow import FlowConfig
-
     return FlowConfig(shift_mode="flux", guidance=1.0)  # the sampler's own resolution-dependent shift
 
 
@@ -107,8 +107,6 @@ def _validation(pipe, model_cfg, val_pools, flow, seed: int) -> dict:
 def domain_group_validation(pipe, cfg: pretrain.PretrainConfig) -> dict:
     """Held-out-frame flow-matching loss (validation split) of the training and the held-out domains
     apart: the before/after figure of putting held-out single frames into the base's pretraining."""
-    from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS, TRAIN_DOMAINS
-
     out = {}
     for name, domains in (("train_domains", TRAIN_DOMAINS), ("heldout_domains", HELDOUT_DOMAINS)):
         pools = {
@@ -122,6 +120,4 @@ def domain_group_validation(pipe, cfg: pretrain.PretrainConfig) -> dict:
 
 
 def _jsonable(cfg) -> dict:
-    from dataclasses import asdict
-
     return json.loads(json.dumps(asdict(cfg), default=str))

@@ -6,11 +6,15 @@ loads the saved directory like any Flux checkpoint.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from pm_lightning.models.variants import TINY_FLUX_TRANSFORMER
 
@@ -67,9 +71,6 @@ class TinyFluxConfig:
 
 def train_tokenizer(texts: Iterable[str], model_max_length: int):
     """A word-level `PreTrainedTokenizerFast` (lowercase, words + punctuation, EOS appended) from `texts`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -90,8 +91,6 @@ def train_tokenizer(texts: Iterable[str], model_max_length: int):
 
 def text_encoders(cfg: TinyFluxConfig, vocab_size: int):
     """(CLIPTextModel, T5EncoderModel), random, with the tokenizer's special ids."""
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
     clip = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
@@ -129,8 +128,6 @@ def text_encoders(cfg: TinyFluxConfig, vocab_size: int):
 
 def vae(cfg: TinyFluxConfig):
     """A small AutoencoderKL with Flux's layout (16 latent channels, 8x, no quant convs)."""
-    from diffusers import AutoencoderKL
-
     n = len(cfg.vae_channels)
     model = AutoencoderKL(
         in_channels=3,
@@ -160,23 +157,17 @@ def vae(cfg: TinyFluxConfig):
 
 def transformer(cfg: TinyFluxConfig):
     """A random FluxTransformer2DModel reading `text_dim`-wide text features."""
-    from diffusers import FluxTransformer2DModel
-
     return FluxTransformer2DModel(
         **cfg.transformer, joint_attention_dim=cfg.text_dim, pooled_projection_dim=cfg.text_dim
     )
 
 
 def scheduler():
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     return FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 
 def build_pipeline(cfg: TinyFluxConfig, texts: list[str]):
     """A random tiny FluxPipeline whose tokenizers are trained on `texts`."""
-    from diffusers import FluxPipeline
-
     tok_clip = train_tokenizer(texts, cfg.clip_max_length)
     tok_t5 = train_tokenizer(texts, cfg.t5_max_length)
     clip, t5 = text_encoders(cfg, len(tok_clip))
@@ -194,8 +185,6 @@ def build_pipeline(cfg: TinyFluxConfig, texts: list[str]):
 def portable_tokenizer_names(out: str | Path) -> None:
     """Name the tokenizers `PreTrainedTokenizerFast` (transformers 5 saves its alias `TokenizersBackend`,
     which transformers 4 cannot resolve); both versions load the same tokenizer.json under that name."""
-    import json
-
     out = Path(out)
     index = json.loads((out / "model_index.json").read_text())
     for slot in ("tokenizer", "tokenizer_2"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from pm_lightning.models.backbone import image_ids, pack
 from pm_lightning.tiny.frame_pools import FramePool, random_crops, to_pixels
@@ -73,8 +74,6 @@ def vae_loss(vae, x: torch.Tensor, kl_weight: float, generator=None) -> tuple[to
 
 def train_vae(vae, pools: dict[int, FramePool], cfg: PretrainConfig) -> dict:
     """Train the AutoencoderKL on random crops of frames of every canvas size."""
-    from tqdm import tqdm
-
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sizes = sorted(pools)
@@ -178,8 +177,6 @@ def take(pool: LatentPool, idx: torch.Tensor) -> LatentPool:
 
 def train_transformer(pipe, pools: dict[int, LatentPool], cfg: PretrainConfig, flow: FlowConfig) -> dict:
     """Train transformer and both text encoders jointly; each batch holds frames of one canvas size."""
-    from tqdm import tqdm
-
     modules = [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import FluxPipeline
 from PIL import Image, ImageDraw
 
 from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS
@@ -45,8 +46,6 @@ def generate(pipe, caption: str, size: int, seed: int, steps: int, max_sequence_
 def sample_sheet(model_dir: str | Path, domains=tuple(DOMAINS), steps: int = 24, seed: int = 0) -> Image.Image:
     """One row per domain (a held-out validation sequence's captions): the true final frame, then
     generated frames for steps 1, middle and last at 64 px (shown 3x) and the last step at 192 px."""
-    from diffusers import FluxPipeline
-
     pipe = FluxPipeline.from_pretrained(str(model_dir))
     pipe.set_progress_bar_config(disable=True)
     max_len = pipe.tokenizer_2.model_max_length

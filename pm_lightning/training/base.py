@@ -13,11 +13,13 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.core.errors import BadInput
-from pm_lightning.models.backbone import image_ids, pack
+from pm_lightning.models.backbone import FluxBackbone, image_ids, pack
 from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
+from pm_lightning.models.vae_latents import LatentCache
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.training.metrics import PerDomainMean
 from pm_lightning.training.nonfinite import NonFiniteGuard
@@ -30,8 +32,6 @@ VAL_SEED_OFFSET = 1_000_000  # validation noise never coincides with a training 
 def check_strategy_for_quantize(strategy) -> None:
     """A quantized base trains on one device or under DDP; FSDP2 cannot shard torchao's quantized tensors (checked:
     `aten.split` / `new_zeros` are not implemented for them) and DeepSpeed casts the whole module."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-
     if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
         raise ValueError(
             f"model.init_args.quantize needs a single device or DDP (experiments/strategies/ddp.yaml), not "
@@ -134,7 +134,6 @@ class FlowMatchingModule(L.LightningModule):
         this stage's adapters on top."""
         if self.backbone is not None:
             return
-        from pm_lightning.models.backbone import FluxBackbone
 
         if self.quantize != "none":
             check_strategy_for_quantize(self._trainer.strategy if self._trainer is not None else None)
@@ -146,8 +145,6 @@ class FlowMatchingModule(L.LightningModule):
             text_encoders=not self.text_cache_only,
         )
         if self.latent_cache_dir:
-            from pm_lightning.models.vae_latents import LatentCache
-
             self.latent_cache = LatentCache(self.latent_cache_dir, self.backbone.vae, self.model_dtype(), self.base)
             self.backbone.park_vae()  # CPU memory, out of the module tree: never on the GPU for a training step
             resolution = getattr(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from came_pytorch import CAME
+from torch.distributed.tensor import DTensor, Replicate
 
 OPTIMIZERS = ("came", "adamw")
 SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
@@ -77,8 +79,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig) -> t
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
 
 
+class ShardedCAME(CAME):
+    """CAME whose state is built from the gradient's own DTensor ops for FSDP2 parameters (`sharding_aware_came`)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not self.state[p] and _is_dtensor(p.grad):
+                    self.state[p].update(_dtensor_came_state(p.grad.float(), self._get_options(p.grad.shape)))
+        return super().step(closure)
+
+
 def sharding_aware_came() -> type[torch.optim.Optimizer]:
-    """came-pytorch's CAME, whose state also works for FSDP2's DTensor parameters (one class, built on first use).
+    """came-pytorch's CAME, whose state also works for FSDP2's DTensor parameters.
 
     CAME keeps factored second moments (row and column means of the squared gradient). Its own state
     initialisation builds them as plain tensors, which cannot mix with DTensor gradients. Here they are built from
@@ -86,36 +100,15 @@ def sharding_aware_came() -> type[torch.optim.Optimizer]:
     statistics replicated (a mean over the sharded dim is reduced across ranks). Every later CAME operation then
     runs on DTensors and equals the unsharded step (tests/test_fsdp2.py compares against DDP).
     """
-    global _SHARDED_CAME
-    if _SHARDED_CAME is None:
-        from came_pytorch import CAME
-
-        class ShardedCAME(CAME):
-            @torch.no_grad()
-            def step(self, closure=None):
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None and not self.state[p] and _is_dtensor(p.grad):
-                            self.state[p].update(_dtensor_came_state(p.grad.float(), self._get_options(p.grad.shape)))
-                return super().step(closure)
-
-        _SHARDED_CAME = ShardedCAME
-    return _SHARDED_CAME
-
-
-_SHARDED_CAME: type[torch.optim.Optimizer] | None = None
+    return ShardedCAME
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
 def _dtensor_came_state(grad: torch.Tensor, factored: bool) -> dict:
     """CAME's initial state for a DTensor gradient, with DTensor statistics (see `sharding_aware_came`)."""
-    from torch.distributed.tensor import Replicate
-
     state = {"step": 0, "RMS": 0, "exp_avg": torch.zeros_like(grad)}
     if not factored:
         state["exp_avg_sq"] = torch.zeros_like(grad)

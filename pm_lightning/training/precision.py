@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from pm_lightning.core.dtypes import DTYPES
 
@@ -36,6 +37,4 @@ def base_dtype(precision: str | int | None, strategy: object | None = None, expl
 
 
 def _is_fsdp1(strategy: object) -> bool:
-    from lightning.pytorch.strategies import FSDPStrategy
-
     return isinstance(strategy, FSDPStrategy)

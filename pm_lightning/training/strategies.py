@@ -8,11 +8,15 @@ trainable fp32 adapters; frozen parameters get no gradient and no reduce-scatter
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 
 def flux_block_classes() -> set[type]:
@@ -28,8 +32,6 @@ def shard_flux(transformer: nn.Module, mesh, reshard_after_forward: bool = True)
     Returns the number of block units. Parameters keep their dtypes (no MixedPrecisionPolicy casts): the base
     as loaded, the adapters in fp32; gradients are reduced in their own dtype (fp32: only adapters have them).
     """
-    from torch.distributed.fsdp import fully_shard
-
     blocks = tuple(flux_block_classes())
     units = [m for m in transformer.modules() if isinstance(m, blocks)]
     for block in units:
@@ -40,15 +42,11 @@ def shard_flux(transformer: nn.Module, mesh, reshard_after_forward: bool = True)
 
 def is_sharded(module: nn.Module) -> bool:
     """True when any parameter of `module` is a DTensor (FSDP2)."""
-    from torch.distributed.tensor import DTensor
-
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def full_norm(norm: torch.Tensor) -> torch.Tensor:
     """A (possibly DTensor) norm as a plain tensor: the global value across shards (a collective for a DTensor)."""
-    from torch.distributed.tensor import DTensor
-
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
@@ -57,8 +55,6 @@ def gathered_trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
     A collective: every rank must call it. Frozen weights are never gathered.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     return get_model_state_dict(module, options=options)
 
@@ -106,8 +102,6 @@ class FluxFSDP2Strategy(ModelParallelStrategy):
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """The trainable weights, gathered whole on rank 0 (on CPU); the frozen base is left out on every rank."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         full = not self._save_distributed_checkpoint
         options = StateDictOptions(full_state_dict=full, cpu_offload=full, ignore_frozen_params=True)
         return get_model_state_dict(self.model, options=options)
@@ -115,8 +109,6 @@ class FluxFSDP2Strategy(ModelParallelStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         """Lightning's load (each rank takes its shards of the adapters and optimizer state); the adapter-only
         `state_dict` is handed on too, so the module's `on_load_checkpoint` can refuse a checkpoint lacking them."""
-        from pathlib import Path
-
         path = Path(self.broadcast(checkpoint_path))
         checkpoint = super().load_checkpoint(path, weights_only=weights_only)
         if path.is_file():  # a single file (not a distributed-checkpoint folder): small, adapters only

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pm_lightning.data.synthetic_corpus import generate_sequence
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.backbone import image_ids, pack
@@ -43,8 +44,6 @@ class StyleLoraConfig:
 
 def style_pictures(domain: str, n: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
     """`n` (picture (size, size, 3) uint8, caption) pairs: one late frame (the last half) of each of n sequences."""
-    from pm_lightning.data.synthetic_corpus import generate_sequence
-
     rng = random.Random(seed)
     out = []
     for i in range(n):
