@@ -50,8 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    # after parsing: the plan's metric columns import torch, the driver the whole inference stack (measured:
-    # docs/ARCHITECTURE.md, "Start-up"); --help and a bad flag answer without them
+    # after parsing: the plan's metric columns import torch, the driver the inference stack: 16.8 s (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.ablation import driver
     from pm_lightning.ablation.jobs import build_jobs, job_command
     from pm_lightning.ablation.plan import PlanError, load_plan, select

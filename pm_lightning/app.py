@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
     require("gradio", "the web demo")
-    # after the check: the demo modules import gradio (the optional extra `demo`) and the inference stack
+    # after the check: gradio (the optional extra `demo`) and the inference stack, 6.1 s without gradio (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.demo.backend import DemoBackend
     from pm_lightning.demo.page import launch
 

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # after parsing: torch and the evaluators' stack, 4.4 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     import torch
 
     from pm_lightning.eval.adaptive_truth import benchmark, calibration_record, markdown_table, write_docs

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8)
     args = p.parse_args(argv)
-
+    # after parsing: torch and the VAE's stack, 3.7 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.core.dtypes import dtype_name
     from pm_lightning.data.stream import ResolutionError
     from pm_lightning.inference.runtime import Runtime

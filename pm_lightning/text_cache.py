@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-text", action="store_true", help="stage 2 with step_text: caption + step pairs too")
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
-
+    # after parsing: torch and the text encoders' stack, 3.6 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.core.dtypes import dtype_name
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import FluxBackbone

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         help="where to draw the sample sheet; 'none' to skip",
     )
     args = p.parse_args(argv)
-    # after parsing: the recipe's components import diffusers and transformers (docs/ARCHITECTURE.md, "Start-up")
+    # after parsing: the recipe's components import diffusers and transformers, 15.6 s (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.tiny import flux_components as components
     from pm_lightning.tiny.flux_builder import build
 

@@ -35,6 +35,7 @@ def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str
     """A W&B run in `folder/wandb` (offline unless wandb finds credentials, as for training runs). Offline, earlier
     folders of the same run id (an earlier run of this job, superseded) are removed: `wandb sync` of two folders with
     one id keeps only one of them anyway (wandb/wandb#3841)."""
+    # lazy: wandb, imported where used (docs STYLE 8), 0.7 s (docs/ARCHITECTURE.md, "Start-up")
     import wandb
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,7 @@ def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str
 def log_eval_run(plan: Plan, out: Path, folder: Path, row: str, seed: int, record: dict,
                  train_configs: dict[str, dict]) -> str:  # fmt: skip
     """The evaluation run of one (row, seed); returns its local folder."""
+    # lazy: wandb, imported where used (docs STYLE 8), 0.7 s (docs/ARCHITECTURE.md, "Start-up")
     import wandb
 
     config = {"ablation": plan.name, "row": row, "seed": seed, "row_spec": asdict(plan.rows[row]),
@@ -71,6 +73,7 @@ def log_eval_run(plan: Plan, out: Path, folder: Path, row: str, seed: int, recor
 
 def log_summary_run(plan: Plan, out: Path, results: dict, charts: dict[str, Path], pictures: dict[str, Path]) -> str:
     """The summary run: the table, the per-seed table, bar charts with error bars, a picture per row."""
+    # lazy: wandb, imported where used (docs STYLE 8), 0.7 s (docs/ARCHITECTURE.md, "Start-up")
     import wandb
 
     run = start_run(plan, Path(out), "summary", f"{plan.name}-summary", [f"ablation:{plan.name}", "summary"],

@@ -39,8 +39,10 @@ def nf4_weight_only_config():
     public, `torchao.quantization.NF4Tensor`).
     """
     try:
+        # lazy: torchao is the optional extra `quant` (core/extras.py)
         from torchao.prototype._nf4tensor_api import NF4WeightOnlyConfig
     except ImportError as err:
+        # lazy: torchao is the optional extra `quant` (core/extras.py)
         import torchao
 
         raise CompatError(
@@ -74,6 +76,7 @@ def wandb_init_kwargs(logger) -> dict[str, Any]:
     """
     init = getattr(logger, "_wandb_init", None)
     if not isinstance(init, dict) or not hasattr(logger, "_save_dir"):
+        # lazy: lightning, 1.0 s before export / params read their flags (docs/ARCHITECTURE.md, "Start-up")
         import lightning
 
         raise CompatError(

@@ -171,7 +171,8 @@ def write_corpus(out: Path, per_domain: int = 200, size: int = 64, seed: int = 0
 
 def contact_sheet(domains: Iterable[str] | None = None, per_row: int = 3, size: int = 64, seed: int = 0) -> Image.Image:
     """One row per domain: its name, then `per_row` sequences as serpentine grids."""
-    from pm_lightning.data.grid import frames_to_grid, layout_for  # imports torch: only here
+    # lazy: data/grid.py imports torch, 5 s the synth command never needs (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.data.grid import frames_to_grid, layout_for
 
     names = list(domains) if domains is not None else list(DOMAINS)
     gap, label = size // 8, 2 * size

@@ -120,6 +120,7 @@ def rubric_messages(image: Image.Image, prompt: str) -> list[dict]:
 
 
 def _retryable(err: Exception) -> bool:
+    # lazy: openai is the optional extra `judge` (core/extras.py)
     import openai
 
     if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError

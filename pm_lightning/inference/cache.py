@@ -40,10 +40,12 @@ class CacheConfig:
     def diffusers_config(self):
         """The diffusers hook config for `mode` (None for "none")."""
         if self.mode == "first-block":
+            # lazy: diffusers' hooks, 12 s before generate / adapt read their flags (docs/ARCHITECTURE.md, "Start-up")
             from diffusers import FirstBlockCacheConfig
 
             return FirstBlockCacheConfig(threshold=self.threshold)
         if self.mode == "taylorseer":
+            # lazy: diffusers' hooks, 12 s before generate / adapt read their flags (docs/ARCHITECTURE.md, "Start-up")
             from diffusers import TaylorSeerCacheConfig
 
             return TaylorSeerCacheConfig(

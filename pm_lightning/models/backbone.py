@@ -59,6 +59,7 @@ def vae_encode(vae, pixels: torch.Tensor, sample: bool = False, generator=None) 
 
 def load_vae(source: str, dtype: torch.dtype = torch.float32):
     """The AutoencoderKL of `source` (variant name, local directory or hub id) alone, as `from_pretrained` loads it."""
+    # lazy: diffusers, 16 s before export / params / tiny_base read their flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers import AutoencoderKL
 
     variant = VARIANTS.get(source)
@@ -137,6 +138,7 @@ class FluxBackbone(nn.Module):
         """
         if not text_encoders and text_cache_dir is None:
             raise ValueError("the text encoders can stay unloaded only with a text cache (text_cache_dir)")
+        # lazy: diffusers + transformers, 16 s before export / params / tiny_base read their flags (docs/ARCHITECTURE.md, "Start-up")
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
@@ -351,6 +353,7 @@ class FluxBackbone(nn.Module):
     def pipeline(self):
         """The stock `diffusers.FluxPipeline` sharing these components (for sampling), built on first use and kept,
         so `enable_model_cpu_offload` and the like, which record state on the pipeline, hold for every call."""
+        # lazy: diffusers, 16 s before export / params / tiny_base read their flags (docs/ARCHITECTURE.md, "Start-up")
         from diffusers import FluxPipeline
 
         parts = {name: getattr(self, name) for name in COMPONENTS}
@@ -361,6 +364,7 @@ class FluxBackbone(nn.Module):
 
 def meta_transformer(variant: str | Variant):
     """The variant's FluxTransformer2DModel on the `meta` device: its shape, no weights, no storage."""
+    # lazy: diffusers, 16 s before export / params / tiny_base read their flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers import FluxTransformer2DModel
 
     variant = get_variant(variant) if isinstance(variant, str) else variant

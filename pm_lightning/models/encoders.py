@@ -56,6 +56,7 @@ class _Clip:
 
 def load_clip(spec: str, device: str, root: Path | None = None) -> _Clip:
     """open_clip model, preprocessing and tokenizer for a spec (see module docstring)."""
+    # lazy: open_clip, 8 s before evaluate / tiny_eval read their flags (docs/ARCHITECTURE.md, "Start-up")
     import open_clip
 
     if spec == TINY:
@@ -109,6 +110,7 @@ def load_dino(spec: str, device: str, clip: _Clip | None) -> tuple[torch.nn.Modu
                 "has none: use clip='tiny' or give a DINOv2 model (e.g. dino='facebook/dinov2-base')"
             )
         return _ClipPatches(clip.model.visual).eval(), clip.preprocess
+    # lazy: transformers' AutoModel, 2 s, only for a DINOv2 encoder (docs/ARCHITECTURE.md, "Start-up")
     from transformers import AutoImageProcessor, AutoModel
 
     looked = f"a transformers DINOv2 model at {spec!r} (local directory, or hub id in the local cache / download)"
@@ -120,6 +122,7 @@ def load_dino(spec: str, device: str, clip: _Clip | None) -> tuple[torch.nn.Modu
         processor = AutoImageProcessor.from_pretrained(spec)
         preprocess = lambda im: processor(images=im, return_tensors="pt")["pixel_values"][0]  # noqa: E731
     except (OSError, ValueError):  # a bare model directory: resize to the config's size, ImageNet stats
+        # lazy: torchvision, 3 s, only for a DINOv2 encoder (docs/ARCHITECTURE.md, "Start-up")
         from torchvision import transforms as T
 
         size = model.config.image_size

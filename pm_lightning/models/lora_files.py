@@ -67,6 +67,7 @@ def export_domain_lora(
     fmt "diffusers": diffusers' own writer (`FluxPipeline.save_lora_weights`); "kohya": sd-scripts keys with alphas
     (`models/kohya.py`), what ComfyUI / Forge / kohya tools read (and diffusers converts on load). `metadata` goes
     into the safetensors header next to the writer's own (`stage1_metadata`: the base a stage-2 LoRA needs)."""
+    # lazy: diffusers, 16 s before export / style_lora read their flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers import FluxPipeline
 
     if fmt not in FORMATS:
@@ -114,6 +115,7 @@ def read_stage1_metadata(path: str | Path) -> tuple[str, str] | None:
 
 def transformer_skeleton(base: str) -> nn.Module:
     """The base FluxTransformer2DModel on the meta device, from a variant name, pipeline directory or hub id."""
+    # lazy: diffusers, 16 s before export / style_lora read their flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers import FluxTransformer2DModel
 
     variant = VARIANTS.get(base)
@@ -217,6 +219,7 @@ def file_sha256(path: str | Path) -> str:
 @contextmanager
 def quiet_diffusers():
     """Hide "no LoRA keys for CLIPTextModel": expected, the files are transformer-only."""
+    # lazy: diffusers, 16 s before export / style_lora read their flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers.utils import logging as dlogging
 
     level = dlogging.get_verbosity()

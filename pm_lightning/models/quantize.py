@@ -48,10 +48,12 @@ def torchao_config(mode: str):
     """The torchao `quantize_` config of `mode` (int8, fp8 or nf4)."""
     require("torchao", f"quantize: {mode} (a quantized frozen base)")
     if mode == "int8":
+        # lazy: torchao is the optional extra `quant` (core/extras.py)
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig(version=2)
     if mode == "fp8":
+        # lazy: torchao is the optional extra `quant` (core/extras.py)
         from torchao.quantization import Float8WeightOnlyConfig
 
         return Float8WeightOnlyConfig()
@@ -80,6 +82,7 @@ def quantize_base(transformer: nn.Module, mode: str) -> list[str]:
 
     if any(isinstance(m, LoraLayer) for m in transformer.modules()):
         raise ValueError("quantize the base before adding adapters (the adapters stay unquantized fp32)")
+    # lazy: torchao is the optional extra `quant` (core/extras.py)
     from torchao.quantization import quantize_
 
     linears = {n: m for n, m in transformer.named_modules() if isinstance(m, nn.Linear) and not m.weight.requires_grad}

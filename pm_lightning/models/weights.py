@@ -65,7 +65,8 @@ def resolve_source(source: str) -> str:
 
     Raises BackboneNotFoundError for an invalid hub id, or when offline (HF_HUB_OFFLINE=1) and not cached.
     """
-    from huggingface_hub import snapshot_download  # lazy: its HTTP stack is 1.0 s of tiny_base's start-up (measured)
+    # lazy: snapshot_download loads huggingface_hub's HTTP stack, 0.6 s before tiny_base reads its flags (docs/ARCHITECTURE.md, "Start-up")
+    from huggingface_hub import snapshot_download
 
     path = Path(source).expanduser()
     if (path / "model_index.json").is_file():
@@ -82,7 +83,8 @@ def resolve_source(source: str) -> str:
 
 def download_source(source: str) -> str:
     """Download (or complete in the cache) the pipeline's component folders of hub id `source`; fails fast."""
-    from huggingface_hub import snapshot_download  # lazy: its HTTP stack is 1.0 s of tiny_base's start-up (measured)
+    # lazy: snapshot_download loads huggingface_hub's HTTP stack, 0.6 s before tiny_base reads its flags (docs/ARCHITECTURE.md, "Start-up")
+    from huggingface_hub import snapshot_download
 
     patterns = ["model_index.json", *(f"{c}/*" for c in COMPONENTS)]
     try:

@@ -95,6 +95,7 @@ def model_shape(variant: str, adapter: AdapterConfig) -> ModelShape:
 
 def _counted_from_configs(variant: str) -> dict[str, int]:
     """Text encoder and VAE parameters of a local pipeline, built on the meta device from its configs."""
+    # lazy: diffusers + transformers, 16 s before memory_plan reads its flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 

@@ -216,6 +216,7 @@ def retrieval(model, tokenizer, preprocess, seqs: list[Sequence]) -> dict:
 
 def build_model():
     """Random tiny open_clip CLIP from CLIP_CONFIG, with open_clip's preprocessing and tokenizer."""
+    # lazy: open_clip, 8 s before tiny_eval reads its flags (docs/ARCHITECTURE.md, "Start-up")
     import open_clip
 
     model = open_clip.CLIP(**CLIP_CONFIG)
@@ -268,7 +269,7 @@ def build(out: Path, cfg: TinyEvalConfig, threads: int, command: str) -> dict:
     train_seconds, train_cpu_seconds = round(time.time() - t0), round(time.process_time() - cpu0)
     clip_dir = save(model, out, used_token_ids(tokenizer, all_texts))
 
-    # lazy: change_truth imports torchmetrics (and transformers with it), 14 s of tiny_eval's start-up (measured)
+    # lazy: change_truth imports torchmetrics, 5.2 s before tiny_eval reads its flags (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.eval.change_truth import correlations, pair_table
 
     enc = Encoders.load(clip="tiny", dino="tiny", device="cpu", root=out)  # measure the saved, reloaded model

@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor
 
 def flux_block_classes() -> set[type]:
     """The classes sharded as one unit each: one per double- or single-stream block."""
+    # lazy: diffusers' Flux blocks, 16 s more for fit --help (docs/ARCHITECTURE.md, "Start-up")
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
     return {FluxTransformerBlock, FluxSingleTransformerBlock}

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 def has_wandb_credentials() -> bool:
     """wandb's own login state for the configured server (WANDB_BASE_URL, default api.wandb.ai): a key in
     WANDB_API_KEY or in the netrc entry `wandb login` writes for that host. Never prompts, never contacts the server."""
+    # lazy: wandb, imported where used (docs STYLE 8), 0.7 s (docs/ARCHITECTURE.md, "Start-up")
     import wandb
 
     try:
@@ -59,6 +60,7 @@ class AutoWandbLogger(WandbLogger):
             # explicit: Lightning's WANDB_MODE=dryrun is ignored once wandb's session has started (the login check)
             kwargs["mode"] = "offline"
         if not self.auto_offline and kwargs.get("settings") is None:  # the CLI passes settings=None explicitly
+            # lazy: wandb, imported where used (docs STYLE 8), 0.7 s (docs/ARCHITECTURE.md, "Start-up")
             import wandb
 
             kwargs["settings"] = wandb.Settings(init_timeout=init_timeout)
