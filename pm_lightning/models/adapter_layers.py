@@ -11,7 +11,7 @@ what the methods add: the domain of each sample and the per-domain part of the u
   the unseen domain (-1) uses the mean of the domain Bs.
 
 The domains are module state (``layer.domains``: LongTensor (B,) or None = every sample unseen),
-set before the forward by ``adapters.set_domains``; nothing travels through ``forward``, so
+set before the forward by ``adapter_routing.set_domains``; nothing travels through ``forward``, so
 recomputation under gradient checkpointing sees the same routing.
 """
 
