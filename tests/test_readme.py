@@ -1,6 +1,6 @@
 """README.md works as pasted: every fenced command names an existing make target / variable, pm_lightning command,
 flag (checked by the command's own parser; fit's lines parsed by fit itself with --print_config), venv executable
-and repository file; what a command reads was written by an earlier one; a LoRA is loaded on the base it was trained
+and repository file; what a command reads, another command or a make target writes; a LoRA is loaded on the base it was trained
 on; make's training targets resume their own run; the cheap commands really run (slow tier)."""
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def produced() -> set[str]:
     return out
 
 
-def test_what_a_command_reads_an_earlier_one_writes():
+def test_what_a_command_reads_another_one_writes():
     """Inputs under runs/, outputs/, hub/ and data/ (not shipped) come from a run, an --out or a make target;
     the rest (my_lego/, ROOT, makeanything/) are the user's own folders, named as such in the text."""
     made = produced()

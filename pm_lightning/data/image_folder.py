@@ -30,6 +30,7 @@ from pm_lightning.data.importers import (
     open_rgb,
     safe_key,
 )
+from pm_lightning.data.shard_writer import report_stderr
 
 LAYOUT_FILE = "layout.json"
 """Optional sidecar of a grid folder: `{"frames": 9}` or `{"rows": 3, "cols": 3}`, and `"order": "s" | "reverse-s"`."""
@@ -178,8 +179,6 @@ def load_pictures(folder: str | Path, size: int) -> tuple[list[tuple[np.ndarray,
 def picture_set(folder: str | Path, size: int, strict: bool = False) -> tuple[list[tuple[np.ndarray, str]], int]:
     """`load_pictures` with every skip reported on stderr; (pictures, skipped count). BadInput when the folder is
     missing, when no picture is left, or under `strict` at the first skip."""
-    from pm_lightning.data.shard_writer import report_stderr
-
     if not Path(folder).is_dir():
         raise BadInput(f"--images {folder} is not a directory")
     pictures, skipped = load_pictures(folder, size)

@@ -3,9 +3,9 @@ stacks on its procedural LoRA to reach an unseen domain (`generate --extra-lora 
 
 The pictures are a user's folder of captioned pictures (`data/image_folder.py`), or frames (mostly late,
 finished-looking states) of synthetic sequences of the domain, each a whole picture at the grid resolution, captioned
-with the sequence's caption. It is single-picture training: the LoRA
-learns how the domain looks, never a process. Flow matching as in the stages (`training/flow.py`), attention
-Linears only (what style LoRAs usually adapt), written in diffusers format like every export.
+with the sequence's caption. It is single-picture training: the LoRA learns how the domain looks, never a process.
+Flow matching as in the stages (`training/flow.py`), attention Linears only (what style LoRAs usually adapt), written
+in diffusers format like every export.
 """
 
 from __future__ import annotations
