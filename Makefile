@@ -1,13 +1,18 @@
 # pm_lightning: every target sets itself up (`make setup`, idempotent) first.
+# ARGS= appends flags to a target's command: `make train-stage1 ARGS="--trainer.max_steps 50"`.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
-# torch/torchvision pins: the releases that lie on this workplace's disk (no multi-GB download).
+# torch/torchvision go in first, at the versions constraints.txt pins; PyPI's default Linux wheels are CUDA builds
+# (torch + nvidia-* + triton: 5.3 GB of the 6.2 GB .venv). TORCH= installs other builds or versions.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS  := dev,judge,demo,quant,tensorboard
 SYNTH   := data/synth
 SHARDS  := data/shards
+# `make generate` writes one sample folder per domain under SAMPLES; `make eval` scores every sample under it.
 SAMPLES ?= outputs/samples
+DOMAIN  ?= lego
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
@@ -19,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,judge,demo,quant]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 constraints: $(STAMP)
@@ -46,52 +51,60 @@ $(SHARDS)/val/index.json: | $(STAMP)
 	$(BIN)/python -m pm_lightning.shards --src $(SYNTH)/val --out $(SHARDS)/val
 
 tiny-base: $(STAMP)
-	$(BIN)/python -m pm_lightning.tiny_base --out data/tiny-flux
+	$(BIN)/python -m pm_lightning.tiny_base --out data/tiny-flux $(ARGS)
 
 # Embedded tiny evaluators (open_clip CLIP + patch tokens) on the synthetic corpus; committed in data/tiny-eval.
 tiny-eval: $(STAMP)
-	$(BIN)/python -m pm_lightning.tiny_eval --out data/tiny-eval
+	$(BIN)/python -m pm_lightning.tiny_eval --out data/tiny-eval $(ARGS)
 
-# Score generated samples (SAMPLES=dir): per-domain table as markdown + JSON (add --judge for the GPT-4o rubric).
+# Score every sample folder under SAMPLES (what `make generate` writes): the per-domain table as markdown + JSON
+# in SAMPLES/results.{md,json} (ARGS=--judge adds the GPT-4o rubric).
 eval: $(STAMP)
-	$(BIN)/python -m pm_lightning.evaluate --samples $(SAMPLES)
+	$(BIN)/python -m pm_lightning.evaluate --samples $(SAMPLES) $(ARGS)
 
-# Text -> process sequence on the tiny model (PROMPT=, DOMAIN=, OUT=, ADAPTIVE=1 adds the adaptive steps).
+# Text -> process sequence on the tiny model, into SAMPLES/DOMAIN (PROMPT=, DOMAIN=, OUT=, ADAPTIVE=1: adaptive steps).
 generate: $(STAMP)
-	$(BIN)/python -m pm_lightning.generate --prompt "$(or $(PROMPT),a lego tower of eight red bricks on a green baseplate)" --domain $(or $(DOMAIN),lego) --out $(or $(OUT),outputs/generate) $(if $(ADAPTIVE),--adaptive)
+	$(BIN)/python -m pm_lightning.generate --prompt "$(or $(PROMPT),a lego tower of eight red bricks on a green baseplate)" \
+		--domain $(DOMAIN) --out $(or $(OUT),$(SAMPLES)/$(DOMAIN)) $(if $(ADAPTIVE),--adaptive) $(ARGS)
+
+# A rerun of a training target resumes its own run: once the run directory holds a checkpoint, fit gets
+# `--ckpt_path last` (an interrupted run continues exactly; a finished one ends at once); before that it starts
+# fresh. (fit's own `--ckpt_path last` on a run without a checkpoint starts fresh too once issue 20 lands; this
+# check keeps the first run working either way.) ARGS="--start_over true" moves the earlier run aside instead.
+resume = $(if $(findstring --start_over,$(ARGS)),,$(if $(wildcard $(1)/checkpoints/*.ckpt),--ckpt_path last))
 
 # One torch thread: about 1 s per step here; two threads next to any other busy process
 # oversubscribe the 2 cores and ran several times slower.
 train-stage1: shards
-	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.fit --config experiments/tiny.yaml
+	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.fit --config experiments/tiny.yaml $(call resume,runs/tiny) $(ARGS)
 
-# Stage 2 / ReCraft fuse stage 1's domain-free LoRA: train stage 1 first when it is missing.
+# Stage 2 / ReCraft fuse stage 1's domain-free LoRA: train (or finish) stage 1 first when it is missing.
 train-stage2: shards
 	test -f runs/tiny/lora/final/unseen.safetensors || $(MAKE) train-stage1
-	$(BIN)/python -m pm_lightning.fit --config experiments/tiny_stage2.yaml
+	$(BIN)/python -m pm_lightning.fit --config experiments/tiny_stage2.yaml $(call resume,runs/tiny_stage2) $(ARGS)
 
 train-recraft: shards
 	test -f runs/tiny/lora/final/unseen.safetensors || $(MAKE) train-stage1
-	$(BIN)/python -m pm_lightning.fit --config experiments/tiny_recraft.yaml
+	$(BIN)/python -m pm_lightning.fit --config experiments/tiny_recraft.yaml $(call resume,runs/tiny_recraft) $(ARGS)
 
 # The ablations side by side (docs/ABLATIONS.md): ProcessMaker Table 3, MakeAnything's ablation, unseen domains, 3 seeds,
 # about an hour on 2 cores; QUICK=1: 2 steps per row, 1 seed (under 5 minutes); ROWS=, SEEDS=, JOBS=, OUT= select.
 # Resumable: rerun to continue. W&B offline without credentials: `wandb sync` the offline-run folders it names.
 ablation: shards
 	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.ablate $(if $(QUICK),--quick) $(if $(ROWS),--rows $(ROWS)) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT))
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 # The fast tier (the README's test command) and the slow tier (multi-process, subprocess, long runs).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --timeout 600
+	$(BIN)/python -m pytest -q -x --timeout 600 $(ARGS)
 
 # The slow tier runs the quick ablation on the default shards (built when missing: about a minute).
 test-slow: $(STAMP) browser shards
-	$(BIN)/python -m pytest -q -x -m slow --timeout 1800
+	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 $(ARGS)
 
 # The web demo on http://127.0.0.1:7860 (PORT=): the tiny model on CPU, LoRA folders from runs/.
 demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.app --port $(or $(PORT),7860)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.app --port $(or $(PORT),7860) $(ARGS)
 
 # Headless Chromium + ChromeDriver (Debian's packages) for the browser test; installed when missing (needs root).
 browser:
@@ -103,9 +116,14 @@ demo-screenshots: $(STAMP) browser
 	test -f runs/tiny/lora/final/unseen.safetensors || $(MAKE) train-stage1
 	PM_DEMO_SCREENSHOTS=docs PM_DEMO_RUNS=runs $(BIN)/python -m pytest -q -m slow tests/test_demo.py -k browser -s
 
-# A style LoRA on single pictures of one domain (DOMAIN=, default origami), for generate --extra-lora.
+# A style LoRA on single pictures, for generate --extra-lora: IMAGES=DIR (your pictures, same-name .txt captions;
+# the domain is the folder's name unless DOMAIN= says), else the synthetic pictures of DOMAIN (default origami).
+# Writes runs/style/<domain>.safetensors (OUT= elsewhere).
+STYLE_DOMAIN = $(if $(filter command line,$(origin DOMAIN)),$(DOMAIN))
 style-lora: $(STAMP)
-	$(BIN)/python -m pm_lightning.style_lora --domain $(or $(DOMAIN),origami) --out runs/style/$(or $(DOMAIN),origami).safetensors
+	$(BIN)/python -m pm_lightning.style_lora \
+		$(if $(IMAGES),--images $(IMAGES) $(if $(STYLE_DOMAIN),--domain $(STYLE_DOMAIN)),--domain $(or $(STYLE_DOMAIN),origami)) \
+		$(if $(OUT),--out $(OUT)) $(ARGS)
 
 # Every benchmark prints its table and rewrites its own section of docs/BENCHMARKS.md.
 bench: $(STAMP)
@@ -126,12 +144,12 @@ bench-gpu: $(STAMP)
 # Adaptive steps against ground truth (damaged synthetic sequences), calibrated for the tiny evaluators:
 # writes data/tiny-eval/adaptive_calibration.json and docs/ADAPTIVE.md's table.
 bench-adaptive: $(STAMP)
-	$(BIN)/python -m pm_lightning.calibrate_adaptive --write-docs
+	$(BIN)/python -m pm_lightning.calibrate_adaptive --write-docs $(ARGS)
 
 # One H100 / H200, under 8 minutes, no download: FLUX.1-dev step (time, MFU, peak vs the memory plan), FSDP2,
 # 28-step 1024-px grid, then the gpu test tier. TINY=1: the scaled-down shape on CPU.
 bench-gpu-check: $(STAMP)
-	PY=$(BIN)/python bash bench/gpu_check.sh $(if $(TINY),--tiny)
+	PY=$(BIN)/python bash bench/gpu_check.sh $(if $(TINY),--tiny) $(ARGS)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data.py

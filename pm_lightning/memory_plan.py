@@ -3,11 +3,13 @@
     python -m pm_lightning.memory_plan --gpus 8 --card-gib 48 --variant flux-dev --rank 64 --domains 21 --tokens 4608
     python -m pm_lightning.memory_plan --gpus 1 --card-gib 24 --quant int8 --text-cache --latent-cache
     python -m pm_lightning.memory_plan --json
+    python -m pm_lightning.memory_plan --config experiments/fabric_toys.yaml --config experiments/presets/24gb.yaml --card-gib 24
 
 Counts the transformer (bf16, or int8 / fp8 / NF4 weights with --quant), the text encoders (none with --text-cache),
 the VAE (none with --latent-cache), activations with or without checkpointing, the alignment teacher's features, the optimizer state and the
 strategy's buffers; then a table of every strategy x quantization, with and without the text cache, and the
-configuration recommended for the card.
+configuration recommended for the card. With `--config`: the plan of that fit config (an experiment and its overlays,
+merged in order: its strategy, GPU count, resolution, batch, adapter, caches and quantization) and its headroom.
 
 Formulas and assumptions: `pm_lightning/scaling/memory_formulas.py` and docs/SCALING.md.
 """
@@ -27,7 +29,7 @@ from pm_lightning.scaling.plan_search import options, plan_all, recommend
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
-    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs (default 8, or the --config's count)")
     ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=float, default=48, help="GiB per GPU (A6000: 48)")
     ap.add_argument("--variant", default="flux-dev", choices=sorted(VARIANTS))
     ap.add_argument("--kind", default="masked", choices=KINDS)
@@ -43,7 +45,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--latent-cache", action="store_true", help="VAE off the GPU (latent_cache_dir)")
     ap.add_argument("--quant", default="none", choices=list(QUANT_BYTES), help="frozen base storage (quantize)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--config", action="append", default=[], help="a fit config, then its overlays (repeatable)")
     args = ap.parse_args(argv)
+    if args.config:
+        return config_main(args)
+    args.gpus = args.gpus or 8
     shape = model_shape(args.variant, AdapterConfig(kind=args.kind, rank=args.rank, num_domains=args.domains))
     align_layers = 0 if args.no_align else len(VARIANTS[args.variant].align_layers or (4, 9, 14, 19, 29))
     work = Workload(
@@ -65,6 +71,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(out))
     else:
         print(format_table(plans, shape, work) + "\n\n" + format_options(shape, work, args.gpus, args.card_gib))
+    return out
+
+
+def config_main(args: argparse.Namespace) -> dict:
+    """The plan of one fit config (`--config` ...): its table, its headroom, whether it keeps the preset margin."""
+    from pm_lightning.core.config_files import load_configs
+    from pm_lightning.training.config_memory import HEADROOM, headroom, plan_config
+
+    try:
+        plan, shape, work = plan_config(load_configs(args.config), args.card_gib, args.gpus)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    out = to_json([plan], shape, work) | {"headroom": headroom(plan), "config": args.config}
+    verdict = "fits" if headroom(plan) >= HEADROOM else "fits, under the 10% margin" if plan.fits else "does NOT fit"
+    text = f"{format_table([plan], shape, work)}\n\n{' + '.join(args.config)}: {verdict} ({headroom(plan):.0%} of the card free)"
+    print(json.dumps(out) if args.json else text)
     return out
 
 

@@ -1,4 +1,5 @@
-"""`python -m pm_lightning.shards`: raw sequences (folder or MakeAnything format) -> WebDataset shards."""
+"""`python -m pm_lightning.shards`: raw sequences (folder or MakeAnything format, or folders of grid images with
+same-name .txt captions: `--images DIR`) -> WebDataset shards."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import sys
 
+from pm_lightning.data.image_folder import discover_image_folder
 from pm_lightning.data.importers import ORDERS, PAD_MODES, discover_folder, discover_makeanything
 from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
 
@@ -13,19 +15,31 @@ from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see docs/DATA.md)."""
     p = argparse.ArgumentParser(prog="python -m pm_lightning.shards", description=__doc__)
-    p.add_argument("--src", required=True, help="input root")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--src", help="input root (--format folder or makeanything)")
+    src.add_argument(
+        "--images",
+        nargs="+",
+        metavar="DIR",
+        help="folders of grid images with same-name .txt captions, one domain each (layout: --frames or layout.json)",
+    )
+    p.add_argument("--domain", default=None, help="--images: the domain (default: each folder's name)")
     p.add_argument("--out", required=True, help="output directory for shard-*.tar and index.json")
     p.add_argument(
         "--format", choices=("folder", "makeanything"), default="folder", help="input layout (default: folder)"
     )
     p.add_argument(
-        "--frames", type=int, choices=(9, 4), default=9, help="makeanything: frames per grid, 9 -> 3x3, 4 -> 2x2"
+        "--frames",
+        type=int,
+        choices=(9, 4),
+        default=None,
+        help="makeanything / --images: frames per grid, 9 -> 3x3, 4 -> 2x2 (default: makeanything 9, --images layout.json)",
     )
     p.add_argument(
         "--order",
         choices=ORDERS,
-        default="s",
-        help="makeanything: 's' = row 0 left-to-right (ours); 'reverse-s' = row 0 right-to-left (ɔ)",
+        default=None,
+        help="makeanything / --images: 's' = row 0 left-to-right (ours, the default); 'reverse-s' = row 0 right-to-left (ɔ)",
     )
     p.add_argument(
         "--domain-names", default=None, help="makeanything: comma-separated names for --lora_up_cur indices 0,1,..."
@@ -38,25 +52,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--shuffle-seed", type=int, default=0, help="seed of the write-order permutation; -1 keeps sorted key order"
     )
     p.add_argument("--strict", action="store_true", help="any skipped input is an error; nothing is written")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.domain and not args.images:
+        p.error("--domain names the domain of --images folders; --src takes domains from its sub-folders or tags")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the import; 0 when something was written, 1 otherwise."""
     args = parse_args(argv)
-    if not os.path.isdir(args.src):
-        print(f"error: --src {args.src} is not a directory", file=sys.stderr)
-        return 2
-    if args.format == "folder":
-        items = discover_folder(args.src)
-    else:
-        names = [n.strip() for n in args.domain_names.split(",")] if args.domain_names else None
-        items = discover_makeanything(args.src, frames=args.frames, order=args.order, domain_names=names)
+    for folder in args.images or [args.src]:
+        if not os.path.isdir(folder):
+            print(f"error: {'--images' if args.images else '--src'} {folder} is not a directory", file=sys.stderr)
+            return 2
     seed = None if args.shuffle_seed < 0 else args.shuffle_seed
     try:
+        items = discover(args)
         cfg = ShardConfig(args.size, args.max_per_shard, args.strict, args.pad, args.workers, seed)
         report = write_shards(items, args.out, cfg)
-    except (ShardError, ValueError) as err:
+    except (ShardError, ValueError) as err:  # BadInput is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(
@@ -65,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def discover(args: argparse.Namespace):
+    """The sequences (and skipped inputs) of the chosen input format."""
+    if args.images:
+        return [item for d in args.images for item in discover_image_folder(d, args.frames, args.order, args.domain)]
+    if args.format == "folder":
+        return discover_folder(args.src)
+    names = [n.strip() for n in args.domain_names.split(",")] if args.domain_names else None
+    return discover_makeanything(args.src, frames=args.frames or 9, order=args.order or "s", domain_names=names)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def test_missing_model_fails_fast_with_one_clear_error(source, monkeypatch, tmp_
     msg = str(info.value)
     assert source in msg and "hf-home" in msg and "HF_HUB_OFFLINE" in msg
     assert "local diffusers-format directory" in msg  # way 1
-    assert "huggingface-cli login" in msg and "HF_HOME" in msg  # way 2
+    assert "hf auth login" in msg and "HF_HOME" in msg  # way 2
     assert "tiny" in msg and str(tiny_flux_dir()) in msg  # way 3
 
 

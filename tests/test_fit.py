@@ -151,7 +151,7 @@ def test_flux_dev_config_without_weights_stops_with_instructions(tmp_path):
     assert proc.returncode == 2
     for needle in (
         "black-forest-labs/FLUX.1-dev",
-        "huggingface-cli login",
+        "hf auth login",
         "HF_HOME",
         "local diffusers-format directory",
     ):

@@ -23,8 +23,8 @@ EXTENDS = "extends"
 
 def merge(base: dict, top: dict) -> dict:
     """`top` over `base` by the rule above (neither is changed)."""
-    if "class_path" in base and "class_path" in top and base["class_path"] != top["class_path"]:
-        return dict(top)
+    if "class_path" in top and top["class_path"] != base.get("class_path"):
+        base = {}  # a new class starts from its own init_args
     out = dict(base)
     for key, value in top.items():
         old = out.get(key)

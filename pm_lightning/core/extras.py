@@ -6,7 +6,13 @@ import importlib
 from types import ModuleType
 
 # module -> the pyproject extra that installs it
-EXTRAS = {"openai": "judge", "deepspeed": "deepspeed", "gradio": "demo", "torchao": "quant"}
+EXTRAS = {
+    "openai": "judge",
+    "deepspeed": "deepspeed",
+    "gradio": "demo",
+    "torchao": "quant",
+    "tensorboard": "tensorboard",
+}
 
 
 class MissingExtra(ImportError):

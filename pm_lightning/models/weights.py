@@ -52,8 +52,8 @@ def not_found_error(source: str, cause: BaseException | str | None = None) -> Ba
         "Provide it in one of three ways:",
         "  1. a local diffusers-format directory (model_index.json, transformer/, vae/, text_encoder/, "
         "text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/): pass its path as the backbone source;",
-        "  2. the hub: `huggingface-cli login` (accept the model licence on huggingface.co first), then "
-        "`huggingface-cli download black-forest-labs/FLUX.1-dev` into the cache (set HF_HOME to choose where);",
+        "  2. the hub: `hf auth login` (accept the model licence on huggingface.co first), then "
+        "`hf download black-forest-labs/FLUX.1-dev` into the cache (set HF_HOME to choose where);",
         f"  3. the embedded default: source 'tiny' = {VARIANTS['tiny'].location()} (rebuild it with `make tiny-base`).",
     ]
     return BackboneNotFoundError("\n".join(lines))

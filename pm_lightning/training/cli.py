@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from pm_lightning.core.atomic import WriteFailed
 from pm_lightning.core.config_files import resolved_config_args
@@ -76,8 +77,9 @@ class ProcessCLI(LightningCLI):
         if "alignment" in model.hparams:
             tags.append("align:on" if model.hparams["alignment"]["enabled"] else "align:off")
         for logger in self.trainer.loggers:
-            if isinstance(logger, AutoWandbLogger):
+            if hasattr(logger, "use_run_dir"):  # W&B, TensorBoard: their files go in the run directory
                 logger.use_run_dir(run_dir)
+            if isinstance(logger, AutoWandbLogger):
                 logger.describe_run(self.config.experiment, tags)
                 if self.config.ckpt_path is not None and (run_id := logger.continue_run()):
                     print(f"W&B: the resumed fit continues run {run_id} of {run_dir}", file=sys.stderr)
@@ -114,6 +116,8 @@ def report(cli: ProcessCLI) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, AutoWandbLogger):
             lines.append(f"W&B run:        {logger.run_location()}")
+        elif isinstance(logger, TensorBoardLogger):
+            lines.append(f"TensorBoard:    {Path(logger.log_dir).resolve()} (tensorboard --logdir {logger.root_dir})")
     print("\n".join(lines))
 
 

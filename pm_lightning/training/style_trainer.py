@@ -1,10 +1,11 @@
 """A style LoRA: a plain LoRA trained on single pictures of one domain, the kind of community LoRA MakeAnything
 stacks on its procedural LoRA to reach an unseen domain (`generate --extra-lora FILE[:WEIGHT]`).
 
-The pictures are frames (mostly late, finished-looking states) of synthetic sequences of the domain, each a whole
-picture at the grid resolution, captioned with the sequence's caption. It is single-picture training: the LoRA
-learns how the domain looks, never a process. Flow matching as in the stages (`training/flow.py`), attention
-Linears only (what style LoRAs usually adapt), written in diffusers format like every export.
+The pictures are a user's folder of captioned pictures (`data/image_folder.py`), or frames (mostly late,
+finished-looking states) of synthetic sequences of the domain, each a whole picture at the grid resolution, captioned
+with the sequence's caption. It is single-picture training: the LoRA learns how the domain looks, never a process.
+Flow matching as in the stages (`training/flow.py`), attention Linears only (what style LoRAs usually adapt), written
+in diffusers format like every export.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def style_pictures(domain: str, n: int, size: int, seed: int = 0) -> list[tuple[
     return out
 
 
-def train_style_lora(backbone, cfg: StyleLoraConfig, out, progress: bool = True) -> dict:
+def train_style_lora(backbone, cfg: StyleLoraConfig, out, progress: bool = True, pictures=None) -> dict:
     """Train a style LoRA on `backbone` (its transformer gets the adapter) and write it to `out`; returns the
-    first and last losses (means over the first and last tenth of the steps)."""
-    pictures = style_pictures(cfg.domain, cfg.pictures, cfg.resolution, cfg.seed)
+    first and last losses (means over the first and last tenth of the steps). `pictures`: (picture (R, R, 3) uint8,
+    caption) pairs at `cfg.resolution`; default: `cfg.pictures` synthetic pictures of `cfg.domain`."""
+    if pictures is None:
+        pictures = style_pictures(cfg.domain, cfg.pictures, cfg.resolution, cfg.seed)
     transformer = backbone.transformer
     add_adapters(
         transformer, AdapterConfig(kind="lora", rank=cfg.rank, alpha=float(cfg.rank), target_modules=ATTENTION)

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.data.domains import domain_index
+from pm_lightning.training.logged_images import log_images
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,7 @@ class SampleGrids(Callback):
         self.last_path = path
         captions = [f"{p['domain']}: {p['caption']}" for p in self.prompts]
         for logger in trainer.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="samples", images=images, caption=captions, step=trainer.global_step)
+            log_images(logger, "samples", images, captions, trainer.global_step)
         self.on_samples(trainer, pl_module, images, tag)
         return path
 
