@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from pm_lightning.core.config_files import load_configs
 from pm_lightning.models.adapter_config import KINDS, AdapterConfig
 from pm_lightning.models.variants import VARIANTS
+from pm_lightning.scaling.config_memory import HEADROOM, headroom, plan_config
 from pm_lightning.scaling.memory_formulas import OPTIMIZER_STATE, QUANT_BYTES, Workload
 from pm_lightning.scaling.model_shapes import model_shape
 from pm_lightning.scaling.plan_report import format_options, format_table, to_json
@@ -76,9 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def config_main(args: argparse.Namespace) -> dict:
     """The plan of one fit config (`--config` ...): its table, its headroom, whether it keeps the preset margin."""
-    from pm_lightning.core.config_files import load_configs
-    from pm_lightning.training.config_memory import HEADROOM, headroom, plan_config
-
     try:
         plan, shape, work = plan_config(load_configs(args.config), args.card_gib, args.gpus)
     except (OSError, ValueError) as err:

@@ -17,6 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
+from pm_lightning.core.errors import BadInput
+from pm_lightning.data.image_folder import folder_domain, picture_set
+from pm_lightning.data.synthetic_corpus import spec_for
+from pm_lightning.models.backbone import FluxBackbone
+from pm_lightning.models.variants import VARIANTS
 from pm_lightning.training.style_trainer import StyleLoraConfig, train_style_lora
 
 
@@ -45,11 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.images is None and args.domain is None:
         p.error("give --images DIR (your pictures) or --domain NAME (a synthetic corpus domain)")
-    from pm_lightning.core.errors import BadInput
-    from pm_lightning.data.image_folder import folder_domain, picture_set
-    from pm_lightning.data.synthetic_corpus import spec_for
-    from pm_lightning.models.backbone import FluxBackbone
-    from pm_lightning.models.variants import VARIANTS
 
     variant = VARIANTS.get(args.base)
     resolution = args.resolution or (variant.resolution if variant is not None else 1024)

@@ -15,7 +15,7 @@ import yaml
 
 from pm_lightning import fit, memory_plan
 from pm_lightning.core import config_files
-from pm_lightning.training import config_memory
+from pm_lightning.scaling import config_memory
 
 REPO = Path(__file__).resolve().parents[1]
 FLUX_CONFIGS = ["fabric_toys", "fabric_toys_stage2", "fabric_toys_recraft", "all_domains"]

@@ -4,6 +4,7 @@ TensorBoard (`add_image` per image, the captions as one text entry); loggers wit
 from __future__ import annotations
 
 import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 
@@ -12,7 +13,6 @@ def log_images(logger, key: str, images: list[Image.Image], captions: list[str],
     if hasattr(logger, "log_image"):
         logger.log_image(key=key, images=images, caption=captions, step=step)
         return True
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     if not isinstance(logger, TensorBoardLogger):
         return False
