@@ -8,8 +8,8 @@ LightningCLI merges several `--config` files. `config_shards` / `config_prompts`
 config, as the caches read them.
 
 `fit` hands LightningCLI each such file resolved (`resolved_config_args`: LightningCLI accepts a config as YAML text),
-and every other reader of an experiment config (`text_cache`, `latent_cache`, `params`, the tiny defaults) reads it
-through `load_config`, so a run and its caches see the same keys.
+and every other reader of an experiment config (`text_cache`, `latent_cache`, `params`, `memory_plan --config`, the
+tiny defaults) reads it through `load_config` / `load_configs`, so a run and its caches see the same keys.
 """
 
 from __future__ import annotations

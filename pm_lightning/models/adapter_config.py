@@ -11,7 +11,7 @@ One LoRA (A: r x k, B: d x r, scale alpha / r) on each target Linear, injected b
 
 `ADAPTER_KINDS` is the one list of kinds: name -> peft layer class (+ the layer's extra arguments). `AdapterConfig.kind`
 accepts its keys (the Literal is built from them) and `add_adapters` injects its layer; adding a kind is one layer
-class in `models/adapter_layers.py` and one row here (docs/ARCHITECTURE.md, "Adding an adapter kind").
+class in `models/adapter_layers.py` and one row here (docs/ARCHITECTURE.md, "Adding things").
 """
 
 from __future__ import annotations
