@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from pm_lightning import generate
 from pm_lightning.data.importers import BadInput
 from pm_lightning.export import main as export_main
-from pm_lightning.inference.runtime import Runtime, fill_sampler_defaults
+from pm_lightning.inference.flags import fill_sampler_defaults
+from pm_lightning.inference.runtime import Runtime
 from pm_lightning.inference.session import stage1_under
 from pm_lightning.models.lora_files import (
     STAGE1_KEY,

@@ -3,21 +3,32 @@ domain, stacked on the procedural LoRA through diffusers' multi-adapter weightin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS
-from pm_lightning.inference.session import Models, extra_lora, sample_grid
+from pm_lightning.inference.flags import extra_lora
+from pm_lightning.inference.session import Models, sample_grid
 from pm_lightning.training.style_trainer import StyleLoraConfig, style_pictures, train_style_lora
 from tests.test_stage2 import stage1_file  # noqa: F401 - fixture
 
 DOMAIN = HELDOUT_DOMAINS[0]
 
 
-def test_extra_lora_flag():
-    assert extra_lora("a/b.safetensors:0.7") == (__import__("pathlib").Path("a/b.safetensors"), 0.7)
-    assert extra_lora("a/b.safetensors")[1] == 1.0
-    assert extra_lora("C:x.safetensors")[1] == 1.0  # not a number after the colon: part of the name
+def test_extra_lora_flag(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("b.safetensors", "C:x.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+    assert extra_lora("b.safetensors:0.7") == (Path("b.safetensors"), 0.7)
+    assert extra_lora("b.safetensors")[1] == 1.0
+    assert extra_lora("C:x.safetensors") == (Path("C:x.safetensors"), 1.0)  # no number after the colon: the name
+    for bad in ("b.safetensors:nan", "b.safetensors:inf", "missing.safetensors:0.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            extra_lora(bad)
 
 
 def test_style_pictures_are_single_late_frames_of_the_domain():
