@@ -80,3 +80,19 @@ def test_generate_records_the_extra_loras(tmp_path, tiny_base, stage1_file, styl
     assert report["models"]["extra_loras"] == [{"file": str(style_file), "weight": 0.8}]
     with pytest.raises(SystemExit, match="not found"):
         generate.main([*args[:-2], "--extra-lora", str(tmp_path / "missing.safetensors"), "--out", str(out)])
+
+
+def test_a_failing_extra_lora_leaves_the_session_as_it_records(tiny_base, stage1_file, tmp_path):  # noqa: F811
+    """The stage-1 LoRA loads, the extra file after it fails: the session unloads both, so the next plain-base request
+    draws the plain base (checked red: without the unload in `Models.use` that grid is the stage-1 LoRA's)."""
+    from pm_lightning.data.importers import BadInput
+
+    models = Models(tiny_base)
+    plain = np.asarray(sample_grid(models.use(None, None), "a lego tower", 64, 2, 1.0, seed=3))
+    with_lora = np.asarray(sample_grid(models.use(None, stage1_file), "a lego tower", 64, 2, 1.0, seed=3))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_text("not a LoRA file")
+    with pytest.raises(BadInput, match="broken.safetensors"):
+        models.use(None, stage1_file, [(broken, 0.5)])
+    again = np.asarray(sample_grid(models.use(None, None), "a lego tower", 64, 2, 1.0, seed=3))
+    assert not np.array_equal(plain, with_lora) and np.array_equal(again, plain) and models.loaded == (None, ())

@@ -67,7 +67,7 @@ class Models:
     def use(self, fused: Path | None, lora: Path | None, extras: list[tuple[Path, float]] | tuple = ()):
         """The backbone with `fused` folded into its weights and `lora` (+ `extras`) loaded."""
         from pm_lightning.models.backbone import FluxBackbone
-        from pm_lightning.models.lora_files import fuse_lora_file, load_lora_file
+        from pm_lightning.models.lora_files import fuse_lora_file
 
         fused = str(fused) if fused else None
         wanted = (str(lora) if lora else None, tuple((str(p), float(w)) for p, w in extras))
@@ -80,21 +80,36 @@ class Models:
             self.backbone.pipeline().unload_lora_weights()
             self.loaded = None
         if fused is not None and self.fused is None:
-            fuse_lora_file(self.backbone, fused)
+            try:
+                fuse_lora_file(self.backbone, fused)
+            except BaseException:
+                self.backbone = None  # the weights may be half-fused: the next request loads the base afresh
+                raise
             self.fused = fused
         if self.loaded is None and (wanted[0] or wanted[1]):
             pipe = self.backbone.pipeline()
-            names, weights = [], []
-            if wanted[0]:
-                load_lora_file(pipe, wanted[0], "pm")
-                names, weights = ["pm"], [1.0]
-            for i, (path, weight) in enumerate(wanted[1]):
-                load_lora_file(pipe, path, f"extra{i}", role="extra LoRA file")
-                names.append(f"extra{i}")
-                weights.append(weight)
-            pipe.set_adapters(names, adapter_weights=weights)
+            try:
+                self._load(pipe, wanted)
+            except BaseException:
+                pipe.unload_lora_weights()  # what was loaded before the failing file goes too: state = record
+                raise
         self.loaded = wanted
         return self.backbone
+
+    @staticmethod
+    def _load(pipe, wanted: tuple) -> None:
+        """The procedural LoRA as "pm" (weight 1) and each extra as "extra<i>" at its weight."""
+        from pm_lightning.models.lora_files import load_lora_file
+
+        names, weights = [], []
+        if wanted[0]:
+            load_lora_file(pipe, wanted[0], "pm")
+            names, weights = ["pm"], [1.0]
+        for i, (path, weight) in enumerate(wanted[1]):
+            load_lora_file(pipe, path, f"extra{i}", role="extra LoRA file")
+            names.append(f"extra{i}")
+            weights.append(weight)
+        pipe.set_adapters(names, adapter_weights=weights)
 
 
 @torch.no_grad()
