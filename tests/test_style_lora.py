@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pm_lightning.core.paths import portable
 from pm_lightning.data.synthetic_corpus import HELDOUT_DOMAINS
 from pm_lightning.inference.flags import extra_lora
 from pm_lightning.inference.session import Models, sample_grid
@@ -77,8 +78,8 @@ def test_generate_records_the_extra_loras(tmp_path, tiny_base, stage1_file, styl
     args += ["--extra-lora", f"{style_file}:0.8", "--num-inference-steps", "2", "--resolution", "64", "--out", str(out)]
     assert generate.main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["models"]["extra_loras"] == [{"file": str(style_file), "weight": 0.8}]
-    with pytest.raises(SystemExit, match="not found"):
+    assert report["models"]["extra_loras"] == [{"file": portable(style_file), "weight": 0.8}]
+    with pytest.raises(SystemExit, match="no such file"):
         generate.main([*args[:-2], "--extra-lora", str(tmp_path / "missing.safetensors"), "--out", str(out)])
 
 

@@ -87,7 +87,7 @@ FINITE = Rule(float)
 FRACTION = Rule(float, 0, 1)
 SEED = Rule(int, 0, 2**32 - 1)  # numpy's and Lightning's seed range; torch takes these too
 SIDE = Rule(int, TOKEN_PX, 8192, step=TOKEN_PX)  # a picture or grid side in px: whole Flux tokens
-FRAME_SIDE = Rule(int, 16, 4096)  # a frame side in px of the data commands (resized freely)
+FRAME_SIDE = Rule(int, 8, 4096)  # a frame side in px of the data commands (resized freely)
 STEP_LIMIT = Rule(int, 1, extra=(-1,))  # Lightning's max_steps: -1 = no limit
 SAMPLER_STEPS = Rule(int, 1, 1000)
 GUIDANCE = Rule(float, 0, 100)

@@ -60,6 +60,8 @@ def valid_resolution(resolution: int, layouts: list[tuple[int, int]]) -> int:
 
 def check_resolution(resolution: int, rows: int, cols: int, where: str = "") -> None:
     """Raise ResolutionError unless resolution/rows and resolution/cols are multiples of 16 px."""
+    if not (1 <= rows <= MAX_CELLS and 1 <= cols <= MAX_CELLS):
+        raise ResolutionError(f"a {rows}x{cols} grid{where}: rows and cols must each be 1..{MAX_CELLS}")
     if resolution % (TOKEN_PX * rows) == 0 and resolution % (TOKEN_PX * cols) == 0:
         return
     fix = valid_resolution(resolution, [(rows, cols)])

@@ -5,6 +5,8 @@ disk or a kill during that copy left a truncated `last.ckpt`."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,8 +23,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None or "file" not in get_filesystem(path).protocol:
             return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()  # serialised first, as Lightning does: a failing write is then an OSError naming why
+        torch.save(checkpoint, buffer)
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            write_file(tmp, buffer.getbuffer())
+
+
+def write_file(path: Path, data: memoryview) -> None:
+    """Write `data` to `path` (the one place checkpoint bytes reach the disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def use_atomic_saves(strategy) -> None:

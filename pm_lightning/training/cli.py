@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pm_lightning.core.atomic import WriteFailed
-from pm_lightning.core.validate import NonNegativeFloat, PositiveInt, Refused, StepLimit, refuse
+from pm_lightning.core.validate import NonNegativeFloat, PositiveInt, StepLimit, refuse
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.importers import BadInput
 from pm_lightning.data.stream import EmptyStream, ResolutionError
@@ -214,9 +214,7 @@ def report(cli: ProcessCLI) -> None:
 def main(args: list[str] | None = None) -> int:
     """Parse, lock and check the run directory, validate at step 0, fit, print where the outputs went."""
     try:
-        cli = build_cli(args)
-    except Refused as err:  # a key out of range or unknown: already said in one line
-        return err.code
+        cli = build_cli(args)  # a key out of range or unknown: one line, SystemExit 2 (`ConfigParser`)
     except (FileNotFoundError, RunDirectoryInUse, RunDirectoryLocked, UnreadableCheckpoint, ValueError) as err:
         # a missing base / stage-1 file / shard set; a used or live run dir; a damaged checkpoint; a bad value
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -32,11 +32,15 @@ def earlier_checkpoints(root: str | Path) -> list[Path]:
 def checkpoint_problem(path: Path) -> str | None:
     """Why `path` cannot be resumed from, or None when torch reads it back (tensors and plain data only,
     memory-mapped: the tensors are not read into memory)."""
+    import pickle
+
     import torch
 
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, unsafe objects, I/O errors alike
+    except pickle.UnpicklingError:
+        return "it holds objects other than tensors and plain data: refused unread"
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, I/O errors alike
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         return f"{type(err).__name__}: {first}" if first else type(err).__name__
     return None
