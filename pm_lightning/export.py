@@ -20,7 +20,7 @@ from pm_lightning.core import validate as v
 from pm_lightning.inference.flags import DTYPE_NAMES
 
 PROG = "python -m pm_lightning.export"
-FORMATS = ("diffusers", "kohya")  # models/lora_files.py's (tests/test_export.py checks they agree)
+FORMATS = ("diffusers", "kohya")  # models/lora_files.py's, light (tests/test_validate.py checks they agree)
 
 
 def hub_repo(text: str) -> str:

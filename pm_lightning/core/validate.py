@@ -31,7 +31,7 @@ class Rule:
         if self.step:
             noun = f"a multiple of {self.step}"
         if self.lo is not None and self.hi is not None:
-            text = f"{noun} from {self.lo} to {self.hi}"
+            text = f"{noun} > {self.lo} and <= {self.hi}" if self.lo_open else f"{noun} from {self.lo} to {self.hi}"
         elif self.lo is not None:
             text = f"{noun} {'>' if self.lo_open else '>='} {self.lo}"
         elif self.hi is not None:
@@ -93,11 +93,6 @@ SAMPLER_STEPS = Rule(int, 1, 1000)
 GUIDANCE = Rule(float, 0, 100)
 PORT = Rule(int, 1, 65535)
 WORKERS = Rule(int, 1, 256)
-
-
-def ranged(rule: Rule, lo=None, hi=None) -> Rule:
-    """`rule` with other bounds (the kind, step and extras kept)."""
-    return Rule(rule.kind, lo, hi, lo_open=rule.lo_open and lo == rule.lo, step=rule.step, extra=rule.extra)
 
 
 # ---------------------------------------------------------------------------------------------- paths (argparse)
