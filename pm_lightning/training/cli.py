@@ -149,8 +149,10 @@ class ProcessCLI(LightningCLI):
             print(f"the earlier run's outputs in {root} were moved to {moved}", file=sys.stderr)
 
     def instantiate_classes(self) -> None:
+        """Lightning's, then this CLI's after-work; a failure in either gives the run directory back."""
         try:
             super().instantiate_classes()
+            self.describe_run()
         except BaseException:
             self.release()
             raise
@@ -160,7 +162,8 @@ class ProcessCLI(LightningCLI):
         if self.lock is not None:
             self.lock.release()
 
-    def after_instantiate_classes(self) -> None:
+    def describe_run(self) -> None:
+        """The W&B logger follows the run directory, with the run's tags; a resumed fit continues its W&B run."""
         model, run_dir = self.model, str(self.trainer.default_root_dir)
         tags = [f"stage{model.hparams.get('stage', '?')}"]
         if "adapter" in model.hparams:
