@@ -31,10 +31,14 @@ def earlier_checkpoints(root: str | Path) -> list[Path]:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why `path` cannot be resumed from, or None when torch reads it back (tensors and plain data only,
-    memory-mapped: the tensors are not read into memory)."""
+    memory-mapped: the tensors are not read into memory). A folder (a DeepSpeed or distributed checkpoint) is its
+    strategy's to read."""
     import pickle
 
     import torch
+
+    if path.is_dir():
+        return None
 
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -59,7 +63,7 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> tuple[str | No
         return None, []
     if ckpt_path != "last":
         path = Path(ckpt_path)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
         if problem := checkpoint_problem(path):
             hint = _newest_intact(root)
@@ -72,7 +76,7 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> tuple[str | No
     others = sorted(
         (p for p in earlier_checkpoints(root) if p != last), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True
     )
-    candidates = ([last] if last.is_file() else []) + others
+    candidates = ([last] if last.exists() else []) + others
     if not candidates:
         return None, [f"--ckpt_path last: no checkpoint in {root} yet (the run stopped before its first one): "
                       "starting from the beginning"]  # fmt: skip
