@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pm_lightning.core import validate as v
-from pm_lightning.inference.flags import DTYPE_NAMES
+from pm_lightning.inference.flags import add_device_flags
 
 
 def config_data(path: Path) -> tuple[list[str], int | None]:
@@ -39,13 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=v.SIDE, default=None, help="grid side in px (default: the config's)")
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
     p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's latent_cache_dir)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=sorted(DTYPE_NAMES),
-        help="VAE dtype (default: float32 for tiny, else bfloat16)",
-    )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device_flags(p, "the VAE's: float32 for tiny, else bfloat16")
     p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8)
     args = p.parse_args(argv)
 

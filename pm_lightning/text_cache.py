@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from pm_lightning.core import validate as v
-from pm_lightning.inference.flags import DTYPE_NAMES
+from pm_lightning.inference.flags import add_device_flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=v.existing_file, default=None, help="sample prompts: a config YAML or a text file")
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
     p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's text_cache_dir)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=sorted(DTYPE_NAMES),
-        help="text encoders' dtype (default: float32 for tiny, else bfloat16)",
-    )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device_flags(p, "the text encoders': float32 for tiny, else bfloat16")
     p.add_argument(
         "--max-sequence-length", type=v.Rule(int, 1, 4096), default=None, help="T5 tokens (default: the variant's)"
     )

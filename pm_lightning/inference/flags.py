@@ -22,15 +22,10 @@ DTYPE_NAMES = {
 }
 
 
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    """--device and --dtype (every inference command)."""
+def add_device_flags(p: argparse.ArgumentParser, dtype_default: str = "bfloat16 on a GPU, float32 on CPU") -> None:
+    """--device and --dtype (every inference command, the cache commands)."""
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=sorted(DTYPE_NAMES),
-        help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)",
-    )
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES), help=f"dtype (default: {dtype_default})")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:
