@@ -11,17 +11,19 @@ to; `generate` / `adapt` read them for those encoders only. `--write-docs` refre
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
+
+from pm_lightning.core import validate as v
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.calibrate_adaptive", description=__doc__.split("\n")[0])
+    p = v.Parser(prog="python -m pm_lightning.calibrate_adaptive", description=__doc__.split("\n")[0])
     p.add_argument("--clip", default="tiny", help="CLIP spec (Encoders.load)")
     p.add_argument("--dino", default="tiny", help="DINO spec (Encoders.load)")
-    p.add_argument("--per-condition", type=int, default=200, help="test cases per condition")
-    p.add_argument("--out", type=Path, default=None, help="calibration file (default: the tiny evaluators' folder)")
+    p.add_argument("--per-condition", type=v.Rule(int, 1, 100_000), default=200, help="test cases per condition")
+    p.add_argument(
+        "--out", type=v.output_file, default=None, help="calibration file (default: the tiny evaluators' folder)"
+    )
     p.add_argument("--write-docs", action="store_true", help="rewrite the ground-truth table of docs/ADAPTIVE.md")
     args = p.parse_args(argv)
     import torch

@@ -13,9 +13,11 @@ a run with another base, resolution or dtype is refused. Grids already cached ar
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from pm_lightning.core import validate as v
+from pm_lightning.inference.flags import add_device_flags
 
 
 def config_data(path: Path) -> tuple[list[str], int | None]:
@@ -29,15 +31,16 @@ def config_data(path: Path) -> tuple[list[str], int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.latent_cache", description=__doc__.split("\n")[0])
+    p = v.Parser(prog="python -m pm_lightning.latent_cache", description=__doc__.split("\n")[0])
     p.add_argument("--shards", nargs="+", default=[], help="shard directories, files or patterns")
-    p.add_argument("--config", type=Path, default=None, help="experiment config: its shards and data.resolution")
-    p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: the config's)")
+    p.add_argument(
+        "--config", type=v.existing_file, default=None, help="experiment config: its shards and data.resolution"
+    )
+    p.add_argument("--resolution", type=v.SIDE, default=None, help="grid side in px (default: the config's)")
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
-    p.add_argument("--out", type=Path, required=True, help="the cache folder (the run's latent_cache_dir)")
-    p.add_argument("--dtype", default=None, help="VAE dtype (default: float32 for tiny, else bfloat16)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's latent_cache_dir)")
+    add_device_flags(p, "the VAE's: float32 for tiny, else bfloat16")
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8)
     args = p.parse_args(argv)
 
     from pm_lightning.data.importers import BadInput

@@ -19,44 +19,52 @@ from __future__ import annotations
 import argparse
 import json
 
-from pm_lightning.models.adapters import AdapterConfig
-from pm_lightning.training.memory_estimate import (
-    OPTIMIZER_STATE,
-    QUANT_BYTES,
-    Workload,
-    format_options,
-    format_table,
-    model_shape,
-    options,
-    plan_all,
-    recommend,
-    to_json,
-)
+from pm_lightning.core import validate as v
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from pm_lightning.models.adapters import KINDS
     from pm_lightning.models.variants import VARIANTS
 
-    ap = argparse.ArgumentParser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
-    ap.add_argument("--gpus", type=int, default=None, help="GPUs (default 8, or the --config's count)")
-    ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=float, default=48, help="GiB per GPU (A6000: 48)")
+    ap = v.Parser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--gpus", type=v.Rule(int, 1, 100_000), default=None, help="GPUs (default 8, or the --config's count)"
+    )
+    ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=v.Rule(float, 0, 100_000, lo_open=True),
+                    default=48, help="GiB per GPU (A6000: 48)")  # fmt: skip
     ap.add_argument("--variant", default="flux-dev", choices=sorted(VARIANTS))
-    ap.add_argument("--kind", default="masked", choices=KINDS)
-    ap.add_argument("--rank", type=int, default=64)
-    ap.add_argument("--domains", type=int, default=21)
-    ap.add_argument("--tokens", type=int, default=4608, help="image + text tokens per sample")
-    ap.add_argument("--text-tokens", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=1, help="samples per GPU")
-    ap.add_argument("--optimizer", default="came", choices=sorted(OPTIMIZER_STATE))
+    ap.add_argument("--kind", default="masked", help="lora, asymmetric or masked (models/adapters.py KINDS)")
+    ap.add_argument("--rank", type=v.Rule(int, 1, 4096), default=64)
+    ap.add_argument("--domains", type=v.Rule(int, 1, 10_000), default=21)
+    ap.add_argument("--tokens", type=v.Rule(int, 1, 10**6), default=4608, help="image + text tokens per sample")
+    ap.add_argument("--text-tokens", type=v.Rule(int, 0, 10**6), default=512)
+    ap.add_argument("--batch", type=v.Rule(int, 1, 10_000), default=1, help="samples per GPU")
+    ap.add_argument("--optimizer", default="came", help="came or adamw (training/memory_estimate.py OPTIMIZER_STATE)")
     ap.add_argument("--no-align", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--text-cache", action="store_true", help="T5 + CLIP off the GPU (text_cache_only)")
     ap.add_argument("--latent-cache", action="store_true", help="VAE off the GPU (latent_cache_dir)")
-    ap.add_argument("--quant", default="none", choices=list(QUANT_BYTES), help="frozen base storage (quantize)")
+    ap.add_argument("--quant", default="none", help="frozen base storage: none, int8, fp8, nf4 (quantize)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--config", action="append", default=[], help="a fit config, then its overlays (repeatable)")
     args = ap.parse_args(argv)
+    from pm_lightning.models.adapters import KINDS, AdapterConfig
+    from pm_lightning.training.memory_estimate import (
+        OPTIMIZER_STATE,
+        QUANT_BYTES,
+        Workload,
+        format_options,
+        format_table,
+        model_shape,
+        options,
+        plan_all,
+        recommend,
+        to_json,
+    )
+
+    for flag, value, known in (("kind", args.kind, KINDS), ("optimizer", args.optimizer, OPTIMIZER_STATE),
+                               ("quant", args.quant, QUANT_BYTES)):  # fmt: skip
+        if value not in known:  # checked here: the names live in the modules that import torch
+            ap.error(f"argument --{flag}: invalid choice {value!r} (choose from {', '.join(known)})")
     if args.config:
         return config_main(args)
     args.gpus = args.gpus or 8
@@ -87,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 def config_main(args: argparse.Namespace) -> dict:
     """The plan of one fit config (`--config` ...): its table, its headroom, whether it keeps the preset margin."""
     from pm_lightning.training.config_memory import HEADROOM, headroom, merged, plan_config
+    from pm_lightning.training.memory_estimate import format_table, to_json
 
     try:
         plan, shape, work = plan_config(merged(args.config), args.card_gib, args.gpus)

@@ -38,7 +38,7 @@ class ShardGrid:
 def shard_grids(shards: Iterable[str], resolution: int, skip: set[str] | frozenset = frozenset()) -> Iterator[ShardGrid]:
     """Every grid of the shard specs at `resolution` (tar order); ids in `skip` are not decoded. Members the
     training stream would skip (no metadata, unreadable) are skipped here too."""
-    from pm_lightning.data.stream import check_resolution, decode_grid
+    from pm_lightning.data.stream import decode_grid, layout_problem
 
     for url in itertools.chain.from_iterable(expand_shards(s) for s in shards):
         with tarfile.open(url) as tar:
@@ -53,7 +53,12 @@ def shard_grids(shards: Iterable[str], resolution: int, skip: set[str] | frozens
             gid = grid_id(parts["grid.png"])
             if gid in skip:
                 continue
-            meta = json.loads(parts["json"])
-            rows, cols = int(meta["rows"]), int(meta["cols"])
-            check_resolution(resolution, rows, cols, where=f" ({url} key {key!r})")
+            try:
+                meta = json.loads(parts["json"])
+                rows, cols = int(meta["rows"]), int(meta["cols"])
+                steps = [str(s) for s in meta.get("steps") or []]
+            except (ValueError, KeyError, TypeError, OverflowError):
+                continue
+            if layout_problem(rows, cols, steps, resolution):
+                continue
             yield ShardGrid(key, url, gid, decode_grid(parts["grid.png"], rows, cols, resolution))

@@ -1,8 +1,8 @@
-"""Where and in what precision inference runs, decided here only: device, dtype, sampler defaults, memory savers.
+"""Where and in what precision inference runs, decided here only: device, dtype, memory savers.
 
 `generate`, `adapt`, `evaluate` and the web demo take `--device` (default cuda when available, else cpu) and
-`--dtype` (default bfloat16 on a GPU, float32 on the CPU); the sampler's steps and guidance default to the
-variant's own (`models/variants.py`: FLUX.1-dev 28 / 3.5, schnell 4 / 0, tiny 20 / 1); `--vae-tiling` decodes
+`--dtype` (default bfloat16 on a GPU, float32 on the CPU; the flags and the sampler defaults, the variant's own
+steps and guidance, are in `inference/flags.py`, light enough to refuse a bad flag before torch loads); `--vae-tiling` decodes
 large grids tile by tile and `--cpu-offload` keeps each component on the CPU until it runs (diffusers'
 `enable_vae_tiling` / `enable_model_cpu_offload`), for cards smaller than the whole pipeline.
 """
@@ -15,15 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from pm_lightning.data.importers import BadInput
+from pm_lightning.inference.flags import DTYPE_NAMES
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+DTYPES = {name: getattr(torch, full) for name, full in DTYPE_NAMES.items()}
 
 
 def default_device() -> str:
@@ -79,26 +73,6 @@ class Runtime:
             backbone.to(self.device)
 
 
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    """--device and --dtype (every inference command)."""
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=sorted(DTYPES),
-        help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)",
-    )
-
-
-def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    """--device, --dtype, --vae-tiling, --cpu-offload (the commands that run the Flux pipeline)."""
-    add_device_flags(p)
-    p.add_argument("--vae-tiling", action="store_true", help="decode the grid tile by tile (less VAE memory)")
-    p.add_argument(
-        "--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (cards < 40 GB)"
-    )
-
-
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
     return Runtime.resolve(
         getattr(args, "device", None),
@@ -106,15 +80,3 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
         getattr(args, "vae_tiling", False),
         getattr(args, "cpu_offload", False),
     )
-
-
-def fill_sampler_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """`--num-inference-steps` / `--guidance` not given -> the base variant's sampler defaults (in place)."""
-    from pm_lightning.models.variants import find_variant, sampler_defaults
-
-    steps, guidance = sampler_defaults(find_variant(args.base))
-    if args.num_inference_steps is None:
-        args.num_inference_steps = steps
-    if args.guidance is None:
-        args.guidance = guidance
-    return args
