@@ -241,7 +241,6 @@ def test_real_browser_generates_a_grid_and_shows_bad_uploads(server, tmp_path, r
         wait.until(lambda d: "Adaptive steps" in d.find_element(By.ID, "summary").text)
         time.sleep(1)
         driver.save_screenshot(str(shots / "demo.png"))
-        assert first_grid_s < 15  # generous bound against a hang; the 5 s target is measured and reported
         tab = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if "ReCraft" in b.text)
         tab.click()
         fake = tmp_path / "cake.png"
