@@ -21,13 +21,17 @@ from pathlib import Path
 
 import yaml
 
+from pm_lightning.core import validate as v
+
 DEFAULT_PLAN = "experiments/ablations/plans/tiny.yaml"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.ablate", description=__doc__.split("\n")[0])
-    p.add_argument("--plan", default=None, help=f"ablation plan (YAML; default {DEFAULT_PLAN})")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablation/<name>[-quick])")
+    p = v.Parser(prog="python -m pm_lightning.ablate", description=__doc__.split("\n")[0])
+    p.add_argument("--plan", type=v.existing_file, default=None, help=f"ablation plan (YAML; default {DEFAULT_PLAN})")
+    p.add_argument(
+        "--out", type=v.output_dir, default=None, help="output folder (default runs/ablation/<name>[-quick])"
+    )
     p.add_argument("--quick", action="store_true", help="the plan's quick section: a few steps per row, one seed")
     p.add_argument(
         "--rows",
@@ -36,9 +40,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="only these rows (their trainings come along); `all`: the follow-up rows too (default: every row "
         "but the plan's follow-ups)",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="only these seeds")
-    p.add_argument("--jobs", type=int, default=None, help="processes at once (default: the plan's)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default cores / jobs)")
+    p.add_argument("--seeds", nargs="+", type=v.SEED, default=None, help="only these seeds")
+    p.add_argument("--jobs", type=v.WORKERS, default=None, help="processes at once (default: the plan's)")
+    p.add_argument("--threads", type=v.WORKERS, default=None, help="torch threads per process (default cores / jobs)")
     p.add_argument("--start-over", action="store_true", help="move an earlier OUT aside (OUT.prev-<time>) first")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
     p.add_argument(

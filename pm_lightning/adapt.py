@@ -13,33 +13,39 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
+from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
-from pm_lightning.inference.adaptive_settings import config_from_args
+from pm_lightning.core.paths import portable
 from pm_lightning.inference.cache import cache_from_args
 from pm_lightning.inference.flags import common_flags, parse_inference_args
-from pm_lightning.inference.inputs import input_grid, read_frames
-from pm_lightning.inference.outputs import write_sample
-from pm_lightning.inference.runtime import runtime_from_args
-from pm_lightning.inference.session import Models, captions_for, run_adaptive
+
+PROG = "python -m pm_lightning.adapt"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run, print where the outputs went; bad input exits with its message."""
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.adapt", description=__doc__.split("\n")[0])
-    p.add_argument("--frames", type=Path, required=True, help="folder of frame images (sorted by name)")
+    """Parse (every flag checked before the models are imported), run, print where the outputs went; bad input
+    exits with its message (exit code 2)."""
+    p = v.Parser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--frames", type=v.existing_dir, required=True, help="folder of frame images (sorted by name)")
     p.add_argument("--prompt", default=None, help="sequence caption for stage 2 (default: meta.json caption)")
     p.add_argument("--domain", default="unseen", help="recorded in report.json")
     common_flags(p)
     args = parse_inference_args(p, argv)
     try:
         return run(args)
-    except (BadInput, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except (BadInput, FileNotFoundError, ValueError) as err:  # ValueError: adaptive settings that contradict
+        v.refuse(PROG, err)
 
 
 def run(args: argparse.Namespace) -> int:
+    # after parsing: torch and the inference stack, which --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.inference.adaptive_settings import config_from_args
+    from pm_lightning.inference.inputs import input_grid, read_frames
+    from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.runtime import runtime_from_args
+    from pm_lightning.inference.session import Models, captions_for, run_adaptive
+
     cfg = config_from_args(args)
     frames, meta = read_frames(args.frames)
     steps = args.steps or meta.get("steps") or None
@@ -55,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         "domain": args.domain,
         "seed": args.seed,
         "mode": "adapt",
-        "input": str(args.frames),
+        "input": portable(args.frames),
         "steps": steps,
         "settings": {
-            "base": args.base,
+            "base": portable(args.base),
             "num_inference_steps": args.num_inference_steps,
             "guidance": args.guidance,
             "cache": vars(cache_from_args(args)),

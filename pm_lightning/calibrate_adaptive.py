@@ -16,25 +16,28 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from pm_lightning.core import validate as v
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.calibrate_adaptive", description=__doc__.split("\n")[0])
+    p = v.Parser(prog="python -m pm_lightning.calibrate_adaptive", description=__doc__.split("\n")[0])
     p.add_argument("--clip", default="tiny", help="CLIP spec (Encoders.load)")
     p.add_argument("--dino", default="tiny", help="DINO spec (Encoders.load)")
-    p.add_argument("--per-condition", type=int, default=200, help="test cases per condition")
-    p.add_argument("--out", type=Path, default=None, help="calibration file (default: the tiny evaluators' folder)")
+    p.add_argument("--per-condition", type=v.Rule(int, 1, 100_000), default=200, help="test cases per condition")
+    p.add_argument(
+        "--out", type=v.output_file, default=None, help="calibration file (default: the tiny evaluators' folder)"
+    )
     p.add_argument("--write-docs", action="store_true", help="rewrite the ground-truth table of docs/ADAPTIVE.md")
     sweep = p.add_argument_group("the guard sweep (--guard-sweep)")
     sweep.add_argument("--guard-sweep", action="store_true", help="sweep add_floor / del_ceiling alone and print")
-    sweep.add_argument("--per-domain", type=int, default=20, help="sequences per synthetic domain")
-    sweep.add_argument("--size", type=int, default=64, help="frame size in px")
-    sweep.add_argument("--seed", type=int, default=1, help="corpus split seed (1 = validation, never trained on)")
+    sweep.add_argument("--per-domain", type=v.Rule(int, 1, 100_000), default=20, help="sequences per synthetic domain")
+    sweep.add_argument("--size", type=v.FRAME_SIDE, default=64, help="frame size in px")
+    sweep.add_argument("--seed", type=v.SEED, default=1, help="corpus split seed (1 = validation, never trained on)")
     sweep.add_argument(
-        "--max-false", type=float, default=0.1, help="largest share of true sequences a guard may let be edited"
+        "--max-false", type=v.FRACTION, default=0.1, help="largest share of true sequences a guard may let be edited"
     )
-    sweep.add_argument("--json", default=None, help="also write the sweep's result as JSON here")
+    sweep.add_argument("--json", type=v.output_file, default=None, help="also write the sweep's result as JSON here")
     return p.parse_args(argv)
 
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         result = sweep_guards(scorer, args.per_domain, args.size, args.seed, args.max_false)
         print(markdown_report(result))
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1))
+            args.json.write_text(json.dumps(result, indent=1))
         return
     result = benchmark(scorer, args.per_condition)
     table = markdown_table(result)

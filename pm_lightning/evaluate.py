@@ -9,24 +9,23 @@ Prints the per-domain table (and the mean over domains) as markdown and writes i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
+from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
-from pm_lightning.eval.judge import Judge  # its openai client is imported when a judge is built
-from pm_lightning.eval.sample_table import evaluate
-from pm_lightning.inference.runtime import Runtime, add_device_flags
-from pm_lightning.models.encoders import EncoderNotFound, Encoders
+from pm_lightning.inference.flags import add_device_flags
 
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the results."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--samples", type=Path, required=True, help="folder of generated samples")
+    p = v.Parser(prog="python -m pm_lightning.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--samples", type=v.existing_dir, required=True, help="folder of generated samples")
     p.add_argument(
-        "--out", type=Path, default=None, help="results JSON (default SAMPLES/results.json; markdown next to it)"
+        "--out",
+        type=v.output_file,
+        default=None,
+        help="results JSON (default SAMPLES/results.json; markdown next to it)",
     )
     p.add_argument("--clip", default="tiny", help='"tiny", an open_clip "MODEL/PRETRAINED" or a local open_clip dir')
     p.add_argument("--dino", default="tiny", help='"tiny" or a DINOv2 hub id / local dir')
@@ -34,9 +33,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--judge", action="store_true", help="also score with the GPT-4o rubric judge")
     p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint (overrides OPENAI_BASE_URL)")
     p.add_argument("--judge-model", default=None, help="overrides OPENAI_MODEL (default gpt-4o)")
-    p.add_argument("--judge-timeout", type=float, default=None, help="seconds per judge request")
-    p.add_argument("--judge-cache", type=Path, default=None, help="folder for cached judge answers")
+    p.add_argument(
+        "--judge-timeout", type=v.Rule(float, 0, 3600, lo_open=True), default=None, help="seconds per judge request"
+    )
+    p.add_argument("--judge-cache", type=v.output_dir, default=None, help="folder for cached judge answers")
     args = p.parse_args(argv)
+
+    # after parsing: torch, the evaluators and the inference runtime, which --help and a bad flag skip
+    # (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.eval.judge import Judge  # its openai client is imported when a judge is built
+    from pm_lightning.eval.sample_table import evaluate
+    from pm_lightning.inference.runtime import Runtime
+    from pm_lightning.models.encoders import EncoderNotFound, Encoders
 
     try:
         rt = Runtime.resolve(args.device, args.dtype)

@@ -23,41 +23,58 @@ import argparse
 import sys
 import time
 
-from pm_lightning.data.grid import layout_for
-from pm_lightning.inference.adaptive_settings import config_from_args
-from pm_lightning.inference.flags import generate_parser, parse_inference_args
-from pm_lightning.inference.outputs import write_sample
-from pm_lightning.inference.runtime import runtime_from_args
-from pm_lightning.inference.session import (
-    BadInput,
-    Models,
-    captions_for,
-    default_frames,
-    first_sequence,
-    generation_report,
-    grid_resolution,
-    run_adaptive,
-)
+from pm_lightning.core.errors import BadInput
+from pm_lightning.core.paths import portable
+from pm_lightning.core.validate import refuse
+from pm_lightning.inference.flags import generate_parser, parse_inference_args, split_error
+
+PROG = "python -m pm_lightning.generate"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    return parse_inference_args(generate_parser("python -m pm_lightning.generate", __doc__.split("\n")[0]), argv)
+    """The flags, each checked by its rule, and the checks between them (frames, steps, resolution): light, so a bad
+    value is refused in about a second with nothing written."""
+    # inside: the corpus table brings PIL, which is not needed for --help (as on main)
+    from pm_lightning.data.synthetic_corpus import DOMAINS
+
+    p = generate_parser(PROG, __doc__.split("\n")[0])
+    args = parse_inference_args(p, argv)
+    frames = args.frames or DOMAINS.get(args.domain or "", 9)
+    if args.steps and len(args.steps) != frames:
+        p.error(f"argument --steps: {len(args.steps)} texts for {frames} frames: give one per frame")
+    if args.resolution is not None and (problem := split_error(args.resolution, frames)):
+        p.error(f"argument --resolution: {problem}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run, print where the outputs went; bad input exits with its message."""
+    """Parse, run, print where the outputs went; bad input exits with its message (exit code 2)."""
+    args = parse(argv)
     try:
-        return run(parse(argv))
-    except (BadInput, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+        return run(args)
+    except (BadInput, FileNotFoundError, ValueError) as err:  # ValueError: adaptive settings that contradict
+        refuse(PROG, err)
 
 
 def run(args: argparse.Namespace) -> int:
+    # after parsing: torch and the inference stack, which --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.data.grid import layout_for
+    from pm_lightning.inference.adaptive_settings import config_from_args
+    from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.runtime import runtime_from_args
+    from pm_lightning.inference.session import (
+        Models,
+        captions_for,
+        default_frames,
+        first_sequence,
+        generation_report,
+        grid_resolution,
+        run_adaptive,
+    )
+
     cfg = config_from_args(args)
     frames_n = args.frames or default_frames(args.domain)
     rows, cols = layout_for(frames_n)
-    if args.steps and len(args.steps) != frames_n:
-        raise BadInput(f"--steps gives {len(args.steps)} texts for {frames_n} frames: give one per frame")
     resolution = grid_resolution(args.base, frames_n, args.resolution)
     notes: list[str] = []
     models, start, timings = Models(args.base, runtime_from_args(args)), time.perf_counter(), {}
@@ -69,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_adaptive(models, frames, args.steps, args.prompt, args, cfg, notes)
         timings["adaptive_s"] = round(time.perf_counter() - t0, 3)
     final = result.images if result is not None else frames
-    settings = dict(base=args.base, frames=frames_n, rows=rows, cols=cols, resolution=resolution)
+    settings = dict(base=portable(args.base), frames=frames_n, rows=rows, cols=cols, resolution=resolution)
     report = generation_report(args, models, settings, used, notes, result, timings)
     write_sample(args.out, grid, final, captions_for(result, args.steps, len(final)), report)
     for note in notes:

@@ -13,12 +13,14 @@ a run with another base, resolution or dtype is refused. Grids already cached ar
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from pm_lightning.core import validate as v
 from pm_lightning.core.config_files import config_shards, load_config
+from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.core.errors import BadInput
+from pm_lightning.inference.flags import add_device_flags
 
 
 def config_data(path: Path) -> tuple[list[str], int | None]:
@@ -28,20 +30,18 @@ def config_data(path: Path) -> tuple[list[str], int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.latent_cache", description=__doc__.split("\n")[0])
+    p = v.Parser(prog="python -m pm_lightning.latent_cache", description=__doc__.split("\n")[0])
     p.add_argument("--shards", nargs="+", default=[], help="shard directories, files or patterns")
-    p.add_argument("--config", type=Path, default=None, help="experiment config: its shards and data.resolution")
-    p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: the config's)")
-    p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
-    p.add_argument("--out", type=Path, required=True, help="the cache folder (the run's latent_cache_dir)")
     p.add_argument(
-        "--dtype", default=None, help="VAE dtype (default: the base's training dtype, float32 for tiny, else bfloat16)"
+        "--config", type=v.existing_file, default=None, help="experiment config: its shards and data.resolution"
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--resolution", type=v.SIDE, default=None, help="grid side in px (default: the config's)")
+    p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
+    p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's latent_cache_dir)")
+    add_device_flags(p, "the base's training dtype: float32 for tiny, else bfloat16")
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8)
     args = p.parse_args(argv)
     # after parsing: torch and the VAE's stack, 3.7 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
-    from pm_lightning.core.dtypes import dtype_name
     from pm_lightning.data.stream import ResolutionError
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import load_vae

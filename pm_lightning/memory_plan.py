@@ -19,36 +19,47 @@ from __future__ import annotations
 import argparse
 import json
 
+from pm_lightning.core import validate as v
 from pm_lightning.core.config_files import load_configs
-from pm_lightning.models.adapter_config import KINDS, AdapterConfig
 from pm_lightning.models.variants import VARIANTS
-from pm_lightning.scaling.config_memory import HEADROOM, headroom, plan_config
-from pm_lightning.scaling.memory_formulas import OPTIMIZER_STATE, QUANT_BYTES, Workload
-from pm_lightning.scaling.model_shapes import model_shape
-from pm_lightning.scaling.plan_report import format_options, format_table, to_json
-from pm_lightning.scaling.plan_search import options, plan_all, recommend
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
-    ap.add_argument("--gpus", type=int, default=None, help="GPUs (default 8, or the --config's count)")
-    ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=float, default=48, help="GiB per GPU (A6000: 48)")
+    ap = v.Parser(prog="python -m pm_lightning.memory_plan", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--gpus", type=v.Rule(int, 1, 100_000), default=None, help="GPUs (default 8, or the --config's count)"
+    )
+    ap.add_argument("--card-gib", "--gpu-gb", dest="card_gib", type=v.Rule(float, 0, 100_000, lo_open=True),
+                    default=48, help="GiB per GPU (A6000: 48)")  # fmt: skip
     ap.add_argument("--variant", default="flux-dev", choices=sorted(VARIANTS))
-    ap.add_argument("--kind", default="masked", choices=KINDS)
-    ap.add_argument("--rank", type=int, default=64)
-    ap.add_argument("--domains", type=int, default=21)
-    ap.add_argument("--tokens", type=int, default=4608, help="image + text tokens per sample")
-    ap.add_argument("--text-tokens", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=1, help="samples per GPU")
-    ap.add_argument("--optimizer", default="came", choices=sorted(OPTIMIZER_STATE))
+    ap.add_argument(
+        "--kind", default="masked", help="lora, asymmetric or masked (models/adapter_config.py ADAPTER_KINDS)"
+    )
+    ap.add_argument("--rank", type=v.Rule(int, 1, 4096), default=64)
+    ap.add_argument("--domains", type=v.Rule(int, 1, 10_000), default=21)
+    ap.add_argument("--tokens", type=v.Rule(int, 1, 10**6), default=4608, help="image + text tokens per sample")
+    ap.add_argument("--text-tokens", type=v.Rule(int, 0, 10**6), default=512)
+    ap.add_argument("--batch", type=v.Rule(int, 1, 10_000), default=1, help="samples per GPU")
+    ap.add_argument("--optimizer", default="came", help="came or adamw (scaling/memory_formulas.py OPTIMIZER_STATE)")
     ap.add_argument("--no-align", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--text-cache", action="store_true", help="T5 + CLIP off the GPU (text_cache_only)")
     ap.add_argument("--latent-cache", action="store_true", help="VAE off the GPU (latent_cache_dir)")
-    ap.add_argument("--quant", default="none", choices=list(QUANT_BYTES), help="frozen base storage (quantize)")
+    ap.add_argument("--quant", default="none", help="frozen base storage: none, int8, fp8, nf4 (quantize)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--config", action="append", default=[], help="a fit config, then its overlays (repeatable)")
     args = ap.parse_args(argv)
+    # after parsing: torch and peft, which --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.models.adapter_config import KINDS, AdapterConfig
+    from pm_lightning.scaling.memory_formulas import OPTIMIZER_STATE, QUANT_BYTES, Workload
+    from pm_lightning.scaling.model_shapes import model_shape
+    from pm_lightning.scaling.plan_report import format_options, format_table, to_json
+    from pm_lightning.scaling.plan_search import options, plan_all, recommend
+
+    for flag, value, known in (("kind", args.kind, KINDS), ("optimizer", args.optimizer, OPTIMIZER_STATE),
+                               ("quant", args.quant, QUANT_BYTES)):  # fmt: skip
+        if value not in known:  # checked here: the names live in the modules that import torch
+            ap.error(f"argument --{flag}: invalid choice {value!r} (choose from {', '.join(known)})")
     if args.config:
         return config_main(args)
     args.gpus = args.gpus or 8
@@ -78,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def config_main(args: argparse.Namespace) -> dict:
     """The plan of one fit config (`--config` ...): its table, its headroom, whether it keeps the preset margin."""
+    # after parsing: the plan's modules import torch and peft (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.scaling.config_memory import HEADROOM, headroom, plan_config
+    from pm_lightning.scaling.plan_report import format_table, to_json
+
     try:
         plan, shape, work = plan_config(load_configs(args.config), args.card_gib, args.gpus)
     except (OSError, ValueError) as err:

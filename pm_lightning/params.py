@@ -11,24 +11,34 @@ gates included). Which layers are counted, and why: docs/PARAMS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from pm_lightning.models.adapter_config import AdapterConfig
-from pm_lightning.models.param_count import count_parameters, format_table, read_configs
+from pm_lightning.core import validate as v
 from pm_lightning.models.variants import VARIANTS
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.params", description=__doc__.split("\n")[0])
-    p.add_argument("--config", action="append", default=[], help="LightningCLI YAML (repeatable; merged in order)")
+    p = v.Parser(prog="python -m pm_lightning.params", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--config",
+        action="append",
+        type=v.existing_file,
+        default=[],
+        help="LightningCLI YAML (repeatable; merged in order)",
+    )
     p.add_argument(
         "--variant", choices=sorted(VARIANTS), help="Flux variant (default flux-dev, or the config's model.base)"
     )
-    p.add_argument("--rank", type=int, help="LoRA rank (default 64, or the config's)")
-    p.add_argument("--domains", type=int, help="number of domains (default 21, or the config's domain list)")
+    p.add_argument("--rank", type=v.Rule(int, 1, 4096), help="LoRA rank (default 64, or the config's)")
+    p.add_argument(
+        "--domains", type=v.Rule(int, 1, 10_000), help="number of domains (default 21, or the config's domain list)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
+    # after parsing: torch, peft and diffusers' model classes, which --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
+    from pm_lightning.models.adapter_config import AdapterConfig
+    from pm_lightning.models.param_count import count_parameters, format_table, read_configs
+
     variant, adapter, n_domains = read_configs(args.config) if args.config else (None, {}, None)
     adapter.pop("kind", None)
     if args.rank is not None:

@@ -1,5 +1,4 @@
-"""`python -m pm_lightning.shards`: raw sequences (folder or MakeAnything format, or folders of grid images with
-same-name .txt captions: `--images DIR`) -> WebDataset shards."""
+"""`python -m pm_lightning.shards`: raw sequences (folder, MakeAnything or grid-image format) -> WebDataset shards."""
 
 from __future__ import annotations
 
@@ -7,24 +6,24 @@ import argparse
 import os
 import sys
 
-from pm_lightning.data.image_folder import discover_image_folder
-from pm_lightning.data.importers import ORDERS, PAD_MODES, discover_folder, discover_makeanything
-from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
+from pm_lightning.core import validate as v
+from pm_lightning.data.importers import ORDERS, PAD_MODES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see docs/DATA.md)."""
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.shards", description=__doc__)
+    p = v.Parser(prog="python -m pm_lightning.shards", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--src", help="input root (--format folder or makeanything)")
+    src.add_argument("--src", type=v.existing_dir, help="input root (--format folder or makeanything)")
     src.add_argument(
         "--images",
+        type=v.existing_dir,
         nargs="+",
         metavar="DIR",
         help="folders of grid images with same-name .txt captions, one domain each (layout: --frames or layout.json)",
     )
     p.add_argument("--domain", default=None, help="--images: the domain (default: each folder's name)")
-    p.add_argument("--out", required=True, help="output directory for shard-*.tar and index.json")
+    p.add_argument("--out", type=v.output_dir, required=True, help="output directory for shard-*.tar and index.json")
     p.add_argument(
         "--format", choices=("folder", "makeanything"), default="folder", help="input layout (default: folder)"
     )
@@ -44,12 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--domain-names", default=None, help="makeanything: comma-separated names for --lora_up_cur indices 0,1,..."
     )
-    p.add_argument("--size", type=int, default=64, help="frame side in px (default 64)")
+    p.add_argument("--size", type=v.FRAME_SIDE, default=64, help="frame side in px (default 64)")
     p.add_argument("--pad", choices=PAD_MODES, default="white", help="fill for non-square frames (default white)")
-    p.add_argument("--max-per-shard", type=int, default=1000, help="samples per tar (default 1000)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="rendering processes")
+    p.add_argument("--max-per-shard", type=v.POSITIVE_INT, default=1000, help="samples per tar (default 1000)")
+    p.add_argument("--workers", type=v.WORKERS, default=min(8, os.cpu_count() or 1), help="rendering processes")
     p.add_argument(
-        "--shuffle-seed", type=int, default=0, help="seed of the write-order permutation; -1 keeps sorted key order"
+        "--shuffle-seed",
+        type=v.Rule(int, 0, 2**32 - 1, extra=(-1,)),
+        default=0,
+        help="seed of the write-order permutation; -1 keeps sorted key order",
     )
     p.add_argument("--strict", action="store_true", help="any skipped input is an error; nothing is written")
     args = p.parse_args(argv)
@@ -61,10 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the import; 0 when something was written, 1 otherwise."""
     args = parse_args(argv)
-    for folder in args.images or [args.src]:
-        if not os.path.isdir(folder):
-            print(f"error: {'--images' if args.images else '--src'} {folder} is not a directory", file=sys.stderr)
-            return 2
+    from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
+
     seed = None if args.shuffle_seed < 0 else args.shuffle_seed
     try:
         items = discover(args)
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def discover(args: argparse.Namespace):
     """The sequences (and skipped inputs) of the chosen input format."""
+    from pm_lightning.data.image_folder import discover_image_folder
+    from pm_lightning.data.importers import discover_folder, discover_makeanything
+
     if args.images:
         return [item for d in args.images for item in discover_image_folder(d, args.frames, args.order, args.domain)]
     if args.format == "folder":

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
+from pm_lightning.core import validate as v
 from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS, contact_sheet, write_corpus
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse arguments, write the corpus (and optionally a preview sheet), print the counts."""
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.synth", description=__doc__)
-    p.add_argument("--out", type=Path, help="output folder: OUT/<domain>/<seq-id>/00.png ... meta.json")
-    p.add_argument("--per-domain", type=int, default=200, help="sequences per domain (default 200)")
-    p.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p = v.Parser(prog="python -m pm_lightning.synth", description=__doc__)
+    p.add_argument("--out", type=v.output_dir, help="output folder: OUT/<domain>/<seq-id>/00.png ... meta.json")
+    p.add_argument("--per-domain", type=v.Rule(int, 1, 100_000), default=200, help="sequences per domain (default 200)")
+    p.add_argument("--size", type=v.FRAME_SIDE, default=64, help="frame size in pixels (default 64)")
+    p.add_argument("--seed", type=v.SEED, default=0, help="corpus seed (default 0)")
     p.add_argument("--domains", nargs="+", choices=list(DOMAINS), help="only these domains (default: all)")
     p.add_argument("--no-held-out", action="store_true", help="leave out the held-out domains (training split)")
-    p.add_argument("--preview", type=Path, help="also save a contact sheet PNG: one row of grids per domain")
+    p.add_argument("--preview", type=v.output_file, help="also save a contact sheet PNG: one row of grids per domain")
     args = p.parse_args(argv)
     if args.out is None and args.preview is None:
         p.error("give --out DIR and/or --preview FILE")

@@ -14,33 +14,32 @@ the tiny CPU runs): it is part of the cache key. Captions already cached are ski
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
+from pm_lightning.core import validate as v
 from pm_lightning.core.config_files import config_prompts, config_shards
+from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.core.errors import BadInput
+from pm_lightning.inference.flags import add_device_flags
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pm_lightning.text_cache", description=__doc__.split("\n")[0])
+    p = v.Parser(prog="python -m pm_lightning.text_cache", description=__doc__.split("\n")[0])
     p.add_argument("--shards", nargs="+", default=[], help="shard directories, files or patterns")
-    p.add_argument("--config", type=Path, default=None, help="experiment config: its shards and sample prompts")
-    p.add_argument("--prompts", type=Path, default=None, help="sample prompts: a config YAML or a text file")
-    p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
-    p.add_argument("--out", type=Path, required=True, help="the cache folder (the run's text_cache_dir)")
     p.add_argument(
-        "--dtype",
-        default=None,
-        help="text encoders' dtype (default: the base's training dtype, float32 for tiny, else bfloat16)",
+        "--config", type=v.existing_file, default=None, help="experiment config: its shards and sample prompts"
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (default: the variant's)")
+    p.add_argument("--prompts", type=v.existing_file, default=None, help="sample prompts: a config YAML or a text file")
+    p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
+    p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's text_cache_dir)")
+    add_device_flags(p, "the base's training dtype: float32 for tiny, else bfloat16")
+    p.add_argument(
+        "--max-sequence-length", type=v.Rule(int, 1, 4096), default=None, help="T5 tokens (default: the variant's)"
+    )
     p.add_argument("--step-text", action="store_true", help="stage 2 with step_text: caption + step pairs too")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=16)
     args = p.parse_args(argv)
     # after parsing: torch and the text encoders' stack, 3.6 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
-    from pm_lightning.core.dtypes import dtype_name
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import FluxBackbone
     from pm_lightning.models.text_embeddings import precompute, shard_captions

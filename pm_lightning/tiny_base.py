@@ -5,34 +5,35 @@ The recipe: `pm_lightning/tiny/flux_builder.py`; the result is documented in doc
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from pm_lightning.tiny import flux_pretrain as pretrain
+from pm_lightning.core import validate as v
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("data/tiny-flux"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--vae-steps", type=int, default=pretrain.PretrainConfig.vae_steps)
-    p.add_argument("--steps", type=int, default=pretrain.PretrainConfig.steps, help="transformer steps")
+    p = v.Parser(prog="python -m pm_lightning.tiny_base", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=v.output_dir, default=Path("data/tiny-flux"))
+    p.add_argument("--seed", type=v.SEED, default=0)
+    p.add_argument("--threads", type=v.WORKERS, default=2, help="torch CPU threads")
+    p.add_argument("--vae-steps", type=v.NON_NEGATIVE_INT, default=None, help="VAE steps (default PretrainConfig's)")
+    p.add_argument("--steps", type=v.POSITIVE_INT, default=None, help="transformer steps (default PretrainConfig's)")
     p.add_argument("--quick", action="store_true", help="tiny pools and a few steps (smoke test of the recipe)")
     p.add_argument(
         "--samples",
-        type=Path,
+        type=lambda text: text if text == "none" else v.output_file(text),
         default=Path("docs/tiny-flux-samples.png"),
         help="where to draw the sample sheet; 'none' to skip",
     )
     args = p.parse_args(argv)
-    # after parsing: the recipe's components import diffusers and transformers, 15.6 s (docs/ARCHITECTURE.md, "Start-up")
+    # after parsing: the recipe imports torch, diffusers and transformers, 15.6 s (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.tiny import flux_components as components
+    from pm_lightning.tiny import flux_pretrain as pretrain
     from pm_lightning.tiny.flux_builder import build
 
-    cfg = pretrain.PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps)
+    given = {k: getattr(args, k) for k in ("vae_steps", "steps") if getattr(args, k) is not None}
+    cfg = pretrain.PretrainConfig(seed=args.seed, **given)
     if args.quick:
         cfg.pools, cfg.batches, cfg.val_per_domain = {64: 2, 128: 1}, {64: 4, 128: 2}, 1
         cfg.size_cycle, cfg.warmup, cfg.vae_batch = (64, 128), 1, 4

@@ -183,6 +183,33 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path, workers):
     assert skipped["bad_shard"] >= 1  # the truncated tar
 
 
+def test_members_with_impossible_layouts_are_skipped_and_counted(tmp_path):
+    """Well-formed members whose layout cannot be a grid at this resolution: zero, negative, absurd or
+    non-splitting rows / cols, step texts that are not one per frame. Checked red: with the old per-member
+    `check_resolution` call, `"rows": 0` ended the stream with ZeroDivisionError and `"rows": 7` stopped it."""
+
+    def bad(key: str, **meta) -> dict:
+        s = sample(key, "lego")
+        s["json"] = json.dumps({**json.loads(s["json"]), **meta}).encode()
+        return s
+
+    members = [
+        sample("good0", "lego"),
+        bad("zero", rows=0),
+        bad("negative", cols=-3),
+        bad("absurd", rows=10**9),
+        bad("seven", rows=7),  # 48 px do not split into 7 rows of whole 16-px tokens
+        bad("steps", steps=["a", "b"]),  # 2 step texts for 9 frames
+        bad("huge", rows=float("inf")),  # JSON Infinity: not an integer at all
+        sample("good1", "lego"),
+    ]
+    paths = write_shards(tmp_path, [members], index=False)
+    dm = ProcessDataModule(paths[0], domains=["lego"], resolution=48, batch_size=2, num_workers=0, shuffle_buffer=0)
+    with pytest.warns(CorruptSampleWarning, match=r"key 'zero' \(bad_layout\): rows=0, cols=3"):
+        assert sorted(keys_of(dm.train_dataloader())) == ["good0", "good1"]
+    assert dm.skipped["bad_layout"] == 5 and dm.skipped["bad_json"] == 1
+
+
 class _no_check:
     """Context manager doing nothing (worker warnings go to the workers' stderr)."""
 
@@ -271,10 +298,11 @@ def test_resolution_must_align_cells_with_tokens(tmp_path):
     corpus(tmp_path, shards=1)
     with pytest.raises(ResolutionError, match="use resolution=192"):
         ProcessDataModule(str(tmp_path), resolution=180).setup("fit")
-    (tmp_path / "index.json").unlink()  # no index: the per-sample check catches it while streaming
+    (tmp_path / "index.json").unlink()  # no index: each member is skipped and counted while streaming
     dm = ProcessDataModule(str(tmp_path), domains=["clay"], resolution=1024, num_workers=0)
-    with pytest.raises(ResolutionError, match=r"1056 for 2x2 and 3x3"):
-        keys_of(dm.train_dataloader())
+    with pytest.warns(CorruptSampleWarning, match=r"3x3 grid does not split resolution=1024"):
+        with pytest.raises(EmptyStream, match=r"'bad_layout': 5"):
+            keys_of(dm.train_dataloader())
 
 
 def test_grids_are_resized_cell_by_cell(tmp_path):

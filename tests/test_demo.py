@@ -45,12 +45,54 @@ def backend(tiny_base, runs, tmp_path_factory):
 
 
 def test_lora_folders_and_files(runs, tmp_path):
-    assert lora_folders(runs) == [str(runs / "r1" / "lora" / "final")]
+    assert lora_folders(runs) == ["r1/lora/final"]  # named under the runs folder: no server path on the page
     folder = lora_folders(runs)[0]
-    assert stage1_file(folder, "lego") == Path(folder) / "unseen.safetensors"  # no lego file: the domain-free one
-    assert stage1_file(PLAIN, "lego") is None
-    with pytest.raises(BadInput, match="holds no LoRA"):
-        stage1_file(str(tmp_path), "lego")
+    assert stage1_file(runs, folder, "lego") == runs / folder / "unseen.safetensors"  # no lego file: domain-free
+    assert stage1_file(runs, PLAIN, "lego") is None
+    for foreign in (str(tmp_path), str(runs / folder), "../x", "s2/lora/final"):  # a request names offered ones only
+        with pytest.raises(BadInput, match="no LoRA folder"):
+            stage1_file(runs, foreign, "lego")
+
+
+def test_each_request_deletes_the_folders_of_the_earlier_ones(backend, runs):
+    first = backend.text_to_steps("a lego tower", "lego", "4", 1, 2, False, PLAIN, resolution=64)
+    assert first.grid.is_file()
+    second = backend.text_to_steps("a lego tower", "lego", "4", 2, 2, False, PLAIN, resolution=64)
+    assert not first.folder.exists() and second.grid.is_file()
+    assert [p.name for p in backend.out_root.iterdir()] == [second.folder.name]
+
+
+def test_errors_on_the_page_are_one_friendly_line(backend, caplog):
+    import gradio as gr
+
+    from pm_lightning.demo.page import guarded
+
+    with pytest.raises(gr.Error) as err:
+        guarded(backend.text_to_steps, "a tower", "lego", "4", -1, 2, False, PLAIN)
+    assert "--seed: must be an integer from 0" in err.value.message and "\n" not in err.value.message
+
+    def broken(*args, progress=None):
+        raise RuntimeError(f"CUDA out of memory in {backend.out_root}/x")
+
+    with pytest.raises(gr.Error) as err:
+        guarded(broken)
+    assert "Something went wrong on the server (reference " in err.value.message
+    assert str(backend.out_root) not in err.value.message and "CUDA" not in err.value.message
+    assert "CUDA out of memory" in caplog.text  # the details: in the server log
+
+
+def test_serving_beyond_this_machine_needs_a_login(monkeypatch, capsys, tiny_base, runs):
+    from pm_lightning import app
+
+    monkeypatch.delenv("PM_DEMO_AUTH", raising=False)
+    with pytest.raises(SystemExit) as err:
+        app.main(["--host", "0.0.0.0", "--runs", str(runs), "--base", tiny_base, "--no-warm-up"])
+    assert err.value.code == 2 and "give --auth USER:PASSWORD" in capsys.readouterr().err
+    launched = {}
+    monkeypatch.setattr("pm_lightning.demo.page.launch", lambda backend, host, port, auth: launched.update(auth=auth))
+    monkeypatch.setenv("PM_DEMO_AUTH", "me:secret")
+    assert app.main(["--host", "0.0.0.0", "--runs", str(runs), "--base", tiny_base, "--no-warm-up"]) == 0
+    assert launched["auth"] == ("me", "secret")
 
 
 def test_text_to_steps_writes_what_generate_writes(backend, runs):
@@ -60,8 +102,9 @@ def test_text_to_steps_writes_what_generate_writes(backend, runs):
     assert [Image.open(p).size for p, _ in result.frames] == [(32, 32)] * 4
     assert Image.open(result.gif).n_frames == 4 and (result.folder / "report.json").is_file()
     assert result.deltas == [] and "4 frames" in result.summary
+    pixels = list(Image.open(result.grid).getdata())
     plain = backend.text_to_steps("a lego tower", "lego", "4", 1, 2, False, PLAIN, resolution=64)
-    assert list(Image.open(plain.grid).getdata()) != list(Image.open(result.grid).getdata())  # the LoRA was used
+    assert list(Image.open(plain.grid).getdata()) != pixels  # the LoRA was used
 
 
 def test_bad_input_is_a_message(backend, tmp_path):
@@ -129,10 +172,16 @@ def server(tiny_base, runs, tmp_path_factory):
 
 @pytest.mark.slow
 def test_gradio_client_against_the_server(server, runs, tmp_path):
+    import json
+    import urllib.request
+
     from gradio_client import Client, handle_file
 
+    config = urllib.request.urlopen(f"{server}/config", timeout=30).read().decode()
+    assert "r1/lora/final" in config and str(runs) not in config and str(REPO) not in config  # no server path
+    assert all(p not in json.loads(config).get("root", "") for p in (str(runs), str(REPO)))
     client = Client(server, verbose=False)
-    folder = str(runs / "r1" / "lora" / "final")
+    folder = "r1/lora/final"
     grid, frames, gif, deltas, summary = client.predict(
         "a lego tower of red bricks", "lego", "9", 0, 8, True, folder, api_name="/text_to_steps"
     )
@@ -192,7 +241,6 @@ def test_real_browser_generates_a_grid_and_shows_bad_uploads(server, tmp_path, r
         wait.until(lambda d: "Adaptive steps" in d.find_element(By.ID, "summary").text)
         time.sleep(1)
         driver.save_screenshot(str(shots / "demo.png"))
-        assert first_grid_s < 15  # generous bound against a hang; the 5 s target is measured and reported
         tab = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if "ReCraft" in b.text)
         tab.click()
         fake = tmp_path / "cake.png"

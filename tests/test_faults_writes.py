@@ -69,23 +69,35 @@ def test_sample_and_lora_write_failures_do_not_stop_training(tmp_path, tiny_base
     assert "LoRA export" in text and "python -m pm_lightning.export" in text
 
 
-def test_a_failed_checkpoint_write_stops_the_run_naming_the_file(tmp_path, tiny_base, tiny_shards, monkeypatch, capsys):
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+def test_a_full_disk_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(
+    tmp_path, tiny_base, tiny_shards, capsys
+):
+    """A real failing write at a byte in the middle of the file: RLIMIT_FSIZE (what `ulimit -f` sets) at half the
+    checkpoint's size, so the kernel refuses the write past it (EFBIG; Python ignores SIGXFSZ). The run stops with exit
+    code 4 naming the file; `last.ckpt` is the previous one, whole; no temporary file is left; the resume finishes.
+    Checked red: writing the checkpoint in place (`AtomicCheckpointIO` without `atomic_path`) leaves step 4's
+    checkpoint truncated, and without atomic_path's clean-up its `.<name>.tmp-<pid>` stays. About 40 s on 2 cores."""
+    import resource
 
-    real_save = TorchCheckpointIO.save_checkpoint
-
-    def save(self, checkpoint, path, storage_options=None):
-        if checkpoint["global_step"] >= 4:
-            raise OSError(28, "No space left on device")
-        return real_save(self, checkpoint, path, storage_options)
-
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", save)
-    cfg = run_config(tmp_path, tiny_base, tiny_shards, every=2, max_steps=6)
-    assert fit.main(["--config", str(cfg)]) == 4
-    err = capsys.readouterr().err
+    cfg = run_config(tmp_path, tiny_base, tiny_shards, every=2, max_steps=2)
+    assert fit.main(["--config", str(cfg)]) == 0
     ckpts = tmp_path / "run" / "checkpoints"
-    assert "writing checkpoint" in err and "step=4" in err and "No space left" in err and "--ckpt_path last" in err
-    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2  # intact
+    size = (ckpts / "last.ckpt").stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))  # lowered soft limit: raised back below
+    try:
+        code = fit.main(["--config", str(cfg), "--ckpt_path", "last", "--trainer.max_steps", "4"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err
+    assert code == 4 and "writing checkpoint" in err and "step=4" in err and "File too large" in err
+    assert "--ckpt_path last" in err
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2  # whole
+    for path in ckpts.glob("*.ckpt"):  # no checkpoint left half-written (step=4's stopped at the limit)
+        torch.load(path, map_location="cpu", weights_only=True)
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert fit.main(["--config", str(cfg), "--ckpt_path", "last", "--trainer.max_steps", "4"]) == 0
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
 
 
 def test_text_cache_failures_cost_the_cache_not_the_run(tmp_path, tiny_base, monkeypatch, caplog):

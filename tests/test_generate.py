@@ -12,7 +12,7 @@ from PIL import Image
 
 from pm_lightning import adapt, generate
 from pm_lightning.core.errors import BadInput
-from pm_lightning.core.paths import project_home
+from pm_lightning.core.paths import portable, project_home
 from pm_lightning.inference.session import grid_resolution, stage_file
 from pm_lightning.inference.tiny_defaults import default_lora
 from tests.test_adaptive import needs_tiny_eval
@@ -234,7 +234,8 @@ def test_generate_adaptive_switches_from_the_stage1_to_the_stage2_lora(tiny_base
     assert applied and all(d["action"] == "insert" for d in applied)  # guards off: the relative bar fires
     n = 9 + sum(d["n"] for d in applied)
     assert len(report["adaptive"]["final_frames"]) == n == len(list((out / "frames").iterdir()))
-    assert report["adaptive"]["models"]["stage2"] == str(lora_file) and report["models"]["stage1"] == str(lora_file)
+    assert report["adaptive"]["models"]["stage2"] == report["models"]["stage1"] == portable(lora_file)
+    assert str(lora_file.parent) not in (out / "report.json").read_text()  # no absolute local path in the report
 
 
 @pytest.mark.parametrize("cache", ["first-block", "taylorseer"])

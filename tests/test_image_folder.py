@@ -194,7 +194,7 @@ def test_style_lora_trains_on_a_folder_of_your_pictures(tmp_path, tiny_base, cap
         assert any("lora_A" in k for k in f.keys())
 
 
-def test_style_lora_refuses_a_folder_with_nothing_usable_and_strict_skips(tmp_path):
+def test_style_lora_refuses_a_folder_with_nothing_usable_and_strict_skips(tmp_path, capsys):
     empty = tmp_path / "empty"
     write(empty, "a", Image.new("RGB", (32, 32)), None)  # a picture without caption
     with pytest.raises(SystemExit, match="no usable picture in .*a same-name .txt caption"):
@@ -203,6 +203,7 @@ def test_style_lora_refuses_a_folder_with_nothing_usable_and_strict_skips(tmp_pa
         style_lora.main(
             ["--images", str(picture_folder(tmp_path)), "--strict", "--out", str(tmp_path / "x.safetensors")]
         )
-    with pytest.raises(SystemExit, match="is not a directory"):
+    with pytest.raises(SystemExit) as refused:
         style_lora.main(["--images", str(tmp_path / "missing"), "--out", str(tmp_path / "x.safetensors")])
+    assert refused.value.code == 2 and "argument --images: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()

@@ -110,10 +110,13 @@ def test_last_falls_back_to_the_newest_checkpoint_when_the_run_died_before_writi
     assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 3
 
 
-def test_resuming_a_directory_without_a_run_says_so(tmp_path, capsys, run_env):
+def test_last_without_a_checkpoint_starts_from_the_beginning_with_a_notice(tmp_path, capsys, run_env):
+    """Lightning's meaning of `last`, what a requeued cluster job that always passes it needs."""
     cwd, config = run_env
-    assert fit.main(["--config", str(config), "--ckpt_path", "last"]) == 2
-    assert "no " + str(cwd / "runs" / "a" / "checkpoints" / "last.ckpt") in capsys.readouterr().err
+    assert fit.main(["--config", str(config), "--ckpt_path", "last"]) == 0
+    assert "no checkpoint in " + str(cwd / "runs" / "a") + " yet" in capsys.readouterr().err
+    last = cwd / "runs" / "a" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
 
 
 def test_a_new_run_refuses_a_used_directory_and_start_over_moves_it_aside(run_env, capsys):
@@ -127,9 +130,11 @@ def test_a_new_run_refuses_a_used_directory_and_start_over_moves_it_aside(run_en
     assert str(a) in err and "--ckpt_path last" in err and "--start_over true" in err
     assert listing(a) == before  # nothing written, nothing overwritten
 
+    (a / "notes.txt").write_text("mine")  # not a run output: stays where it is
     assert fit.main(["--config", str(config), "--start_over", "true"]) == 0
     moved = [p for p in (cwd / "runs").iterdir() if p.name.startswith("a.prev-")]
     assert len(moved) == 1 and listing(moved[0]) == before  # the earlier run, intact
+    assert (a / "notes.txt").read_text() == "mine" and not (a / "run.lock").exists()
     assert (a / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -143,8 +148,10 @@ def test_check_run_directory_rules(tmp_path):
     with pytest.raises(RunDirectoryInUse, match="--ckpt_path last"):
         check_run_directory(root, resuming=False, start_over=False)
     assert check_run_directory(root, resuming=True, start_over=False) is None
+    (root / "mine.txt").write_text("user file")
     moved = check_run_directory(root, resuming=False, start_over=True)
-    assert not root.exists() and (moved / "checkpoints" / "last.ckpt").read_bytes() == b"x"
+    assert (moved / "checkpoints" / "last.ckpt").read_bytes() == b"x" and moved.name.startswith("run.prev-")
+    assert sorted(p.name for p in root.iterdir()) == ["mine.txt"]  # only the run's outputs moved
 
 
 def test_saved_config_is_the_run_directory_s(run_env):

@@ -17,7 +17,8 @@ from pm_lightning import generate
 from pm_lightning.core.config_files import load_config
 from pm_lightning.core.errors import BadInput
 from pm_lightning.export import main as export_main
-from pm_lightning.inference.runtime import Runtime, fill_sampler_defaults
+from pm_lightning.inference.flags import fill_sampler_defaults
+from pm_lightning.inference.runtime import Runtime
 from pm_lightning.inference.session import stage1_under
 from pm_lightning.models.lora_files import (
     STAGE1_KEY,
@@ -82,7 +83,7 @@ def test_export_records_the_stage1_file_of_a_stage2_checkpoint(tmp_path):
     for fmt in ("diffusers", "kohya"):
         out = tmp_path / f"{fmt}.safetensors"
         export_main(["--ckpt", str(tmp_path / "stage2.ckpt"), "--domain", "lora", "--out", str(out), "--format", fmt])
-        assert read_stage1_metadata(out) == (str(stage1), file_sha256(stage1))
+        assert read_stage1_metadata(out) == ("unseen.safetensors", file_sha256(stage1))  # never an absolute path
         with safe_open(str(out), "pt") as f:
             assert fmt == "kohya" or f.metadata()["format"] == "pt"  # diffusers' own key is kept
     export_main(["--ckpt", str(tmp_path / "last.ckpt"), "--domain", "lego", "--out", str(tmp_path / "s1.safetensors")])
@@ -95,21 +96,39 @@ def _with_stage1(src, dst, stage1: str, sha: str):
     return dst
 
 
-def test_stage1_under_follows_the_metadata(tmp_path, lora_file):  # noqa: F811
+def test_stage1_under_trusts_the_header_only_on_sha256_and_location(tmp_path, lora_file, monkeypatch):  # noqa: F811
+    """A downloaded LoRA's header names a stage-1 file: it is fused only when it is that file (sha256) and lies
+    beside the LoRA or under runs/; any other local .safetensors it names is refused, naming --stage2-fuse."""
+    monkeypatch.chdir(tmp_path)
     stage1 = shutil.copy(lora_file, tmp_path / "stage1.safetensors")
-    lora = _with_stage1(lora_file, tmp_path / "s2.safetensors", str(stage1), file_sha256(stage1))
-    notes: list[str] = []
-    assert stage1_under(lora, None, "stage2", False, "--stage2-fuse", notes) == stage1 and not notes
-    assert stage1_under(lora, lora_file, "stage2", False, "--stage2-fuse", notes) == lora_file  # the flag wins
+    sha = file_sha256(stage1)
+    lora = _with_stage1(lora_file, tmp_path / "s2.safetensors", "elsewhere/stage1.safetensors", sha)
+    assert stage1_under(lora, None, "stage2", False, "--stage2-fuse") == stage1  # found beside the LoRA by name
+    assert stage1_under(lora, lora_file, "stage2", False, "--stage2-fuse") == lora_file  # the flag wins
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    in_runs = shutil.copy(lora_file, tmp_path / "runs" / "r" / "unseen.safetensors")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    fetched = _with_stage1(lora_file, downloads / "s2.safetensors", "runs/r/unseen.safetensors", sha)
+    assert stage1_under(fetched, None, "stage2", False, "--stage2-fuse").resolve() == in_runs  # runs/, same sha256
     changed = _with_stage1(lora_file, tmp_path / "s2b.safetensors", str(stage1), "0" * 64)
-    assert stage1_under(changed, None, "stage2", False, "--stage2-fuse", notes) == stage1
-    assert "differs" in notes[0]
+    with pytest.raises(BadInput, match="sha256 differs.*--stage2-fuse FILE"):
+        stage1_under(changed, None, "stage2", False, "--stage2-fuse")
+    secret = tmp_path / "private" / "my-other.safetensors"
+    secret.parent.mkdir()
+    shutil.copy(lora_file, secret)
+    evil = _with_stage1(lora_file, downloads / "evil.safetensors", str(secret), file_sha256(secret))
+    with pytest.raises(BadInput, match="outside the LoRA folder and runs/.*--stage2-fuse FILE"):
+        stage1_under(evil, None, "stage2", False, "--stage2-fuse")  # right sha256, wrong place: never fused
+    unrecorded = _with_stage1(lora_file, tmp_path / "s2e.safetensors", str(stage1), "")
+    with pytest.raises(BadInput, match="sha256 not recorded"):
+        stage1_under(unrecorded, None, "stage2", False, "--stage2-fuse")
     plain = _with_stage1(lora_file, tmp_path / "s2c.safetensors", "", "")
-    assert stage1_under(plain, None, "stage2", True, "--stage2-fuse", []) is None  # no YAML fallback: recorded
+    assert stage1_under(plain, None, "stage2", True, "--stage2-fuse") is None  # no YAML fallback: recorded
     gone = _with_stage1(lora_file, tmp_path / "s2d.safetensors", str(tmp_path / "gone.safetensors"), "ab" * 32)
-    with pytest.raises(BadInput, match="--stage2-fuse FILE"):
-        stage1_under(gone, None, "stage2", False, "--stage2-fuse", [])
-    assert stage1_under(lora_file, None, "stage2", False, "--stage2-fuse", []) is None  # nothing recorded, not tiny
+    with pytest.raises(BadInput, match="which is not here: .*--stage2-fuse FILE"):
+        stage1_under(gone, None, "stage2", False, "--stage2-fuse")
+    assert stage1_under(lora_file, None, "stage2", False, "--stage2-fuse") is None  # nothing recorded, not tiny
 
 
 def test_recraft_in_bfloat16_on_cpu_fuses_the_recorded_stage1(tiny_base, lora_file, tmp_path):  # noqa: F811
@@ -124,7 +143,7 @@ def test_recraft_in_bfloat16_on_cpu_fuses_the_recorded_stage1(tiny_base, lora_fi
     argv += ["--recraft", str(recraft), "--num-inference-steps", "2", "--resolution", "64", "--out", str(out)]
     generate.main([*argv, "--device", "cpu", "--dtype", "bfloat16"])
     report = json.loads((out / "report.json").read_text())
-    assert report["models"]["recraft_fused_stage1"] == str(stage1)
+    assert report["models"]["recraft_fused_stage1"] == "stage1.safetensors"  # beside the ReCraft LoRA, named
     s = report["settings"]
     assert (s["device"], s["dtype"], s["cpu_offload"], s["vae_tiling"]) == ("cpu", "bfloat16", False, False)
     assert s["guidance"] == 1.0  # the tiny variant's default, not given on the command line

@@ -66,3 +66,22 @@ def project_path(value: str | Path) -> Path:
     """A path from an experiment config: absolute as is, relative to the project home otherwise."""
     path = Path(value)
     return path if path.is_absolute() else project_home() / path
+
+
+def portable(path: str | Path) -> str:
+    """How a local path is written into a file others read (a model card, a LoRA header, report.json, the demo's
+    page): relative to the current directory or the project home when under them, else the file name alone; never
+    an absolute path of this machine."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    resolved = path.resolve()
+    roots = [Path.cwd().resolve()]
+    try:
+        roots.append(project_home())
+    except ProjectFilesNotFound:
+        pass
+    for root in roots:
+        if resolved.is_relative_to(root):
+            return resolved.relative_to(root).as_posix()
+    return path.name

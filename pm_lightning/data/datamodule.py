@@ -13,6 +13,7 @@ from collections import Counter
 import lightning as L
 from torch.utils.data import DataLoader
 
+from pm_lightning.core.validate import NonNegativeInt, PositiveInt, Seed, Side
 from pm_lightning.data.shard_writer import expand_shards, shard_indexes, shard_sample_counts
 from pm_lightning.data.stream import (
     SKIP_REASONS,
@@ -63,15 +64,15 @@ class ProcessDataModule(L.LightningDataModule):
         train_shards: str | list[str],
         val_shards: str | list[str] | None = None,
         domains: list[str] | None = None,
-        resolution: int = 192,
-        batch_size: int = 8,
-        num_workers: int = 2,
-        shuffle_buffer: int = 256,
+        resolution: Side = 192,
+        batch_size: PositiveInt = 8,
+        num_workers: NonNegativeInt = 2,
+        shuffle_buffer: NonNegativeInt = 256,
         resampled: bool = False,
-        samples_per_epoch: int | None = None,
+        samples_per_epoch: PositiveInt | None = None,
         balance_domains: bool = False,
-        seed: int = 0,
-        val_batch_size: int | None = None,
+        seed: Seed = 0,
+        val_batch_size: PositiveInt | None = None,
         pin_memory: bool = False,
     ):
         super().__init__()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported by the tensor functions only: the data commands start without it
+    import torch
 
 DEFAULT_LAYOUTS = {4: (2, 2), 9: (3, 3)}
 
@@ -85,6 +87,8 @@ def grid_to_frames(grid: Image.Image, rows: int, cols: int) -> list[Image.Image]
 
 def tensor_frames_to_grid(frames: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """(..., N, C, H, W) frames -> (..., C, rows*H, cols*W) serpentine grid."""
+    import torch  # inside: the data commands import this module and start without torch (5 s)
+
     *lead, n, ch, h, w = frames.shape
     if n != rows * cols:
         raise ValueError(f"{n} frames for a {rows}x{cols} grid")
@@ -98,6 +102,8 @@ def tensor_frames_to_grid(frames: torch.Tensor, rows: int, cols: int) -> torch.T
 
 def tensor_grid_to_frames(grid: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """(..., C, rows*H, cols*W) serpentine grid -> (..., N, C, H, W) frames in temporal order."""
+    import torch  # inside: the data commands import this module and start without torch (5 s)
+
     *lead, ch, gh, gw = grid.shape
     if gh % rows or gw % cols:
         raise ValueError(f"grid of {gh}x{gw} does not split into {rows}x{cols} equal cells")

@@ -17,7 +17,7 @@ import numpy as np
 
 from pm_lightning.data.grid import grid_id
 from pm_lightning.data.shard_writer import expand_shards
-from pm_lightning.data.stream import check_resolution, decode_grid
+from pm_lightning.data.stream import decode_grid, layout_problem
 
 
 @dataclass
@@ -47,7 +47,12 @@ def shard_grids(shards: Iterable[str], resolution: int, skip: set[str] | frozens
             gid = grid_id(parts["grid.png"])
             if gid in skip:
                 continue
-            meta = json.loads(parts["json"])
-            rows, cols = int(meta["rows"]), int(meta["cols"])
-            check_resolution(resolution, rows, cols, where=f" ({url} key {key!r})")
+            try:
+                meta = json.loads(parts["json"])
+                rows, cols = int(meta["rows"]), int(meta["cols"])
+                steps = [str(s) for s in meta.get("steps") or []]
+            except (ValueError, KeyError, TypeError, OverflowError):
+                continue
+            if layout_problem(rows, cols, steps, resolution):
+                continue
             yield ShardGrid(key, url, gid, decode_grid(parts["grid.png"], rows, cols, resolution))

@@ -1,8 +1,9 @@
 """The shard stream behind ProcessDataModule: decoding stages, skip counters, the resumable loader.
 
-Samples flow: shard URLs -> tar members -> parsed metadata (resolution checked per layout) ->
+Samples flow: shard URLs -> tar members -> parsed metadata (layout checked per member) ->
 optional domain balancing -> shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members
-are counted by reason and warned about with their shard and key, never raised.
+(unreadable, or well-formed with an impossible layout) are counted by reason and warned about with their shard and
+key, never raised.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pm_lightning.data.grid import frames_to_grid, grid_id, grid_to_frames
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
 # bad_shard counts events (a shard that cannot be opened or read on); the others count samples. "lost": samples a
 # shard's index.json promises that never came out of it (a truncated tar, a damaged member header).
-SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_png", "lost")
+SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_layout", "bad_png", "lost")
+MAX_CELLS = 16  # rows or cols of a grid above this are absurd (ProcessMaker: 2x2 and 3x3)
 
 
 class CorruptSampleWarning(UserWarning):
@@ -57,6 +59,8 @@ def valid_resolution(resolution: int, layouts: list[tuple[int, int]]) -> int:
 
 def check_resolution(resolution: int, rows: int, cols: int, where: str = "") -> None:
     """Raise ResolutionError unless resolution/rows and resolution/cols are multiples of 16 px."""
+    if not (1 <= rows <= MAX_CELLS and 1 <= cols <= MAX_CELLS):
+        raise ResolutionError(f"a {rows}x{cols} grid{where}: rows and cols must each be 1..{MAX_CELLS}")
     if resolution % (TOKEN_PX * rows) == 0 and resolution % (TOKEN_PX * cols) == 0:
         return
     fix = valid_resolution(resolution, [(rows, cols)])
@@ -65,6 +69,19 @@ def check_resolution(resolution: int, rows: int, cols: int, where: str = "") -> 
         f"resolution={resolution} splits a {rows}x{cols} grid{where} into cells that are not multiples of "
         f"{TOKEN_PX} px (Flux tokens); use resolution={fix} (or {both} for 2x2 and 3x3 grids alike)"
     )
+
+
+def layout_problem(rows: int, cols: int, steps: list[str], resolution: int) -> str | None:
+    """Why a member's metadata cannot be a training grid at `resolution` (None when it can): rows / cols out of
+    1..MAX_CELLS, a layout that does not split the resolution into 16-px cells, step texts that are not one per
+    frame."""
+    if not (1 <= rows <= MAX_CELLS and 1 <= cols <= MAX_CELLS):
+        return f"rows={rows}, cols={cols}: each must be 1..{MAX_CELLS}"
+    if resolution % (TOKEN_PX * rows) or resolution % (TOKEN_PX * cols):
+        return f"a {rows}x{cols} grid does not split resolution={resolution} into cells of whole {TOKEN_PX}-px tokens"
+    if steps and len(steps) != rows * cols:
+        return f"{len(steps)} step texts for a {rows}x{cols} grid of {rows * cols} frames"
+    return None
 
 
 # --------------------------------------------------------------------------------- counters
@@ -125,10 +142,12 @@ def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> It
             rows, cols = int(meta["rows"]), int(meta["cols"])
             caption, domain = str(meta["caption"]), str(meta["domain"])
             steps = [str(s) for s in meta.get("steps") or []]
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, OverflowError) as err:
             counter.add("bad_json", url, key, repr(err))
             continue
-        check_resolution(resolution, rows, cols, where=f" ({url} key {key!r})")
+        if problem := layout_problem(rows, cols, steps, resolution):
+            counter.add("bad_layout", url, key, problem)
+            continue
         png = sample["grid.png"]
         yield dict(key=key, url=url, png=png, grid_id=grid_id(png), rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
 

@@ -1,13 +1,18 @@
 """What the web demo runs: one model session loaded at start-up, requests built from `generate`'s own flags.
 
 Each request writes what `generate` writes (grid.png, frames/, sequence.gif, report.json, index.html) into its own
-folder under a temporary root, so the page shows exactly the files the command would produce. One request runs at
-a time (one model in memory); bad input raises BadInput with the message the page shows.
+folder under a temporary root, so the page shows exactly the files the command would produce; Gradio copies them
+into its cache when the request returns, so the next request deletes the folders of the earlier ones, and the
+root goes when the server stops. One request runs at a time (one model in memory); bad input raises BadInput with
+the message the page shows. The LoRA folders are offered by their names under the runs folder (`r1/lora/final`):
+no server path reaches the page, and a request can only name an offered folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import threading
 import time
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.paths import portable
+from pm_lightning.core.validate import Refused
 
 PLAIN = "(plain base, no LoRA)"
 MAX_UPLOAD_MB = 10
@@ -34,8 +41,9 @@ class DemoResult:
 
 
 def lora_folders(runs: Path) -> list[str]:
-    """Exported stage-1 LoRA folders of the runs under `runs` (`<run>/lora/<tag>/`), each run's `final` first, then
-    newest; stage-2 / ReCraft runs (their `config.yaml` names Stage2Module) are left out: they draw no grid."""
+    """Exported stage-1 LoRA folders of the runs under `runs` (`<run>/lora/<tag>`, relative to `runs`), each run's
+    `final` first, then newest; stage-2 / ReCraft runs (their `config.yaml` names Stage2Module) are left out: they
+    draw no grid."""
     found = []
     for run in sorted(p for p in Path(runs).glob("*/lora") if p.is_dir()):
         config = run.parent / "config.yaml"
@@ -43,17 +51,19 @@ def lora_folders(runs: Path) -> list[str]:
             continue
         tags = [t for t in run.iterdir() if t.is_dir() and any(t.glob("*.safetensors"))]
         tags.sort(key=lambda t: (t.name != "final", -t.stat().st_mtime))
-        found += [str(t) for t in tags]
+        found += [t.relative_to(runs).as_posix() for t in tags]
     return found
 
 
-def stage1_file(folder: str | None, domain: str) -> Path | None:
-    """The folder's file for `domain`: `<domain>.safetensors`, else the domain-free `unseen.safetensors`, else the
-    plain kind's `lora.safetensors`; None for the plain base."""
+def stage1_file(runs: Path, folder: str | None, domain: str) -> Path | None:
+    """The file for `domain` in the offered folder `folder` (relative to `runs`): `<domain>.safetensors`, else the
+    domain-free `unseen.safetensors`, else the plain kind's `lora.safetensors`; None for the plain base."""
     if not folder or folder == PLAIN:
         return None
+    if folder not in lora_folders(runs):  # a request names an offered folder, never a path of its own
+        raise BadInput(f"no LoRA folder {folder!r} here; choose one of the list")
     for name in (domain, "unseen", "lora"):
-        path = Path(folder) / f"{name}.safetensors"
+        path = Path(runs) / folder / f"{name}.safetensors"
         if path.is_file():
             return path
     raise BadInput(f"{folder} holds no LoRA for {domain!r} (no {domain}.safetensors, unseen.safetensors)")
@@ -114,8 +124,16 @@ class DemoBackend:
         self.models = Models(base, self.runtime)
         self.parser = generate_parser()
         self.out_root = Path(out_root or tempfile.mkdtemp(prefix="pm-demo-"))
+        if out_root is None:  # ours: gone with the server
+            atexit.register(shutil.rmtree, self.out_root, ignore_errors=True)
         self.lock = threading.Lock()
         self.count = 0
+
+    def forget_requests(self) -> None:
+        """Delete the folders of earlier requests: the page was served copies of their files (one request runs at
+        a time, so none of them is being written)."""
+        for old in self.out_root.glob("[0-9]" * 5):
+            shutil.rmtree(old, ignore_errors=True)
 
     def folders(self) -> list[str]:
         return [*lora_folders(self.runs), PLAIN]
@@ -130,6 +148,7 @@ class DemoBackend:
     def _args(self, **flags) -> argparse.Namespace:
         self.count += 1
         out = self.out_root / f"{self.count:05d}"
+        self.forget_requests()
         from pm_lightning.inference.flags import parse_inference_args
 
         argv = ["--prompt", flags.pop("prompt"), "--out", str(out), "--base", self.base]
@@ -138,7 +157,10 @@ class DemoBackend:
             if value is None or value is False:
                 continue
             argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-        return parse_inference_args(self.parser, argv)
+        try:  # generate's own rules check every value (a seed out of range, ...)
+            return parse_inference_args(self.parser, argv)
+        except Refused as err:
+            raise BadInput(str(err).split(": error: ", 1)[-1].removesuffix(" (--help lists the flags)")) from None
 
     def text_to_steps(self, prompt, domain, frames, seed, steps, adaptive, folder, resolution=None, progress=None):
         """Prompt + domain -> grid (stage 1 with the folder's LoRA), optionally adaptive steps."""
@@ -152,13 +174,13 @@ class DemoBackend:
         with self.lock:
             t0 = time.perf_counter()
             _step(progress, 0.05, "loading the LoRA")
-            lora = stage1_file(folder, domain)
+            lora = stage1_file(self.runs, folder, domain)
             backbone = self.models.use(None, lora)
             _step(progress, 0.2, "sampling the grid")
             size = grid_resolution(self.base, frames, resolution)
             grid = sample_grid(backbone, prompt, size, args.num_inference_steps, args.guidance, args.seed)
             images = grid_to_frames(grid, *layout_for(frames))
-            used = {"stage1": str(lora) if lora else None}
+            used = {"stage1": portable(lora) if lora else None}
             return self._finish(args, grid, images, used, [], t0, progress, size)
 
     def recraft(self, image, prompt, frames, seed, steps, adaptive, progress=None):

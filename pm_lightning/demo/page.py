@@ -1,5 +1,7 @@
 """The Gradio page: text + domain -> grid, frames and animation; a finished image -> ReCraft steps; adaptive steps
-with their Deltas; LoRA choice, seed and steps. Every handler turns bad input into a message on the page.
+with their Deltas; LoRA choice, seed and steps. Every handler turns bad input into one line on the page; any other
+failure shows one friendly line with a reference, its details in the server log. Gradio's cache is cleaned
+(`delete_cache`), and no server path is on the page or in its config.
 
 API names (for `gradio_client`): `/text_to_steps` and `/recraft`, each returning
 (grid, frames, sequence gif, Deltas table, summary).
@@ -8,15 +10,19 @@ API names (for `gradio_client`): `/text_to_steps` and `/recraft`, each returning
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 import gradio as gr
 import pandas as pd
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.paths import portable
 from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS
 from pm_lightning.demo.backend import MAX_UPLOAD_MB, DemoBackend
 
 log = logging.getLogger(__name__)
+DELETE_CACHE = (600, 3600)  # every 10 minutes, Gradio's cached files older than an hour go
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
 CSS = "#grid img, #sequence img {image-rendering: pixelated;}"
 
@@ -36,18 +42,29 @@ def guarded(fn, *args, progress=None) -> tuple:
     try:
         return outputs_of(fn(*args, progress=progress))
     except (BadInput, FileNotFoundError) as err:
-        raise gr.Error(str(err), title="Bad input") from None
-    except Exception as err:  # noqa: BLE001 - the app must stay up; the traceback goes to the server log
-        log.exception("demo request failed")
-        raise gr.Error(f"{type(err).__name__}: {err}", title="Something went wrong") from None
+        raise gr.Error(page_text(err), title="Bad input") from None
+    except Exception:  # noqa: BLE001 - the app must stay up; the details go to the server log, not the page
+        ref = uuid.uuid4().hex[:8]
+        log.exception("demo request failed (reference %s)", ref)
+        raise gr.Error(
+            f"Something went wrong on the server (reference {ref}); the details are in its log.", title="Error"
+        ) from None
+
+
+def page_text(err: Exception) -> str:
+    """An error as one line for the page: whitespace folded, server paths cut to their file names."""
+    return SERVER_PATH.sub(r"\1", " ".join(str(err).split()))
+
+
+SERVER_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+-]+/)+([\w.@+-]+)")
 
 
 def build_page(backend: DemoBackend) -> gr.Blocks:
     domains = list(DOMAINS)
-    with gr.Blocks(title="pm_lightning: how things are made") as page:
+    with gr.Blocks(title="pm_lightning: how things are made", delete_cache=DELETE_CACHE) as page:
         gr.Markdown(
             "## pm_lightning: how things are made\n"
-            f"Type what should be made and pick a domain; the model draws the steps as one grid. Base: `{backend.base}`"
+            f"Type what should be made and pick a domain; the model draws the steps as one grid. Base: `{portable(backend.base)}`"
             f"; held-out domains ({', '.join(HELDOUT_DOMAINS)}) use the domain-free LoRA."
         )
         with gr.Row():

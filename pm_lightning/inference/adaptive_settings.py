@@ -5,26 +5,48 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from pm_lightning.core import validate as v
 from pm_lightning.core.paths import tiny_eval_dir
-from pm_lightning.inference.adaptive_rule import AdaptiveConfig
+
+if TYPE_CHECKING:
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 
 log = logging.getLogger(__name__)
+
+# The range of each AdaptiveConfig field (one flag each; tests/test_adaptive.py checks every field has one). Rules
+# between fields (del_ceiling < add_floor, min_frames <= max_frames) are AdaptiveConfig's own.
+FIELD_RULES = {
+    "w_glob": v.NON_NEGATIVE,
+    "w_loc": v.NON_NEGATIVE,
+    "w_sem": v.NON_NEGATIVE,
+    "k1": v.NON_NEGATIVE,
+    "k2": v.NON_NEGATIVE,
+    "add_floor": v.NON_NEGATIVE,
+    "del_ceiling": v.NON_NEGATIVE,
+    "two_frame_ratio": v.Rule(float, 1),
+    "min_frames": v.Rule(int, 2, 1000),
+    "max_frames": v.Rule(int, 2, 1000),
+    "max_rounds": v.Rule(int, 0, 100),
+}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One `--<field>` flag per AdaptiveConfig field (dashes for underscores), default None = config value."""
     group = parser.add_argument_group("adaptive steps (AdaptiveConfig, docs/ADAPTIVE.md)")
     group.add_argument(
-        "--adaptive-config", default=None, help="YAML/JSON file of AdaptiveConfig fields (flags override)"
+        "--adaptive-config",
+        type=v.existing_file,
+        default=None,
+        help="YAML/JSON file of AdaptiveConfig fields (flags override)",
     )
-    for f in fields(AdaptiveConfig):
-        default = f.default if f.default is not MISSING else None
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=None, help=f"default {default}")
+    for name, rule in FIELD_RULES.items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=rule, default=None, help=rule.describe())
 
 
 def calibration_file(clip: str, dino: str) -> Path | None:
@@ -48,13 +70,17 @@ def read_settings(path: str | Path, clip: str | None, dino: str | None) -> dict:
                 f"dino={dino!r}: run python -m pm_lightning.calibrate_adaptive --clip {clip} --dino {dino} --out FILE"
             )
         values = dict(values["config"])
-    return values
+    return {k: FIELD_RULES[k].check(x, f"{path}: {k}") if k in FIELD_RULES else x for k, x in values.items()}
 
 
 def config_from_args(args: argparse.Namespace) -> AdaptiveConfig:
     """AdaptiveConfig: the encoders' calibration (tiny: data/tiny-eval/adaptive_calibration.json), else
     `--adaptive-config`, then the explicit flags. Other encoders without a calibration keep the dataclass
-    defaults with a warning: the guards there were calibrated for the tiny evaluators."""
+    defaults with a warning: the guards there were calibrated for the tiny evaluators. ValueError names a bad value
+    (its file, or the pair of flags that contradict each other)."""
+    # inside: adaptive_rule.py brings torch; the parsers import this module for its flags, before torch loads
+    from pm_lightning.inference.adaptive_rule import AdaptiveConfig
+
     clip, dino = getattr(args, "clip", None), getattr(args, "dino", None)
     values: dict = {}
     own = calibration_file(clip, dino) if clip is not None else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
+from pm_lightning.core import validate as v
 
 MODES = ("none", "first-block", "taylorseer")
 
@@ -45,7 +45,8 @@ class CacheConfig:
 
             return FirstBlockCacheConfig(threshold=self.threshold)
         if self.mode == "taylorseer":
-            # lazy: diffusers' hooks, 12 s before generate / adapt read their flags (docs/ARCHITECTURE.md, "Start-up")
+            # lazy: torch and diffusers' hooks, which generate / adapt load after parsing (the flags import this module)
+            import torch
             from diffusers import TaylorSeerCacheConfig
 
             return TaylorSeerCacheConfig(
@@ -72,9 +73,12 @@ def add_cache_flags(parser) -> None:
     """`--cache`, `--cache-threshold`, `--cache-interval`, `--cache-warmup` (CacheConfig's fields)."""
     group = parser.add_argument_group("step caching (diffusers hooks; docs/ADAPTIVE.md)")
     group.add_argument("--cache", choices=MODES, default="none", help="cache transformer work across sampler steps")
-    group.add_argument("--cache-threshold", type=float, default=CacheConfig.threshold, help="first-block threshold")
-    group.add_argument("--cache-interval", type=int, default=CacheConfig.interval, help="taylorseer: full step every N")
-    group.add_argument("--cache-warmup", type=int, default=CacheConfig.warmup, help="taylorseer: full steps first")
+    group.add_argument("--cache-threshold", type=v.NON_NEGATIVE, default=CacheConfig.threshold,
+                       help="first-block threshold")  # fmt: skip
+    group.add_argument("--cache-interval", type=v.Rule(int, 1, 1000), default=CacheConfig.interval,
+                       help="taylorseer: full step every N")  # fmt: skip
+    group.add_argument("--cache-warmup", type=v.Rule(int, 0, 1000), default=CacheConfig.warmup,
+                       help="taylorseer: full steps first")  # fmt: skip
 
 
 def cache_from_args(args) -> CacheConfig:

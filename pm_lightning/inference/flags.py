@@ -1,42 +1,70 @@
-"""Command-line flags shared by `python -m pm_lightning.generate` and `python -m pm_lightning.adapt`."""
+"""Command-line flags shared by `python -m pm_lightning.generate`, `adapt`, `evaluate` and the web demo.
+
+Light on purpose (no torch): every flag is checked by its rule (`core/validate.py`) while parsing, so a bad value
+is refused in about a second, before the models are imported.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from pm_lightning.core import validate as v
+from pm_lightning.core.dtypes import DTYPE_NAMES
 from pm_lightning.inference.adaptive_settings import add_config_flags
 from pm_lightning.inference.cache import add_cache_flags
-from pm_lightning.inference.runtime import add_runtime_flags, fill_sampler_defaults
-from pm_lightning.inference.session import extra_lora
+from pm_lightning.models.variants import find_variant, sampler_defaults
+
+
+def add_device_flags(p: argparse.ArgumentParser, dtype_default: str = "bfloat16 on a GPU, float32 on CPU") -> None:
+    """--device and --dtype (every inference command, the cache commands)."""
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPE_NAMES), help=f"dtype (default: {dtype_default})")
+
+
+def add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    """--device, --dtype, --vae-tiling, --cpu-offload (the commands that run the Flux pipeline)."""
+    add_device_flags(p)
+    p.add_argument("--vae-tiling", action="store_true", help="decode the grid tile by tile (less VAE memory)")
+    p.add_argument(
+        "--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (cards < 40 GB)"
+    )
 
 
 def common_flags(p: argparse.ArgumentParser) -> None:
     """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
     p.add_argument("--base", default="tiny", help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id")
-    p.add_argument("--stage2", type=Path, default=None, help="stage-2 (dual reference) LoRA file")
+    p.add_argument("--stage2", type=v.existing_file, default=None, help="stage-2 (dual reference) LoRA file")
     p.add_argument(
         "--stage2-fuse",
-        type=Path,
+        type=v.existing_file,
         default=None,
-        help="stage-1 LoRA the stage-2 LoRA was trained on (fused first; default: the one the stage-2 file records, "
-        "else for tiny experiments/tiny_stage2.yaml's)",
+        help="stage-1 LoRA the stage-2 LoRA was trained on (fused first; default: the one the stage-2 file records "
+        "when it lies beside it or under runs/ with the recorded sha256, else for tiny experiments/tiny_stage2.yaml's)",
     )
     p.add_argument("--steps", nargs="+", default=None, help="one step text per frame (captions; Delta_sem)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=v.SEED, default=0, help=f"seed ({v.SEED.describe()})")
     p.add_argument(
-        "--num-inference-steps", type=int, default=None, help="sampler steps (default: the variant's; FLUX.1-dev 28)"
+        "--num-inference-steps",
+        type=v.SAMPLER_STEPS,
+        default=None,
+        help="sampler steps (default: the variant's; FLUX.1-dev 28)",
     )
-    p.add_argument("--guidance", type=float, default=None, help="guidance (default: the variant's; FLUX.1-dev 3.5)")
     p.add_argument(
-        "--cell", type=int, default=None, help="stage-2 frame size in px (default: the frames' size, whole 16 px)"
+        "--guidance", type=v.GUIDANCE, default=None, help="guidance (default: the variant's; FLUX.1-dev 3.5)"
+    )
+    p.add_argument(
+        "--cell", type=v.SIDE, default=None, help="stage-2 frame size in px (default: the frames' size, whole 16 px)"
     )
     p.add_argument("--clip", default="tiny", help="CLIP for the adaptive steps (Encoders.load spec)")
     p.add_argument("--dino", default="tiny", help="DINO for the adaptive steps (Encoders.load spec)")
     p.add_argument(
-        "--insert-batch", type=int, default=8, help="stage-2 insertions sampled together per call (memory cap)"
+        "--insert-batch",
+        type=v.POSITIVE_INT,
+        default=8,
+        help="stage-2 insertions sampled together per call (memory cap)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=v.output_dir, required=True, help="output folder")
     add_runtime_flags(p)
     add_cache_flags(p)
     add_config_flags(p)
@@ -47,28 +75,70 @@ def parse_inference_args(p: argparse.ArgumentParser, argv: list[str] | None) -> 
     return fill_sampler_defaults(p.parse_args(argv))
 
 
+def fill_sampler_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """`--num-inference-steps` / `--guidance` not given -> the base variant's sampler defaults (in place)."""
+    steps, guidance = sampler_defaults(find_variant(args.base))
+    if args.num_inference_steps is None:
+        args.num_inference_steps = steps
+    if args.guidance is None:
+        args.guidance = guidance
+    return args
+
+
+def split_error(resolution: int, frames: int) -> str | None:
+    """Why a grid side does not split into `frames` cells of whole 16-px tokens (None when it does)."""
+    # inside: data/grid.py brings numpy and PIL, which generate / adapt do not load before parsing (as on main)
+    from pm_lightning.data.grid import layout_for
+
+    rows, cols = layout_for(frames)
+    step = v.TOKEN_PX * max(rows, cols)
+    if resolution % step:
+        return f"{resolution} does not split into {rows}x{cols} cells of whole 16-px tokens: give a multiple of {step}"
+    return None
+
+
+def extra_lora(text: str) -> tuple[Path, float]:
+    """`FILE[:WEIGHT]` (argparse type of `--extra-lora`) -> (file, weight); the weight defaults to 1 (a colon followed
+    by something that is no number is part of the name). The file must exist and the weight be finite (`F:nan`
+    would draw a black grid)."""
+    path, sep, weight = text.rpartition(":")
+    try:
+        number = float(weight) if sep and path else None
+    except ValueError:
+        number = None
+    if number is None:
+        return v.existing_file(text), 1.0
+    if not v.FINITE.ok(number):
+        raise argparse.ArgumentTypeError(f"the weight of {path} must be a finite number, got {weight!r}")
+    return v.existing_file(path), number
+
+
 def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
     """`generate`'s flags (the web demo builds its requests from them too, so both share every default)."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = v.Parser(prog=prog, description=description)
     p.add_argument("--prompt", required=True)
     p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
-    p.add_argument("--stage1", type=Path, default=None, help="exported stage-1 LoRA file (diffusers format)")
+    p.add_argument("--stage1", type=v.existing_file, default=None, help="exported stage-1 LoRA file (diffusers format)")
     p.add_argument(
         "--extra-lora",
         type=extra_lora,
         action="append",
         default=[],
         metavar="FILE[:WEIGHT]",
-        help="stack a style LoRA on the stage-1 LoRA (repeatable; weight default 1)",
+        help="stack a style LoRA on the stage-1 LoRA (repeatable; weight default 1, a finite number)",
     )
     p.add_argument("--adaptive", action="store_true", help="run the sliding-window adaptive steps")
-    p.add_argument("--image", type=Path, default=None, help="ReCraft: the finished image -> the steps before it")
-    p.add_argument("--recraft", type=Path, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)")
+    p.add_argument(
+        "--image", type=v.existing_file, default=None, help="ReCraft: the finished image -> the steps before it"
+    )
+    p.add_argument(
+        "--recraft", type=v.existing_file, default=None, help="ReCraft LoRA file (tiny default: make train-recraft's)"
+    )
     p.add_argument(
         "--recraft-fuse",
-        type=Path,
+        type=v.existing_file,
         default=None,
-        help="stage-1 LoRA the ReCraft LoRA was trained on (default: the one the ReCraft file records)",
+        help="stage-1 LoRA the ReCraft LoRA was trained on (default: the one the ReCraft file records, when trusted)",
     )
     p.add_argument(
         "--frames",
@@ -77,6 +147,12 @@ def generate_parser(prog: str = "python -m pm_lightning.generate", description: 
         default=None,
         help="frames of the grid (default: the synthetic domain's count, else 9)",
     )
-    p.add_argument("--resolution", type=int, default=None, help="grid side in px (default: tiny 192, else 1024 / 1056)")
+    p.add_argument(
+        "--resolution",
+        type=v.SIDE,
+        default=None,
+        help=f"grid side in px, {v.SIDE.describe()} that splits into the grid's cells "
+        "(default: tiny 192, else 1024 / 1056)",
+    )
     common_flags(p)
     return p

@@ -1,8 +1,8 @@
-"""Where and in what precision inference runs, decided here only: device, dtype, sampler defaults, memory savers.
+"""Where and in what precision inference runs, decided here only: device, dtype, memory savers.
 
 `generate`, `adapt`, `evaluate` and the web demo take `--device` (default cuda when available, else cpu) and
-`--dtype` (default bfloat16 on a GPU, float32 on the CPU); the sampler's steps and guidance default to the
-variant's own (`models/variants.py`: FLUX.1-dev 28 / 3.5, schnell 4 / 0, tiny 20 / 1); `--vae-tiling` decodes
+`--dtype` (default bfloat16 on a GPU, float32 on the CPU; the flags and the sampler defaults, the variant's own
+steps and guidance, are in `inference/flags.py`, light enough to refuse a bad flag before torch loads); `--vae-tiling` decodes
 large grids tile by tile and `--cpu-offload` keeps each component on the CPU until it runs (diffusers'
 `enable_vae_tiling` / `enable_model_cpu_offload`), for cards smaller than the whole pipeline.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pm_lightning.core.dtypes import DTYPE_NAMES, default_dtype, dtype_name
+from pm_lightning.core.dtypes import DTYPE_NAMES, default_dtype, dtype_name, torch_dtype
 from pm_lightning.core.errors import BadInput
-from pm_lightning.models.variants import find_variant, sampler_defaults
+from pm_lightning.models.variants import find_variant
 
 
 def default_device() -> str:
@@ -49,7 +49,7 @@ class Runtime:
             raise BadInput(f"--dtype {dtype!r}: choose from {sorted(DTYPE_NAMES)}")
         if cpu_offload and dev.type == "cpu":
             raise BadInput("--cpu-offload moves each model to the GPU when it runs: it needs --device cuda[:N]")
-        return cls(str(dev), DTYPE_NAMES[dtype], bool(vae_tiling), bool(cpu_offload))
+        return cls(str(dev), torch_dtype(dtype), bool(vae_tiling), bool(cpu_offload))
 
     @classmethod
     def for_cache(cls, device: str | None, dtype: str | None, base: str) -> Runtime:
@@ -78,26 +78,6 @@ class Runtime:
             backbone.to(self.device)
 
 
-def add_device_flags(p: argparse.ArgumentParser) -> None:
-    """--device and --dtype (every inference command)."""
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=sorted(DTYPE_NAMES),
-        help="weights' dtype (default: bfloat16 on a GPU, float32 on CPU)",
-    )
-
-
-def add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    """--device, --dtype, --vae-tiling, --cpu-offload (the commands that run the Flux pipeline)."""
-    add_device_flags(p)
-    p.add_argument("--vae-tiling", action="store_true", help="decode the grid tile by tile (less VAE memory)")
-    p.add_argument(
-        "--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (cards < 40 GB)"
-    )
-
-
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
     return Runtime.resolve(
         getattr(args, "device", None),
@@ -105,13 +85,3 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
         getattr(args, "vae_tiling", False),
         getattr(args, "cpu_offload", False),
     )
-
-
-def fill_sampler_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """`--num-inference-steps` / `--guidance` not given -> the base variant's sampler defaults (in place)."""
-    steps, guidance = sampler_defaults(find_variant(args.base))
-    if args.num_inference_steps is None:
-        args.num_inference_steps = steps
-    if args.guidance is None:
-        args.guidance = guidance
-    return args

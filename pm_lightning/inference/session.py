@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.paths import portable
 from pm_lightning.data.importers import load_user_image
 from pm_lightning.inference.cache import CacheConfig, cache_from_args, transformer_cache
 from pm_lightning.inference.runtime import Runtime
@@ -25,12 +26,13 @@ def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
     """Grid side in px: the variant's training resolution (tiny 192, else 1024) rounded up to whole 16-px cells
     per row (FLUX.1-dev: 9 frames -> 1056, 4 frames -> 1024)."""
     from pm_lightning.data.grid import layout_for
+    from pm_lightning.inference.flags import split_error
     from pm_lightning.models.variants import find_variant
 
     rows, _ = layout_for(frames)
-    if override:
-        if override % (16 * rows):
-            raise BadInput(f"--resolution {override} does not split into {rows} cells of whole 16-px tokens")
+    if override is not None:
+        if problem := split_error(override, frames):
+            raise BadInput(f"--resolution {problem}")
         return override
     variant = find_variant(base)
     res = variant.resolution if variant is not None and variant.resolution else 1024
@@ -38,17 +40,6 @@ def grid_resolution(base: str, frames: int, override: int | None = None) -> int:
 
 
 # ---------------------------------------------------------------- models
-
-
-def extra_lora(text: str) -> tuple[Path, float]:
-    """`FILE[:WEIGHT]` (argparse type of `--extra-lora`) -> (file, weight); the weight defaults to 1."""
-    path, sep, weight = text.rpartition(":")
-    if sep and path:
-        try:
-            return Path(path), float(weight)
-        except ValueError:
-            pass
-    return Path(text), 1.0
 
 
 class Models:
@@ -77,7 +68,7 @@ class Models:
     def use(self, fused: Path | None, lora: Path | None, extras: list[tuple[Path, float]] | tuple = ()):
         """The backbone with `fused` folded into its weights and `lora` (+ `extras`) loaded."""
         from pm_lightning.models.backbone import FluxBackbone
-        from pm_lightning.models.lora_files import fuse_lora_file, load_lora_file
+        from pm_lightning.models.lora_files import fuse_lora_file
 
         fused = str(fused) if fused else None
         wanted = (str(lora) if lora else None, tuple((str(p), float(w)) for p, w in extras))
@@ -90,21 +81,36 @@ class Models:
             self.backbone.pipeline().unload_lora_weights()
             self.loaded = None
         if fused is not None and self.fused is None:
-            fuse_lora_file(self.backbone, fused)
+            try:
+                fuse_lora_file(self.backbone, fused)
+            except BaseException:
+                self.backbone = None  # the weights may be half-fused: the next request loads the base afresh
+                raise
             self.fused = fused
         if self.loaded is None and (wanted[0] or wanted[1]):
             pipe = self.backbone.pipeline()
-            names, weights = [], []
-            if wanted[0]:
-                load_lora_file(pipe, wanted[0], "pm")
-                names, weights = ["pm"], [1.0]
-            for i, (path, weight) in enumerate(wanted[1]):
-                load_lora_file(pipe, path, f"extra{i}", role="extra LoRA file")
-                names.append(f"extra{i}")
-                weights.append(weight)
-            pipe.set_adapters(names, adapter_weights=weights)
+            try:
+                self._load(pipe, wanted)
+            except BaseException:
+                pipe.unload_lora_weights()  # what was loaded before the failing file goes too: state = record
+                raise
         self.loaded = wanted
         return self.backbone
+
+    @staticmethod
+    def _load(pipe, wanted: tuple) -> None:
+        """The procedural LoRA as "pm" (weight 1) and each extra as "extra<i>" at its weight."""
+        from pm_lightning.models.lora_files import load_lora_file
+
+        names, weights = [], []
+        if wanted[0]:
+            load_lora_file(pipe, wanted[0], "pm")
+            names, weights = ["pm"], [1.0]
+        for i, (path, weight) in enumerate(wanted[1]):
+            load_lora_file(pipe, path, f"extra{i}", role="extra LoRA file")
+            names.append(f"extra{i}")
+            weights.append(weight)
+        pipe.set_adapters(names, adapter_weights=weights)
 
 
 @torch.no_grad()
@@ -176,14 +182,12 @@ def stage_file(flag: Path | None, default: Path | None, what: str, make: str, no
     return None
 
 
-def stage1_under(
-    lora: Path | None, flag: Path | None, kind: str, tiny: bool, option: str, notes: list[str]
-) -> Path | None:
+def stage1_under(lora: Path | None, flag: Path | None, kind: str, tiny: bool, option: str) -> Path | None:
     """The stage-1 file to fuse under a stage-2 / ReCraft `lora`: the flag's; else the one the LoRA records in its
-    metadata (`LoraExport` / `export` write it; a changed file is noted); else, for the tiny base, the tiny config's
-    `model.init_args.stage1`; else none (the plain base)."""
-    from pm_lightning.core.paths import project_path
-    from pm_lightning.models.lora_files import file_sha256, read_stage1_metadata
+    metadata (`LoraExport` / `export` write it), only when its sha256 matches and it lies beside the LoRA or under
+    runs/ (`trusted_stage1`); else, for the tiny base, the tiny config's `model.init_args.stage1`; else none (the
+    plain base)."""
+    from pm_lightning.models.lora_files import read_stage1_metadata, trusted_stage1
 
     if flag is not None:
         if not Path(flag).is_file():
@@ -195,15 +199,7 @@ def stage1_under(
     path, sha = recorded
     if not path:
         return None  # trained on the plain base
-    found = next((p for p in (Path(path), project_path(path)) if p.is_file()), None)
-    if found is None:
-        raise BadInput(
-            f"the {kind} LoRA {lora} was trained on the stage-1 file {path!r} (sha256 {sha[:12]}), which is not "
-            f"here: give it with {option} FILE"
-        )
-    if sha and file_sha256(found) != sha:
-        notes.append(f"{found} differs from the stage-1 file the {kind} LoRA was trained on (sha256 {sha[:12]})")
-    return found
+    return trusted_stage1(lora, path, sha, option)
 
 
 def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, args, cfg, notes: list[str]):
@@ -212,7 +208,7 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
 
     tiny = models.base == "tiny"
     stage2 = stage_file(args.stage2, default_lora("stage2") if tiny else None, "stage-2", "make train-stage2", notes)
-    fuse = stage1_under(stage2, args.stage2_fuse, "stage2", tiny, "--stage2-fuse", notes)
+    fuse = stage1_under(stage2, args.stage2_fuse, "stage2", tiny, "--stage2-fuse")
     backbone = models.use(fuse, stage2)
     cell = args.cell or max(16, frames[0].size[0] // 16 * 16)
     insert_batch = make_insert_fn(
@@ -228,8 +224,8 @@ def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, 
     scorer = EncoderScorer(models.encoders(args.clip, args.dino))
     result = adapt_sequence(frames, scorer, cfg=cfg, steps=steps, insert_batch=insert_batch)
     result.report["models"] = {
-        "stage2": str(stage2) if stage2 else None,
-        "stage2_fused_stage1": str(fuse) if fuse else None,
+        "stage2": portable(stage2) if stage2 else None,
+        "stage2_fused_stage1": portable(fuse) if fuse else None,
         "cell": cell,
         "clip": args.clip,
         "dino": args.dino,
@@ -280,16 +276,16 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
             cache_from_args(args),
         )
         frames = grid_to_frames(grid, rows, cols)
-        used = {"stage1": str(stage1) if stage1 else None}
+        used = {"stage1": portable(stage1) if stage1 else None}
         if getattr(args, "extra_lora", None):
-            used["extra_loras"] = [{"file": str(p), "weight": w} for p, w in args.extra_lora]
+            used["extra_loras"] = [{"file": portable(p), "weight": w} for p, w in args.extra_lora]
     else:
         from pm_lightning.inference.reference_sampling import recraft
 
         recraft_file = stage_file(
             args.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes
         )
-        fuse = stage1_under(recraft_file, args.recraft_fuse, "recraft", tiny, "--recraft-fuse", notes)
+        fuse = stage1_under(recraft_file, args.recraft_fuse, "recraft", tiny, "--recraft-fuse")
         backbone = models.use(fuse, recraft_file)
         with transformer_cache(backbone.transformer, cache_from_args(args)):
             frames = recraft(
@@ -304,9 +300,9 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
             )
         grid = frames_to_grid(frames, rows, cols)
         used = {
-            "recraft": str(recraft_file) if recraft_file else None,
-            "recraft_fused_stage1": str(fuse) if fuse else None,
-            "image": str(args.image),
+            "recraft": portable(recraft_file) if recraft_file else None,
+            "recraft_fused_stage1": portable(fuse) if fuse else None,
+            "image": portable(args.image),
         }
     return grid, frames, used
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from pm_lightning.core.validate import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, MaskedLoraLinear
 
 
@@ -29,17 +30,17 @@ class AdapterConfig:
 
     kind: Literal[KINDS] = "masked"  # the keys of ADAPTER_KINDS (below); LightningCLI lists them as the choices
     """lora (one plain LoRA), asymmetric (shared A, a B per domain), masked (one LoRA + per-domain row gates)."""
-    rank: int = 64
+    rank: PositiveInt = 64
     """LoRA rank r."""
-    alpha: float | None = None
+    alpha: PositiveFloat | None = None
     """LoRA alpha; the update is scaled by alpha / rank. None -> rank (scale 1)."""
-    num_domains: int = 1
+    num_domains: PositiveInt = 1
     """Number of configured (training) domains; index -1 is the unseen domain."""
     target_modules: list[str] | None = None
     """Linear names (relative to a block, e.g. "attn.to_q", or suffixes of full names); None -> every Linear of the blocks."""
-    mask_fraction: float = 0.3
+    mask_fraction: Fraction = 0.3
     """rho: the fraction of rank rows with learnable per-domain gates (masked only); g = round(rho * r), at least 1 if rho > 0."""
-    mask_l1: float = 0.0
+    mask_l1: NonNegativeFloat = 0.0
     """Weight of the L1 pull of the gates towards 0 (applied by the training module to ``mask_l1()``)."""
     unseen_mask: Literal["ones", "mean"] = "ones"
     """masked: the gates of an unseen domain. "ones": the mask removed (ProcessMaker, the default); "mean": the mean

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pm_lightning.core.validate import NonNegativeFloat, NonNegativeInt
 from pm_lightning.models.adapter_routing import adapters_disabled
 
 FLUX_DEV_DEPTH = 57  # 19 double + 38 single blocks
@@ -52,13 +53,13 @@ class AlignmentConfig:
 
     enabled: bool = True
     """Add lambda(t) * L_sup to the flow-matching loss."""
-    layers: list[int] | None = None
+    layers: list[NonNegativeInt] | None = None
     """Block indices in the concatenated list; None = FLUX.1-dev's (4, 9, 14, 19, 29) mapped by relative depth."""
-    lambda0: float = 0.5
+    lambda0: NonNegativeFloat = 0.5
     """Overall weight lambda0 of the alignment term."""
     schedule: str = "constant"
     """Name of s(t) in SCHEDULES (the paper leaves s unspecified; constant is the neutral choice)."""
-    gamma: float = 0.1
+    gamma: NonNegativeFloat = 0.1
     """Weight of the MSE part of the per-layer distance."""
 
     def __post_init__(self) -> None:

@@ -96,9 +96,12 @@ STAGE1_KEY, STAGE1_SHA_KEY = "pm_lightning.stage1", "pm_lightning.stage1_sha256"
 def stage1_metadata(hparams: dict) -> dict[str, str]:
     """The safetensors metadata of a stage-2 / ReCraft LoRA: the stage-1 file fused under it (path, sha256; "" for the
     plain base). Empty for a run with no `stage1` hyperparameter (a stage-1 run)."""
+    from pm_lightning.core.paths import portable
+
     if "stage1" not in hparams:
         return {}
-    return {STAGE1_KEY: str(hparams.get("stage1") or ""), STAGE1_SHA_KEY: str(hparams.get("stage1_sha256") or "")}
+    stage1 = portable(hparams["stage1"]) if hparams.get("stage1") else ""
+    return {STAGE1_KEY: stage1, STAGE1_SHA_KEY: str(hparams.get("stage1_sha256") or "")}
 
 
 def read_stage1_metadata(path: str | Path) -> tuple[str, str] | None:
@@ -111,6 +114,29 @@ def read_stage1_metadata(path: str | Path) -> tuple[str, str] | None:
     if STAGE1_KEY not in meta:
         return None
     return meta[STAGE1_KEY], meta.get(STAGE1_SHA_KEY, "")
+
+
+def trusted_stage1(lora: str | Path, recorded: str, sha: str, option: str) -> Path:
+    """The stage-1 file a LoRA's header names, used only when it is that file (its sha256 matches the header) and
+    lies where this project put it: beside the LoRA, or under the runs folder (`./runs`, `<project>/runs`). A
+    downloaded LoRA thus never makes us fuse some other local file. BadInput naming `option` otherwise."""
+    from pm_lightning.core.paths import project_path
+
+    lora = Path(lora).resolve()
+    roots = [lora.parent, Path("runs").resolve(), project_path("runs").resolve()]
+    candidates = dict.fromkeys(p for p in (Path(recorded), project_path(recorded), lora.parent / Path(recorded).name))
+    seen = []
+    for path in (p for p in candidates if p.is_file()):
+        placed = any(path.resolve().parent == lora.parent or path.resolve().is_relative_to(r) for r in roots[1:])
+        if placed and sha and file_sha256(path) == sha:
+            return path
+        seen.append(f"{path} ({'sha256 differs' if placed else 'outside the LoRA folder and runs/'})")
+    found = f"; found {', '.join(seen)}" if seen else ", which is not here"
+    raise BadInput(
+        f"{Path(lora).name} records the stage-1 file {recorded!r} (sha256 {sha[:12] or 'not recorded'}){found}: "
+        f"it is used only when it lies beside the LoRA or under runs/ with that sha256; give the stage-1 file "
+        f"with {option} FILE"
+    )
 
 
 def transformer_skeleton(base: str) -> nn.Module:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.paths import portable
 from pm_lightning.models.variants import VARIANTS
 
 LICENSES = {  # base model -> (license, license_name) of the LoRA, which inherits the base's terms
@@ -31,13 +33,13 @@ def base_repo(base: str) -> str | None:
     return source if source.count("/") == 1 and not Path(source).exists() else None
 
 
-def copy_samples(samples: Path | None, folder: Path) -> str | None:
-    """Copy the run's sample grid into `folder/images/`; its path relative to the folder, or None."""
+def copy_samples(samples: Path | None, folder: Path, name: str = "images/samples.png") -> str | None:
+    """Copy the run's sample grid to `folder/name` (atomically); `name`, or None when the run has none."""
     if samples is None or not samples.is_file():
         return None
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(samples, folder / "images" / "samples.png")
-    return "images/samples.png"
+    with atomic_path(folder / name) as tmp:
+        shutil.copyfile(samples, tmp)
+    return name
 
 
 def latest_samples(run_dir: Path, tag: str = "final") -> Path | None:
@@ -63,16 +65,20 @@ def write_model_card(
     step: int | None = None,
     samples: Path | None = None,
     fmt: str = "diffusers",
+    card_name: str = "README.md",
+    image_name: str = "images/samples.png",
 ) -> Path:
-    """Write `folder/README.md` for the LoRA `files` ({file name: domain}) of a run with `hparams` (the checkpoint's
-    hyper-parameters); returns its path. Existing cards are replaced (the folder is one export)."""
+    """Write `folder/card_name` for the LoRA `files` ({file name: domain}) of a run with `hparams` (the checkpoint's
+    hyper-parameters), atomically; returns its path. Local paths appear relative (`core.paths.portable`), never
+    absolute. Callers decide what may be replaced (`models/export_files.py`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     folder = Path(folder)
     base = str(hparams.get("base", "unknown"))
     repo = base_repo(base)
+    base = base if repo or base in VARIANTS else portable(base)
     license_id, license_name = LICENSES.get(repo or "", ("apache-2.0", None))
-    image = copy_samples(samples, folder)
+    image = copy_samples(samples, folder, image_name)
     stage = stage_of(hparams)
     adapter = dict(hparams.get("adapter") or {})
     domains = list(dict.fromkeys(d for d in files.values() if d not in ("unseen", "lora")))
@@ -103,7 +109,8 @@ def write_model_card(
         ("file format", fmt),
     ]
     if hparams.get("stage1"):
-        rows.append(("trained on stage-1 LoRA", f"`{hparams['stage1']}` (sha256 {hparams.get('stage1_sha256')})"))
+        stage1 = portable(hparams["stage1"])
+        rows.append(("trained on stage-1 LoRA", f"`{stage1}` (sha256 {hparams.get('stage1_sha256')})"))
     first = next((n for n in files if not n.endswith(".kohya.safetensors")), next(iter(files), "lora.safetensors"))
     kohya = [n for n in files if n.endswith(".kohya.safetensors")]
     variant = VARIANTS.get(base)
@@ -155,7 +162,7 @@ def write_model_card(
             "",
         ]
     )
-    card = ModelCard(text)
-    path = folder / "README.md"
-    card.save(path)
+    path = folder / card_name
+    with atomic_path(path) as tmp:
+        ModelCard(text).save(tmp)
     return path

@@ -17,6 +17,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 
 from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.validate import PositiveInt, Seed
 from pm_lightning.models.backbone import FluxBackbone, image_ids, pack
 from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
 from pm_lightning.models.vae_latents import LatentCache
@@ -56,8 +57,8 @@ class FlowMatchingModule(L.LightningModule):
         text_cache_only: bool = False,
         quantize: Literal["none", "int8", "fp8", "nf4"] = "none",
         latent_cache_dir: str | None = None,
-        seed: int = 0,
-        max_nonfinite_steps: int = 5,
+        seed: Seed = 0,
+        max_nonfinite_steps: PositiveInt = 5,
     ):
         """
         Args:

@@ -1,32 +1,44 @@
 """The training CLI behind `python -m pm_lightning.fit`: LightningCLI over a stage module and ProcessDataModule.
 
-Unknown or mistyped keys fail at parse time, before any model is built; `--print_config` prints the resolved
-config; everything a run writes lands under its run directory, `trainer.default_root_dir`
-(`training/run_dir.py`); a new run refuses a directory holding another run's checkpoints before any work;
-`--ckpt_path PATH|last` resumes.
+Unknown or mistyped keys and values out of range (`core/validate.py` types in the stage modules', the data module's
+and the trainer's signatures) fail at parse time with one line naming the key, exit code 2, before any model is
+built or file written (`--print_config` too); everything a run writes lands under its run directory,
+`trainer.default_root_dir` (`training/run_dir.py`), locked for the run (`training/run_lock.py`); a new run refuses a
+directory holding another run's checkpoints before any work; `--ckpt_path PATH|last` resumes from a checkpoint
+that loads.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import sys
 from pathlib import Path
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from pm_lightning.core.atomic import WriteFailed
 from pm_lightning.core.config_files import resolved_config_args
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.validate import NonNegativeFloat, PositiveInt, StepLimit, refuse
 from pm_lightning.data.datamodule import ProcessDataModule
-from pm_lightning.data.stream import EmptyStream
+from pm_lightning.data.stream import EmptyStream, ResolutionError
 from pm_lightning.models.vae_latents import MissingLatents, WrongLatentCache
 from pm_lightning.models.variants import VARIANTS
 from pm_lightning.models.weights import not_found_error, resolve_source
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.callbacks import SaveConfigWithCheckpoints
 from pm_lightning.training.nonfinite import NonFiniteTraining, last_checkpoint
-from pm_lightning.training.run_dir import RunDirectoryInUse, check_run_directory, resolve_ckpt_path
+from pm_lightning.training.run_dir import (
+    RunDirectoryInUse,
+    UnreadableCheckpoint,
+    check_run_directory,
+    is_launch_process,
+    resolve_ckpt_path,
+)
+from pm_lightning.training.run_lock import RunDirectoryLocked, RunLock
 from pm_lightning.training.wandb_logger import AutoWandbLogger
 
 
@@ -39,8 +51,70 @@ def require_local_base(base: str) -> str:
     return root
 
 
+PROG = "python -m pm_lightning.fit"
+
+
+NESTING = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Problem with given class_path", "Given value",
+           "Expected a <class 'NoneType'>")  # fmt: skip
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested error (a key inside a class inside a union ...) as `key.path: what is wrong`."""
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    if keys[:1] == ["model"] and "class_path" in message:
+        keys.insert(1, "init_args")
+    reasons = [line.strip().removeprefix("- ") for line in message.splitlines()]
+    reasons = [r for r in reasons if r and not r.startswith(NESTING)]
+    if not keys or not reasons:
+        return " ".join(message.split())
+    reason = re.sub(r"^Not of type \w+: ", "", reasons[0])
+    return f"{'.'.join(keys)}: {reason}"
+
+
+class ConfigParser(LightningArgumentParser):
+    """LightningCLI's parser with one-line refusals (exit code 2) instead of the usage text and nested reasons."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # a nested parser: the outer one reports
+            return super().error(message, ex)
+        refuse(PROG, f"{one_line(message)} (--help lists the keys; nothing was written)")
+
+
+class CheckedTrainer(Trainer):
+    """Lightning's Trainer with its step counts typed (`core/validate.py`): refused at parse time, not when built.
+
+    Args:
+        max_steps: optimizer steps to train, >= 1, or -1 (no limit: `max_epochs` decides).
+        accumulate_grad_batches: micro-batches per optimizer step, >= 1.
+        gradient_clip_val: clip the gradient norm at this value (>= 0); None = no clipping.
+        log_every_n_steps: log every n steps (>= 1); None = Lightning's default (50).
+        **kwargs: the other `lightning.pytorch.Trainer` arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_steps: StepLimit = -1,
+        accumulate_grad_batches: PositiveInt = 1,
+        gradient_clip_val: NonNegativeFloat | None = None,
+        log_every_n_steps: PositiveInt | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            max_steps=max_steps,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            log_every_n_steps=log_every_n_steps,
+            **kwargs,
+        )
+
+
 class ProcessCLI(LightningCLI):
-    """The CLI: the data module's domain list is the model's; run-level flags; one run directory."""
+    """The CLI: the data module's domain list is the model's; run-level flags; one locked run directory; the
+    checkpoint a resume uses (`resume_from`), checked to load."""
+
+    lock: RunLock | None = None
+    resume_from: str | None = None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--experiment", type=str, default="default", help="experiment name (W&B group)")
@@ -63,13 +137,41 @@ class ProcessCLI(LightningCLI):
         self.config = parser.parse_args(resolved_config_args(sys.argv[1:] if args is None else list(args)))
 
     def before_instantiate_classes(self) -> None:
+        """Before any work: the base is here, the run directory is ours (locked), the resume checkpoint loads, an
+        earlier run is not overwritten (or moved aside with --start_over). Everything refused leaves nothing behind."""
         require_local_base(self.config.model.init_args.base)
         root = self.config.trainer.default_root_dir or "."
-        moved = check_run_directory(root, self.config.ckpt_path is not None, self.config.start_over)
+        if is_launch_process():  # DDP children run inside the launcher's lock
+            self.lock = RunLock.acquire(root)
+            if notice := self.lock.stale_notice():
+                print(notice, file=sys.stderr)
+        try:
+            self.resume_from, notices = resolve_ckpt_path(self.config.ckpt_path, root)
+            moved = check_run_directory(root, self.resume_from is not None, self.config.start_over)
+        except BaseException:
+            self.release()
+            raise
+        for notice in notices if is_launch_process() else []:
+            print(notice, file=sys.stderr)
         if moved is not None:
-            print(f"the earlier run in {root} was moved to {moved}", file=sys.stderr)
+            print(f"the earlier run's outputs in {root} were moved to {moved}", file=sys.stderr)
 
-    def after_instantiate_classes(self) -> None:
+    def instantiate_classes(self) -> None:
+        """Lightning's, then this CLI's after-work; a failure in either gives the run directory back."""
+        try:
+            super().instantiate_classes()
+            self.describe_run()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the run directory back (the lock file removed; the directory too when this run made it empty)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def describe_run(self) -> None:
+        """The W&B logger follows the run directory, with the run's tags; a resumed fit continues its W&B run."""
         model, run_dir = self.model, str(self.trainer.default_root_dir)
         tags = [f"stage{model.hparams.get('stage', '?')}"]
         if "adapter" in model.hparams:
@@ -81,7 +183,7 @@ class ProcessCLI(LightningCLI):
                 logger.use_run_dir(run_dir)
             if isinstance(logger, AutoWandbLogger):
                 logger.describe_run(self.config.experiment, tags)
-                if self.config.ckpt_path is not None and (run_id := logger.continue_run()):
+                if self.resume_from is not None and (run_id := logger.continue_run()):
                     print(f"W&B: the resumed fit continues run {run_id} of {run_dir}", file=sys.stderr)
 
 
@@ -91,6 +193,8 @@ def build_cli(args: list[str] | None = None) -> ProcessCLI:
         FlowMatchingModule,
         ProcessDataModule,
         subclass_mode_model=True,
+        trainer_class=CheckedTrainer,
+        parser_class=ConfigParser,
         save_config_callback=SaveConfigWithCheckpoints,
         run=False,
         args=args,
@@ -122,16 +226,14 @@ def report(cli: ProcessCLI) -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Parse, check the run directory, validate at step 0, fit, print where the outputs went."""
+    """Parse, lock and check the run directory, validate at step 0, fit, print where the outputs went."""
     try:
-        cli = build_cli(args)
-        ckpt = resolve_ckpt_path(cli.config.ckpt_path, cli.trainer.default_root_dir)
-    except (
-        FileNotFoundError,
-        RunDirectoryInUse,
-    ) as err:  # a missing base / stage-1 file / shard set / last.ckpt; a used run dir
-        print(f"error: {err}", file=sys.stderr)
+        cli = build_cli(args)  # a key out of range or unknown: one line, SystemExit 2 (`ConfigParser`)
+    except (FileNotFoundError, RunDirectoryInUse, RunDirectoryLocked, UnreadableCheckpoint, ValueError) as err:
+        # a missing base / stage-1 file / shard set; a used or live run dir; a damaged checkpoint; a bad value
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    ckpt = cli.resume_from
     try:  # the step-0 validation reads data too: its faults end the same way as training's
         if cli.config.validate_first and ckpt is None and cli.datamodule.hparams.val_shards:
             cli.trainer.validate(cli.model, datamodule=cli.datamodule)
@@ -146,7 +248,7 @@ def main(args: list[str] | None = None) -> int:
     except BadInput as err:  # e.g. a checkpoint of another stage or adapter
         print(f"error: --ckpt_path {ckpt}: {err}", file=sys.stderr)
         return 2
-    except (MissingLatents, WrongLatentCache) as err:  # latent_cache_dir: a grid missing, or another VAE's cache
+    except (MissingLatents, WrongLatentCache, ResolutionError) as err:  # the data does not fit the run's settings
         print(f"error: {err}", file=sys.stderr)
         return 2
     except EmptyStream as err:
@@ -159,4 +261,5 @@ def main(args: list[str] | None = None) -> int:
         for logger in cli.trainer.loggers:
             if isinstance(logger, AutoWandbLogger):
                 logger.close()
+        cli.release()
     return 0

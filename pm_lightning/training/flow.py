@@ -8,6 +8,8 @@ from typing import Literal
 
 import torch
 
+from pm_lightning.core.validate import FiniteFloat, NonNegativeFloat, PositiveFloat
+
 SHIFT_MODES = ("constant", "flux", "none")
 
 
@@ -25,10 +27,10 @@ class FlowConfig:
     """
 
     shift_mode: Literal["constant", "flux", "none"] = "constant"
-    shift: float = 3.1582
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    guidance: float = 1.0
+    shift: PositiveFloat = 3.1582
+    logit_mean: FiniteFloat = 0.0
+    logit_std: PositiveFloat = 1.0
+    guidance: NonNegativeFloat = 1.0
 
     def __post_init__(self):
         if self.shift_mode not in SHIFT_MODES:

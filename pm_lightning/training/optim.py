@@ -11,6 +11,8 @@ import torch
 from came_pytorch import CAME
 from torch.distributed.tensor import DTensor, Replicate
 
+from pm_lightning.core.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat
+
 OPTIMIZERS = ("came", "adamw")
 SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
 
@@ -31,13 +33,13 @@ class OptimizerConfig:
     """
 
     name: Literal["came", "adamw"] = "came"
-    lr: float = 1e-4
-    betas: tuple[float, float, float] = (0.9, 0.999, 0.9999)
-    eps: tuple[float, float] = (1e-30, 1e-16)
-    weight_decay: float = 0.0
+    lr: PositiveFloat = 1e-4
+    betas: tuple[Fraction, Fraction, Fraction] = (0.9, 0.999, 0.9999)
+    eps: tuple[PositiveFloat, PositiveFloat] = (1e-30, 1e-16)
+    weight_decay: NonNegativeFloat = 0.0
     schedule: Literal["constant", "warmup_constant", "warmup_cosine"] = "constant"
-    warmup_steps: int = 0
-    total_steps: int = 0
+    warmup_steps: NonNegativeInt = 0
+    total_steps: NonNegativeInt = 0
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from pm_lightning.core.dtypes import DTYPES
+from pm_lightning.core.dtypes import DTYPES, torch_dtype
 
 
 def parse_dtype(name: str) -> torch.dtype:
     """ "float32" / "bfloat16" / "float16" -> torch dtype, with the choices in the error."""
     if name not in DTYPES:
         raise ValueError(f"model.init_args.dtype must be one of {sorted(DTYPES)} or null (derived), got {name!r}")
-    return DTYPES[name]
+    return torch_dtype(name)
 
 
 def base_dtype(precision: str | int | None, strategy: object | None = None, explicit: str | None = None) -> torch.dtype:

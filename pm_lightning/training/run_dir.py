@@ -1,16 +1,16 @@
-"""One run directory per run: what is in it, refusing to start a new run over an old one, starting over."""
+"""One run directory per run: what is in it, which checkpoint a resume uses, refusing to start a new run over an
+old one, starting over (the lock that keeps a second run out: `training/run_lock.py`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 # Everything a run writes lives under its directory (trainer.default_root_dir):
 #   checkpoints/  (RunCheckpoint)   lora/  (LoraExport)   samples/  (SampleGrids, EvaluationCallback)
-#   wandb/  (AutoWandbLogger)       config.yaml  (SaveConfigWithCheckpoints)
+#   wandb/  (AutoWandbLogger)       config.yaml  (SaveConfigWithCheckpoints)   run.lock  (RunLock, while it runs)
 RUN_OUTPUTS = ("checkpoints", "lora", "samples", "wandb", "config.yaml")
 
 
@@ -18,33 +18,84 @@ class RunDirectoryInUse(RuntimeError):
     """A new run would start in a directory that holds another run's checkpoints."""
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """The checkpoint to resume from cannot be read (and, for `last`, no intact one is left)."""
+
+
 def earlier_checkpoints(root: str | Path) -> list[Path]:
-    """Checkpoint files of an earlier run in `root` (any depth under `checkpoints/`)."""
+    """Checkpoint files of an earlier run in `root` (any depth under `checkpoints/`; temporary files left out)."""
     folder = Path(root) / "checkpoints"
-    return sorted(folder.rglob("*.ckpt")) if folder.is_dir() else []
+    found = sorted(folder.rglob("*.ckpt")) if folder.is_dir() else []
+    return [p for p in found if not p.name.startswith(".")]
 
 
-def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> str | None:
-    """`--ckpt_path`: "last" is `<root>/checkpoints/last.ckpt`; a path stays as is.
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be resumed from, or None when torch reads it back (tensors and plain data only,
+    memory-mapped: the tensors are not read into memory). A folder (a DeepSpeed or distributed checkpoint) is its
+    strategy's to read."""
+    import pickle
 
-    Resolved here rather than by Lightning, whose "last" looks in the first logger's folder (for W&B a new folder
-    per run) when the checkpoint callback has no explicit dirpath. Lightning writes a step's checkpoint and then
-    `last.ckpt`: a run killed between the two has no `last.ckpt` but a complete newer checkpoint, so "last" then
-    means the newest checkpoint of the run (said on stderr). No checkpoint at all is a clear error.
+    import torch
+
+    if path.is_dir():
+        return None
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return "it holds objects other than tensors and plain data: refused unread"
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, I/O errors alike
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> tuple[str | None, list[str]]:
+    """`--ckpt_path` -> (the checkpoint to resume from, notices for stderr).
+
+    "last" means the newest intact checkpoint of `<root>/checkpoints` (resolved here rather than by Lightning, whose
+    "last" looks in the first logger's folder): `last.ckpt`, else the newest other one, each checked to load; a
+    damaged one is skipped, saying which and why. With no checkpoint at all (a run killed before its first one, or
+    a requeued job that always passes `last`) it is None: the run starts from the beginning, with a notice. A path
+    must exist and load. UnreadableCheckpoint / FileNotFoundError otherwise, naming the file.
     """
+    if ckpt_path is None:
+        return None, []
     if ckpt_path != "last":
-        return ckpt_path
+        path = Path(ckpt_path)
+        if not path.exists():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file")
+        if problem := checkpoint_problem(path):
+            hint = _newest_intact(root)
+            raise UnreadableCheckpoint(
+                f"--ckpt_path {ckpt_path} cannot be read ({problem})"
+                + (f"; the newest intact checkpoint of {root} is {hint}: --ckpt_path last resumes it" if hint else "")
+            )
+        return str(path), []
     last = Path(root) / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return str(last)
-    found = [p for p in earlier_checkpoints(root) if not p.name.startswith(".")]
-    if not found:
-        raise FileNotFoundError(f"--ckpt_path last: no {last} (nothing to resume in run directory {root})")
-    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
-    print(
-        f"--ckpt_path last: no {last.name} (the run stopped while writing it); resuming from {newest}", file=sys.stderr
+    others = sorted(
+        (p for p in earlier_checkpoints(root) if p != last), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True
     )
-    return str(newest)
+    candidates = ([last] if last.exists() else []) + others
+    if not candidates:
+        return None, [f"--ckpt_path last: no checkpoint in {root} yet (the run stopped before its first one): "
+                      "starting from the beginning"]  # fmt: skip
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            why = "; ".join(skipped) or f"no {last.name} (the run stopped while writing it)"
+            return str(path), [] if path == last else [f"--ckpt_path last: {why}; resuming from {path}"]
+        skipped.append(f"{path.name} cannot be read ({problem})")
+    raise UnreadableCheckpoint(
+        f"--ckpt_path last: no checkpoint of {root} can be read ({'; '.join(skipped)}): start over with "
+        "--start_over true (the damaged run is moved aside, not deleted)"
+    )
+
+
+def _newest_intact(root: str | Path) -> Path | None:
+    found = sorted(earlier_checkpoints(root), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return next((p for p in found if checkpoint_problem(p) is None), None)
 
 
 def is_launch_process() -> bool:
@@ -53,9 +104,10 @@ def is_launch_process() -> bool:
 
 
 def check_run_directory(root: str | Path, resuming: bool, start_over: bool) -> Path | None:
-    """Before any work: refuse a new run over an earlier run's checkpoints, or move that run aside.
+    """Before any work (the run directory locked): refuse a new run over an earlier run's checkpoints, or move that
+    run's outputs aside.
 
-    Returns where the earlier run was moved (start_over), else None. Raises RunDirectoryInUse naming the
+    Returns where the earlier run's outputs were moved (start_over), else None. Raises RunDirectoryInUse naming the
     directory and both ways forward.
     """
     root = Path(root)
@@ -69,9 +121,23 @@ def check_run_directory(root: str | Path, resuming: bool, start_over: bool) -> P
         raise RunDirectoryInUse(
             f"run directory {root} already holds another run's checkpoints ({shown}).\n"
             f"  resume it:      add --ckpt_path last\n"
-            f"  start over:     add --start_over true (the earlier run is moved to {root}.prev-<time>, not deleted)\n"
+            f"  start over:     add --start_over true (the earlier run's outputs move to {aside_path(root, '<time>')}, not deleted)\n"
             f"  or run elsewhere: --trainer.default_root_dir DIR"
         )
-    moved = root.with_name(f"{root.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(str(root), str(moved))
-    return moved
+    aside = aside_path(root)
+    aside.mkdir(parents=True)
+    for name in RUN_OUTPUTS:
+        if (root / name).exists():
+            shutil.move(str(root / name), str(aside / name))
+    return aside
+
+
+def aside_path(root: Path, stamp: str | None = None) -> Path:
+    """Where start_over moves an earlier run's outputs: `<dir>.prev-<time>` beside a named run directory; inside
+    the current directory (`prev-<time>/`) when the run directory is the current directory (the default root `.`),
+    whose parent is not ours to write in."""
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    resolved = root.resolve()
+    if resolved == Path.cwd().resolve() or not resolved.name:
+        return resolved / f"prev-{stamp}"
+    return resolved.with_name(f"{resolved.name}.prev-{stamp}")

@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from pm_lightning.core.validate import PositiveInt, Side
 from pm_lightning.data.grid import tensor_frames_to_grid
 from pm_lightning.data.reference_cells import (
     DUAL_LAYOUT,
@@ -49,8 +50,8 @@ class Stage2Module(FlowMatchingModule):
         stage1: str | None = None,
         adapter: AdapterConfig = AdapterConfig(kind="lora", rank=16),
         mode: str = "dual",
-        cell: int = 64,
-        max_gap: int = 2,
+        cell: Side = 64,
+        max_gap: PositiveInt = 2,
         step_text: bool = False,
         **kwargs,
     ):

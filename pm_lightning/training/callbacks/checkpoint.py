@@ -7,6 +7,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pm_lightning.core.atomic import WriteFailed
+from pm_lightning.training.checkpoint_io import use_atomic_saves
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -30,8 +31,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, save_last=save_last, **kwargs)
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        """Lightning's save (an fsspec transaction: a failed write never replaces a good file), with a failure that
-        names the file. Overrides a protected ModelCheckpoint method (tests/test_compat.py checks it still exists)."""
+        """Lightning's save, made atomic on any filesystem (`training/checkpoint_io.py`: a failed or killed write
+        never replaces a good file), with a failure that names the file. Overrides a protected ModelCheckpoint method (tests/test_compat.py checks it still exists)."""
         try:
             super()._save_checkpoint(trainer, filepath)
         except OSError as err:
@@ -40,6 +41,7 @@ class RunCheckpoint(ModelCheckpoint):
             ) from err
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        use_atomic_saves(trainer.strategy)  # temporary file beside the checkpoint, fsync, os.replace
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
         super().setup(trainer, pl_module, stage)

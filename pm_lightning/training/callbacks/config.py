@@ -7,6 +7,8 @@ from pathlib import Path
 
 from lightning.pytorch.cli import SaveConfigCallback
 
+from pm_lightning.core.atomic import atomic_path
+
 CONFIG_NAME = "config.yaml"
 
 
@@ -18,10 +20,10 @@ class SaveConfigWithCheckpoints(SaveConfigCallback):
         super().__init__(parser, config, **kwargs)
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
-        """Rank zero: `<trainer.default_root_dir>/config.yaml`."""
-        root = Path(trainer.default_root_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(root / CONFIG_NAME), skip_unset=False, overwrite=True, multifile=False)
+        """Rank zero: `<trainer.default_root_dir>/config.yaml`, atomically (a kill or a full disk leaves the previous
+        one whole)."""
+        with atomic_path(Path(trainer.default_root_dir) / CONFIG_NAME) as tmp:
+            self.parser.save(self.config, str(tmp), skip_unset=False, overwrite=True, multifile=False)
         if trainer.loggers:
             import yaml
 
