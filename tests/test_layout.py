@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,8 @@ def test_the_package_imports_outside_the_repository(tmp_path):
         "p._looks_like_home = lambda path: False\n"
         "try:\n    p.tiny_flux_dir()\nexcept p.ProjectFilesNotFound as e:\n    print('ERR', e)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "PM_LIGHTNING_HOME"}  # a set home would be found, not missed
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ERR" in proc.stdout and "PM_LIGHTNING_HOME" in proc.stdout
