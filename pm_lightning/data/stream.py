@@ -2,8 +2,8 @@
 
 Samples flow: shard URLs -> tar members -> parsed metadata (layout checked per member) ->
 optional domain balancing -> a finite stream's slice for this rank and worker (`data/rank_slice.py`) ->
-shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members (unreadable, or well-formed with an impossible layout) are counted by reason and warned about with their shard and
-key, never raised.
+shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members (unreadable, or well-formed with an
+impossible layout) are counted by reason and warned about with their shard and key, never raised.
 """
 
 from __future__ import annotations
