@@ -43,10 +43,14 @@ from pm_lightning.models.variants import VARIANTS  # noqa: E402
 SECTION = "## FLUX.1-dev step"
 GPU_COMMAND = ".venv/bin/python bench/flux_step.py --write-docs"
 
-PEAK_BF16_DENSE = (  # first substring of torch.cuda.get_device_name() that matches wins
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks: half of NVIDIA's datasheet figures, which are quoted with
+# sparsity. nvidia.com/en-us/data-center/h100/: H100 SXM 1,979, H100 NVL 1,671, H100 PCIe 1,513 TFLOPS;
+# nvidia.com/en-us/data-center/h200/: H200 SXM 1,979, H200 NVL 1,671 TFLOPS (the vendor's figures, not measured here).
+PEAK_BF16_DENSE = (  # first substring of torch.cuda.get_device_name() that matches wins: specific names first
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
     ("H100", 989e12),
+    ("H200 NVL", 835e12),
     ("H200", 989e12),
     ("A100", 312e12),
     ("A6000", 155e12),

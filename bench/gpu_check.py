@@ -158,16 +158,48 @@ def generation_s(setup: st.StepSetup, steps: int) -> float:
     return min(times)
 
 
+CUDA12_SETUP = (
+    "make setup TORCH='torch==2.14.1 torchvision==0.29.1 --extra-index-url https://download.pytorch.org/whl/cu128'"
+)
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot run the full check here (None when it can)."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU build"
+    try:
+        torch.cuda.init()  # raises with the driver's own reason (too old for this build, no device, ...)
+    except Exception as err:  # noqa: BLE001 - any failure to start CUDA is the answer
+        return f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) cannot start CUDA: {err}"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no GPU"
+    return None
+
+
+def refuse_without_cuda(device: str | None) -> None:
+    """Stop before the full FLUX.1-dev step runs anywhere but a CUDA GPU (on CPU it would run the 12B model in fp32
+    for hours and print CPU figures under the GPU check's name)."""
+    problem = f"--device {device} is not a CUDA device" if device and not device.startswith("cuda") else None
+    if problem := problem or cuda_problem():
+        raise SystemExit(
+            f"gpu_check: CUDA is not usable: {problem}. The full check needs one CUDA GPU; nothing was run. "
+            "`bash bench/gpu_check.sh --tiny` runs the scaled-down shape on CPU. The pinned torch is a CUDA 13 "
+            f"build (NVIDIA driver >= 580); with an older driver rebuild the venv with a CUDA 12 torch: {CUDA12_SETUP}"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="the scaled-down shape (CPU, seconds)")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", default=None, help="default: cuda (refused without it), cpu with --tiny")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default 10 GPU, 2 tiny)")
     p.add_argument(
         "--quant", default="auto", choices=("auto", "none", "int8", "fp8", "nf4"), help="quantized-base step"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    if not args.tiny:
+        refuse_without_cuda(args.device)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps, warmup = args.steps or (2 if args.tiny else 10), 1 if args.tiny else 3
     flags = ["--device", device, "--scale", "small" if args.tiny else "full"]

@@ -4,6 +4,8 @@
 # step under single-GPU FSDP2, the step over a quantized frozen base, a 28-step 1024-px grid, then the `gpu` pytest tier.
 #   bash bench/gpu_check.sh            # or: make bench-gpu-check
 #   bash bench/gpu_check.sh --tiny     # the scaled-down shape on CPU (the gpu tier then skips: no CUDA)
+# Without a usable CUDA GPU the full check stops at once and says why (CPU torch, a driver too old for the CUDA 13
+# build, no device) and how to build a CUDA 12 venv; it never runs the 12B model on CPU.
 # The quantized-base step runs with `--quant auto|none|int8|fp8|nf4` (auto: fp8 on Ada / Hopper, else int8).
 # Figures also go to $OUT/gpu_check.json when OUT is set. Not yet run on a GPU (none was available when written).
 set -euo pipefail

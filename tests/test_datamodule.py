@@ -96,7 +96,10 @@ def test_batch_contract(tmp_path):
         "key",
         "url",
         "grid_id",
+        "index",
+        "valid",
     }
+    assert batch["valid"].all() and batch["index"].dtype == torch.long
     assert len(set(batch["grid_id"])) == 4 and all(len(g) == 64 for g in batch["grid_id"])  # sha256 of each PNG
     assert batch["pixels"].shape == (4, 3, 96, 96) and batch["pixels"].dtype == torch.float32
     assert batch["pixels"].min() >= -1 and batch["pixels"].max() <= 1

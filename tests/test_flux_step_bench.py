@@ -115,6 +115,8 @@ def test_recompute_adds_one_forward_of_the_blocks(counts):
 def test_peak_table(fs):
     assert fs.peak_flops("NVIDIA H100 80GB HBM3", None) == 989e12
     assert fs.peak_flops("NVIDIA H200", None) == 989e12
+    assert fs.peak_flops("NVIDIA H200 NVL", None) == 835e12  # the NVL card, not the SXM figure
+    assert fs.peak_flops("NVIDIA H100 PCIe", None) == 756e12
     assert fs.peak_flops("NVIDIA A100-SXM4-80GB", None) == 312e12
     assert fs.peak_flops("NVIDIA RTX A6000", None) == 155e12
     assert fs.peak_flops("NVIDIA H100 PCIe", None) == 756e12

@@ -1,5 +1,5 @@
 """bench/gpu_check.sh scaled down on CPU: every figure it prints comes out (step, plan, FSDP2, quantized base,
-generation, gpu tier)."""
+generation, gpu tier); without CUDA the full check refuses to run."""
 
 from __future__ import annotations
 
@@ -14,18 +14,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def gpu_check(*args: str, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """`bash bench/gpu_check.sh ARGS` with CUDA hidden (python = this interpreter)."""
+    env = dict(os.environ, PY=sys.executable, CUDA_VISIBLE_DEVICES="", **env)
+    cmd = ["bash", str(REPO / "bench" / "gpu_check.sh"), *args]
+    return subprocess.run(
+        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_gpu_check_refuses_to_run_the_full_model_without_cuda():
+    """`bash bench/gpu_check.sh` (no --tiny) with CUDA hidden stops at once, says why and what to do, runs nothing.
+    Checked red: without `refuse_without_cuda` the same call went on to build the full FLUX.1-dev step on CPU
+    (checked with `flux_step.run` replaced by a stub that raised, so as not to build 12B parameters here)."""
+    proc = gpu_check(timeout=120)
+    assert proc.returncode != 0
+    assert "gpu_check: CUDA is not usable" in proc.stderr and "nothing was run" in proc.stderr
+    assert "--tiny" in proc.stderr and "make setup TORCH=" in proc.stderr  # the two ways on
+    assert "stage-1 step:" not in proc.stdout and "gpu tier:" not in proc.stdout
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_scaled_down_on_cpu(tmp_path):
-    env = dict(os.environ, PY=sys.executable, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(
-        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--tiny", "--device", "cpu"],
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = gpu_check("--tiny", "--device", "cpu", timeout=600, OUT=str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
     for line in (

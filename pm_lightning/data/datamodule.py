@@ -1,8 +1,9 @@
 """ProcessDataModule: streams serpentine-grid shards with webdataset into batch dicts.
 
 Pipeline per DataLoader worker (see docs/DATA.md):
-shard list (ordered, shuffled or resampled) -> split by node and worker -> tar samples ->
-metadata check -> optional domain balancing -> shuffle buffer (still PNG bytes) ->
+shard list (ordered, shuffled or resampled) -> tar samples -> metadata check -> optional domain balancing ->
+finite streams: this rank and worker's slice of the samples, padded to equal length (`data/rank_slice.py`) ->
+shuffle buffer (still PNG bytes) ->
 PNG decode + per-cell resize -> batches in the contract of docs/ARCHITECTURE.md.
 """
 
@@ -46,7 +47,8 @@ class ProcessDataModule(L.LightningDataModule):
         resolution: grid side in px; every grid is resized (cell by cell) to resolution x resolution.
             Must be a multiple of 16 * rows and 16 * cols (e.g. 192 for 3x3, 1056 for 2x2 and 3x3).
         batch_size: samples per batch.
-        num_workers: DataLoader worker processes (shards are split between them).
+        num_workers: DataLoader worker processes (finite streams: samples are split between ranks and workers
+            round-robin, whatever the shard count; resampled: each worker draws its own shards).
         shuffle_buffer: samples held for shuffling (0 or 1 = no shuffling).
         resampled: draw training shards with replacement forever (`wds.ResampledShards`),
             cut into epochs of `samples_per_epoch`; use it for DDP so every rank gets equal batches.
@@ -163,14 +165,13 @@ class ProcessDataModule(L.LightningDataModule):
         return self._loader(self._stream(self.train_urls, train=True))
 
     def val_dataloader(self) -> DataLoader | list:
-        """Finite, unshuffled validation batches in a deterministic order ([] when no val_shards)."""
+        """Finite, unshuffled validation batches in a deterministic order ([] when no val_shards): every rank reads
+        every validation shard and gets its slice, padded to the same number of batches (`batch["valid"]` False)."""
         if not hasattr(self, "train_urls"):
             self.setup("validate")
         if not self.val_urls:
             return []
-        workers = min(self.hparams.num_workers, len(self.val_urls))
-        stream = self._stream(self.val_urls, train=False)
-        return self._make_loader(stream, workers)
+        return self._make_loader(self._stream(self.val_urls, train=False), self.hparams.num_workers)
 
 
 def _as_is(batch: dict) -> dict:

@@ -1,9 +1,9 @@
 """The shard stream behind ProcessDataModule: decoding stages, skip counters, the resumable loader.
 
 Samples flow: shard URLs -> tar members -> parsed metadata (layout checked per member) ->
-optional domain balancing -> shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members
-(unreadable, or well-formed with an impossible layout) are counted by reason and warned about with their shard and
-key, never raised.
+optional domain balancing -> a finite stream's slice for this rank and worker (`data/rank_slice.py`) ->
+shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members (unreadable, or well-formed with an
+impossible layout) are counted by reason and warned about with their shard and key, never raised.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pm_lightning.data.domains import domain_index
 from pm_lightning.data.grid import frames_to_grid, grid_id, grid_to_frames
+from pm_lightning.data.rank_slice import slot_of, take_slice
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
 # bad_shard counts events (a shard that cannot be opened or read on); the others count samples. "lost": samples a
@@ -125,6 +126,17 @@ class SkipCounter:
         return dict(zip(SKIP_REASONS, self._counts[:]))
 
 
+class QuietCounter(SkipCounter):
+    """A second reader of shards another worker of the same rank counts (`data/rank_slice.py`): keeps the
+    failures-in-a-row limit, counts and warns nothing (the rank's counter is shared by its workers)."""
+
+    def __init__(self, max_failures_in_a_row: int = 50):
+        self.max_failures_in_a_row, self.failures_in_a_row = max_failures_in_a_row, 0
+
+    def add(self, reason: str, url: str, key: str, detail: str, n: int = 1) -> None:
+        pass
+
+
 # ----------------------------------------------------------------------------------- stages
 
 
@@ -164,16 +176,27 @@ def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Rand
             yield sample
 
 
-def decode(src: Iterator[dict], counter: SkipCounter, resolution: int, domains: list[str]) -> Iterator[dict]:
-    """PNG bytes -> (H, W, 3) uint8 tensor at resolution x resolution; corrupt PNGs are skipped."""
+def decode(
+    src: Iterator[dict], counter: SkipCounter, resolution: int, domains: list[str], keep_slots: bool = False
+) -> Iterator[dict]:
+    """PNG bytes -> (H, W, 3) uint8 tensor at resolution x resolution; corrupt PNGs are skipped. With `keep_slots`
+    (a rank's slice of a finite stream, `data/rank_slice.py`) a corrupt PNG is replaced by the last good sample marked
+    `valid=False` (black pixels before any), so every rank still yields the same number of items."""
+    last = None
     for s in src:
         try:
             pixels = decode_grid(s["png"], s["rows"], s["cols"], resolution)
         except Exception as err:  # any decoder failure is a corrupt member, never a crash
-            counter.add("bad_png", s["url"], s["key"], repr(err)[:300])
+            if s.get("valid", True):  # padding copies are not counted again
+                counter.add("bad_png", s["url"], s["key"], repr(err)[:300])
+            if keep_slots:
+                black = np.zeros((resolution, resolution, 3), np.uint8)  # (H, W, 3)
+                stand_in = last or dict(s, pixels=black, domain_index=domain_index(s["domain"], domains))
+                yield {k: v for k, v in stand_in.items() if k != "png"} | {"index": -1, "valid": False}
             continue
         s.pop("png")
-        yield dict(s, pixels=pixels, domain_index=domain_index(s["domain"], domains))
+        last = dict(s, pixels=pixels, domain_index=domain_index(s["domain"], domains))
+        yield last
 
 
 def decode_grid(png: bytes, rows: int, cols: int, resolution: int) -> torch.Tensor:
@@ -208,6 +231,8 @@ def collate(samples: list[dict]) -> dict:
         "key": [s["key"] for s in samples],
         "url": [s["url"] for s in samples],
         "grid_id": [s["grid_id"] for s in samples],  # sha256 of the PNG: the latent cache's key
+        "index": torch.tensor([s.get("index", -1) for s in samples], dtype=torch.long),  # position in a finite stream
+        "valid": torch.tensor([s.get("valid", True) for s in samples], dtype=torch.bool),  # False: rank padding
     }
 
 
@@ -260,48 +285,58 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         cfg = self.cfg
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rank, world, worker, _ = wds.utils.pytorch_worker_info()
         seed = wds.utils.make_seed(cfg.seed, self.epoch, rank, worker)
+        sliced = not cfg.resampled  # finite: every slot reads every shard, keeps its slice (data/rank_slice.py)
+        slot, slots = slot_of()
+        pad = sliced and world > 1  # equal lengths matter across ranks only (one rank's loader takes uneven workers)
+        counter = self.counter if worker == 0 or not sliced else QuietCounter(self.counter.max_failures_in_a_row)
         given, per_shard = [], Counter()
         stages = [
             *self._shard_stages(),
             lambda src: record_urls(src, given),
-            wds.tarfile_to_samples(handler=self.counter.shard_error),
+            wds.tarfile_to_samples(handler=counter.shard_error),
             lambda src: count_per_shard(src, per_shard),
-            lambda src: parse_meta(src, self.counter, cfg.resolution),
+            lambda src: parse_meta(src, counter, cfg.resolution),
         ]
-        if cfg.balance:
-            stages.append(lambda src: balance(src, cfg.domain_counts, random.Random(seed)))
+        if cfg.balance:  # finite: the same choice on every slot (before slicing), so slices stay disjoint
+            rng = random.Random(wds.utils.make_seed(cfg.seed, self.epoch) if sliced else seed)
+            stages.append(lambda src: balance(src, cfg.domain_counts, rng))
+        if sliced:
+            stages.append(lambda src: take_slice(src, slot, slots, pad))
         if cfg.shuffle_buffer > 1:
             stages.append(wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed))
         skip = self.skip_batches  # whole rounds of the loader's round-robin over workers: each skips as many
         if skip:
             stages.append(lambda src: islice(src, skip * cfg.batch_size, None))
         stages += [
-            lambda src: decode(src, self.counter, cfg.resolution, cfg.domains),
+            lambda src: decode(src, self.counter, cfg.resolution, cfg.domains, keep_slots=pad),
             wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
         ]
         batches = iter(wds.DataPipeline(*stages))
         if cfg.resampled:
             return islice(batches, self._per_worker_batches() - skip)
-        return self._then_count_lost(batches, given, per_shard)
+        return self._then_count_lost(batches, given, per_shard, counter)
 
-    def _then_count_lost(self, batches: Iterator[dict], given: list[str], per_shard: Counter) -> Iterator[dict]:
+    def _then_count_lost(
+        self, batches: Iterator[dict], given: list[str], per_shard: Counter, counter: SkipCounter
+    ) -> Iterator[dict]:
         """A finite pass, then: samples index.json promised that no shard gave are counted as "lost" by shard."""
         yield from batches
         for url in given:
             expected = (self.cfg.shard_samples or {}).get(os.path.abspath(url))
             if expected is not None and per_shard[url] < expected:
                 missing = expected - per_shard[url]
-                self.counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
+                counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
 
     def _shard_stages(self) -> list:
-        """Shard URL source: resampled (infinite) or an ordered list split by node and worker."""
+        """Shard URL source: resampled (infinite, drawn per rank and worker) or the ordered list, the same on every
+        rank and worker (each keeps its slice of the samples: `take_slice`)."""
         cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, self.epoch)
         if cfg.resampled:  # every worker draws its own shards; seeded per worker and epoch
             return [wds.ResampledShards(cfg.urls, seed=epoch_seed, deterministic=True)]
         order_seed = epoch_seed if cfg.shuffle_buffer > 1 else None  # same permutation on every rank
-        return [wds.SimpleShardList(cfg.urls, seed=order_seed), wds.split_by_node, wds.split_by_worker]
+        return [wds.SimpleShardList(cfg.urls, seed=order_seed)]
 
     def _per_worker_batches(self) -> int:
         """Batches each worker yields per epoch so all ranks and workers add up to samples_per_epoch."""

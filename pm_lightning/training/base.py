@@ -215,18 +215,26 @@ class FlowMatchingModule(L.LightningModule):
         k = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
         return self.global_step * k + batch_idx % k
 
-    def draw_noise(self, x0: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_noise(self, x0: torch.Tensor, step: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise and timesteps that depend only on (seed, step, rank): exact after a resume. `step` is a training
-        micro-batch's `noise_key` or a validation key."""
-        g = step_generator(self.seed, step, self.global_rank, device=x0.device)
+        micro-batch's `noise_key`, or one key per sample (validation: from the sample's place in the validation
+        stream, rank-free, so the figures do not depend on how samples are split between ranks)."""
+        if isinstance(step, list):
+            drawn = [self._draw(x0[i : i + 1], key, 0) for i, key in enumerate(step)]
+            return torch.cat([n for n, _ in drawn]), torch.cat([t for _, t in drawn])  # (B, N, 64), (B,)
+        return self._draw(x0, step, self.global_rank)
+
+    def _draw(self, x0: torch.Tensor, step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = step_generator(self.seed, step, rank, device=x0.device)
         t = sample_timesteps(x0.shape[0], self.flow_cfg, x0.shape[1], generator=g, device=x0.device)  # (B,)
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)  # (B, N, 64)
         return noise, t
 
     # ------------------------------------------------------------------ validation
 
-    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        """Per-sample loss terms of one batch (noise drawn from `step`); "fm" is the flow-matching loss (B,)."""
+    def losses(self, batch: dict, step: int | list[int]) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms of one batch (noise drawn from `step`, or per sample from a list of keys); "fm" is
+        the flow-matching loss (B,)."""
         raise NotImplementedError
 
     def setup(self, stage: str) -> None:
@@ -236,16 +244,23 @@ class FlowMatchingModule(L.LightningModule):
         self.val_fm = PerDomainMean(self.domains + extra)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        fm = self.losses(batch, VAL_SEED_OFFSET + batch_idx)["fm"]  # (B,)
-        self.log("val/loss_fm", fm.mean(), prog_bar=True, batch_size=len(fm), sync_dist=True)
+        """Per-sample losses, noise keyed by each sample's place in the validation stream; a rank's padding items
+        (`batch["valid"]` False, `data/rank_slice.py`) are left out of the metrics."""
+        index = batch.get("index")
+        keys = [VAL_SEED_OFFSET + int(i) for i in index] if index is not None else VAL_SEED_OFFSET + batch_idx
+        fm = self.losses(batch, keys)["fm"]  # (B,)
+        valid = batch["valid"].tolist() if "valid" in batch else [True] * len(fm)
         if self.val_fm is None:
             self.setup("validate")
-        self.val_fm.to(fm.device).update(fm, list(batch["domain_name"]))
+        names = [name for name, keep in zip(batch["domain_name"], valid) if keep]
+        self.val_fm.to(fm.device).update(fm[torch.tensor(valid, device=fm.device)], names)  # (B_valid,)
 
     def on_validation_epoch_end(self) -> None:
+        """Sums and counts over every rank's real samples: the figures of a single process on the same samples."""
         if self.val_fm is None:
             return
         per_domain = self.val_fm.compute()  # summed over ranks: the same dict on every rank
+        self.log("val/loss_fm", self.val_fm.overall, prog_bar=True, sync_dist=True)
         self.log_dict({f"val/loss_fm/{name}": value for name, value in per_domain.items()}, sync_dist=True)
         self.val_fm.reset()
 

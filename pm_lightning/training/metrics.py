@@ -32,4 +32,6 @@ class PerDomainMean(Metric):
         self.count.index_add_(0, index, torch.ones_like(index, dtype=self.count.dtype))
 
     def compute(self) -> dict[str, torch.Tensor]:
+        """Per-domain means over every rank; also sets `overall`, the mean over all samples of all domains."""
+        self.overall = (self.total.sum() / self.count.sum().clamp(min=1)).float()
         return {n: (self.total[i] / self.count[i]).float() for i, n in enumerate(self.names) if self.count[i] > 0}

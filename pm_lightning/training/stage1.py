@@ -55,8 +55,8 @@ class Stage1Module(FlowMatchingModule):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return adapter_parameters(self.transformer)
 
-    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
-        """Per-sample loss terms for one batch (noise drawn from `step`)."""
+    def losses(self, batch: dict, step: int | list[int]) -> dict[str, torch.Tensor]:
+        """Per-sample loss terms for one batch (noise drawn from `step`, or per sample from a list of keys)."""
         x0, cond = self.encode_batch(batch)  # (B, N, 64)
         noise, t = self.draw_noise(x0, step)
         inputs = self.transformer_inputs(interpolate(x0, noise, t), t, cond)

@@ -120,11 +120,15 @@ class Stage2Module(FlowMatchingModule):
 
     # ------------------------------------------------------------------ samples
 
-    def reference_samples(self, batch: dict, step: int) -> dict:
-        """Batch dict -> per-sample frames (n, 3, c, c), layout, reference positions and caption for `mode`."""
-        g = selection_generator(self.seed, step, self.global_rank)
+    def reference_samples(self, batch: dict, step: int | list[int]) -> dict:
+        """Batch dict -> per-sample frames (n, 3, c, c), layout, reference positions and caption for `mode`; frames
+        drawn from `step`, or per sample from a list of keys (validation, as `draw_noise`)."""
+        if isinstance(step, list):
+            gens = [selection_generator(self.seed, key, 0) for key in step]
+        else:
+            gens = [selection_generator(self.seed, step, self.global_rank)] * len(batch["pixels"])
         out = {"frames": [], "rows": [], "cols": [], "references": [], "caption": []}
-        for i, pixels in enumerate(batch["pixels"]):
+        for i, (pixels, g) in enumerate(zip(batch["pixels"], gens)):
             rows, cols = int(batch["rows"][i]), int(batch["cols"][i])
             caption, steps = batch["caption"][i], batch["steps"][i]
             if self.mode == "dual":
@@ -171,7 +175,7 @@ class Stage2Module(FlowMatchingModule):
 
     # ------------------------------------------------------------------ loss
 
-    def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+    def losses(self, batch: dict, step: int | list[int]) -> dict[str, torch.Tensor]:
         """Per-sample flow-matching loss over the learned cells (frames and noise drawn from `step`)."""
         x0, cond, mask = self.encode_samples(self.reference_samples(batch, step))  # (B, N, 64), (B, N)
         noise, t = self.draw_noise(x0, step)

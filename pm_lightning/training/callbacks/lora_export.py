@@ -48,12 +48,13 @@ class LoraExport(Callback):
 
     def export(self, trainer, pl_module, tag: str) -> Path | None:
         """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind), written by rank
-        zero. Under FSDP2 every rank first takes part in gathering the adapter shards (a collective); rank zero
-        then builds the files from a CPU copy of the whole adapters."""
+        zero. Under FSDP2 (at any world size, one process included: its parameters are DTensors too) every rank
+        first takes part in gathering the adapter shards (a collective); rank zero then builds the files from a CPU
+        copy of the whole adapters."""
         from pm_lightning.training.strategies import gathered_trainable_state, is_sharded
 
         transformer = pl_module.transformer
-        if trainer.world_size > 1 and is_sharded(transformer):
+        if is_sharded(transformer):
             adapters = gathered_trainable_state(transformer)  # whole on rank 0, empty elsewhere
             if not trainer.is_global_zero:
                 return None

@@ -87,7 +87,7 @@ class SampleGrids(Callback):
 
         if not self.prompts:
             return None
-        sharded = trainer.world_size > 1 and is_sharded(pl_module.transformer)
+        sharded = is_sharded(pl_module.transformer)
         if not (trainer.is_global_zero or sharded):
             return None
         images = self.sample(pl_module, progress=trainer.is_global_zero)
