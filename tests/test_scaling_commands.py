@@ -58,8 +58,9 @@ def run(cmd: Command, out: Path, *extra: str) -> tuple[dict[int, dict[str, float
 def test_scaling_doc_commands_run_on_one_validation_shard_and_match_one_process(tmp_path):
     """Before the fix, rank 1 of either command stopped with "epoch 0 of the shards yielded no batch" (the one
     validation shard went to rank 0) and rank 0 died in gloo. Each rank now gets 4 batches of its slice of the 144
-    validation grids; the step-0 figures (adapters still the identity) equal one process's over 8 batches (the same
-    128 grids), and DDP's and FSDP2's figures after 2 steps agree."""
+    validation grids; DDP's and FSDP2's figures agree at step 0 and after 2 steps. That these figures equal one
+    process's on the same grids is tests/test_rank_slice.py's (in process, 2 to 5 ranks): a third `fit` here to show
+    it again cost 110 s of the slow tier's budget."""
     assert len(json.loads((SHARDS / "val" / "index.json").read_text())["shards"]) == 1
     docs = doc_fit_commands()
     assert set(docs) == {"ddp", "fsdp"}
@@ -68,12 +69,9 @@ def test_scaling_doc_commands_run_on_one_validation_shard_and_match_one_process(
     )
     ddp, _ = run(docs["ddp"], tmp_path / "ddp")
     fsdp, _ = run(docs["fsdp"], tmp_path / "fsdp")
-    one, _ = run(docs["ddp"], tmp_path / "one", "--trainer.devices", "1", "--trainer.limit_val_batches", "8",
-                 "--trainer.max_steps", "1")  # fmt: skip
-    assert sorted(ddp) == sorted(fsdp) == [0, 1] and 0 in one  # validation at step 0 and after the 2 steps
-    assert one[0].keys() == ddp[0].keys() and len(one[0]) > 5  # the mean and every domain's
-    for key, value in one[0].items():
-        assert ddp[0][key] == pytest.approx(value, rel=1e-6), key
+    assert sorted(ddp) == sorted(fsdp) == [0, 1]  # validation at step 0 and after the 2 steps
+    assert ddp[0].keys() == fsdp[0].keys() and len(ddp[0]) > 5  # the mean and every domain's
+    for key, value in ddp[0].items():
         assert fsdp[0][key] == pytest.approx(value, rel=1e-5), key
     for key, value in ddp[1].items():
         assert fsdp[1][key] == pytest.approx(value, rel=1e-4), key
