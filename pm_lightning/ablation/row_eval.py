@@ -1,6 +1,6 @@
 """Evaluating one (row, seed): the project's own inference and scoring, the same prompts and sampler seeds for every
-row. Stage-1 grids as `generate` makes them (stock FluxPipeline + the row's LoRA file for the prompt's domain: the
-domain's file, else the domain-free `unseen` one, else the plain `lora` one; none for the base), adaptive steps with
+row. Stage-1 grids as `generate` makes them (stock FluxPipeline + the row's LoRA file that serves the prompt's
+domain, models/lora_names.py; none for the base), adaptive steps with
 that seed's stage-2 LoRA for the adaptive rows (`inference/session.run_adaptive`), sample folders as `generate`
 writes them, then `eval/sample_table` scores them and `eval/adaptive_truth` measures the adaptive rows on ground
 truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B evaluation run.
@@ -19,17 +19,7 @@ from pm_lightning.ablation.jobs import eval_dir, fused_stage1, stage1_dir, stage
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.ablation.prompts import Prompt, plan_prompts, sampler_seed, write_truth
 from pm_lightning.core.atomic import atomic_path
-
-
-def lora_for(folder: Path | None, domain: str) -> Path | None:
-    """The stage-1 file of a domain in a LoraExport folder: `<domain>`, else `unseen` (masks removed / mean of the
-    Bs), else the plain `lora`; None for no folder (the base)."""
-    if folder is None:
-        return None
-    for name in (domain, "unseen", "lora"):
-        if (folder / f"{name}.safetensors").is_file():
-            return folder / f"{name}.safetensors"
-    raise FileNotFoundError(f"no LoRA file for {domain!r} (nor unseen / lora) in {folder}")
+from pm_lightning.models.lora_names import lora_file_for
 
 
 def generate_args(plan: Plan, prompt: Prompt, seed: int, index: int, out: Path, steps: list[str] | None):
@@ -163,7 +153,7 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
         config = adaptive_configs(plan, out, scorer)[spec.adaptive]["config"]
     firsts = []
     for _, p, args in jobs:  # every stage-1 grid first: one backbone for all, LoRA files swapped per domain
-        lora = lora_for(lora_dir, p.domain)
+        lora = lora_file_for(lora_dir, p.domain) if lora_dir else None
         resolution = grid_resolution(args.base, p.frames)
         grid = sample_grid(models.use(None, lora), p.caption, resolution, args.num_inference_steps, args.guidance,
                            args.seed)  # fmt: skip

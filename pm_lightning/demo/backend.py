@@ -22,6 +22,7 @@ from pathlib import Path
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
 from pm_lightning.core.validate import Refused
+from pm_lightning.models.lora_names import lora_file_for
 
 PLAIN = "(plain base, no LoRA)"
 MAX_UPLOAD_MB = 10
@@ -56,17 +57,13 @@ def lora_folders(runs: Path) -> list[str]:
 
 
 def stage1_file(runs: Path, folder: str | None, domain: str) -> Path | None:
-    """The file for `domain` in the offered folder `folder` (relative to `runs`): `<domain>.safetensors`, else the
-    domain-free `unseen.safetensors`, else the plain kind's `lora.safetensors`; None for the plain base."""
+    """The file that serves `domain` in the offered folder `folder` (relative to `runs`; models/lora_names.py's
+    rule); None for the plain base."""
     if not folder or folder == PLAIN:
         return None
     if folder not in lora_folders(runs):  # a request names an offered folder, never a path of its own
         raise BadInput(f"no LoRA folder {folder!r} here; choose one of the list")
-    for name in (domain, "unseen", "lora"):
-        path = Path(runs) / folder / f"{name}.safetensors"
-        if path.is_file():
-            return path
-    raise BadInput(f"{folder} holds no LoRA for {domain!r} (no {domain}.safetensors, unseen.safetensors)")
+    return lora_file_for(Path(runs) / folder, domain)
 
 
 def delta_rows(report: dict | None) -> list[dict]:
