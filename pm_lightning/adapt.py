@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pm_lightning.inference.outputs import write_sample
     from pm_lightning.inference.request import request_from_args
     from pm_lightning.inference.runtime import runtime_from_args
-    from pm_lightning.inference.session import Models, captions_for, run_adaptive
+    from pm_lightning.inference.session import Models, captions_for, generation_report, run_adaptive
 
     cfg = config_from_args(args)
     frames, meta = read_frames(args.frames_dir)
@@ -58,30 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if steps and len(steps) != len(frames):
         raise BadInput(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
     prompt = args.prompt if args.prompt is not None else meta.get("caption", "")
-    req = request_from_args(args, prompt=prompt, steps=steps)
+    req = request_from_args(args, prompt=prompt, steps=steps, adaptive=True)
     notes: list[str] = []
     models = Models(req.base, runtime_from_args(args))
     start = time.perf_counter()
     result = run_adaptive(models, frames, req, cfg, notes)
-    report = {
-        "prompt": prompt,
-        "domain": req.domain,
-        "seed": req.seed,
-        "mode": "adapt",
-        "input": portable(args.frames_dir),
-        "steps": steps,
-        "settings": {
-            "base": portable(req.base),
-            "num_inference_steps": req.num_inference_steps,
-            "guidance": req.guidance,
-            "cache": vars(req.cache),
-            "insert_batch": req.insert_batch,
-            **models.runtime.describe(),
-        },
-        "notes": notes,
-        "adaptive": result.report,
-        "timings": {"adaptive_s": round(time.perf_counter() - start, 3)},
-    }
+    timings = {"adaptive_s": round(time.perf_counter() - start, 3)}
+    report = generation_report(req, models, {"base": portable(req.base)}, {}, notes, result, timings, mode="adapt")
+    report["input"] = portable(args.frames_dir)
     write_sample(req.out, input_grid(frames), result.images, captions_for(result, steps, len(result.frames)), report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -310,14 +310,22 @@ def first_sequence(models: Models, req: GenerationRequest, frames_n: int, resolu
 
 
 def generation_report(
-    req: GenerationRequest, models: Models, settings: dict, used: dict, notes: list[str], result, timings: dict
+    req: GenerationRequest,
+    models: Models,
+    settings: dict,
+    used: dict,
+    notes: list[str],
+    result,
+    timings: dict,
+    mode: str | None = None,
 ) -> dict:
-    """report.json of one `generate` run: the prompt, every setting, the LoRA files used, notes, adaptive rounds."""
+    """report.json of one `generate` / `adapt` run (the demo's, the ablation's samples): the prompt, every setting,
+    the LoRA files used, notes, adaptive rounds. `mode`: text / recraft (from the request), or adapt."""
     return {
         "prompt": req.prompt,
         "domain": req.domain or "unseen",
         "seed": req.seed,
-        "mode": "recraft" if req.image else "text",
+        "mode": mode or ("recraft" if req.image else "text"),
         "steps": req.steps,
         "settings": {
             **settings,
