@@ -17,8 +17,7 @@ import time
 from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
-from pm_lightning.inference.cache import cache_from_args
-from pm_lightning.inference.flags import common_flags, parse_inference_args
+from pm_lightning.inference.flags import common_flags
 
 PROG = "python -m pm_lightning.adapt"
 
@@ -27,11 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     """Parse (every flag checked before the models are imported), run, print where the outputs went; bad input
     exits with its message (exit code 2)."""
     p = v.Parser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--frames", type=v.existing_dir, required=True, help="folder of frame images (sorted by name)")
+    p.add_argument(  # dest frames_dir: a request's `frames` is a count
+        "--frames",
+        dest="frames_dir",
+        type=v.existing_dir,
+        required=True,
+        help="folder of frame images (sorted by name)",
+    )
     p.add_argument("--prompt", default=None, help="sequence caption for stage 2 (default: meta.json caption)")
     p.add_argument("--domain", default="unseen", help="recorded in report.json")
     common_flags(p)
-    args = parse_inference_args(p, argv)
+    args = p.parse_args(argv)
     try:
         return run(args)
     except (BadInput, FileNotFoundError, ValueError) as err:  # ValueError: adaptive settings that contradict
@@ -43,42 +48,28 @@ def run(args: argparse.Namespace) -> int:
     from pm_lightning.inference.adaptive_settings import config_from_args
     from pm_lightning.inference.inputs import input_grid, read_frames
     from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.request import request_from_args
     from pm_lightning.inference.runtime import runtime_from_args
-    from pm_lightning.inference.session import Models, captions_for, run_adaptive
+    from pm_lightning.inference.session import Models, captions_for, generation_report, run_adaptive
 
     cfg = config_from_args(args)
-    frames, meta = read_frames(args.frames)
+    frames, meta = read_frames(args.frames_dir)
     steps = args.steps or meta.get("steps") or None
     if steps and len(steps) != len(frames):
         raise BadInput(f"{len(steps)} step texts for {len(frames)} frames: give one per frame")
     prompt = args.prompt if args.prompt is not None else meta.get("caption", "")
+    req = request_from_args(args, prompt=prompt, steps=steps, adaptive=True)
     notes: list[str] = []
-    models = Models(args.base, runtime_from_args(args))
+    models = Models(req.base, runtime_from_args(args))
     start = time.perf_counter()
-    result = run_adaptive(models, frames, steps, prompt, args, cfg, notes)
-    report = {
-        "prompt": prompt,
-        "domain": args.domain,
-        "seed": args.seed,
-        "mode": "adapt",
-        "input": portable(args.frames),
-        "steps": steps,
-        "settings": {
-            "base": portable(args.base),
-            "num_inference_steps": args.num_inference_steps,
-            "guidance": args.guidance,
-            "cache": vars(cache_from_args(args)),
-            "insert_batch": args.insert_batch,
-            **models.runtime.describe(),
-        },
-        "notes": notes,
-        "adaptive": result.report,
-        "timings": {"adaptive_s": round(time.perf_counter() - start, 3)},
-    }
-    write_sample(args.out, input_grid(frames), result.images, captions_for(result, steps, len(result.frames)), report)
+    result = run_adaptive(models, frames, req, cfg, notes)
+    timings = {"adaptive_s": round(time.perf_counter() - start, 3)}
+    report = generation_report(req, models, {"base": portable(req.base)}, {}, notes, result, timings, mode="adapt")
+    report["input"] = portable(args.frames_dir)
+    write_sample(req.out, input_grid(frames), result.images, captions_for(result, steps, len(result.frames)), report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {args.out}/ ({len(frames)} -> {len(result.frames)} frames)")
+    print(f"wrote {req.out}/ ({len(frames)} -> {len(result.frames)} frames)")
     return 0
 
 

@@ -26,7 +26,7 @@ import time
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
 from pm_lightning.core.validate import refuse
-from pm_lightning.inference.flags import generate_parser, parse_inference_args, split_error
+from pm_lightning.inference.flags import generate_parser, split_error
 
 PROG = "python -m pm_lightning.generate"
 
@@ -38,7 +38,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from pm_lightning.data.synthetic_corpus import DOMAINS
 
     p = generate_parser(PROG, __doc__.split("\n")[0])
-    args = parse_inference_args(p, argv)
+    args = p.parse_args(argv)
     frames = args.frames or DOMAINS.get(args.domain or "", 9)
     if args.steps and len(args.steps) != frames:
         p.error(f"argument --steps: {len(args.steps)} texts for {frames} frames: give one per frame")
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from pm_lightning.data.grid import layout_for
     from pm_lightning.inference.adaptive_settings import config_from_args
     from pm_lightning.inference.outputs import write_sample
+    from pm_lightning.inference.request import request_from_args
     from pm_lightning.inference.runtime import runtime_from_args
     from pm_lightning.inference.session import (
         Models,
@@ -72,26 +73,26 @@ def run(args: argparse.Namespace) -> int:
         run_adaptive,
     )
 
-    cfg = config_from_args(args)
-    frames_n = args.frames or default_frames(args.domain)
+    cfg, req = config_from_args(args), request_from_args(args)
+    frames_n = req.frames or default_frames(req.domain)
     rows, cols = layout_for(frames_n)
-    resolution = grid_resolution(args.base, frames_n, args.resolution)
+    resolution = grid_resolution(req.base, frames_n, req.resolution)
     notes: list[str] = []
-    models, start, timings = Models(args.base, runtime_from_args(args)), time.perf_counter(), {}
-    grid, frames, used = first_sequence(models, args, frames_n, resolution, notes)
-    timings["stage1_s" if args.image is None else "recraft_s"] = round(time.perf_counter() - start, 3)
+    models, start, timings = Models(req.base, runtime_from_args(args)), time.perf_counter(), {}
+    grid, frames, used = first_sequence(models, req, frames_n, resolution, notes)
+    timings["stage1_s" if req.image is None else "recraft_s"] = round(time.perf_counter() - start, 3)
     result = None
-    if args.adaptive:
+    if req.adaptive:
         t0 = time.perf_counter()
-        result = run_adaptive(models, frames, args.steps, args.prompt, args, cfg, notes)
+        result = run_adaptive(models, frames, req, cfg, notes)
         timings["adaptive_s"] = round(time.perf_counter() - t0, 3)
     final = result.images if result is not None else frames
-    settings = dict(base=portable(args.base), frames=frames_n, rows=rows, cols=cols, resolution=resolution)
-    report = generation_report(args, models, settings, used, notes, result, timings)
-    write_sample(args.out, grid, final, captions_for(result, args.steps, len(final)), report)
+    settings = dict(base=portable(req.base), frames=frames_n, rows=rows, cols=cols, resolution=resolution)
+    report = generation_report(req, models, settings, used, notes, result, timings)
+    write_sample(req.out, grid, final, captions_for(result, req.steps, len(final)), report)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {args.out}/ ({len(final)} frames: grid.png, frames/, sequence.gif, report.json, index.html)")
+    print(f"wrote {req.out}/ ({len(final)} frames: grid.png, frames/, sequence.gif, report.json, index.html)")
     return 0
 
 

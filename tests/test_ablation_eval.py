@@ -27,18 +27,6 @@ def test_prompts_are_never_trained_corpus_sequences_with_their_true_frames(tmp_p
     assert len({sampler_seed(s, i) for s in range(3) for i in range(len(prompts))}) == 3 * len(prompts)
 
 
-def test_the_lora_file_of_a_domain_falls_back_to_unseen_then_lora(tmp_path):
-    from pm_lightning.ablation.row_eval import lora_for
-
-    assert lora_for(None, "lego") is None
-    for name in ("lego", "unseen"):
-        (tmp_path / f"{name}.safetensors").write_bytes(b"")
-    assert lora_for(tmp_path, "lego").name == "lego.safetensors"
-    assert lora_for(tmp_path, "origami").name == "unseen.safetensors"
-    with pytest.raises(FileNotFoundError, match="no LoRA file for 'x'"):
-        lora_for(tmp_path / "empty", "x")
-
-
 def test_table_metrics_average_training_and_held_out_domains_apart():
     from pm_lightning.ablation.row_eval import edits, table_metrics
 

@@ -173,6 +173,9 @@ def test_adapt_inserts_into_a_gap_through_the_real_stage2_path(tiny_base, lora_f
     )
     report = json.loads((out / "report.json").read_text())
     assert report["prompt"] == seq.caption and report["adaptive"]["sem_dropped"]
+    settings = report["settings"]  # generate's report writer: the same settings
+    assert (report["mode"], settings["adaptive"], report["input"][-3:]) == ("adapt", True, "gap")
+    assert settings["num_inference_steps"] == 2 and settings["cache"]["mode"] == "none"
     rnd = report["adaptive"]["rounds"][0]
     assert {"mu", "sigma", "tau_add", "tau_del", "add", "delete", "add_floor", "del_ceiling"} <= set(rnd["thresholds"])
     inserts = [d for d in rnd["decisions"] if d["applied"] and d["action"] == "insert"]

@@ -3,7 +3,6 @@ ReCraft LoRA records in its metadata (`models/lora_files.py`), through `generate
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from pm_lightning import generate
 from pm_lightning.core.config_files import load_config
 from pm_lightning.core.errors import BadInput
 from pm_lightning.export import main as export_main
-from pm_lightning.inference.flags import fill_sampler_defaults
+from pm_lightning.inference.request import GenerationRequest
 from pm_lightning.inference.runtime import Runtime
 from pm_lightning.inference.session import stage1_under
 from pm_lightning.models.lora_files import (
@@ -60,17 +59,17 @@ def test_runtime_defaults_and_refusals():
     ],
 )
 def test_sampler_defaults_come_from_the_variant(base, want):
-    args = fill_sampler_defaults(argparse.Namespace(base=base, num_inference_steps=None, guidance=None))
-    assert (args.num_inference_steps, args.guidance) == want
-    given = fill_sampler_defaults(argparse.Namespace(base=base, num_inference_steps=3, guidance=2.0))
+    req = GenerationRequest("a tower", Path("out"), base=base)
+    assert (req.num_inference_steps, req.guidance) == want
+    given = GenerationRequest("a tower", Path("out"), base=base, num_inference_steps=3, guidance=2.0)
     assert (given.num_inference_steps, given.guidance) == (3, 2.0)  # flags win
 
 
 def test_tiny_directory_is_the_tiny_variant(tiny_base):
     from pm_lightning.core.paths import tiny_flux_dir
 
-    args = fill_sampler_defaults(argparse.Namespace(base=str(tiny_flux_dir()), num_inference_steps=None, guidance=None))
-    assert (args.num_inference_steps, args.guidance) == (20, 1.0)
+    req = GenerationRequest("a tower", Path("out"), base=str(tiny_flux_dir()))
+    assert (req.num_inference_steps, req.guidance) == (20, 1.0)
 
 
 def test_export_records_the_stage1_file_of_a_stage2_checkpoint(tmp_path):

@@ -1,6 +1,6 @@
 """Evaluating one (row, seed): the project's own inference and scoring, the same prompts and sampler seeds for every
-row. Stage-1 grids as `generate` makes them (stock FluxPipeline + the row's LoRA file for the prompt's domain: the
-domain's file, else the domain-free `unseen` one, else the plain `lora` one; none for the base), adaptive steps with
+row. Stage-1 grids as `generate` makes them (stock FluxPipeline + the row's LoRA file that serves the prompt's
+domain, models/lora_names.py; none for the base), adaptive steps with
 that seed's stage-2 LoRA for the adaptive rows (`inference/session.run_adaptive`), sample folders as `generate`
 writes them, then `eval/sample_table` scores them and `eval/adaptive_truth` measures the adaptive rows on ground
 truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B evaluation run.
@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pm_lightning.ablation.columns import FROM_SAMPLE_TABLE, TRUTH_KEYS
@@ -19,33 +20,18 @@ from pm_lightning.ablation.jobs import eval_dir, fused_stage1, stage1_dir, stage
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.ablation.prompts import Prompt, plan_prompts, sampler_seed, write_truth
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.inference.request import GenerationRequest
+from pm_lightning.models.lora_names import lora_file_for
 
 
-def lora_for(folder: Path | None, domain: str) -> Path | None:
-    """The stage-1 file of a domain in a LoraExport folder: `<domain>`, else `unseen` (masks removed / mean of the
-    Bs), else the plain `lora`; None for no folder (the base)."""
-    if folder is None:
-        return None
-    for name in (domain, "unseen", "lora"):
-        if (folder / f"{name}.safetensors").is_file():
-            return folder / f"{name}.safetensors"
-    raise FileNotFoundError(f"no LoRA file for {domain!r} (nor unseen / lora) in {folder}")
-
-
-def generate_args(plan: Plan, prompt: Prompt, seed: int, index: int, out: Path, steps: list[str] | None):
-    """`generate`'s own argument namespace for one prompt (its parser, so every default is generate's)."""
-    from pm_lightning.inference.flags import generate_parser, parse_inference_args
-
+def generation_request(
+    plan: Plan, prompt: Prompt, seed: int, index: int, out: Path, steps: list[str] | None
+) -> GenerationRequest:
+    """`generate`'s request for one prompt (every value the plan leaves open: generate's default)."""
     ev = plan.eval
-    argv = ["--prompt", prompt.caption, "--domain", prompt.domain, "--out", str(out), "--base", ev.base,
-            "--seed", str(sampler_seed(seed, index)), "--clip", ev.clip, "--dino", ev.dino]  # fmt: skip
-    for flag, value in (("--num-inference-steps", ev.num_inference_steps), ("--guidance", ev.guidance),
-                        ("--device", ev.device), ("--dtype", ev.dtype)):  # fmt: skip
-        if value is not None:
-            argv += [flag, str(value)]
-    if steps:
-        argv += ["--steps", *steps]
-    return parse_inference_args(generate_parser(), argv)
+    return GenerationRequest(prompt=prompt.caption, out=out, base=ev.base, domain=prompt.domain,
+                             seed=sampler_seed(seed, index), steps=steps or None, clip=ev.clip, dino=ev.dino,
+                             num_inference_steps=ev.num_inference_steps, guidance=ev.guidance)  # fmt: skip
 
 
 def judge_for(plan: Plan, cache: Path):
@@ -136,7 +122,7 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     from pm_lightning.inference.adaptive import EncoderScorer
     from pm_lightning.inference.adaptive_rule import AdaptiveConfig
     from pm_lightning.inference.outputs import write_sample
-    from pm_lightning.inference.runtime import runtime_from_args
+    from pm_lightning.inference.runtime import Runtime
     from pm_lightning.inference.session import (
         Models,
         captions_for,
@@ -153,40 +139,39 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     write_truth(plan.eval, prompts)
     lora_dir = stage1_dir(out, s1, seed) / "lora" / "final" if s1 else None
     with_texts = spec.adaptive != "without Delta_sem"  # that row is "without step texts" (eval/adaptive_truth.ROWS)
-    jobs = [(i, p, generate_args(plan, p, seed, i, folder / "samples" / p.id, p.steps if with_texts else None))
+    jobs = [(i, p, generation_request(plan, p, seed, i, folder / "samples" / p.id, p.steps if with_texts else None))
             for i, p in enumerate(prompts)]  # fmt: skip
-    models = Models(plan.eval.base, runtime_from_args(jobs[0][2]))
+    models = Models(plan.eval.base, Runtime.resolve(plan.eval.device, plan.eval.dtype))
     enc = Encoders.load(clip=plan.eval.clip, dino=plan.eval.dino, device=models.runtime.device)
     scorer = EncoderScorer(enc)
     config = None
     if spec.adaptive:
         config = adaptive_configs(plan, out, scorer)[spec.adaptive]["config"]
     firsts = []
-    for _, p, args in jobs:  # every stage-1 grid first: one backbone for all, LoRA files swapped per domain
-        lora = lora_for(lora_dir, p.domain)
-        resolution = grid_resolution(args.base, p.frames)
-        grid = sample_grid(models.use(None, lora), p.caption, resolution, args.num_inference_steps, args.guidance,
-                           args.seed)  # fmt: skip
+    for _, p, req in jobs:  # every stage-1 grid first: one backbone for all, LoRA files swapped per domain
+        lora = lora_file_for(lora_dir, p.domain) if lora_dir else None
+        resolution = grid_resolution(req.base, p.frames)
+        grid = sample_grid(models.use(None, lora), p.caption, resolution, req.num_inference_steps, req.guidance,
+                           req.seed)  # fmt: skip
         rows_, cols = layout_for(p.frames)
         used = {"stage1": str(lora) if lora else None}
-        settings = dict(base=args.base, frames=p.frames, rows=rows_, cols=cols, resolution=resolution)
+        settings = dict(base=req.base, frames=p.frames, rows=rows_, cols=cols, resolution=resolution)
         firsts.append((grid, grid_to_frames(grid, rows_, cols), used, settings))
-    for (_, p, args), (grid, frames, used, settings) in zip(jobs, firsts):
+    for (_, p, req), (grid, frames, used, settings) in zip(jobs, firsts):
         notes, result, timings = [], None, {}
         if spec.adaptive:
-            args.adaptive = True
-            args.stage2 = stage2_dir(out, s1, seed) / "lora" / "final" / "lora.safetensors"
-            args.stage2_fuse = fused_stage1(plan, out, s1, seed)
+            stage2 = stage2_dir(out, s1, seed) / "lora" / "final" / "lora.safetensors"
+            req = replace(req, adaptive=True, stage2=stage2, stage2_fuse=fused_stage1(plan, out, s1, seed))
             t0 = time.perf_counter()
             cfg = AdaptiveConfig.from_dict(config)
-            result = run_adaptive(models, frames, args.steps, p.caption, args, cfg, notes)
+            result = run_adaptive(models, frames, req, cfg, notes)
             timings["adaptive_s"] = round(time.perf_counter() - t0, 3)
         final = result.images if result is not None else frames
-        report = generation_report(args, models, settings, used, notes, result, timings)
+        report = generation_report(req, models, settings, used, notes, result, timings)
         report.update(ablation={"row": row, "seed": seed, "prompt_id": p.id})
         if p.truth is not None:
             report["ground_truth"] = str(p.truth.resolve())
-        write_sample(args.out, grid, final, captions_for(result, args.steps, len(final)), report)
+        write_sample(req.out, grid, final, captions_for(result, req.steps, len(final)), report)
     results = evaluate(folder / "samples", enc, judge_for(plan, out / "judge-cache"))
     metrics = table_metrics(results, plan.eval.held_out)
     if spec.adaptive:

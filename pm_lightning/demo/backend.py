@@ -1,4 +1,4 @@
-"""What the web demo runs: one model session loaded at start-up, requests built from `generate`'s own flags.
+"""What the web demo runs: one model session loaded at start-up, each request a `GenerationRequest` (generate's).
 
 Each request writes what `generate` writes (grid.png, frames/, sequence.gif, report.json, index.html) into its own
 folder under a temporary root, so the page shows exactly the files the command would produce; Gradio copies them
@@ -10,7 +10,6 @@ no server path reaches the page, and a request can only name an offered folder.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import shutil
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
-from pm_lightning.core.validate import Refused
+from pm_lightning.inference.request import GenerationRequest
+from pm_lightning.models.lora_names import lora_file_for
 
 PLAIN = "(plain base, no LoRA)"
 MAX_UPLOAD_MB = 10
@@ -56,17 +56,13 @@ def lora_folders(runs: Path) -> list[str]:
 
 
 def stage1_file(runs: Path, folder: str | None, domain: str) -> Path | None:
-    """The file for `domain` in the offered folder `folder` (relative to `runs`): `<domain>.safetensors`, else the
-    domain-free `unseen.safetensors`, else the plain kind's `lora.safetensors`; None for the plain base."""
+    """The file that serves `domain` in the offered folder `folder` (relative to `runs`; models/lora_names.py's
+    rule); None for the plain base."""
     if not folder or folder == PLAIN:
         return None
     if folder not in lora_folders(runs):  # a request names an offered folder, never a path of its own
         raise BadInput(f"no LoRA folder {folder!r} here; choose one of the list")
-    for name in (domain, "unseen", "lora"):
-        path = Path(runs) / folder / f"{name}.safetensors"
-        if path.is_file():
-            return path
-    raise BadInput(f"{folder} holds no LoRA for {domain!r} (no {domain}.safetensors, unseen.safetensors)")
+    return lora_file_for(Path(runs) / folder, domain)
 
 
 def delta_rows(report: dict | None) -> list[dict]:
@@ -115,14 +111,12 @@ class DemoBackend:
         device: str | None = None,
         dtype: str | None = None,
     ):
-        from pm_lightning.inference.flags import generate_parser
         from pm_lightning.inference.runtime import Runtime
         from pm_lightning.inference.session import Models
 
         self.base, self.runs = base, Path(runs)
         self.runtime = Runtime.resolve(device, dtype)
         self.models = Models(base, self.runtime)
-        self.parser = generate_parser()
         self.out_root = Path(out_root or tempfile.mkdtemp(prefix="pm-demo-"))
         if out_root is None:  # ours: gone with the server
             atexit.register(shutil.rmtree, self.out_root, ignore_errors=True)
@@ -142,25 +136,18 @@ class DemoBackend:
         """Load the backbone, the default LoRA and the evaluators, and run one small grid; returns the seconds."""
         t0 = time.perf_counter()
         self.text_to_steps("a lego tower", "lego", 4, 0, 2, False, self.folders()[0], resolution=64)
-        self.models.encoders(self.parser.get_default("clip"), self.parser.get_default("dino"))  # kept for requests
+        self.models.encoders(GenerationRequest.clip, GenerationRequest.dino)  # kept for requests
         return time.perf_counter() - t0
 
-    def _args(self, **flags) -> argparse.Namespace:
+    def _request(self, **values) -> GenerationRequest:
+        """The request in a fresh folder (the earlier requests' folders deleted); generate's defaults for the rest."""
         self.count += 1
         out = self.out_root / f"{self.count:05d}"
         self.forget_requests()
-        from pm_lightning.inference.flags import parse_inference_args
-
-        argv = ["--prompt", flags.pop("prompt"), "--out", str(out), "--base", self.base]
-        argv += ["--device", self.runtime.device, "--dtype", str(self.runtime.dtype).removeprefix("torch.")]
-        for key, value in flags.items():
-            if value is None or value is False:
-                continue
-            argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
         try:  # generate's own rules check every value (a seed out of range, ...)
-            return parse_inference_args(self.parser, argv)
-        except Refused as err:
-            raise BadInput(str(err).split(": error: ", 1)[-1].removesuffix(" (--help lists the flags)")) from None
+            return GenerationRequest(out=out, base=self.base, **values)
+        except ValueError as err:
+            raise BadInput(str(err)) from None
 
     def text_to_steps(self, prompt, domain, frames, seed, steps, adaptive, folder, resolution=None, progress=None):
         """Prompt + domain -> grid (stage 1 with the folder's LoRA), optionally adaptive steps."""
@@ -169,8 +156,8 @@ class DemoBackend:
 
         prompt = check_prompt(prompt)
         frames = int(frames)
-        args = self._args(prompt=prompt, domain=domain, frames=frames, seed=int(seed), num_inference_steps=int(steps),
-                          adaptive=bool(adaptive))  # fmt: skip
+        req = self._request(prompt=prompt, domain=domain, frames=frames, seed=int(seed),
+                            num_inference_steps=int(steps), adaptive=bool(adaptive))  # fmt: skip
         with self.lock:
             t0 = time.perf_counter()
             _step(progress, 0.05, "loading the LoRA")
@@ -178,10 +165,10 @@ class DemoBackend:
             backbone = self.models.use(None, lora)
             _step(progress, 0.2, "sampling the grid")
             size = grid_resolution(self.base, frames, resolution)
-            grid = sample_grid(backbone, prompt, size, args.num_inference_steps, args.guidance, args.seed)
+            grid = sample_grid(backbone, prompt, size, req.num_inference_steps, req.guidance, req.seed)
             images = grid_to_frames(grid, *layout_for(frames))
             used = {"stage1": portable(lora) if lora else None}
-            return self._finish(args, grid, images, used, [], t0, progress, size)
+            return self._finish(req, grid, images, used, [], t0, progress, size)
 
     def recraft(self, image, prompt, frames, seed, steps, adaptive, progress=None):
         """A finished image -> the steps before it (ReCraft LoRA; `generate --image`)."""
@@ -192,34 +179,35 @@ class DemoBackend:
         check_upload(Path(image))
         prompt = check_prompt(prompt)
         frames = int(frames)
-        args = self._args(prompt=prompt, image=image, frames=frames, seed=int(seed), num_inference_steps=int(steps),
-                          adaptive=bool(adaptive))  # fmt: skip
+        req = self._request(prompt=prompt, image=Path(image), frames=frames, seed=int(seed),
+                            num_inference_steps=int(steps), adaptive=bool(adaptive))  # fmt: skip
         with self.lock:
             t0 = time.perf_counter()
             _step(progress, 0.1, "ReCraft: sampling the steps before the image")
             size = grid_resolution(self.base, frames, None)
             notes: list[str] = []
-            grid, images, used = first_sequence(self.models, args, frames, size, notes)  # grid: the frames laid out
-            return self._finish(args, grid, images, used, notes, t0, progress, size)
+            grid, images, used = first_sequence(self.models, req, frames, size, notes)  # grid: the frames laid out
+            return self._finish(req, grid, images, used, notes, t0, progress, size)
 
-    def _finish(self, args, grid, images, used, notes, t0, progress, size) -> DemoResult:
+    def _finish(self, req: GenerationRequest, grid, images, used, notes, t0, progress, size) -> DemoResult:
         from pm_lightning.inference.adaptive_settings import config_from_args
         from pm_lightning.inference.outputs import write_sample
         from pm_lightning.inference.session import captions_for, generation_report, run_adaptive
 
         timings = {"first_grid_s": round(time.perf_counter() - t0, 3)}
         result = None
-        if args.adaptive:
+        if req.adaptive:
             _step(progress, 0.5, "adaptive steps: scoring pairs, inserting and deleting frames")
-            result = run_adaptive(self.models, images, None, args.prompt, args, config_from_args(args), notes)
+            cfg = config_from_args(req)  # the request's encoders' calibration (no adaptive flags here)
+            result = run_adaptive(self.models, images, req, cfg, notes)
             timings["adaptive_s"] = round(time.perf_counter() - t0 - timings["first_grid_s"], 3)
         final = result.images if result is not None else images
         captions = captions_for(result, None, len(final))
         settings = dict(base=self.base, frames=len(images), resolution=size)
-        report = generation_report(args, self.models, settings, used, notes, result, timings)
+        report = generation_report(req, self.models, settings, used, notes, result, timings)
         _step(progress, 0.9, "writing the frames")
-        write_sample(args.out, grid, final, captions, report)
-        out = Path(args.out)
+        write_sample(req.out, grid, final, captions, report)
+        out = Path(req.out)
         frame_files = sorted((out / "frames").glob("*.png"))
         summary = "\n\n".join(
             s

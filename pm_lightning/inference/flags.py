@@ -1,4 +1,5 @@
-"""Command-line flags shared by `python -m pm_lightning.generate`, `adapt`, `evaluate` and the web demo.
+"""Command-line flags shared by `python -m pm_lightning.generate`, `adapt` and `evaluate`; their defaults are
+`GenerationRequest`'s (inference/request.py), which the web demo and the ablation build directly.
 
 Light on purpose (no torch): every flag is checked by its rule (`core/validate.py`) while parsing, so a bad value
 is refused in about a second, before the models are imported.
@@ -13,7 +14,8 @@ from pm_lightning.core import validate as v
 from pm_lightning.core.dtypes import DTYPE_NAMES
 from pm_lightning.inference.adaptive_settings import add_config_flags
 from pm_lightning.inference.cache import add_cache_flags
-from pm_lightning.models.variants import find_variant, sampler_defaults
+from pm_lightning.inference.request import FRAME_COUNTS
+from pm_lightning.inference.request import GenerationRequest as Request
 
 
 def add_device_flags(p: argparse.ArgumentParser, dtype_default: str = "bfloat16 on a GPU, float32 on CPU") -> None:
@@ -33,7 +35,9 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
 
 def common_flags(p: argparse.ArgumentParser) -> None:
     """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
-    p.add_argument("--base", default="tiny", help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id")
+    p.add_argument(
+        "--base", default=Request.base, help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id"
+    )
     p.add_argument("--stage2", type=v.existing_file, default=None, help="stage-2 (dual reference) LoRA file")
     p.add_argument(
         "--stage2-fuse",
@@ -43,7 +47,7 @@ def common_flags(p: argparse.ArgumentParser) -> None:
         "when it lies beside it or under runs/ with the recorded sha256, else for tiny experiments/tiny_stage2.yaml's)",
     )
     p.add_argument("--steps", nargs="+", default=None, help="one step text per frame (captions; Delta_sem)")
-    p.add_argument("--seed", type=v.SEED, default=0, help=f"seed ({v.SEED.describe()})")
+    p.add_argument("--seed", type=v.SEED, default=Request.seed, help=f"seed ({v.SEED.describe()})")
     p.add_argument(
         "--num-inference-steps",
         type=v.SAMPLER_STEPS,
@@ -56,33 +60,18 @@ def common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cell", type=v.SIDE, default=None, help="stage-2 frame size in px (default: the frames' size, whole 16 px)"
     )
-    p.add_argument("--clip", default="tiny", help="CLIP for the adaptive steps (Encoders.load spec)")
-    p.add_argument("--dino", default="tiny", help="DINO for the adaptive steps (Encoders.load spec)")
+    p.add_argument("--clip", default=Request.clip, help="CLIP for the adaptive steps (Encoders.load spec)")
+    p.add_argument("--dino", default=Request.dino, help="DINO for the adaptive steps (Encoders.load spec)")
     p.add_argument(
         "--insert-batch",
         type=v.POSITIVE_INT,
-        default=8,
+        default=Request.insert_batch,
         help="stage-2 insertions sampled together per call (memory cap)",
     )
     p.add_argument("--out", type=v.output_dir, required=True, help="output folder")
     add_runtime_flags(p)
     add_cache_flags(p)
     add_config_flags(p)
-
-
-def parse_inference_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """`p.parse_args(argv)` with the sampler defaults of the base variant filled in (generate, adapt, the demo)."""
-    return fill_sampler_defaults(p.parse_args(argv))
-
-
-def fill_sampler_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """`--num-inference-steps` / `--guidance` not given -> the base variant's sampler defaults (in place)."""
-    steps, guidance = sampler_defaults(find_variant(args.base))
-    if args.num_inference_steps is None:
-        args.num_inference_steps = steps
-    if args.guidance is None:
-        args.guidance = guidance
-    return args
 
 
 def split_error(resolution: int, frames: int) -> str | None:
@@ -114,7 +103,7 @@ def extra_lora(text: str) -> tuple[Path, float]:
 
 
 def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
-    """`generate`'s flags (the web demo builds its requests from them too, so both share every default)."""
+    """`generate`'s flags (their defaults: GenerationRequest's, which the web demo and the ablation build)."""
     p = v.Parser(prog=prog, description=description)
     p.add_argument("--prompt", required=True)
     p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
@@ -143,7 +132,7 @@ def generate_parser(prog: str = "python -m pm_lightning.generate", description: 
     p.add_argument(
         "--frames",
         type=int,
-        choices=(4, 9),
+        choices=FRAME_COUNTS,
         default=None,
         help="frames of the grid (default: the synthetic domain's count, else 9)",
     )

@@ -17,7 +17,8 @@ from PIL import Image
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
 from pm_lightning.data.importers import load_user_image
-from pm_lightning.inference.cache import CacheConfig, cache_from_args, transformer_cache
+from pm_lightning.inference.cache import CacheConfig, transformer_cache
+from pm_lightning.inference.request import GenerationRequest
 from pm_lightning.inference.runtime import Runtime
 from pm_lightning.inference.tiny_defaults import default_lora, fused_stage1
 
@@ -202,33 +203,34 @@ def stage1_under(lora: Path | None, flag: Path | None, kind: str, tiny: bool, op
     return trusted_stage1(lora, path, sha, option)
 
 
-def run_adaptive(models: Models, frames: list[Image.Image], steps, prompt: str, args, cfg, notes: list[str]):
-    """Adaptive steps on `frames` with stage-2 insertions and the evaluators; returns the AdaptiveResult."""
+def run_adaptive(models: Models, frames: list[Image.Image], req: GenerationRequest, cfg, notes: list[str]):
+    """Adaptive steps on `frames` (the request's step texts, its prompt for stage 2) with stage-2 insertions and
+    the evaluators; returns the AdaptiveResult."""
     from pm_lightning.inference.adaptive import EncoderScorer, adapt_sequence
 
     tiny = models.base == "tiny"
-    stage2 = stage_file(args.stage2, default_lora("stage2") if tiny else None, "stage-2", "make train-stage2", notes)
-    fuse = stage1_under(stage2, args.stage2_fuse, "stage2", tiny, "--stage2-fuse")
+    stage2 = stage_file(req.stage2, default_lora("stage2") if tiny else None, "stage-2", "make train-stage2", notes)
+    fuse = stage1_under(stage2, req.stage2_fuse, "stage2", tiny, "--stage2-fuse")
     backbone = models.use(fuse, stage2)
-    cell = args.cell or max(16, frames[0].size[0] // 16 * 16)
+    cell = req.cell or max(16, frames[0].size[0] // 16 * 16)
     insert_batch = make_insert_fn(
         backbone,
-        prompt,
+        req.prompt,
         cell,
-        args.num_inference_steps,
-        args.guidance,
-        args.seed,
-        args.insert_batch,
-        cache_from_args(args),
+        req.num_inference_steps,
+        req.guidance,
+        req.seed,
+        req.insert_batch,
+        req.cache,
     )
-    scorer = EncoderScorer(models.encoders(args.clip, args.dino))
-    result = adapt_sequence(frames, scorer, cfg=cfg, steps=steps, insert_batch=insert_batch)
+    scorer = EncoderScorer(models.encoders(req.clip, req.dino))
+    result = adapt_sequence(frames, scorer, cfg=cfg, steps=req.steps, insert_batch=insert_batch)
     result.report["models"] = {
         "stage2": portable(stage2) if stage2 else None,
         "stage2_fused_stage1": portable(fuse) if fuse else None,
         "cell": cell,
-        "clip": args.clip,
-        "dino": args.dino,
+        "clip": req.clip,
+        "dino": req.dino,
     }
     return result
 
@@ -253,8 +255,8 @@ def default_frames(domain: str | None) -> int:
     return DOMAINS.get(domain or "", 9)
 
 
-def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: list[str]):
-    """The sequence before adaptive steps: a stage-1 grid from the prompt, or ReCraft from `args.image`.
+def first_sequence(models: Models, req: GenerationRequest, frames_n: int, resolution: int, notes: list[str]):
+    """The sequence before adaptive steps: a stage-1 grid from the prompt, or ReCraft from `req.image`.
 
     Returns (grid image, frames, the LoRA files used); a missing default LoRA means the plain base, noted.
     """
@@ -262,70 +264,78 @@ def first_sequence(models: Models, args, frames_n: int, resolution: int, notes: 
 
     rows, cols = layout_for(frames_n)
     tiny = models.base == "tiny"
-    if args.image is None:
+    if req.image is None:
         stage1 = stage_file(
-            args.stage1, default_lora("stage1", args.domain) if tiny else None, "stage-1", "make train-stage1", notes
+            req.stage1, default_lora("stage1", req.domain) if tiny else None, "stage-1", "make train-stage1", notes
         )
         grid = sample_grid(
-            models.use(None, stage1, getattr(args, "extra_lora", None) or ()),
-            args.prompt,
+            models.use(None, stage1, req.extra_lora),
+            req.prompt,
             resolution,
-            args.num_inference_steps,
-            args.guidance,
-            args.seed,
-            cache_from_args(args),
+            req.num_inference_steps,
+            req.guidance,
+            req.seed,
+            req.cache,
         )
         frames = grid_to_frames(grid, rows, cols)
         used = {"stage1": portable(stage1) if stage1 else None}
-        if getattr(args, "extra_lora", None):
-            used["extra_loras"] = [{"file": portable(p), "weight": w} for p, w in args.extra_lora]
+        if req.extra_lora:
+            used["extra_loras"] = [{"file": portable(p), "weight": w} for p, w in req.extra_lora]
     else:
         from pm_lightning.inference.reference_sampling import recraft
 
         recraft_file = stage_file(
-            args.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes
+            req.recraft, default_lora("recraft") if tiny else None, "ReCraft", "make train-recraft", notes
         )
-        fuse = stage1_under(recraft_file, args.recraft_fuse, "recraft", tiny, "--recraft-fuse")
+        fuse = stage1_under(recraft_file, req.recraft_fuse, "recraft", tiny, "--recraft-fuse")
         backbone = models.use(fuse, recraft_file)
-        with transformer_cache(backbone.transformer, cache_from_args(args)):
+        with transformer_cache(backbone.transformer, req.cache):
             frames = recraft(
                 backbone,
-                load_user_image(args.image, "--image"),
-                args.prompt,
+                load_user_image(req.image, "--image"),
+                req.prompt,
                 frames=frames_n,
                 cell=resolution // rows,
-                num_inference_steps=args.num_inference_steps,
-                guidance=args.guidance,
-                seed=args.seed,
+                num_inference_steps=req.num_inference_steps,
+                guidance=req.guidance,
+                seed=req.seed,
             )
         grid = frames_to_grid(frames, rows, cols)
         used = {
             "recraft": portable(recraft_file) if recraft_file else None,
             "recraft_fused_stage1": portable(fuse) if fuse else None,
-            "image": portable(args.image),
+            "image": portable(req.image),
         }
     return grid, frames, used
 
 
 def generation_report(
-    args, models: Models, settings: dict, used: dict, notes: list[str], result, timings: dict
+    req: GenerationRequest,
+    models: Models,
+    settings: dict,
+    used: dict,
+    notes: list[str],
+    result,
+    timings: dict,
+    mode: str | None = None,
 ) -> dict:
-    """report.json of one `generate` run: the prompt, every setting, the LoRA files used, notes, adaptive rounds."""
+    """report.json of one `generate` / `adapt` run (the demo's, the ablation's samples): the prompt, every setting,
+    the LoRA files used, notes, adaptive rounds. `mode`: text / recraft (from the request), or adapt."""
     return {
-        "prompt": args.prompt,
-        "domain": args.domain or "unseen",
-        "seed": args.seed,
-        "mode": "recraft" if args.image else "text",
-        "steps": args.steps,
+        "prompt": req.prompt,
+        "domain": req.domain or "unseen",
+        "seed": req.seed,
+        "mode": mode or ("recraft" if req.image else "text"),
+        "steps": req.steps,
         "settings": {
             **settings,
-            "num_inference_steps": args.num_inference_steps,
-            "guidance": args.guidance,
+            "num_inference_steps": req.num_inference_steps,
+            "guidance": req.guidance,
             "max_sequence_length": models.backbone.max_sequence_length,
             **models.runtime.describe(),
-            "adaptive": args.adaptive,
-            "cache": vars(cache_from_args(args)),
-            "insert_batch": args.insert_batch,
+            "adaptive": req.adaptive,
+            "cache": vars(req.cache),
+            "insert_batch": req.insert_batch,
         },
         "models": used,
         "notes": notes,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pm_lightning.core.config_files import load_config
 from pm_lightning.core.paths import experiment_config, project_path
+from pm_lightning.models.lora_names import PLAIN, SUFFIX, export_names, served_name
 
 CONFIGS = {"stage1": "tiny", "stage2": "tiny_stage2", "recraft": "tiny_recraft"}
 
@@ -35,11 +36,13 @@ def training_domains() -> list[str]:
 
 
 def default_lora(kind: str, domain: str | None = None) -> Path:
-    """Default LoRA file: stage1 -> <domain>.safetensors (unseen.safetensors for an unknown domain), else lora.safetensors."""
+    """Default LoRA file (trained or not yet): stage1 -> the file of its export that serves `domain` (the domain's
+    own for a training domain, else unseen.safetensors; models/lora_names.py), stage2 / recraft -> lora.safetensors."""
     if kind == "stage1":
-        name = domain if domain in training_domains() else "unseen"
-        return lora_dir("stage1") / f"{name}.safetensors"
-    return lora_dir(kind) / "lora.safetensors"
+        adapter = _yaml("stage1").get("model", {}).get("init_args", {}).get("adapter", {}).get("kind", "masked")
+        name = served_name(domain, export_names(adapter, training_domains()))
+        return lora_dir("stage1") / f"{name}{SUFFIX['diffusers']}"
+    return lora_dir(kind) / f"{PLAIN}{SUFFIX['diffusers']}"
 
 
 def fused_stage1(kind: str) -> Path | None:

@@ -44,13 +44,14 @@ from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_state import domain_lora_state_dict, load_adapter_state_dict
 from pm_lightning.models.adapters import add_adapters, materialize_adapters, tuner_layers
 from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
+from pm_lightning.models.lora_names import SUFFIX, UNSEEN
 from pm_lightning.models.variants import VARIANTS
 
 PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
 _ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
 
 
-FORMATS = ("diffusers", "kohya")
+FORMATS = tuple(SUFFIX)  # ("diffusers", "kohya")
 
 
 def export_domain_lora(
@@ -166,7 +167,7 @@ def adapter_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def domain_index_of(name: str, domains: list[str]) -> int:
     """Index of `name` in the checkpoint's domain list; "unseen" -> -1; anything else is an error."""
-    if name == "unseen":
+    if name == UNSEEN:
         return UNSEEN_DOMAIN
     if name not in domains:
         raise ValueError(f"unknown domain {name!r}; the checkpoint knows {domains} (or 'unseen')")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.paths import portable
+from pm_lightning.models.lora_names import DOMAIN_FREE
 from pm_lightning.models.variants import VARIANTS
 
 LICENSES = {  # base model -> (license, license_name) of the LoRA, which inherits the base's terms
@@ -81,7 +82,7 @@ def write_model_card(
     image = copy_samples(samples, folder, image_name)
     stage = stage_of(hparams)
     adapter = dict(hparams.get("adapter") or {})
-    domains = list(dict.fromkeys(d for d in files.values() if d not in ("unseen", "lora")))
+    domains = list(dict.fromkeys(d for d in files.values() if d not in DOMAIN_FREE))
     data = ModelCardData(
         base_model=repo,
         license=license_id,

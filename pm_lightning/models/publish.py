@@ -16,9 +16,8 @@ from pm_lightning.models.lora_files import (
     load_checkpoint_adapters,
     stage1_metadata,
 )
+from pm_lightning.models.lora_names import PLAIN, SUFFIX, export_names
 from pm_lightning.models.model_card import latest_samples, write_model_card
-
-SUFFIX = {"diffusers": ".safetensors", "kohya": ".kohya.safetensors"}
 
 
 def export_checkpoint(
@@ -42,8 +41,10 @@ def export_checkpoint(
     if base:
         hparams["base"] = base
     if domains == ["all"]:
-        domains = ["lora"] if cfg.kind == "lora" else [*known, "unseen"]
-    indexes = {name: 0 if name == "lora" and cfg.kind == "lora" else domain_index_of(name, known) for name in domains}
+        indexes = export_names(cfg.kind, known)
+    else:
+        indexes = {n: 0 if n == PLAIN and cfg.kind == "lora" else domain_index_of(n, known) for n in domains}
+    domains = list(indexes)
     plan = ExportFiles.plan(Path(out), domains, SUFFIX[fmt])
     plan.check_replaceable()
     for name, index in indexes.items():

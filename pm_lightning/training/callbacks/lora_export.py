@@ -8,10 +8,9 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.lora_files import FORMATS, adapter_skeleton, export_domain_lora, stage1_metadata
+from pm_lightning.models.lora_names import SUFFIX, export_names
 from pm_lightning.models.model_card import latest_samples, write_model_card
-from pm_lightning.models.publish import SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,7 @@ class LoraExport(Callback):
             return None
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "lora") / tag
         out.mkdir(parents=True, exist_ok=True)
-        if pl_module.adapter_cfg.kind == "lora":
-            files = {"lora": 0}
-        else:  # every domain, plus the domain-free LoRA for unseen domains (all-ones mask / mean of the Bs)
-            files = {**{name: i for i, name in enumerate(pl_module.domains)}, "unseen": UNSEEN_DOMAIN}
+        files = export_names(pl_module.adapter_cfg.kind, list(pl_module.domains))
         written, header = {}, stage1_metadata(dict(pl_module.hparams))
         for (name, index), fmt in itertools.product(files.items(), self.formats):
             path = out / f"{name}{SUFFIX[fmt]}"
