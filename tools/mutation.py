@@ -89,13 +89,18 @@ def run_module(module: str, spec: dict, jobs: int, fresh: bool, log) -> dict:
     start = time.monotonic()
     names: list[str] = []
     if spec.get("sample"):
-        subprocess.run(
-            [sys.executable, "-c", GENERATE], cwd=work, env=environment(), check=True, stdout=log, stderr=log
-        )
+        if not exit_codes(work, module):
+            subprocess.run(
+                [sys.executable, "-c", GENERATE], cwd=work, env=environment(), check=True, stdout=log, stderr=log
+            )
         keys = sorted(exit_codes(work, module))
         names = sorted(random.Random(0).sample(keys, min(spec["sample"], len(keys))))
-    cmd = [mutmut, "run", "--max-children", str(jobs), *names]
-    code = subprocess.run(cmd, cwd=work, env=environment(), stdout=log, stderr=log).returncode
+    done = {k for k, v in exit_codes(work, module).items() if v is not None}  # results of an earlier run are kept
+    todo = [n for n in names if n not in done]
+    code = 0
+    if todo or not names:
+        cmd = [mutmut, "run", "--max-children", str(jobs), *todo]
+        code = subprocess.run(cmd, cwd=work, env=environment(), stdout=log, stderr=log).returncode
     summary = summarize(work, module, names, time.monotonic() - start, code)
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
