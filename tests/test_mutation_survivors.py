@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from pm_lightning.ablation.stats import beyond_spread, paired, summarize
 from pm_lightning.data.grid import (
     frames_to_grid,
     grid_to_frames,
@@ -66,17 +67,21 @@ def test_the_guard_s_verdict_on_the_loss_and_on_the_gradients_alone():
 
 def test_the_guard_counts_every_skipped_step_and_stops_at_the_limit_in_a_row():
     """NaN, NaN, good, NaN, NaN, good: four skipped (not one), never three in a row; then three NaNs in a row stop
-    with the count and the step. Kills nonfinite.x_NonFiniteGuard_check mutant 35 (`skipped = 1`); checked red with
-    it applied by hand."""
+    with the count and the step. Kills nonfinite.x_NonFiniteGuard_check mutants 35 (`skipped = 1`), 42, 52, 68 (the message's
+    terms and its advice); checked red with `skipped = 1` and with `"XX, XX".join` applied by hand."""
     guard, module = NonFiniteGuard(3), OneWeight()
     module.w.grad = torch.ones(2)
     nan, good = torch.tensor(float("nan")), torch.tensor(1.0)
     verdicts = [guard.check(module, loss) for loss in (nan, nan, good, nan, nan, good)]
     assert verdicts == [False, False, True, False, False, True] and guard.skipped == 4 and guard.consecutive == 0
     assert guard.check(module, nan) is False and guard.check(module, nan) is False
-    with pytest.raises(NonFiniteTraining, match="3 consecutive steps .* optimizer step 0 .* none written yet"):
+    with pytest.raises(NonFiniteTraining, match="3 consecutive steps .* step 0 .loss terms: not recorded.") as err:
         guard.check(module, nan)
-    assert guard.skipped == 7
+    assert guard.skipped == 7 and "none written yet" in str(err.value)
+    assert str(err.value).endswith("precision), or raise model.init_args.max_nonfinite_steps.")
+    module.last_terms = {"loss/fm": nan, "loss/total": good}
+    with pytest.raises(NonFiniteTraining, match=r"loss terms: loss/fm=nan, loss/total=1\)"):
+        NonFiniteGuard(1).check(module, nan)
 
 
 def test_grid_errors_name_the_problem_and_a_single_frame_is_a_1x1_grid():
@@ -89,7 +94,7 @@ def test_grid_errors_name_the_problem_and_a_single_frame_is_a_1x1_grid():
             grid_to_frames(Image.new("RGB", size), 3, 3)
         with pytest.raises(ValueError, match=r"does not split into 3x3 equal cells"):
             tensor_grid_to_frames(torch.zeros(3, size[1], size[0]), 3, 3)
-    with pytest.raises(ValueError, match="all frames must have the same size"):
+    with pytest.raises(ValueError, match="^all frames must have the same size$"):
         frames_to_grid([Image.new("RGB", (8, 8))] * 3 + [Image.new("RGB", (8, 9))], 2, 2)
     with pytest.raises(ValueError, match="3 frames for a 2x2 grid"):
         tensor_frames_to_grid(torch.zeros(3, 3, 8, 8), 2, 2)
@@ -122,3 +127,13 @@ def test_noise_never_repeats_over_many_steps_and_the_masked_mse_divides_by_the_w
     weight = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     assert torch.allclose(per_sample_mse(pred, target, weight), torch.tensor([0.25, 10.0]))
     assert torch.allclose(per_sample_mse(pred, target), torch.tensor([0.125, 10.0]))
+
+
+def test_one_shared_seed_gives_its_difference_without_an_interval_and_a_tie_is_not_beyond_the_spread():
+    """paired() over one shared seed: n 1, that difference, no interval. A mean difference exactly equal to the
+    larger seed sd (2.0) is not beyond it ("larger than"). Kills ablation.stats mutants paired 19, 20 (n or diffs
+    dropped) and beyond_spread 7 (`>=`); checked red with `>=` in beyond_spread."""
+    one = paired({0: 3.0, 1: 1.0}, {0: 1.0, 2: 0.0})
+    assert (one.n, one.diffs, one.mean, one.low, one.high, one.excludes_zero) == (1, [2.0], 2.0, None, None, None)
+    tie = paired({0: 3.0, 1: 4.0, 2: 5.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # every difference 2.0
+    assert beyond_spread(tie, summarize([1.0, 3.0, 5.0]), summarize([0.0, 1.0, 2.0])) is False  # sds 2.0 and 1.0

@@ -144,7 +144,7 @@ def report() -> str:
         s = json.loads(path.read_text())
         score = f"{100 * s['killed'] / s['tested']:.0f}%" if s["tested"] else "-"
         rows.append(f"| {module} | {s['mutants']} | {s['tested']} | {s['killed']} | {len(s['survivors'])} | {score} "
-                    f"| {s['seconds']} s |")  # fmt: skip
+                    f"| {s['seconds'] if s['seconds'] is not None else '-'} s |")  # fmt: skip
     return "\n".join(rows)
 
 
