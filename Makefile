@@ -16,7 +16,7 @@ DOMAIN  ?= lego
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval ablation demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-gpu-check bench-data bench-adaptive clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval ablation demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-gpu-check bench-data bench-adaptive mutation clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -101,6 +101,12 @@ test: $(STAMP)
 # The slow tier runs the quick ablation on the default shards (built when missing: about a minute).
 test-slow: $(STAMP) browser shards
 	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 $(ARGS)
+
+# Mutation testing (mutmut) of the core modules against the fast tests that cover each (tools/mutation_targets.toml);
+# not in CI. docs/TESTING.md has its scores and time. ARGS= picks modules: `make mutation ARGS=pm_lightning/training/flow.py`.
+mutation: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt 'mutmut>=3.8,<4'
+	$(BIN)/python tools/mutation.py $(ARGS)
 
 # The web demo on http://127.0.0.1:7860 (PORT=): the tiny model on CPU, LoRA folders from runs/.
 demo: $(STAMP)
