@@ -12,7 +12,9 @@ import torch
 
 from pm_lightning import fit
 from pm_lightning.ablation.stats import beyond_spread, paired, summarize
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, set_domains, tuner_layers
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_routing import set_domains
+from pm_lightning.models.adapters import add_adapters, tuner_layers
 from tests.helpers import random_inputs, tiny_transformer
 from tests.test_fit import small_config
 

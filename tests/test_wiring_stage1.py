@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pm_lightning.data.datamodule import ProcessDataModule
-from pm_lightning.models.adapters import AdapterConfig, add_adapters, tuner_layers
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapters import add_adapters, tuner_layers
 from pm_lightning.models.alignment import AlignmentConfig, teacher_features
 from pm_lightning.training.optim import OptimizerConfig
 from pm_lightning.training.stage1 import Stage1Module
