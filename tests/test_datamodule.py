@@ -22,7 +22,7 @@ from pm_lightning.data.datamodule import (
 )
 from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.data.grid import frames_to_grid
-from pm_lightning.data.stream import EmptyStream
+from pm_lightning.data.skip_counter import EmptyStream
 
 CELL = 16
 

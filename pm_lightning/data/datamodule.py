@@ -16,14 +16,12 @@ from torch.utils.data import DataLoader
 
 from pm_lightning.core.validate import NonNegativeInt, PositiveInt, Seed, Side
 from pm_lightning.data.shard_writer import expand_shards, shard_indexes, shard_sample_counts
+from pm_lightning.data.skip_counter import SKIP_REASONS, CorruptSampleWarning, SkipCounter
 from pm_lightning.data.stream import (
-    SKIP_REASONS,
     TOKEN_PX,
-    CorruptSampleWarning,
     EpochLoader,
     ResolutionError,
     ShardStream,
-    SkipCounter,
     StreamConfig,
     check_resolution,
     valid_resolution,

@@ -29,20 +29,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from pm_lightning.data.domains import domain_index
 from pm_lightning.data.grid import frames_to_grid, grid_id, grid_to_frames
 from pm_lightning.data.rank_slice import slot_of, take_slice
+from pm_lightning.data.skip_counter import EmptyStream, QuietCounter, SkipCounter
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
-# bad_shard counts events (a shard that cannot be opened or read on); the others count samples. "lost": samples a
-# shard's index.json promises that never came out of it (a truncated tar, a damaged member header).
-SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_layout", "bad_png", "lost")
 MAX_CELLS = 16  # rows or cols of a grid above this are absurd (ProcessMaker: 2x2 and 3x3)
-
-
-class CorruptSampleWarning(UserWarning):
-    """A shard member was unreadable and its sample skipped."""
-
-
-class EmptyStream(RuntimeError):
-    """The shards yield no sample at all: a run would spin forever waiting for a batch."""
 
 
 class ResolutionError(ValueError):
@@ -83,58 +73,6 @@ def layout_problem(rows: int, cols: int, steps: list[str], resolution: int) -> s
     if steps and len(steps) != rows * cols:
         return f"{len(steps)} step texts for a {rows}x{cols} grid of {rows * cols} frames"
     return None
-
-
-# --------------------------------------------------------------------------------- counters
-
-
-class SkipCounter:
-    """Skipped-sample counts shared by all DataLoader workers (a multiprocessing array)."""
-
-    def __init__(self, max_failures_in_a_row: int = 50):
-        self._counts = mp.Array("q", len(SKIP_REASONS))
-        self.max_failures_in_a_row = max_failures_in_a_row
-        self.failures_in_a_row = 0  # per process (each DataLoader worker has its own copy): shard errors since a sample
-
-    def add(self, reason: str, url: str, key: str, detail: str, n: int = 1) -> None:
-        """Count `n` skipped samples (one by default) and warn with their shard and key."""
-        with self._counts.get_lock():
-            self._counts[SKIP_REASONS.index(reason)] += n
-        where = f"{url} key {key!r}" if key else url
-        warnings.warn(f"skipped {where} ({reason}): {detail}", CorruptSampleWarning, stacklevel=2)
-
-    def shard_error(self, exn: Exception) -> bool:
-        """webdataset handler for unreadable shards/tar members (missing, truncated, a failing `pipe:` command):
-        count, warn, continue; but after `max_failures_in_a_row` errors without one good sample, stop the run."""
-        url = exn.args[-1] if len(exn.args) > 1 and isinstance(exn.args[-1], str) else "?"  # webdataset appends the url
-        self.add("bad_shard", url, "", repr(exn)[:300])
-        self.failures_in_a_row += 1
-        if self.failures_in_a_row >= self.max_failures_in_a_row:
-            raise EmptyStream(
-                f"{self.failures_in_a_row} shard errors in a row and not one readable sample (the last: {url}: "
-                f"{repr(exn)[:200]}); check the shard paths (data.train_shards / data.val_shards) and that the files "
-                "or `pipe:` commands still work"
-            )
-        return True
-
-    def sample_read(self) -> None:
-        """A sample came through: the shards are not all broken."""
-        self.failures_in_a_row = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """Counts by reason."""
-        return dict(zip(SKIP_REASONS, self._counts[:]))
-
-
-class QuietCounter(SkipCounter):
-    """A second reader of shards another worker of the same rank counts (`data/rank_slice.py`): keeps the
-    failures-in-a-row limit, counts and warns nothing (the rank's counter is shared by its workers)."""
-
-    def __init__(self, max_failures_in_a_row: int = 50):
-        self.max_failures_in_a_row, self.failures_in_a_row = max_failures_in_a_row, 0
-
-    def add(self, reason: str, url: str, key: str, detail: str, n: int = 1) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------------- stages

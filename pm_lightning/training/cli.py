@@ -24,7 +24,8 @@ from pm_lightning.core.config_files import resolved_config_args
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.validate import NonNegativeFloat, PositiveInt, StepLimit, refuse
 from pm_lightning.data.datamodule import ProcessDataModule
-from pm_lightning.data.stream import EmptyStream, ResolutionError
+from pm_lightning.data.skip_counter import EmptyStream
+from pm_lightning.data.stream import ResolutionError
 from pm_lightning.models.vae_latents import MissingLatents, WrongLatentCache
 from pm_lightning.models.variants import VARIANTS
 from pm_lightning.models.weights import not_found_error, resolve_source
