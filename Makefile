@@ -16,7 +16,7 @@ DOMAIN  ?= lego
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval ablation demo demo-screenshots style-lora browser test test-slow bench bench-gpu bench-gpu-check bench-data bench-adaptive mutation clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval ablation demo demo-screenshots style-lora browser test test-slow test-kill bench bench-gpu bench-gpu-check bench-data bench-adaptive mutation clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -100,7 +100,11 @@ test: $(STAMP)
 
 # The slow tier runs the quick ablation on the default shards (built when missing: about a minute).
 test-slow: $(STAMP) browser shards
-	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 $(ARGS)
+	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 --durations 25 $(ARGS)
+
+# The whole kill -9 campaign (12 moments, about 12 minutes; the slow tier runs 7 of them, one of each kind).
+test-kill: $(STAMP)
+	PM_KILL_MOMENTS=all $(BIN)/python -m pytest -q -x -m slow --timeout 1800 tests/test_faults_kill.py $(ARGS)
 
 # Mutation testing (mutmut) of the core modules against the fast tests that cover each (tools/mutation_targets.toml);
 # not in CI. docs/TESTING.md has its scores and time. ARGS= picks modules: `make mutation ARGS=pm_lightning/training/flow.py`.

@@ -60,7 +60,8 @@ def test_scaling_doc_commands_run_on_one_validation_shard_and_match_one_process(
     validation shard went to rank 0) and rank 0 died in gloo. Each rank now gets 4 batches of its slice of the 144
     validation grids; DDP's and FSDP2's figures agree at step 0 and after 2 steps. That these figures equal one
     process's on the same grids is tests/test_rank_slice.py's (in process, 2 to 5 ranks): a third `fit` here to show
-    it again cost 110 s of the slow tier's budget."""
+    it again cost 110 s of the slow tier's budget. The doc lines carry `experiments/overlays/no_samples.yaml`: the 9 sample
+    prompts rendered before and after cost more than the training (sample grids under FSDP2 are tests/test_fsdp2.py's)."""
     assert len(json.loads((SHARDS / "val" / "index.json").read_text())["shards"]) == 1
     docs = doc_fit_commands()
     assert set(docs) == {"ddp", "fsdp"}
@@ -76,3 +77,5 @@ def test_scaling_doc_commands_run_on_one_validation_shard_and_match_one_process(
     for key, value in ddp[1].items():
         assert fsdp[1][key] == pytest.approx(value, rel=1e-4), key
     assert ddp[1]["val/loss_fm"] != ddp[0]["val/loss_fm"]  # training moved the adapters
+    for run_dir in (tmp_path / "ddp", tmp_path / "fsdp"):  # the overlay kept the exports, dropped the sample grids
+        assert (run_dir / "lora" / "final" / "unseen.safetensors").is_file() and not (run_dir / "samples").exists()
