@@ -69,6 +69,9 @@ def test_no_shipped_config_uses_deepspeed():
 
 
 def test_refuse_deepspeed_names_every_spelling_and_the_fix():
+    """Checked red: without the `refuse_deepspeed` call in `ProcessCLI.before_instantiate_classes`, fit's two
+    `trainer.strategy` cases in tests/test_bad_inputs.py end with Lightning's "invalid strategy name" line instead
+    (naming neither the key nor a fix)."""
     from jsonargparse import Namespace
 
     from pm_lightning.training.strategies import refuse_deepspeed

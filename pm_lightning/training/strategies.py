@@ -1,5 +1,5 @@
 """Multi-GPU strategies for Flux: FSDP2 (`fully_shard` per Flux block, then the root) through Lightning's
-ModelParallelStrategy, and DDP. DeepSpeed is refused at load (`refuse_deepspeed`; docs/SCALING.md, "No DeepSpeed").
+ModelParallelStrategy (DDP is Lightning's own). DeepSpeed is refused at load (`refuse_deepspeed`; docs/SCALING.md).
 
 Sharding rules are data: FLUX_BLOCKS is diffusers' `FluxTransformer2DModel._no_split_modules`. FSDP2 shards each
 parameter on its own (a DTensor per parameter, no flat buffer), so one unit may hold the frozen bf16 base and the
