@@ -1,4 +1,4 @@
-"""`python -m pm_lightning.memory_plan`: analytic per-GPU memory of a stage-1 step under DDP, FSDP2 and ZeRO-2.
+"""`python -m pm_lightning.memory_plan`: analytic per-GPU memory of a stage-1 step under DDP and FSDP2.
 
     python -m pm_lightning.memory_plan --gpus 8 --card-gib 48 --variant flux-dev --rank 64 --domains 21 --tokens 4608
     python -m pm_lightning.memory_plan --gpus 1 --card-gib 24 --quant int8 --text-cache --latent-cache

@@ -133,6 +133,8 @@ FIT_CASES = [
     (["--trainer.max_steps", "0"], "trainer.max_steps"),
     (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches"),
     (["--trainer.gradient_clip_val", "-1"], "trainer.gradient_clip_val"),
+    (["--trainer.strategy", "deepspeed_stage_2"], "trainer.strategy"),
+    (["--trainer.strategy", "lightning.pytorch.strategies.DeepSpeedStrategy"], "trainer.strategy"),
     (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
     (["--ckpt_path", "damaged.ckpt"], "damaged.ckpt"),
 ]

@@ -58,11 +58,9 @@ def test_extras_fail_with_an_install_hint(monkeypatch):
     from pm_lightning.core import extras
 
     assert extras.require("math", "a test") is __import__("math")
-    monkeypatch.setitem(extras.EXTRAS, "no_such_module_pm", "deepspeed")
-    with pytest.raises(
-        extras.MissingExtra, match=r"the DeepSpeed strategy needs .*pip install 'pm_lightning\[deepspeed\]'"
-    ):
-        extras.require("no_such_module_pm", "the DeepSpeed strategy")
+    monkeypatch.setitem(extras.EXTRAS, "no_such_module_pm", "quant")
+    with pytest.raises(extras.MissingExtra, match=r"the quantized base needs .*pip install 'pm_lightning\[quant\]'"):
+        extras.require("no_such_module_pm", "the quantized base")
 
 
 def test_torch_total_norm_is_public():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import yaml
 from diffusers import FluxTransformer2DModel
@@ -63,26 +61,24 @@ def test_no_shipped_config_keeps_a_hand_set_base_dtype():
         assert "dtype" not in (model.get("init_args") or {}), config
 
 
-def test_deepspeed_zero2_checkpoints_exclude_the_frozen_base_and_no_zero3_config_ships():
-    """ZeRO-3 runs configure_model inside deepspeed.zero.Init, where diffusers' from_pretrained fails: not shipped."""
-    import inspect
-
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    spec = yaml.safe_load((REPO / "experiments/strategies/deepspeed_zero2.yaml").read_text())["trainer"]["strategy"]
-    assert spec["init_args"]["stage"] == 2 and spec["init_args"]["exclude_frozen_parameters"] is True
-    assert "exclude_frozen_parameters" in inspect.signature(DeepSpeedStrategy.__init__).parameters
-    shipped = [p.name for p in REPO.glob("experiments/**/*.yaml")]
-    assert not [name for name in shipped if "zero3" in name]
+def test_no_shipped_config_uses_deepspeed():
+    """DeepSpeed is gone (docs/SCALING.md, "No DeepSpeed"): no config names it, and fit refuses it at load
+    (`tests/test_bad_inputs.py`)."""
     for config in REPO.glob("experiments/**/*.yaml"):
-        strategy = ((yaml.safe_load(config.read_text()) or {}).get("trainer") or {}).get("strategy") or {}
-        if isinstance(strategy, dict):  # a name ("auto", "ddp") is no DeepSpeed config
-            assert (strategy.get("init_args") or {}).get("stage", 2) != 3, config
+        assert "deepspeed" not in config.read_text().lower(), config
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed (pip install '.[deepspeed]')"
-)
-def test_deepspeed_zero2_config_builds_its_stage():
-    strategy = strategy_from("experiments/strategies/deepspeed_zero2.yaml")
-    assert strategy.config["zero_optimization"]["stage"] == 2 and strategy.exclude_frozen_parameters
+def test_refuse_deepspeed_names_every_spelling_and_the_fix():
+    """Checked red: without the `refuse_deepspeed` call in `ProcessCLI.before_instantiate_classes`, fit's two
+    `trainer.strategy` cases in tests/test_bad_inputs.py end with Lightning's "invalid strategy name" line instead
+    (naming neither the key nor a fix)."""
+    from jsonargparse import Namespace
+
+    from pm_lightning.training.strategies import refuse_deepspeed
+
+    for fine in ("auto", "ddp", None, {"class_path": "pm_lightning.training.strategies.FluxFSDP2Strategy"}):
+        refuse_deepspeed(fine)
+    path = "lightning.pytorch.strategies.DeepSpeedStrategy"
+    for spelling in ("deepspeed", "deepspeed_stage_2_offload", {"class_path": path}, Namespace(class_path=path)):
+        with pytest.raises(ValueError, match=r"trainer.strategy .*DeepSpeed is not supported.*fsdp.yaml"):
+            refuse_deepspeed(spelling)

@@ -8,7 +8,6 @@ from types import ModuleType
 # module -> the pyproject extra that installs it
 EXTRAS = {
     "openai": "judge",
-    "deepspeed": "deepspeed",
     "gradio": "demo",
     "torchao": "quant",
     "tensorboard": "tensorboard",

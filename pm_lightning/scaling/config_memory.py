@@ -78,15 +78,13 @@ def strategy_name(strategy) -> str:
         name = strategy or "auto"
         if name in ("auto", "ddp", "ddp_spawn", "single_device"):
             return "ddp"
-        raise ValueError(f"trainer.strategy {name!r}: the memory plan knows DDP, FSDP2 and DeepSpeed ZeRO-2 configs")
+        raise ValueError(f"trainer.strategy {name!r}: the memory plan knows DDP and FSDP2 configs")
     path, init = strategy.get("class_path", ""), strategy.get("init_args") or {}
     if path.endswith("FluxFSDP2Strategy"):
         return "fsdp_full_shard" if init.get("reshard_after_forward", True) else "fsdp_shard_grad_op"
-    if path.endswith("DeepSpeedStrategy") and init.get("stage", 2) == 2:
-        return "zero2"
     if path.endswith("DDPStrategy"):
         return "ddp"
-    raise ValueError(f"trainer.strategy {path!r}: the memory plan knows DDP, FSDP2 and DeepSpeed ZeRO-2 configs")
+    raise ValueError(f"trainer.strategy {path!r}: the memory plan knows DDP and FSDP2 configs")
 
 
 def gpu_count(trainer: dict) -> int:

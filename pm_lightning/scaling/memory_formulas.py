@@ -1,4 +1,4 @@
-"""Analytic per-GPU memory of a stage-1 training step under DDP, FSDP2 and DeepSpeed ZeRO-2 (no GPU needed).
+"""Analytic per-GPU memory of a stage-1 training step under DDP and FSDP2 (no GPU needed).
 
 Command: `python -m pm_lightning.memory_plan`. The model's shape: `scaling/model_shapes.py`; the plan over strategies,
 quantizations and the text cache: `scaling/plan_search.py`; its tables: `scaling/plan_report.py`.
@@ -11,8 +11,7 @@ Per-GPU components (bytes; p = frozen base parameters, a = adapter parameters, n
 T = image + text tokens, N = image tokens, D = hidden width, K = blocks, L = alignment layers):
 
 * frozen base       p x 2 (bf16). FSDP2 shards each parameter in its own dtype: p x 2 / n.
-* adapter weights   a x 4 (fp32), / n when sharded. DeepSpeed: a bf16 module copy a x 2 plus the fp32
-                    master a x 4 / n.
+* adapter weights   a x 4 (fp32), / n when sharded.
 * bf16 compute copy DDP: the autocast cache of the fp32 adapters, a x 2. FSDP: inside the gathered units.
 * adapter grads     a x 4 (fp32), / n when sharded.
 * optimizer state   fp32: CAME = m (full size) + the factored row/column statistics of the squared
@@ -21,8 +20,8 @@ T = image + text tokens, N = image tokens, D = hidden width, K = blocks, L = ali
 * gathered params   FSDP2 (reshard_after_forward: true): the full bf16 parameters of the two largest units
                     (current + prefetched) and the root unit. reshard_after_forward: false: every unit stays
                     gathered from forward to backward: (p + a) x 2.
-* comm buffers      DDP: its gradient buckets, one more copy of the grads (a x 4). DeepSpeed: one reduce
-                    bucket min(2e8, a) x 2. FSDP: one unit's unsharded bf16 adapter grads.
+* comm buffers      DDP: its gradient buckets, one more copy of the grads (a x 4). FSDP: one unit's
+                    unsharded bf16 adapter grads.
 * activations       block checkpoints K x B x T x D x 2 (the input of every block, bf16) plus one block
                     recomputed in backward: (SAVED_PER_BLOCK + GRAD_PER_BLOCK) x B x T x D x 2.
                     Without checkpointing: K x SAVED_PER_BLOCK x B x T x D x 2 + GRAD_PER_BLOCK x B x T x D x 2.
@@ -38,7 +37,7 @@ T = image + text tokens, N = image tokens, D = hidden width, K = blocks, L = ali
 * quantized base    `model.init_args.quantize` (torchao weight-only, `models/quantize.py`): int8 and fp8 1 byte per
                     Linear weight of the base (+ one scale per row, negligible), NF4 4.127 bits (blocks of 64 with
                     double-quantized scales); everything else (norms, embeddings, biases) stays bf16. Single GPU or
-                    DDP only: FSDP2 and DeepSpeed cannot shard / cast the quantized tensors, so those rows are n/a.
+                    DDP only: FSDP2 cannot shard the quantized tensors, so those rows are n/a.
 * CUDA context      a constant (context, kernels, allocator slack): outside max_memory_allocated.
 """
 
@@ -66,8 +65,6 @@ ALIGN_PER_LAYER = 7
 distance saves for backward (normalize input, u_T - u_S, h_T - h_S: 3 x 2)."""
 CUDA_CONTEXT_GIB = 1.5
 """CUDA context, cuBLAS/flash workspaces and allocator fragmentation (not in max_memory_allocated)."""
-DEEPSPEED_BUCKET = 200_000_000
-"""Lightning's DeepSpeedStrategy default reduce/allgather bucket size, in elements."""
 QUANT_BYTES = {"none": 2.0, "int8": 1.0, "fp8": 1.0, "nf4": 4.127 / 8}
 """Bytes per quantizable (Linear weight) parameter of the frozen base (`model.init_args.quantize`): bf16, torchao int8
 and fp8 weight-only (per-row scales, negligible), torchao NF4 (4 bits + 0.127 bits of double-quantized block scales).
@@ -173,11 +170,11 @@ class Strategy:
     name: str
     config: str
     engine: str
-    """"ddp", "fsdp" or "deepspeed": who owns the dtypes of the stored parameters."""
+    """"ddp" or "fsdp": who owns the dtypes of the stored parameters."""
     shard_params: bool
     """Frozen base and adapter weights sharded (FSDP2)."""
     shard_states: bool
-    """Gradients and optimizer state sharded (everything but DDP)."""
+    """Gradients and optimizer state sharded (FSDP2)."""
     gather: str
     """"none", "units" (two units gathered at a time) or "all" (every unit gathered forward to backward)."""
 
@@ -195,7 +192,6 @@ STRATEGIES: dict[str, Strategy] = {
             True,
             "all",
         ),
-        Strategy("zero2", "experiments/strategies/deepspeed_zero2.yaml", "deepspeed", False, True, "none"),
     )
 }
 
@@ -213,7 +209,7 @@ def components(shape: ModelShape, work: Workload, strategy: Strategy, gpus: int)
     base = p * BF16 + shape.linear_params * (QUANT_BYTES[work.quant] - BF16)
     out = {
         "frozen base": sharded(base, strategy.shard_params),
-        "adapter weights (fp32)": sharded(a * FP32, strategy.shard_params or strategy.engine == "deepspeed"),
+        "adapter weights (fp32)": sharded(a * FP32, strategy.shard_params),
         "adapter bf16 copy": 0 if strategy.engine == "fsdp" else sharded(a * BF16, strategy.shard_params),
         "adapter grads (fp32)": sharded(a * FP32, strategy.shard_states),
         f"optimizer state ({work.optimizer}, fp32)": sharded(state * FP32, strategy.shard_states),
@@ -240,6 +236,4 @@ def _comm(shape: ModelShape, strategy: Strategy) -> int:
     a = shape.adapter_params
     if strategy.engine == "ddp":
         return a * FP32  # gradient buckets (gradient_as_bucket_view=False)
-    if strategy.engine == "deepspeed":
-        return min(DEEPSPEED_BUCKET, a) * BF16
     return max(t for _, t in shape.units) * BF16  # one unit's unsharded grads before reduce-scatter

@@ -37,7 +37,7 @@ def plan_all(shape: ModelShape, work: Workload, gpus: int = 8, gpu_gib: float = 
     return [Plan(name, gpus, gpu_gib, components(shape, work, s, gpus)) for name, s in STRATEGIES.items()]
 
 
-SPEED_ORDER = ("ddp", "zero2", "fsdp_shard_grad_op", "fsdp_full_shard")
+SPEED_ORDER = ("ddp", "fsdp_shard_grad_op", "fsdp_full_shard")
 """Fastest first: DDP communicates least; FSDP2 with resharding gathers every unit twice per step."""
 
 

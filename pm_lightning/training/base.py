@@ -13,7 +13,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.core.errors import BadInput
@@ -32,8 +32,8 @@ VAL_SEED_OFFSET = 1_000_000  # validation noise never coincides with a training 
 
 def check_strategy_for_quantize(strategy) -> None:
     """A quantized base trains on one device or under DDP; FSDP2 cannot shard torchao's quantized tensors (checked:
-    `aten.split` / `new_zeros` are not implemented for them) and DeepSpeed casts the whole module."""
-    if isinstance(strategy, (DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy)):
+    `aten.split` / `new_zeros` are not implemented for them)."""
+    if isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
         raise ValueError(
             f"model.init_args.quantize needs a single device or DDP (experiments/strategies/ddp.yaml), not "
             f"{type(strategy).__name__}: the sharded strategies cannot shard or cast the quantized base"
@@ -75,7 +75,7 @@ class FlowMatchingModule(L.LightningModule):
                 stops the run with the caption and that command. Off: missing captions are encoded and cached.
             quantize: storage of the frozen base's Linear weights: "none" (the base dtype), "int8", "fp8" or "nf4"
                 (torchao weight-only, `models/quantize.py`); the adapters stay fp32 on top. Single device or DDP only
-                (FSDP2 and DeepSpeed cannot shard or cast the quantized tensors).
+                (FSDP2 cannot shard the quantized tensors).
             latent_cache_dir: read each grid's VAE latents from this cache (fill it once with
                 `python -m pm_lightning.latent_cache`) instead of encoding pixels: the VAE then stays in CPU memory and
                 moves to the GPU only to decode sample grids. A grid missing from the cache, or a cache made with
@@ -288,8 +288,7 @@ class FlowMatchingModule(L.LightningModule):
             self.log(f"data/skipped/{reason}", float(count))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        # the fused norm the non-finite check just took (before clipping): global under DDP and FSDP2; under
-        # DeepSpeed ZeRO the norm of this rank's partition
+        # the fused norm the non-finite check just took (before clipping): global under DDP and FSDP2
         if self.nonfinite.grad_norm is not None:
             self.log("train/grad_norm", self.nonfinite.grad_norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])

@@ -31,7 +31,7 @@ def earlier_checkpoints(root: str | Path) -> list[Path]:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why `path` cannot be resumed from, or None when torch reads it back (tensors and plain data only,
-    memory-mapped: the tensors are not read into memory). A folder (a DeepSpeed or distributed checkpoint) is its
+    memory-mapped: the tensors are not read into memory). A folder (a distributed checkpoint) is its
     strategy's to read."""
     import pickle
 

@@ -1,5 +1,5 @@
 """Multi-GPU strategies for Flux: FSDP2 (`fully_shard` per Flux block, then the root) through Lightning's
-ModelParallelStrategy; DeepSpeed ZeRO-2 via Lightning's own strategy.
+ModelParallelStrategy (DDP is Lightning's own). DeepSpeed is refused at load (`refuse_deepspeed`; docs/SCALING.md).
 
 Sharding rules are data: FLUX_BLOCKS is diffusers' `FluxTransformer2DModel._no_split_modules`. FSDP2 shards each
 parameter on its own (a DTensor per parameter, no flat buffer), so one unit may hold the frozen bf16 base and the
@@ -17,6 +17,22 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
+
+
+def refuse_deepspeed(strategy) -> None:
+    """Refuse a DeepSpeed `trainer.strategy` (a name such as "deepspeed_stage_2" or a class_path) before any work.
+
+    Not supported, on purpose: with fp32 adapters ZeRO-2 does not check gradients for inf/nan and keeps them in its
+    own flat partitions, CAME would get flat 1-D partitions (silently not factored), and Lightning's DeepSpeed
+    checkpoints hold no `state_dict` (docs/SCALING.md, "No DeepSpeed"). FSDP2 covers what ZeRO-2 would give.
+    """
+    name = strategy.get("class_path", "") if isinstance(strategy, dict) else getattr(strategy, "class_path", strategy)
+    if "deepspeed" in str(name or "").lower():
+        raise ValueError(
+            f'trainer.strategy {name!r}: DeepSpeed is not supported (docs/SCALING.md, "No DeepSpeed"); use '
+            "--config experiments/strategies/fsdp.yaml (FSDP2; --trainer.strategy.init_args.reshard_after_forward "
+            "false shards like ZeRO-2) or experiments/strategies/ddp.yaml"
+        )
 
 
 def flux_block_classes() -> set[type]:
