@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.models.variants import VARIANTS
 
 
@@ -56,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--resolution", type=v.SIDE, default=None, help="picture side (default: the base's grid resolution)")
     p.add_argument("--seed", type=v.SEED, default=0)
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
     if args.images is None and args.domain is None:
         p.error("give --images DIR (your pictures) or --domain NAME (a synthetic corpus domain)")
     if args.images is None and args.domain not in DOMAINS:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.dtypes import DTYPE_NAMES
+from pm_lightning.core.progress import add_progress_flag
 from pm_lightning.inference.adaptive_settings import add_config_flags
 from pm_lightning.inference.cache import add_cache_flags
 from pm_lightning.inference.request import FRAME_COUNTS
@@ -34,7 +35,8 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
 
 
 def common_flags(p: argparse.ArgumentParser) -> None:
-    """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
+    """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags; --no-progress."""
+    add_progress_flag(p)
     p.add_argument(
         "--base", default=Request.base, help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id"
     )

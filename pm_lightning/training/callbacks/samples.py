@@ -11,6 +11,7 @@ from lightning.pytorch import Callback
 from PIL import Image, ImageDraw
 
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.progress import disabled as progress_disabled
 from pm_lightning.data.domains import domain_index
 from pm_lightning.training.logged_images import log_images
 
@@ -109,7 +110,7 @@ class SampleGrids(Callback):
         vae_here = getattr(backbone, "vae_on_device", nullcontext)  # a parked VAE (latent cache) visits the GPU
         with vae_here():
             pipe = backbone.pipeline()
-            pipe.set_progress_bar_config(disable=not progress)
+            pipe.set_progress_bar_config(disable=not progress or progress_disabled())
             images = generate_grids(
                 pipe,
                 [p["caption"] for p in self.prompts],
