@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
     p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's latent_cache_dir)")
     add_device_flags(p, "the base's training dtype: float32 for tiny, else bfloat16")
-    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8)
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8, help="grids per VAE call")
     add_progress_flag(p)
     args = p.parse_args(argv)
     apply_progress_flag(args)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         "--batch-size", type=v.POSITIVE_INT, default=None, help="pictures per step (default StyleLoraConfig's)"
     )
     p.add_argument("--resolution", type=v.SIDE, default=None, help="picture side (default: the base's grid resolution)")
-    p.add_argument("--seed", type=v.SEED, default=0)
+    p.add_argument("--seed", type=v.SEED, default=0, help="noise, timestep and LoRA initialisation seed")
     add_progress_flag(p)
     args = p.parse_args(argv)
     apply_progress_flag(args)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-sequence-length", type=v.Rule(int, 1, 4096), default=None, help="T5 tokens (default: the variant's)"
     )
     p.add_argument("--step-text", action="store_true", help="stage 2 with step_text: caption + step pairs too")
-    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=16)
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=16, help="captions per text-encoder call")
     add_progress_flag(p)
     args = p.parse_args(argv)
     apply_progress_flag(args)

@@ -107,7 +107,7 @@ def extra_lora(text: str) -> tuple[Path, float]:
 def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
     """`generate`'s flags (their defaults: GenerationRequest's, which the web demo and the ablation build)."""
     p = v.Parser(prog=prog, description=description)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="what the sequence makes (the grid caption)")
     p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
     p.add_argument("--stage1", type=v.existing_file, default=None, help="exported stage-1 LoRA file (diffusers format)")
     p.add_argument(

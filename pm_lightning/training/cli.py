@@ -53,6 +53,11 @@ def require_local_base(base: str) -> str:
 
 
 PROG = "python -m pm_lightning.fit"
+DESCRIPTION = (
+    "Train a stage (stage-1 masked / asymmetric / plain LoRA, stage 2, ReCraft) from an experiment config: "
+    "`--config experiments/X.yaml [--config overlay.yaml] [--section.key value ...]`; `--ckpt_path last` resumes. "
+    "The stage module builds its own optimizer and schedule (model.init_args.optimizer)."
+)
 
 
 NESTING = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Problem with given class_path", "Given value",
@@ -199,7 +204,7 @@ def build_cli(args: list[str] | None = None) -> ProcessCLI:
         save_config_callback=SaveConfigWithCheckpoints,
         run=False,
         args=args,
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "prog": PROG, "description": DESCRIPTION},
     )
 
 
