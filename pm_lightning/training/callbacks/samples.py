@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from diffusers.utils import make_image_grid
 from lightning.pytorch import Callback
 from PIL import Image, ImageDraw
 
@@ -146,8 +147,8 @@ def labelled_sheet(images: list[Image.Image], labels: list[str], label_height: i
     """Images side by side with a text label above each."""
     w, h = images[0].size
     sheet = Image.new("RGB", (w * len(images), h + label_height), "white")
+    sheet.paste(make_image_grid([img.convert("RGB") for img in images], rows=1, cols=len(images)), (0, label_height))
     draw = ImageDraw.Draw(sheet)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        sheet.paste(img.convert("RGB"), (i * w, label_height))
+    for i, label in enumerate(labels):
         draw.text((i * w + 2, 1), label[: w // 6], fill="black")
     return sheet
