@@ -17,6 +17,7 @@ import time
 from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
+from pm_lightning.core.progress import apply_progress_flag
 from pm_lightning.inference.flags import common_flags
 
 PROG = "python -m pm_lightning.adapt"
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", default="unseen", help="recorded in report.json")
     common_flags(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
     try:
         return run(args)
     except (BadInput, FileNotFoundError, ValueError) as err:  # ValueError: adaptive settings that contradict

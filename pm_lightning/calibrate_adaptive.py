@@ -18,6 +18,7 @@ import argparse
 import json
 
 from pm_lightning.core import validate as v
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,11 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-false", type=v.FRACTION, default=0.1, help="largest share of true sequences a guard may let be edited"
     )
     sweep.add_argument("--json", type=v.output_file, default=None, help="also write the sweep's result as JSON here")
+    add_progress_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    apply_progress_flag(args)
     # after parsing: torch and the evaluators' stack, 4.4 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     import torch
 

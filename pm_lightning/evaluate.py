@@ -14,6 +14,7 @@ import sys
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.inference.flags import add_device_flags
 
 
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--judge-timeout", type=v.Rule(float, 0, 3600, lo_open=True), default=None, help="seconds per judge request"
     )
     p.add_argument("--judge-cache", type=v.output_dir, default=None, help="folder for cached judge answers")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
 
     # after parsing: torch, the evaluators and the inference runtime, which --help and a bad flag skip
     # (docs/ARCHITECTURE.md, "Start-up")

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 import sys
 
-from pm_lightning.training.cli import main
+from pm_lightning.core.quiet import quiet_known_notices
+
+
+def main(args: list[str] | None = None) -> int:
+    """`training/cli.py`'s main, imported after the known third-party notices are filtered (its import brings
+    Lightning, diffusers and torchao: about 6 s, so `fit --help` cannot answer in under a second)."""
+    quiet_known_notices()
+    from pm_lightning.training.cli import main as fit_main  # after the filters: torchao logs at import
+
+    return fit_main(args)
+
 
 if __name__ == "__main__":
     sys.exit(main())

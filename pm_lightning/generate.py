@@ -25,6 +25,7 @@ import time
 
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
+from pm_lightning.core.progress import apply_progress_flag
 from pm_lightning.core.validate import refuse
 from pm_lightning.inference.flags import generate_parser, split_error
 
@@ -50,6 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print where the outputs went; bad input exits with its message (exit code 2)."""
     args = parse(argv)
+    apply_progress_flag(args)
     try:
         return run(args)
     except (BadInput, FileNotFoundError, ValueError) as err:  # ValueError: adaptive settings that contradict

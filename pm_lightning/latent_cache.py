@@ -20,6 +20,7 @@ from pm_lightning.core import validate as v
 from pm_lightning.core.config_files import config_shards, load_config
 from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.inference.flags import add_device_flags
 
 
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="tiny", help="Flux variant, diffusers directory or hub id (as the run's)")
     p.add_argument("--out", type=v.output_dir, required=True, help="the cache folder (the run's latent_cache_dir)")
     add_device_flags(p, "the base's training dtype: float32 for tiny, else bfloat16")
-    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8)
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=8, help="grids per VAE call")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
     # after parsing: torch and the VAE's stack, 3.7 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.data.stream import ResolutionError
     from pm_lightning.inference.runtime import Runtime

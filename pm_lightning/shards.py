@@ -7,6 +7,7 @@ import os
 import sys
 
 from pm_lightning.core import validate as v
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.data.importers import ORDERS, PAD_MODES
 
 
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seed of the write-order permutation; -1 keeps sorted key order",
     )
     p.add_argument("--strict", action="store_true", help="any skipped input is an error; nothing is written")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     if args.domain and not args.images:
         p.error("--domain names the domain of --images folders; --src takes domains from its sub-folders or tags")
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the import; 0 when something was written, 1 otherwise."""
     args = parse_args(argv)
+    apply_progress_flag(args)
     from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
 
     seed = None if args.shuffle_seed < 0 else args.shuffle_seed

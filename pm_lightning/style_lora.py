@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.models.variants import VARIANTS
 
 
@@ -55,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         "--batch-size", type=v.POSITIVE_INT, default=None, help="pictures per step (default StyleLoraConfig's)"
     )
     p.add_argument("--resolution", type=v.SIDE, default=None, help="picture side (default: the base's grid resolution)")
-    p.add_argument("--seed", type=v.SEED, default=0)
+    p.add_argument("--seed", type=v.SEED, default=0, help="noise, timestep and LoRA initialisation seed")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
     if args.images is None and args.domain is None:
         p.error("give --images DIR (your pictures) or --domain NAME (a synthetic corpus domain)")
     if args.images is None and args.domain not in DOMAINS:

@@ -6,6 +6,7 @@ import json
 import time
 
 from pm_lightning.core import validate as v
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS, contact_sheet, write_corpus
 
 
@@ -19,7 +20,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--domains", nargs="+", choices=list(DOMAINS), help="only these domains (default: all)")
     p.add_argument("--no-held-out", action="store_true", help="leave out the held-out domains (training split)")
     p.add_argument("--preview", type=v.output_file, help="also save a contact sheet PNG: one row of grids per domain")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
     if args.out is None and args.preview is None:
         p.error("give --out DIR and/or --preview FILE")
     if args.no_held_out:

@@ -20,6 +20,7 @@ from pm_lightning.core import validate as v
 from pm_lightning.core.config_files import config_prompts, config_shards
 from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.core.errors import BadInput
+from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
 from pm_lightning.inference.flags import add_device_flags
 
 
@@ -37,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         "--max-sequence-length", type=v.Rule(int, 1, 4096), default=None, help="T5 tokens (default: the variant's)"
     )
     p.add_argument("--step-text", action="store_true", help="stage 2 with step_text: caption + step pairs too")
-    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=16)
+    p.add_argument("--batch-size", type=v.POSITIVE_INT, default=16, help="captions per text-encoder call")
+    add_progress_flag(p)
     args = p.parse_args(argv)
+    apply_progress_flag(args)
     # after parsing: torch and the text encoders' stack, 3.6 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.inference.runtime import Runtime
     from pm_lightning.models.backbone import FluxBackbone

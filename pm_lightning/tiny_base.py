@@ -14,8 +14,8 @@ from pm_lightning.core import validate as v
 
 def main(argv: list[str] | None = None) -> None:
     p = v.Parser(prog="python -m pm_lightning.tiny_base", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=v.output_dir, default=Path("data/tiny-flux"))
-    p.add_argument("--seed", type=v.SEED, default=0)
+    p.add_argument("--out", type=v.output_dir, default=Path("data/tiny-flux"), help="the diffusers folder written")
+    p.add_argument("--seed", type=v.SEED, default=0, help="initialisation and data seed")
     p.add_argument("--threads", type=v.WORKERS, default=2, help="torch CPU threads")
     p.add_argument("--vae-steps", type=v.NON_NEGATIVE_INT, default=None, help="VAE steps (default PretrainConfig's)")
     p.add_argument("--steps", type=v.POSITIVE_INT, default=None, help="transformer steps (default PretrainConfig's)")

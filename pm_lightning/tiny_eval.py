@@ -15,13 +15,13 @@ from pm_lightning.core import validate as v
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = v.Parser(prog="python -m pm_lightning.tiny_eval", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=v.output_dir, default=Path("data/tiny-eval"))
-    p.add_argument("--seed", type=v.SEED, default=0)
+    p.add_argument("--out", type=v.output_dir, default=Path("data/tiny-eval"), help="the evaluators folder written")
+    p.add_argument("--seed", type=v.SEED, default=0, help="initialisation and data seed")
     p.add_argument("--steps", type=v.POSITIVE_INT, default=None, help="training steps (default TinyEvalConfig's)")
     p.add_argument(
         "--train-per-domain", type=v.POSITIVE_INT, default=None, help="sequences per domain (default TinyEvalConfig's)"
     )
-    p.add_argument("--threads", type=v.WORKERS, default=1)
+    p.add_argument("--threads", type=v.WORKERS, default=1, help="torch CPU threads")
     args = p.parse_args(argv)
     from pm_lightning.tiny.evaluators import TinyEvalConfig, build
 

@@ -12,11 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass
 class Reply:
-    """One scripted reply: HTTP status, the assistant's text (status 200) and a delay before answering."""
+    """One scripted reply: HTTP status, the assistant's text (status 200), a delay before answering and a Retry-After
+    header (seconds) when given."""
 
     content: str = '{"Accuracy": 4, "Coherence": 5, "Usability": 3}'
     status: int = 200
     delay: float = 0.0
+    retry_after: float | None = None
 
 
 class OpenAIStub:
@@ -59,15 +61,16 @@ class OpenAIStub:
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
                 if reply.status != 200:
-                    return self._send(
-                        reply.status, {"error": {"message": f"scripted {reply.status}", "type": "server_error"}}
-                    )
+                    error = {"error": {"message": f"scripted {reply.status}", "type": "server_error"}}
+                    return self._send(reply.status, error, reply.retry_after)
                 self._send(200, completion(body.get("model", "stub"), reply.content))
 
-            def _send(self, status: int, payload: dict) -> None:
+            def _send(self, status: int, payload: dict, retry_after: float | None = None) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    if retry_after is not None:
+                        self.send_header("Retry-After", str(retry_after))
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -6,6 +6,7 @@ import math
 import statistics
 
 import pytest
+from scipy.stats import ttest_rel
 
 from pm_lightning.ablation import stats
 
@@ -18,18 +19,27 @@ def test_mean_and_sample_sd_match_the_standard_library():
     assert stats.summarize([2.0]).sd is None and stats.summarize([]).mean is None
 
 
-@pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995])
-def test_t_quantile_matches_the_closed_forms(p):
-    assert stats.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-6)  # Cauchy
-    assert stats.t_quantile(p, 2) == pytest.approx((2 * p - 1) * math.sqrt(2 / (4 * p * (1 - p))), rel=1e-6)
-    assert stats.t_quantile(1 - p, 5) == pytest.approx(-stats.t_quantile(p, 5))
+@pytest.mark.parametrize("level", [0.8, 0.95, 0.99])
+def test_paired_interval_of_two_and_three_seeds_matches_the_closed_forms(level):
+    """df 1 is Cauchy (quantile tan(pi (p - 1/2))), df 2 has q = (2p - 1) sqrt(2 / (4p(1 - p)))."""
+    p = 0.5 + level / 2
+    two = stats.paired({0: 1.0, 1: 3.0}, {0: 0.0, 1: 1.0}, level)  # diffs 1, 2
+    half = math.tan(math.pi * (p - 0.5)) * statistics.stdev([1.0, 2.0]) / math.sqrt(2)
+    assert (two.low, two.high) == (pytest.approx(1.5 - half), pytest.approx(1.5 + half))
+    three = stats.paired({0: 1.0, 1: 2.5, 2: 0.7}, {0: 0.5, 1: 2.0, 2: 0.9}, level)  # diffs 0.5, 0.5, -0.2
+    q = (2 * p - 1) * math.sqrt(2 / (4 * p * (1 - p)))
+    half = q * statistics.stdev([0.5, 0.5, -0.2]) / math.sqrt(3)
+    assert (three.low, three.high) == (pytest.approx(0.8 / 3 - half), pytest.approx(0.8 / 3 + half))
 
 
-def test_t_quantile_tends_to_the_normal_and_cdf_inverts_it():
-    assert stats.t_quantile(0.975, 10_000) == pytest.approx(statistics.NormalDist().inv_cdf(0.975), abs=1e-3)
-    assert stats.t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-5)  # the printed tables
-    for df in (1, 3, 30):
-        assert stats.t_cdf(stats.t_quantile(0.9, df), df) == pytest.approx(0.9, abs=1e-9)
+def test_paired_interval_is_scipys_paired_t_test_interval():
+    """The same interval by another route: scipy's paired t-test (`ttest_rel(...).confidence_interval`)."""
+    a, b = [0.31, 0.29, 0.35, 0.30, 0.33], [0.27, 0.26, 0.30, 0.31, 0.28]
+    d = stats.paired(dict(enumerate(a)), dict(enumerate(b)), 0.9)
+    ci = ttest_rel(a, b).confidence_interval(0.9)
+    assert (d.low, d.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    same = stats.paired({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0})  # no spread: the interval is the mean
+    assert (same.low, same.mean, same.high) == (1.0, 1.0, 1.0)
 
 
 def test_paired_interval_is_the_t_interval_of_the_per_seed_differences():
@@ -37,7 +47,8 @@ def test_paired_interval_is_the_t_interval_of_the_per_seed_differences():
     b = {0: 9.0, 1: 10.5, 2: 10.0, 4: 1.0}  # seed 3 / 4 unpaired: left out
     d = stats.paired(a, b)
     diffs = [1.0, 1.5, 1.0]
-    half = stats.t_quantile(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    q = 0.95 * math.sqrt(2 / (4 * 0.975 * 0.025))  # t's 0.975 quantile at df 2 (closed form above)
+    half = q * statistics.stdev(diffs) / math.sqrt(3)
     assert d.n == 3 and d.diffs == diffs and d.mean == pytest.approx(statistics.mean(diffs))
     assert (d.low, d.high) == (pytest.approx(d.mean - half), pytest.approx(d.mean + half))
     assert d.excludes_zero is True

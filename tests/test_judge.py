@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import time
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -20,7 +22,7 @@ def grid(color: str = "red") -> Image.Image:
 
 
 def judge(stub: OpenAIStub, **kw) -> Judge:
-    """Short time-out and back-off so the whole file runs in seconds."""
+    """A short time-out so the whole file runs in seconds (the retried replies send a short Retry-After)."""
     return Judge(
         **{
             "model": "gpt-4o",
@@ -28,7 +30,6 @@ def judge(stub: OpenAIStub, **kw) -> Judge:
             "api_key": KEY,
             "timeout": 2.0,
             "max_retries": 2,
-            "backoff": 0.05,
             **kw,
         }
     )
@@ -53,14 +54,18 @@ def test_success_sends_image_data_url_prompt_and_key():
 
 
 def test_500_then_success_is_retried():
-    with OpenAIStub([Reply(status=500), Reply('{"Accuracy": 2, "Coherence": 3, "Usability": 1}')]) as stub:
+    with OpenAIStub(
+        [Reply(status=500, retry_after=0.01), Reply('{"Accuracy": 2, "Coherence": 3, "Usability": 1}')]
+    ) as stub:
         result = judge(stub).score(grid(), "p")
     assert len(stub.requests) == 2
     assert result.ok and result.scores() == {"accuracy": 2.0, "coherence": 3.0, "usability": 1.0}
 
 
 def test_429_retries_are_bounded_and_recorded():
-    with OpenAIStub([Reply(status=429)]) as stub:
+    """The client's own retries: 1 + max_retries attempts. Checked red: with the client built with max_retries=0
+    (as before) one request came."""
+    with OpenAIStub([Reply(status=429, retry_after=0.01)]) as stub:
         result = judge(stub, max_retries=2).score(grid(), "p")
     assert len(stub.requests) == 3  # first attempt + 2 retries
     assert result.scores() == {"accuracy": None, "coherence": None, "usability": None}
@@ -84,28 +89,44 @@ def test_malformed_answer_is_recorded_not_raised(answer):
     assert len(stub.requests) == 1
 
 
-def test_timeout_is_recorded_within_bounded_time(monkeypatch):
-    """Bounded by configuration, not measured: each request carries the 0.3 s time-out, the client retries nothing
-    itself, and our loop makes 1 + max_retries attempts with the configured back-off between them."""
-    from types import SimpleNamespace
+def client_clock(sleeps: list[float]) -> SimpleNamespace:
+    """The `time` module as the openai client sees it, with `sleep` recording instead of sleeping."""
+    return SimpleNamespace(
+        **{**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")}, "sleep": sleeps.append}
+    )
 
-    import pm_lightning.eval.judge as judge_module
 
-    sleeps: list[float] = []  # the judge's own waits only (the stub server's delay still really sleeps)
-    monkeypatch.setattr(judge_module, "time", SimpleNamespace(sleep=sleeps.append))
+def test_timeout_is_recorded_within_bounded_attempts(monkeypatch):
+    """Bounded by configuration, not measured: each request carries the 0.3 s time-out and the client makes
+    1 + max_retries attempts, waiting its own back-off between them (recorded here, not slept)."""
+    import openai._base_client as base_client  # the client's own module: its waits are recorded, the stub's slept
+
+    sleeps: list[float] = []  # the client's waits only (the stub server's delay still really sleeps)
+    monkeypatch.setattr(base_client, "time", client_clock(sleeps))
     with OpenAIStub([Reply(delay=3.0)]) as stub:
-        j = judge(stub, timeout=0.3, max_retries=1, backoff=0.05)
+        j = judge(stub, timeout=0.3, max_retries=1)
         result = j.score(grid(), "p")
     assert result.accuracy is None and "APITimeoutError" in result.error
     assert len(stub.requests) == 2  # first attempt + 1 retry, never more
-    assert j._client.timeout == 0.3 and j._client.max_retries == 0
-    assert sleeps == [0.05]  # one back-off (the first: backoff * 2**0) between the two attempts
+    assert j._client.timeout == 0.3 and j._client.max_retries == 1
+    assert len(sleeps) == 1 and 0 < sleeps[0] <= 0.5  # one back-off: the client's first, 0.5 s less jitter
+
+
+def test_the_servers_retry_after_is_honoured(monkeypatch):
+    """A 429 with Retry-After: 7 makes the client wait 7 s (recorded, not slept) before its retry."""
+    import openai._base_client as base_client  # the client's own module: its waits are recorded, the stub's slept
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(base_client, "time", client_clock(sleeps))
+    with OpenAIStub([Reply(status=429, retry_after=7), Reply()]) as stub:
+        result = judge(stub, max_retries=1).score(grid(), "p")
+    assert result.ok and len(stub.requests) == 2 and sleeps == [7.0]
 
 
 def test_connection_refused_is_recorded():
     with OpenAIStub() as stub:
         url = stub.base_url
-    result = Judge("gpt-4o", base_url=url, api_key=KEY, timeout=0.5, max_retries=1, backoff=0.01).score(grid(), "p")
+    result = Judge("gpt-4o", base_url=url, api_key=KEY, timeout=0.5, max_retries=0).score(grid(), "p")
     assert result.accuracy is None and "APIConnectionError" in result.error
 
 

@@ -1,12 +1,16 @@
 """Dependency files that must agree with pyproject.toml: constraints.txt (exact CI versions) and environment.yml.
 
-python tools/pins.py --write   # constraints.txt from this environment, environment.yml from pyproject.toml
+environment.yml is a conda env file whose pip section holds every dependency and every extra `make setup` installs
+(the Makefile's EXTRAS), each pinned to its constraints.txt version, then the project itself with those extras.
+
+python tools/pins.py --write   # constraints.txt from this environment, environment.yml from pyproject + constraints
 python tools/pins.py --check   # fail when either has drifted (make lint runs this)
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,28 +22,47 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
 ENVIRONMENT = ROOT / "environment.yml"
-EXTRAS = ("judge", "dev")  # what `make setup` installs besides the dependencies
+MAKEFILE = ROOT / "Makefile"
+
+
+def setup_extras() -> list[str]:
+    """The extras `make setup` installs besides the dependencies: the Makefile's `EXTRAS := a,b,...` line."""
+    found = re.search(r"^EXTRAS\s*:?=\s*(\S+)", MAKEFILE.read_text(), re.M)
+    if found is None:
+        raise SystemExit(f"{MAKEFILE}: no `EXTRAS := ...` line (the extras make setup installs)")
+    return found.group(1).split(",")
 
 
 def requirements() -> list[str]:
     """pyproject's dependencies and the extras `make setup` installs, in order."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *(r for extra in EXTRAS for r in project["optional-dependencies"][extra])]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(r for extra in setup_extras() for r in extras[extra])]
+
+
+def pinned_requirement(text: str, pins: dict[str, str]) -> str:
+    """`name[extras]==version` from constraints.txt (the requirement as written when it has no pin: --check says so)."""
+    req = Requirement(text)
+    version = pins.get(canonicalize_name(req.name))
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    return f"{req.name}{extras}=={version}" if version else text
 
 
 def environment_yml() -> str:
-    """environment.yml generated from pyproject.toml."""
+    """environment.yml generated from pyproject.toml, the Makefile's EXTRAS and constraints.txt."""
+    pins = pinned()
     lines = [
-        "# Generated from pyproject.toml by `python tools/pins.py --write`; `make lint` fails when it drifts.",
-        "# Conda users: `conda env create -f environment.yml`, then `pip install -c constraints.txt -e .` for CI's versions.",
+        "# Generated from pyproject.toml, the Makefile's EXTRAS and constraints.txt by `python tools/pins.py --write`;",
+        "# `make lint` fails when it drifts. `conda env create -f environment.yml` installs what `make setup` does, the",
+        "# direct dependencies at CI's versions (`pip install -c constraints.txt -e .` pins the rest too).",
         "name: pm_lightning",
         "channels: [conda-forge]",
         "dependencies:",
         "  - python=3.11",
         "  - pip",
         "  - pip:",
-        *(f"      - {r}" for r in requirements()),
-        "      - -e .",
+        *(f"      - {pinned_requirement(r, pins)}" for r in requirements()),
+        f"      - -e .[{','.join(setup_extras())}]",
     ]
     return "\n".join(lines) + "\n"
 
@@ -68,7 +91,9 @@ def problems() -> list[str]:
     """What disagrees: environment.yml vs pyproject, requirements without a pin or pinned below their floor."""
     found = []
     if ENVIRONMENT.read_text() != environment_yml():
-        found.append("environment.yml differs from pyproject.toml: run `python tools/pins.py --write`")
+        found.append(
+            "environment.yml differs from pyproject.toml / constraints.txt: run `python tools/pins.py --write`"
+        )
     pins = pinned()
     for text in requirements():
         req = Requirement(text)

@@ -1,13 +1,14 @@
 """Statistics over seeds: mean and spread of a row, and paired differences with a Student-t confidence interval.
 
-Pure Python (no scipy): the t quantile is found by bisection on the t CDF, computed by Simpson's rule on the
-density (exact to ~1e-9 for the degrees of freedom an ablation has).
+The t quantile is scipy's (`scipy.stats.t.ppf`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from scipy.stats import t as student_t
 
 
 @dataclass
@@ -48,44 +49,6 @@ def summarize(values: list[float | None]) -> Summary:
     return Summary(len(vals), mean, sd)
 
 
-def t_pdf(x: float, df: int) -> float:
-    lg = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    return math.exp(lg - (df + 1) / 2 * math.log1p(x * x / df))
-
-
-def t_cdf(x: float, df: int) -> float:
-    """P(T <= x) for Student's t with `df` degrees of freedom (Simpson's rule on [0, |x|] after arctan stretch)."""
-    if x == 0:
-        return 0.5
-    # substitute x = tan(u): the integrand pdf(tan u) / cos(u)^2 is smooth and bounded on [0, atan|x|]
-    top, n = math.atan(abs(x)), 2000
-    h = top / n
-    total = 0.0
-    for i in range(n + 1):
-        u = i * h
-        w = 1 if i in (0, n) else (4 if i % 2 else 2)
-        total += w * t_pdf(math.tan(u), df) / math.cos(u) ** 2
-    area = total * h / 3
-    return 0.5 + area if x > 0 else 0.5 - area
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with `df` >= 1 degrees of freedom (bisection on t_cdf)."""
-    if not 0 < p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
-    if p == 0.5:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    target = max(p, 1 - p)
-    while t_cdf(hi, df) < target:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if t_cdf(mid, df) < target else (lo, mid)
-    q = (lo + hi) / 2
-    return q if p > 0.5 else -q
-
-
 def paired(a: dict[int, float | None], b: dict[int, float | None], level: float = 0.95) -> Paired:
     """a - b over the seeds both have a value for; the t interval of the mean difference (n >= 2)."""
     seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
@@ -93,7 +56,7 @@ def paired(a: dict[int, float | None], b: dict[int, float | None], level: float 
     s = summarize(diffs)
     if s.n < 2 or s.sd is None:
         return Paired(s.n, diffs, s.mean, None, None, level)
-    half = t_quantile(0.5 + level / 2, s.n - 1) * s.sd / math.sqrt(s.n)
+    half = float(student_t.ppf(0.5 + level / 2, s.n - 1)) * s.sd / math.sqrt(s.n)  # sd 0: the interval is the mean
     return Paired(s.n, diffs, s.mean, s.mean - half, s.mean + half, level)
 
 

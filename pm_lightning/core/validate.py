@@ -145,9 +145,23 @@ class Refused(SystemExit):
         return self.line
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, unless its help already says it or there is none to show (None, a switch,
+    a required flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line refusals: `prog: error: argument --flag: must be ..., got ... (--help lists the
-    flags)`, exit code 2, before the command imports its library or writes anything."""
+    flags)`, exit code 2, before the command imports its library or writes anything; --help shows the defaults."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message: str):
         refuse(self.prog, f"{message} (--help lists the flags)")

@@ -27,6 +27,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.grid import frames_to_grid
 from pm_lightning.data.importers import PAD_MODES, SequenceSource, Skipped, pad_to_square
 
@@ -196,7 +197,7 @@ def _write_order(sources: list[SequenceSource], seed: int | None) -> list[Sequen
 def _rendered(sources: list[SequenceSource], cfg: ShardConfig) -> Iterator[tuple[dict | Skipped, SequenceSource]]:
     """(sample or Skipped, source) in write order, rendered in `cfg.workers` processes."""
     render = partial(render_sample, size=cfg.size, pad=cfg.pad)
-    bar = tqdm(total=len(sources), unit="seq", desc="shards", file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=len(sources), unit="seq", desc="shards")
     with bar:
         if cfg.workers == 1 or len(sources) < 2 * cfg.workers:
             results: Iterable = map(render, sources)

@@ -18,9 +18,9 @@ from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data import synthetic_renderers as sd
 from pm_lightning.data.synthetic_renderers import Canvas
-from tqdm import tqdm
 
 
 # ---------------------------------------------------------------- backgrounds (empty frames)
@@ -163,7 +163,7 @@ def write_corpus(out: Path, per_domain: int = 200, size: int = 64, seed: int = 0
         spec_for(name)
     out = Path(out)
     jobs = [(name, i) for name in names for i in range(per_domain)]
-    for name, i in tqdm(jobs, desc="synth", unit="seq", disable=not progress):
+    for name, i in progress_bar(jobs, desc="synth", unit="seq", enabled=progress):
         seq = generate_sequence(name, sequence_seed(seed, name, i), size)
         write_sequence(seq, out / name / f"seq-{i:06d}")
     return {name: per_domain for name in names}

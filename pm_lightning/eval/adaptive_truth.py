@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.near_duplicates import near_duplicate
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 from pm_lightning.inference.adaptive_rule import (
@@ -82,7 +83,7 @@ def make_cases(seqs, per_condition: int, seed: int = 0) -> list[Case]:
 def case_terms(scorer, seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
     """The Delta terms of every case (features computed once per sequence, near-duplicates included)."""
     feats = {}
-    for s in sorted({c.seq for c in cases}):
+    for s in progress_bar(sorted({c.seq for c in cases}), desc="encode sequences", unit="seq"):
         seq = seqs[s]
         v, p = scorer.image_features(seq.frames + [near_duplicate(f) for f in seq.frames])  # (2n, D), (2n, P, E)
         feats[s] = (v, p, scorer.text_features(seq.steps), len(seq.frames))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.near_duplicates import near_duplicate
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 from pm_lightning.inference.adaptive import Scorer
@@ -63,21 +64,21 @@ def corpus_sequences(
     (split `seed`, every domain) and its damaged variants (`_variants`): the input of the guard calibration."""
     cfg = cfg or AdaptiveConfig()
     out: dict[str, list] = {"text": [], "no_text": []}
-    for domain in DOMAINS:
-        for i in range(per_domain):
-            seq = generate_sequence(domain, sequence_seed(seed, domain, i), size)
-            n = len(seq.frames)
-            v, p = scorer.image_features(seq.frames + [near_duplicate(f) for f in seq.frames])  # (2n, D), (2n, P, E)
-            u = scorer.text_features(seq.steps)  # (n, D)
-            for kind, order, answer in _variants(n):
-                terms = {
-                    "glob": global_delta(v[order]),
-                    "loc": local_delta(p[order]),
-                    "sem": semantic_delta(u[[k % n for k in order]]),
-                }
-                for mode, has in (("text", True), ("no_text", False)):
-                    w = effective_weights(cfg, has)
-                    out[mode].append((kind, combine({**terms, "sem": terms["sem"] if has else None}, w), answer))
+    jobs = [(domain, i) for domain in DOMAINS for i in range(per_domain)]
+    for domain, i in progress_bar(jobs, desc="guard sweep", unit="seq"):
+        seq = generate_sequence(domain, sequence_seed(seed, domain, i), size)
+        n = len(seq.frames)
+        v, p = scorer.image_features(seq.frames + [near_duplicate(f) for f in seq.frames])  # (2n, D), (2n, P, E)
+        u = scorer.text_features(seq.steps)  # (n, D)
+        for kind, order, answer in _variants(n):
+            terms = {
+                "glob": global_delta(v[order]),
+                "loc": local_delta(p[order]),
+                "sem": semantic_delta(u[[k % n for k in order]]),
+            }
+            for mode, has in (("text", True), ("no_text", False)):
+                w = effective_weights(cfg, has)
+                out[mode].append((kind, combine({**terms, "sem": terms["sem"] if has else None}, w), answer))
     return out
 
 

@@ -1,9 +1,9 @@
 """GPT-4o judge: the MakeAnything appendix-A rubric (Accuracy, Coherence, Usability, 1-5) on a grid.
 
 Any OpenAI-compatible chat-completions endpoint works (OpenAI, Azure-style proxies, vLLM, ...).
-The grid goes as a base64 PNG data URL next to the rubric and the prompt. Retries are done here,
-not by the client (`max_retries=0` there), so which errors are retried and for how long is explicit:
-429, 5xx, 408/409, time-outs and connection errors, with exponential back-off. A failure becomes a
+The grid goes as a base64 PNG data URL next to the rubric and the prompt. Retries are the `openai` client's own
+(`max_retries`): 408, 409, 429, 5xx, time-outs and connection errors, exponential back-off from 0.5 s to 8 s with
+jitter, a server's Retry-After (up to 60 s) honoured. A failure becomes a
 `JudgeResult` with missing scores and the reason; `score` never raises. The API key lives only
 inside the `openai` client: it is masked in `repr`, scrubbed from error texts and never cached.
 """
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -119,24 +118,6 @@ def rubric_messages(image: Image.Image, prompt: str) -> list[dict]:
     ]
 
 
-def _retryable(err: Exception) -> bool:
-    # lazy: openai is the optional extra `judge` (core/extras.py)
-    import openai
-
-    if isinstance(err, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    return isinstance(err, openai.APIStatusError) and (err.status_code in (408, 409, 429) or err.status_code >= 500)
-
-
-def _retry_after(err: Exception) -> float | None:
-    """Seconds from a Retry-After header (seconds form only), if the server sent one."""
-    response = getattr(err, "response", None)
-    try:
-        return float(response.headers.get("retry-after")) if response is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 class Judge:
     """Scores a grid against its prompt with the appendix-A rubric; see the module docstring."""
 
@@ -147,7 +128,6 @@ class Judge:
         api_key: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
-        backoff: float = 1.0,
         cache_dir: str | Path | None = None,
     ):
         """
@@ -156,15 +136,12 @@ class Judge:
             base_url: OpenAI-compatible endpoint (`.../v1`); None = `OPENAI_BASE_URL`, else api.openai.com.
             api_key: None = `OPENAI_API_KEY`. Only an endpoint given by `base_url` may go without one.
             timeout: seconds per request.
-            max_retries: retries after the first attempt on 429, 5xx, time-outs and connection errors.
-            backoff: the first wait in seconds; it doubles on each retry (Retry-After wins if longer, up to 60 s).
+            max_retries: the client's retries after the first attempt (429, 5xx, time-outs, connection errors).
             cache_dir: on-disk answer cache (one JSON per key); None = memory only.
         """
-        if max_retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError(
-                f"Judge: need max_retries >= 0, timeout > 0, backoff >= 0, got {max_retries}, {timeout}, {backoff}"
-            )
-        self.model, self.timeout, self.max_retries, self.backoff = model, timeout, max_retries, backoff
+        if max_retries < 0 or timeout <= 0:
+            raise ValueError(f"Judge: need max_retries >= 0 and timeout > 0, got {max_retries}, {timeout}")
+        self.model, self.timeout, self.max_retries = model, timeout, max_retries
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._memory: dict[str, JudgeResult] = {}
@@ -198,7 +175,9 @@ class Judge:
             self._unavailable = "no API key: set OPENAI_API_KEY (or OPENAI_BASE_URL for a local endpoint)"
             return None
         # A local endpoint (vLLM, a proxy) may need no key; the client insists on a non-empty string.
-        return openai.OpenAI(api_key=api_key or "unused", base_url=self.base_url, timeout=self.timeout, max_retries=0)
+        return openai.OpenAI(
+            api_key=api_key or "unused", base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+        )
 
     def __repr__(self) -> str:
         key = "'***'" if self._secrets else None
@@ -236,19 +215,9 @@ class Judge:
         return result
 
     def _ask(self, messages: list[dict]) -> str:
-        """One chat completion with bounded retries on transient errors; returns the answer text."""
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0)
-                return response.choices[0].message.content or ""
-            except Exception as err:
-                if attempt == self.max_retries or not _retryable(err):
-                    raise
-                wait = self.backoff * 2**attempt
-                wait = max(wait, min(_retry_after(err) or 0.0, 60.0))
-                log.info("judge: %s; retry %d/%d in %.2fs", type(err).__name__, attempt + 1, self.max_retries, wait)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+        """One chat completion (the client retries transient errors); returns the answer text."""
+        response = self._client.chat.completions.create(model=self.model, messages=messages, temperature=0)
+        return response.choices[0].message.content or ""
 
     def _reason(self, what: str, err: Exception) -> str:
         status = getattr(err, "status_code", None)

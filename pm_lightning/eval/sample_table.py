@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.importers import load_user_image
 from pm_lightning.eval.metric_registry import BY_KEY, METRICS, SampleFeatures
 from pm_lightning.eval.scores import pixel_features, sequence_proxies
@@ -129,12 +131,12 @@ def evaluate(samples_dir: Path, enc, judge=None) -> dict:
     if not folders:
         raise FileNotFoundError(f"no sample folders (with report.json) under {samples_dir}")
     rows, skipped = [], []
-    for folder in folders:
+    for folder in progress_bar(folders, desc="evaluate", unit="sample"):
         try:
             sample = read_sample(folder)
         except (ValueError, OSError) as err:
             skipped.append({"sample": str(folder), "reason": str(err)})
-            print(f"skipping {folder}: {err}", file=sys.stderr)
+            tqdm.write(f"skipping {folder}: {err}", file=sys.stderr)
             continue
         rows.append(score_sample(enc, sample, judge))
     keys = [m.key for m in METRICS if judge is not None or not m.judge]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.dtypes import DTYPE_NAMES
+from pm_lightning.core.progress import add_progress_flag
 from pm_lightning.inference.adaptive_settings import add_config_flags
 from pm_lightning.inference.cache import add_cache_flags
 from pm_lightning.inference.request import FRAME_COUNTS
@@ -34,7 +35,8 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
 
 
 def common_flags(p: argparse.ArgumentParser) -> None:
-    """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags."""
+    """The backbone, stage-2 LoRA, sampler, evaluator and adaptive-steps flags; --no-progress."""
+    add_progress_flag(p)
     p.add_argument(
         "--base", default=Request.base, help="Flux variant (tiny, flux-dev, ...), diffusers directory or hub id"
     )
@@ -105,7 +107,7 @@ def extra_lora(text: str) -> tuple[Path, float]:
 def generate_parser(prog: str = "python -m pm_lightning.generate", description: str = "") -> argparse.ArgumentParser:
     """`generate`'s flags (their defaults: GenerationRequest's, which the web demo and the ablation build)."""
     p = v.Parser(prog=prog, description=description)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="what the sequence makes (the grid caption)")
     p.add_argument("--domain", default=None, help="training domain name (its stage-1 LoRA); unknown/none -> unseen")
     p.add_argument("--stage1", type=v.existing_file, default=None, help="exported stage-1 LoRA file (diffusers format)")
     p.add_argument(

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffusers.utils import export_to_gif, make_image_grid
 from PIL import Image
 
 
@@ -27,13 +28,13 @@ def write_frames(folder: Path, frames: Sequence[Image.Image]) -> list[str]:
     return names
 
 
-def write_gif(path: Path, frames: Sequence[Image.Image], ms_per_frame: int = 700) -> None:
-    """An endlessly looping GIF of the frames (all resized to the first frame's size)."""
+def write_gif(path: Path, frames: Sequence[Image.Image], fps: int = 2) -> None:
+    """An endlessly looping GIF of the frames (diffusers' `export_to_gif`), all at the first frame's size."""
     size = frames[0].size
     images = [
         f.convert("RGB") if f.size == size else f.convert("RGB").resize(size, Image.Resampling.BICUBIC) for f in frames
     ]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+    export_to_gif(images, str(path), fps=fps)
 
 
 def strip_html(report: dict, frame_paths: Sequence[str], captions: Sequence[str]) -> str:
@@ -102,10 +103,8 @@ def write_sample(
     if not frames:
         raise ValueError("no frames to write")
     if grid is None:
-        w, h = frames[0].size
-        grid = Image.new("RGB", (w * len(frames), h))
-        for k, f in enumerate(frames):
-            grid.paste(f.convert("RGB").resize((w, h)), (k * w, 0))
+        size = frames[0].size
+        grid = make_image_grid([f.convert("RGB").resize(size) for f in frames], rows=1, cols=len(frames))  # a strip
     grid.convert("RGB").save(out / "grid.png")
     paths = write_frames(out / "frames", frames)
     write_gif(out / "sequence.gif", frames)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pm_lightning.core.progress import pipeline_config
 from pm_lightning.data.grid import layout_for, tensor_frames_to_grid, tensor_grid_to_frames
 from pm_lightning.data.reference_cells import (
     DUAL_LAYOUT,
@@ -101,7 +102,7 @@ def sample_reference_latents(
         return {"latents": with_clean_references(latents, x_ref.to(latents), keep.to(latents.device))}
 
     pipe = backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(**pipeline_config("stage-2 insertions"))  # the sampler's steps; off: --no-progress
     with use_domains(backbone.transformer, None):
         out = pipe(
             prompt=list(prompts),

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
+from pm_lightning.core.progress import pipeline_config
 from pm_lightning.data.importers import load_user_image
 from pm_lightning.inference.cache import CacheConfig, transformer_cache
 from pm_lightning.inference.request import GenerationRequest
@@ -126,7 +127,7 @@ def sample_grid(
 ) -> Image.Image:
     """Stage 1: one grid from the stock FluxPipeline call (CPU generator seeded with `seed`), optionally cached."""
     pipe = backbone.pipeline()
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(**pipeline_config("stage 1"))  # the sampler's steps; off: --no-progress
     with transformer_cache(backbone.transformer, cache):
         out = pipe(
             prompt=prompt,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.reference_cells import stage2_caption
 from pm_lightning.data.shard_writer import expand_shards
 
@@ -38,6 +39,6 @@ def precompute(backbone, captions: list[str], batch_size: int = 16) -> tuple[int
     """Encode the captions not yet in `backbone.text_cache` (batches of `batch_size`); (written, already there)."""
     todo = [c for c in captions if not backbone.text_cache.path(c).is_file()]
     with torch.no_grad():
-        for i in range(0, len(todo), batch_size):
+        for i in progress_bar(range(0, len(todo), batch_size), desc="text cache", unit="batch"):
             backbone.encode_text(todo[i : i + batch_size])  # encodes the missing ones and writes them
     return len(todo), len(captions) - len(todo)

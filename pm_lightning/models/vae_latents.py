@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.dtypes import dtype_name
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.shard_grids import shard_grids
 from pm_lightning.data.stream import to_unit_range as convert
 from pm_lightning.models.backbone import vae_encode
@@ -165,7 +166,7 @@ def precompute(cache: LatentCache, vae, shards: list[str], resolution: int, batc
             cache.save(g.grid_id, z, resolution, g.key)
         pending.clear()
 
-    for grid in shard_grids(shards, resolution, skip=done):
+    for grid in progress_bar(shard_grids(shards, resolution, skip=done), desc="latent cache", unit="grid"):
         done.add(grid.grid_id)  # the same grid twice in the shards: encoded once
         pending.append(grid)
         written += 1

@@ -54,6 +54,11 @@ def require_local_base(base: str) -> str:
 
 
 PROG = "python -m pm_lightning.fit"
+DESCRIPTION = (
+    "Train a stage (stage-1 masked / asymmetric / plain LoRA, stage 2, ReCraft) from an experiment config: "
+    "`--config experiments/X.yaml [--config overlay.yaml] [--section.key value ...]`; `--ckpt_path last` resumes. "
+    "The stage module builds its own optimizer and schedule (model.init_args.optimizer)."
+)
 
 
 NESTING = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Problem with given class_path", "Given value",
@@ -73,12 +78,24 @@ def one_line(message: str) -> str:
     return f"{'.'.join(keys)}: {reason}"
 
 
+# LightningCLI's own optimizer / scheduler keys, switched off (`auto_configure_optimizers=False`): given on the command
+# line (`unrecognized arguments: --optimizer ...`) or as a config's top-level key (`Option 'optimizer...'`)
+LIGHTNING_OPTIMIZER_KEY = re.compile(r"(?:unrecognized arguments:.*?--|Option ')(optimizer|lr_scheduler)\b")
+OWN_OPTIMIZER = (
+    "is switched off: the stage module builds its own optimizer and learning-rate schedule. Set them under "
+    "model.init_args.optimizer (name came|adamw, lr, betas, eps, weight_decay, schedule constant|warmup_constant|"
+    "warmup_cosine, warmup_steps, total_steps), e.g. --model.init_args.optimizer.lr 5e-4; nothing was written"
+)
+
+
 class ConfigParser(LightningArgumentParser):
     """LightningCLI's parser with one-line refusals (exit code 2) instead of the usage text and nested reasons."""
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # a nested parser: the outer one reports
             return super().error(message, ex)
+        if m := LIGHTNING_OPTIMIZER_KEY.search(message):
+            refuse(PROG, f"--{m.group(1)} (LightningCLI's {m.group(1)} key) {OWN_OPTIMIZER}")
         refuse(PROG, f"{one_line(message)} (--help lists the keys; nothing was written)")
 
 
@@ -199,9 +216,10 @@ def build_cli(args: list[str] | None = None) -> ProcessCLI:
         trainer_class=CheckedTrainer,
         parser_class=ConfigParser,
         save_config_callback=SaveConfigWithCheckpoints,
+        auto_configure_optimizers=False,  # the stage module builds its own (model.init_args.optimizer)
         run=False,
         args=args,
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "prog": PROG, "description": DESCRIPTION},
     )
 
 

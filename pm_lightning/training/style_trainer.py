@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.synthetic_corpus import generate_sequence
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
@@ -70,7 +70,7 @@ def train_style_lora(backbone, cfg: StyleLoraConfig, out, progress: bool = True,
     before = fixed_draw_loss(backbone, pictures, flow)
     losses = []
     transformer.train()
-    for _ in tqdm(range(cfg.steps), desc=f"style LoRA ({cfg.domain})", disable=not progress):
+    for _ in progress_bar(range(cfg.steps), desc=f"style LoRA ({cfg.domain})", unit="step", enabled=progress):
         batch = [pictures[rng.randrange(len(pictures))] for _ in range(cfg.batch_size)]
         loss = _flow_loss(backbone, batch, flow, g).mean()
         opt.zero_grad(set_to_none=True)

@@ -7,10 +7,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from diffusers.utils import make_image_grid
 from lightning.pytorch import Callback
 from PIL import Image, ImageDraw
 
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.progress import disabled as progress_disabled
 from pm_lightning.data.domains import domain_index
 from pm_lightning.training.logged_images import log_images
 
@@ -109,7 +111,7 @@ class SampleGrids(Callback):
         vae_here = getattr(backbone, "vae_on_device", nullcontext)  # a parked VAE (latent cache) visits the GPU
         with vae_here():
             pipe = backbone.pipeline()
-            pipe.set_progress_bar_config(disable=not progress)
+            pipe.set_progress_bar_config(disable=not progress or progress_disabled())
             images = generate_grids(
                 pipe,
                 [p["caption"] for p in self.prompts],
@@ -145,8 +147,8 @@ def labelled_sheet(images: list[Image.Image], labels: list[str], label_height: i
     """Images side by side with a text label above each."""
     w, h = images[0].size
     sheet = Image.new("RGB", (w * len(images), h + label_height), "white")
+    sheet.paste(make_image_grid([img.convert("RGB") for img in images], rows=1, cols=len(images)), (0, label_height))
     draw = ImageDraw.Draw(sheet)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        sheet.paste(img.convert("RGB"), (i * w, label_height))
+    for i, label in enumerate(labels):
         draw.text((i * w + 2, 1), label[: w // 6], fill="black")
     return sheet
