@@ -24,7 +24,7 @@ def old_float_path(pixels_hwc: np.ndarray) -> torch.Tensor:
 
 def test_every_byte_value_converts_exactly_as_before():
     values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)  # (1, 16, 16, 3)
-    new = unit_range(torch.from_numpy(values).permute(0, 3, 1, 2))  # a strided view in: contiguous floats out
+    new = unit_range(torch.from_numpy(values))  # (1, 3, 16, 16): channels first and contiguous
     assert new.is_contiguous() and new.dtype == torch.float32
     assert torch.equal(new, old_float_path(values))
     assert new.min() == -1 and new.max() == 1
@@ -37,7 +37,7 @@ def test_datamodule_batches_reach_the_module_as_the_old_floats(tiny_shards):
     batch = next(iter(dm.train_dataloader()))
     assert batch["pixels"].dtype == torch.uint8  # 1 byte per value crosses process boundaries and goes to the GPU
     moved = dm.on_after_batch_transfer(batch, 0)
-    expected = old_float_path(batch["pixels"].permute(0, 2, 3, 1).numpy())  # (4, 3, 96, 96)
+    expected = old_float_path(batch["pixels"].numpy())  # (4, 3, 96, 96)
     assert torch.equal(moved["pixels"], expected) and float_pixels_of(moved) is moved["pixels"]
     assert moved["key"] == batch["key"] and torch.equal(moved["valid"], batch["valid"])  # the rest untouched
     assert float_pixels(moved) is moved  # a converted batch passes as is

@@ -152,7 +152,7 @@ def decode_grid(png: bytes, rows: int, cols: int, resolution: int) -> torch.Tens
 def collate(samples: list[dict]) -> dict:
     """Samples -> the batch dict of docs/ARCHITECTURE.md, pixels uint8 (`data/pixels.py` makes them [-1, 1])."""
     return {
-        "pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples]).transpose(0, 3, 1, 2).copy()),  # (B, 3, H, W) uint8
+        "pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),  # (B, H, W, 3) uint8
         "caption": [s["caption"] for s in samples],
         "steps": [s["steps"] for s in samples],
         "domain": torch.tensor([s["domain_index"] for s in samples], dtype=torch.long),

@@ -149,7 +149,7 @@ class LatentCache:
 
 def to_unit_range(pixels: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (H, W, 3) grids -> (B, 3, H, W) float32 in [-1, 1] on `device`, exactly as training converts them."""
-    return unit_range(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).to(device))  # (B, 3, H, W)
+    return unit_range(torch.from_numpy(np.stack(pixels)).to(device))  # (B, 3, H, W)
 
 
 @torch.no_grad()
