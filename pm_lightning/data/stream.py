@@ -18,6 +18,7 @@ import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Iterator
 
@@ -131,7 +132,8 @@ def decode(
                 counter.add("bad_png", s["url"], s["key"], repr(err)[:300])
             if keep_slots:
                 black = np.zeros((resolution, resolution, 3), np.uint8)  # (H, W, 3)
-                stand_in = last or dict(s, pixels=black, grid_id=grid_id(s["png"]), domain_index=domain_index(s["domain"], domains))
+                domain = domain_index(s["domain"], domains)
+                stand_in = last or dict(s, pixels=black, grid_id=grid_id(s["png"]), domain_index=domain)
                 yield {k: v for k, v in stand_in.items() if k != "png"} | {"index": -1, "valid": False}
             continue
         png = s.pop("png")
@@ -226,13 +228,15 @@ class ShardStream(IterableDataset):
         seed = wds.utils.make_seed(cfg.seed, epoch, rank, worker)
         pad = not cfg.resampled and world > 1  # equal lengths matter across ranks only (one rank's loader takes uneven workers)
         counter = self.counter if worker == 0 or cfg.resampled else QuietCounter(self.counter.max_failures_in_a_row)
-        make_pass = lambda e: self._pass(e, counter)  # noqa: E731
-        if self._buffer is not None:
+        make_pass = partial(self._pass, counter=counter)
+        if self._buffer is not None:  # finite: kept across epochs, the next one read while this one drains
             run, buf = self._buffer.open(epoch, make_pass)
             samples = self._buffer.shuffle(run, buf, make_pass, random.Random(seed))
-        else:
+        else:  # resampled (refilled per epoch) or unshuffled
             run = make_pass(epoch)
-            samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed)(run.samples) if cfg.shuffle_buffer > 1 else run.samples
+            samples = run.samples
+            if cfg.shuffle_buffer > 1:
+                samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed)(samples)
         if skip:  # whole rounds of the loader's round-robin over workers: each skips as many
             samples = islice(samples, skip * cfg.batch_size, None)
         decoded = decode(samples, self.counter, cfg.resolution, cfg.domains, keep_slots=pad)
