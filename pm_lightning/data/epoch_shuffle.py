@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Iterator
 
+from pm_lightning.data.skip_counter import SkipCounter
+
 
 @dataclass
 class Pass:
@@ -29,6 +31,8 @@ class Pass:
     samples: Iterator[dict]
     given: list[str] = field(default_factory=list)  # shard URLs this pass was given
     per_shard: Counter = field(default_factory=Counter)  # samples read per shard
+    counter: SkipCounter | None = None  # what its stages count skips with
+    begin: Callable[[], None] = lambda: None  # called when its epoch starts (a pass read ahead holds its skip counts)
 
 
 class EpochShuffle:
@@ -43,6 +47,7 @@ class EpochShuffle:
         epoch's, else read now."""
         ready, self._ready = self._ready, None
         run, buf = ready if ready is not None and ready[0].epoch == epoch else (make_pass(epoch), [])
+        run.begin()
         buf.extend(islice(run.samples, self.size - len(buf)))
         return run, buf
 

@@ -32,7 +32,7 @@ from pm_lightning.data.domains import domain_index
 from pm_lightning.data.epoch_shuffle import EpochShuffle, Pass
 from pm_lightning.data.grid import frames_to_grid, grid_id, grid_to_frames
 from pm_lightning.data.rank_slice import slot_of, take_slice
-from pm_lightning.data.skip_counter import EmptyStream, QuietCounter, SkipCounter
+from pm_lightning.data.skip_counter import EmptyStream, HeldCounter, QuietCounter, SkipCounter
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
 MAX_CELLS = 16  # rows or cols of a grid above this are absurd (ProcessMaker: 2x2 and 3x3)
@@ -234,6 +234,7 @@ class ShardStream(IterableDataset):
             samples = self._buffer.shuffle(run, buf, make_pass, random.Random(seed))
         else:  # resampled (refilled per epoch) or unshuffled
             run = make_pass(epoch)
+            run.begin()
             samples = run.samples
             if cfg.shuffle_buffer > 1:
                 samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed)(samples)
@@ -243,15 +244,17 @@ class ShardStream(IterableDataset):
         batches = wds.batched(cfg.batch_size, collation_fn=collate, partial=True)(decoded)
         if cfg.resampled:
             return islice(batches, self._per_worker_batches() - skip)
-        return self._then_count_lost(batches, run, counter)
+        return self._then_count_lost(batches, run)
 
     def _pass(self, epoch: int, counter: SkipCounter) -> Pass:
         """One epoch's samples, before shuffling: shards -> tar members -> checked metadata -> (balanced) -> a finite
-        stream's slice for this rank and worker (every slot reads every shard: `data/rank_slice.py`)."""
+        stream's slice for this rank and worker (every slot reads every shard: `data/rank_slice.py`). Its skip counts
+        are held until its epoch begins (`Pass.begin`): a pass read ahead counts in its own epoch."""
         cfg, sliced = self.cfg, not self.cfg.resampled
         slot, slots = slot_of()
         rank, world, worker, _ = wds.utils.pytorch_worker_info()
-        run = Pass(epoch, iter(()))
+        counter = HeldCounter(counter)
+        run = Pass(epoch, iter(()), counter=counter, begin=counter.release)
         stages = [
             *self._shard_stages(epoch),
             lambda src: record_urls(src, run.given),
@@ -267,14 +270,14 @@ class ShardStream(IterableDataset):
         run.samples = iter(wds.DataPipeline(*stages))
         return run
 
-    def _then_count_lost(self, batches: Iterator[dict], run: Pass, counter: SkipCounter) -> Iterator[dict]:
+    def _then_count_lost(self, batches: Iterator[dict], run: Pass) -> Iterator[dict]:
         """A finite pass, then: samples index.json promised that no shard gave are counted as "lost" by shard."""
         yield from batches
         for url in run.given:
             expected = (self.cfg.shard_samples or {}).get(os.path.abspath(url))
             if expected is not None and run.per_shard[url] < expected:
                 missing = expected - run.per_shard[url]
-                counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
+                run.counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
 
     def _shard_stages(self, epoch: int) -> list:
         """Shard URL source: resampled (infinite, drawn per rank and worker) or the ordered list, the same on every
