@@ -22,6 +22,7 @@ from pm_lightning.data.datamodule import (
 )
 from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.data.grid import frames_to_grid
+from pm_lightning.data.pixels import float_pixels
 from pm_lightning.data.skip_counter import EmptyStream
 
 CELL = 16
@@ -101,16 +102,18 @@ def test_batch_contract(tmp_path):
     }
     assert batch["valid"].all() and batch["index"].dtype == torch.long
     assert len(set(batch["grid_id"])) == 4 and all(len(g) == 64 for g in batch["grid_id"])  # sha256 of each PNG
-    assert batch["pixels"].shape == (4, 3, 96, 96) and batch["pixels"].dtype == torch.float32
-    assert batch["pixels"].min() >= -1 and batch["pixels"].max() <= 1
+    assert batch["pixels"].shape == (4, 96, 96, 3) and batch["pixels"].dtype == torch.uint8  # as decoded, in bytes
+    pixels = float_pixels(batch)["pixels"]  # what the module sees after the batch-transfer hook
+    assert pixels.shape == (4, 3, 96, 96) and pixels.dtype == torch.float32 and pixels.is_contiguous()
+    assert pixels.min() >= -1 and pixels.max() <= 1
     assert batch["domain"].dtype == batch["rows"].dtype == batch["cols"].dtype == torch.long
     assert batch["rows"].tolist() == batch["cols"].tolist() == [3] * 4
     for i, name in enumerate(batch["domain_name"]):
         assert batch["domain"][i].item() == ["lego", "clay"].index(name)
         assert batch["caption"][i] == f"a {name}" and batch["steps"][i] == [f"s{k}" for k in range(9)]
     # frame k (serpentine) is (seed, k, 255 - k): check the centre of frame 3 (row 1, col 2) exactly
-    cell = batch["pixels"][0, :, 32 + 16, 64 + 16]
-    assert torch.allclose(cell[1:], torch.tensor([3, 252]) / 127.5 - 1, atol=1e-6)
+    assert batch["pixels"][0, 32 + 16, 64 + 16, 1:].tolist() == [3, 252]
+    assert torch.allclose(pixels[0, 1:, 32 + 16, 64 + 16], torch.tensor([3, 252]) / 127.5 - 1, atol=1e-6)
 
 
 def test_unseen_domain_index(tmp_path):
@@ -311,9 +314,9 @@ def test_resolution_must_align_cells_with_tokens(tmp_path):
 def test_grids_are_resized_cell_by_cell(tmp_path):
     write_shards(tmp_path, [[sample("a", "clay", 2, 2)]])
     dm = ProcessDataModule(str(tmp_path), domains=["clay"], resolution=96, batch_size=1, num_workers=0)
-    pixels = next(iter(dm.train_dataloader()))["pixels"][0]  # (3, 96, 96); frame 2 is bottom right
-    expected = torch.tensor([0, 2, 253]) / 127.5 - 1
-    assert torch.allclose(pixels[:, 48:, 48:], expected[:, None, None].expand(3, 48, 48), atol=1e-6)  # no bleeding
+    pixels = next(iter(dm.train_dataloader()))["pixels"][0]  # (96, 96, 3) uint8; frame 2 is bottom right
+    expected = torch.tensor([0, 2, 253], dtype=torch.uint8)
+    assert torch.equal(pixels[48:, 48:], expected.expand(48, 48, 3))  # no bleeding
 
 
 def test_tar_members_readable_by_tarfile(tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 from pm_lightning import fit, latent_cache
 from pm_lightning.data.datamodule import ProcessDataModule
+from pm_lightning.data.pixels import float_pixels
 from pm_lightning.models.backbone import load_vae
 from pm_lightning.models.vae_latents import LatentCache, MissingLatents, WrongLatentCache
 from tests.conftest import TRAIN_DOMAINS
@@ -30,7 +31,7 @@ def batch(tiny_shards) -> dict:
     dm = ProcessDataModule(
         tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16
     )
-    return next(iter(dm.train_dataloader()))
+    return float_pixels(next(iter(dm.train_dataloader())))  # [-1, 1], as the Trainer's batch-transfer hook makes it
 
 
 def test_cached_latents_are_the_vae_encoding_of_the_training_grids(tiny_base, cache_dir, batch, capsys):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pm_lightning.data.datamodule import ProcessDataModule
+from pm_lightning.data.pixels import float_pixels
 from pm_lightning.training.metrics import PerDomainMean
 from tests.conftest import TRAIN_DOMAINS
 from tests.test_datamodule import sample, write_shards
@@ -51,7 +52,7 @@ def test_validation_figures_equal_one_process_whatever_the_rank_count(tmp_path, 
         module.val_fm = PerDomainMean(TRAIN_DOMAINS + ["mosaic", "origami"])
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                module.validation_step(batch, i)
+                module.validation_step(float_pixels(batch), i)  # as the Trainer's batch-transfer hook hands it
         return module.val_fm.total.clone(), module.val_fm.count.clone()
 
     opts = dict(domains=TRAIN_DOMAINS, resolution=96, batch_size=4)

@@ -10,6 +10,7 @@ import yaml
 from pm_lightning import fit
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.grid import serpentine_cells
+from pm_lightning.data.pixels import float_pixels
 from pm_lightning.inference.reference_sampling import (
     insert_between,
     recraft,
@@ -35,7 +36,7 @@ def batch(tiny_shards) -> dict:
     dm = ProcessDataModule(
         tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16
     )
-    return next(iter(dm.train_dataloader()))
+    return float_pixels(next(iter(dm.train_dataloader())))  # [-1, 1], as the Trainer's batch-transfer hook makes it
 
 
 @pytest.fixture(scope="module")

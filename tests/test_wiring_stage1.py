@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pm_lightning.data.datamodule import ProcessDataModule
+from pm_lightning.data.pixels import float_pixels
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapters import add_adapters, tuner_layers
 from pm_lightning.models.alignment import AlignmentConfig, teacher_features
@@ -29,7 +30,7 @@ def batch(tiny_shards) -> dict:
     dm = ProcessDataModule(
         tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=4, num_workers=0, shuffle_buffer=16
     )
-    return next(iter(dm.train_dataloader()))
+    return float_pixels(next(iter(dm.train_dataloader())))  # [-1, 1], as the Trainer's batch-transfer hook makes it
 
 
 def stage1(tiny_base, alignment: AlignmentConfig | None = None) -> Stage1Module:

@@ -3,8 +3,9 @@
 Pipeline per DataLoader worker (see docs/DATA.md):
 shard list (ordered, shuffled or resampled) -> tar samples -> metadata check -> optional domain balancing ->
 finite streams: this rank and worker's slice of the samples, padded to equal length (`data/rank_slice.py`) ->
-shuffle buffer (still PNG bytes) ->
-PNG decode + per-cell resize -> batches in the contract of docs/ARCHITECTURE.md.
+shuffle buffer (still PNG bytes, kept across epochs by persistent workers: `data/epoch_shuffle.py`) ->
+PNG decode + per-cell resize -> uint8 batches in the contract of docs/ARCHITECTURE.md; `on_after_batch_transfer`
+makes their pixels float [-1, 1] on the device (`data/pixels.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from pm_lightning.core.validate import NonNegativeInt, PositiveInt, Seed, Side
+from pm_lightning.data.pixels import float_pixels
 from pm_lightning.data.shard_writer import expand_shards, shard_indexes, shard_sample_counts
 from pm_lightning.data.skip_counter import SKIP_REASONS, CorruptSampleWarning, SkipCounter
 from pm_lightning.data.stream import (
@@ -143,10 +145,11 @@ class ProcessDataModule(L.LightningDataModule):
 
     def _loader(self, stream: ShardStream) -> DataLoader:
         """Batches are formed inside the stream, so the loader only parallelises it."""
-        return self._make_loader(stream, self.hparams.num_workers)
+        return self._make_loader(stream, self.hparams.num_workers, persistent=True)
 
-    def _make_loader(self, stream: ShardStream, workers: int) -> DataLoader:
-        """Fresh workers every pass: they read the pass's epoch and resume skip from the stream."""
+    def _make_loader(self, stream: ShardStream, workers: int, persistent: bool = False) -> DataLoader:
+        """Workers read each pass's epoch and resume skip from the stream's shared memory; persistent ones (training)
+        keep the shuffle buffer and skip the start-up of fresh processes at every epoch."""
         return EpochLoader(
             stream,
             batch_size=None,
@@ -154,7 +157,12 @@ class ProcessDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=self.hparams.pin_memory,
             prefetch_factor=4 if workers else None,
+            persistent_workers=persistent and workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """uint8 pixels -> float [-1, 1], on the device the batch was moved to (`data/pixels.py`)."""
+        return float_pixels(batch)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (optionally resampled and balanced) training batches."""

@@ -65,3 +65,25 @@ class QuietCounter(SkipCounter):
 
     def add(self, reason: str, url: str, key: str, detail: str, n: int = 1) -> None:
         pass
+
+
+class HeldCounter(SkipCounter):
+    """The counts of one epoch's pass, held until that epoch begins (`release`): a pass read ahead while the previous
+    epoch drains (`data/epoch_shuffle.py`) counts and warns in its own epoch, and nothing if that epoch never runs."""
+
+    def __init__(self, inner: SkipCounter):
+        self.inner, self.held, self.holding = inner, [], True
+        self.max_failures_in_a_row, self.failures_in_a_row = inner.max_failures_in_a_row, 0
+
+    def add(self, reason: str, url: str, key: str, detail: str, n: int = 1) -> None:
+        if self.holding:
+            self.held.append((reason, url, key, detail, n))
+        else:
+            self.inner.add(reason, url, key, detail, n)
+
+    def release(self) -> None:
+        """The epoch begins: add what was held, count directly from now on."""
+        self.holding = False
+        for args in self.held:
+            self.inner.add(*args)
+        self.held.clear()

@@ -2,7 +2,8 @@
 
 Samples flow: shard URLs -> tar members -> parsed metadata (layout checked per member) ->
 optional domain balancing -> a finite stream's slice for this rank and worker (`data/rank_slice.py`) ->
-shuffle buffer -> decoded grids in [-1, 1] -> batches. Corrupt members (unreadable, or well-formed with an
+shuffle buffer (kept across epochs: `data/epoch_shuffle.py`) -> decoded uint8 grids -> batches (the module converts
+them to [-1, 1] on its device: `data/pixels.py`). Corrupt members (unreadable, or well-formed with an
 impossible layout) are counted by reason and warned about with their shard and key, never raised.
 """
 
@@ -17,6 +18,7 @@ import random
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Iterator
 
@@ -27,9 +29,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from pm_lightning.data.domains import domain_index
+from pm_lightning.data.epoch_shuffle import EpochShuffle, Pass
 from pm_lightning.data.grid import frames_to_grid, grid_id, grid_to_frames
 from pm_lightning.data.rank_slice import slot_of, take_slice
-from pm_lightning.data.skip_counter import EmptyStream, QuietCounter, SkipCounter
+from pm_lightning.data.skip_counter import EmptyStream, HeldCounter, QuietCounter, SkipCounter
 
 TOKEN_PX = 16  # one Flux latent token covers 16 x 16 px (VAE /8, 2x2 packing)
 MAX_CELLS = 16  # rows or cols of a grid above this are absurd (ProcessMaker: 2x2 and 3x3)
@@ -98,8 +101,7 @@ def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> It
         if problem := layout_problem(rows, cols, steps, resolution):
             counter.add("bad_layout", url, key, problem)
             continue
-        png = sample["grid.png"]
-        yield dict(key=key, url=url, png=png, grid_id=grid_id(png), rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
+        yield dict(key=key, url=url, png=sample["grid.png"], rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
 
 
 def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Random) -> Iterator[dict]:
@@ -117,7 +119,8 @@ def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Rand
 def decode(
     src: Iterator[dict], counter: SkipCounter, resolution: int, domains: list[str], keep_slots: bool = False
 ) -> Iterator[dict]:
-    """PNG bytes -> (H, W, 3) uint8 tensor at resolution x resolution; corrupt PNGs are skipped. With `keep_slots`
+    """PNG bytes -> (H, W, 3) uint8 array at resolution x resolution and the PNG's grid id (hashed here, after the
+    slice and the shuffle: only this slot's samples); corrupt PNGs are skipped. With `keep_slots`
     (a rank's slice of a finite stream, `data/rank_slice.py`) a corrupt PNG is replaced by the last good sample marked
     `valid=False` (black pixels before any), so every rank still yields the same number of items."""
     last = None
@@ -129,11 +132,12 @@ def decode(
                 counter.add("bad_png", s["url"], s["key"], repr(err)[:300])
             if keep_slots:
                 black = np.zeros((resolution, resolution, 3), np.uint8)  # (H, W, 3)
-                stand_in = last or dict(s, pixels=black, domain_index=domain_index(s["domain"], domains))
+                domain = domain_index(s["domain"], domains)
+                stand_in = last or dict(s, pixels=black, grid_id=grid_id(s["png"]), domain_index=domain)
                 yield {k: v for k, v in stand_in.items() if k != "png"} | {"index": -1, "valid": False}
             continue
-        s.pop("png")
-        last = dict(s, pixels=pixels, domain_index=domain_index(s["domain"], domains))
+        png = s.pop("png")
+        last = dict(s, pixels=pixels, grid_id=grid_id(png), domain_index=domain_index(s["domain"], domains))
         yield last
 
 
@@ -147,19 +151,10 @@ def decode_grid(png: bytes, rows: int, cols: int, resolution: int) -> torch.Tens
     return np.asarray(img)  # (H, W, 3) uint8
 
 
-def to_unit_range(pixels: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1], in numpy (single-threaded: no OpenMP
-    oversubscription when DataLoader workers and the trainer share few cores)."""
-    out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=np.float32)
-    np.multiply(pixels.transpose(0, 3, 1, 2), np.float32(2.0 / 255.0), out=out)
-    out -= 1.0
-    return torch.from_numpy(out)
-
-
 def collate(samples: list[dict]) -> dict:
-    """Samples -> the batch dict of docs/ARCHITECTURE.md (pixels float in [-1, 1])."""
+    """Samples -> the batch dict of docs/ARCHITECTURE.md, pixels uint8 (`data/pixels.py` makes them [-1, 1])."""
     return {
-        "pixels": to_unit_range(np.stack([s["pixels"] for s in samples])),  # (B, 3, H, W) in [-1, 1]
+        "pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),  # (B, H, W, 3) uint8
         "caption": [s["caption"] for s in samples],
         "steps": [s["steps"] for s in samples],
         "domain": torch.tensor([s["domain_index"] for s in samples], dtype=torch.long),
@@ -212,65 +207,82 @@ def record_urls(src: Iterator[dict], urls: list[str]) -> Iterator[dict]:
 class ShardStream(IterableDataset):
     """Batches from shards, seeded by (seed, epoch, rank, worker).
 
-    `epoch` and `skip_batches` are set by EpochLoader in the main process before each pass; workers
-    are started afresh every pass, so they see both. `skip_batches` (a resumed pass) makes every
-    worker drop its first batches before decoding them.
+    `epoch` and `skip_batches` are set by EpochLoader in the main process before each pass and live in shared
+    memory, so persistent DataLoader workers read the current values at every pass. `skip_batches` (a resumed
+    pass) makes every worker drop its first batches before decoding them. A finite stream's shuffle buffer
+    (`data/epoch_shuffle.py`) lives as long as the worker and is refilled while the previous epoch drains.
     """
 
     def __init__(self, cfg: StreamConfig, counter: SkipCounter):
         super().__init__()
-        self.cfg, self.counter, self.epoch, self.skip_batches = cfg, counter, 0, 0
+        self.cfg, self.counter = cfg, counter
+        self._pass_state = mp.Array("q", 2, lock=False)  # (epoch, skip_batches), shared with the workers
+        self._buffer = EpochShuffle(cfg.shuffle_buffer) if cfg.shuffle_buffer > 1 and not cfg.resampled else None
+
+    epoch = property(lambda self: self._pass_state[0], lambda self, v: self._pass_state.__setitem__(0, v))
+    skip_batches = property(lambda self: self._pass_state[1], lambda self, v: self._pass_state.__setitem__(1, v))
 
     def __iter__(self) -> Iterator[dict]:
-        cfg = self.cfg
+        cfg, epoch, skip = self.cfg, self.epoch, self.skip_batches
         rank, world, worker, _ = wds.utils.pytorch_worker_info()
-        seed = wds.utils.make_seed(cfg.seed, self.epoch, rank, worker)
-        sliced = not cfg.resampled  # finite: every slot reads every shard, keeps its slice (data/rank_slice.py)
+        seed = wds.utils.make_seed(cfg.seed, epoch, rank, worker)
+        pad = not cfg.resampled and world > 1  # equal lengths matter across ranks only (one rank's loader takes uneven workers)
+        counter = self.counter if worker == 0 or cfg.resampled else QuietCounter(self.counter.max_failures_in_a_row)
+        make_pass = partial(self._pass, counter=counter)
+        if self._buffer is not None:  # finite: kept across epochs, the next one read while this one drains
+            run, buf = self._buffer.open(epoch, make_pass)
+            samples = self._buffer.shuffle(run, buf, make_pass, random.Random(seed))
+        else:  # resampled (refilled per epoch) or unshuffled
+            run = make_pass(epoch)
+            run.begin()
+            samples = run.samples
+            if cfg.shuffle_buffer > 1:
+                samples = wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed)(samples)
+        if skip:  # whole rounds of the loader's round-robin over workers: each skips as many
+            samples = islice(samples, skip * cfg.batch_size, None)
+        decoded = decode(samples, self.counter, cfg.resolution, cfg.domains, keep_slots=pad)
+        batches = wds.batched(cfg.batch_size, collation_fn=collate, partial=True)(decoded)
+        if cfg.resampled:
+            return islice(batches, self._per_worker_batches() - skip)
+        return self._then_count_lost(batches, run)
+
+    def _pass(self, epoch: int, counter: SkipCounter) -> Pass:
+        """One epoch's samples, before shuffling: shards -> tar members -> checked metadata -> (balanced) -> a finite
+        stream's slice for this rank and worker (every slot reads every shard: `data/rank_slice.py`). Its skip counts
+        are held until its epoch begins (`Pass.begin`): a pass read ahead counts in its own epoch."""
+        cfg, sliced = self.cfg, not self.cfg.resampled
         slot, slots = slot_of()
-        pad = sliced and world > 1  # equal lengths matter across ranks only (one rank's loader takes uneven workers)
-        counter = self.counter if worker == 0 or not sliced else QuietCounter(self.counter.max_failures_in_a_row)
-        given, per_shard = [], Counter()
+        rank, world, worker, _ = wds.utils.pytorch_worker_info()
+        counter = HeldCounter(counter)
+        run = Pass(epoch, iter(()), counter=counter, begin=counter.release)
         stages = [
-            *self._shard_stages(),
-            lambda src: record_urls(src, given),
+            *self._shard_stages(epoch),
+            lambda src: record_urls(src, run.given),
             wds.tarfile_to_samples(handler=counter.shard_error),
-            lambda src: count_per_shard(src, per_shard),
+            lambda src: count_per_shard(src, run.per_shard),
             lambda src: parse_meta(src, counter, cfg.resolution),
         ]
         if cfg.balance:  # finite: the same choice on every slot (before slicing), so slices stay disjoint
-            rng = random.Random(wds.utils.make_seed(cfg.seed, self.epoch) if sliced else seed)
+            rng = random.Random(wds.utils.make_seed(cfg.seed, epoch, *(() if sliced else (rank, worker))))
             stages.append(lambda src: balance(src, cfg.domain_counts, rng))
         if sliced:
-            stages.append(lambda src: take_slice(src, slot, slots, pad))
-        if cfg.shuffle_buffer > 1:
-            stages.append(wds.shuffle(cfg.shuffle_buffer, initial=cfg.shuffle_buffer, seed=seed))
-        skip = self.skip_batches  # whole rounds of the loader's round-robin over workers: each skips as many
-        if skip:
-            stages.append(lambda src: islice(src, skip * cfg.batch_size, None))
-        stages += [
-            lambda src: decode(src, self.counter, cfg.resolution, cfg.domains, keep_slots=pad),
-            wds.batched(cfg.batch_size, collation_fn=collate, partial=True),
-        ]
-        batches = iter(wds.DataPipeline(*stages))
-        if cfg.resampled:
-            return islice(batches, self._per_worker_batches() - skip)
-        return self._then_count_lost(batches, given, per_shard, counter)
+            stages.append(lambda src: take_slice(src, slot, slots, pad=world > 1))
+        run.samples = iter(wds.DataPipeline(*stages))
+        return run
 
-    def _then_count_lost(
-        self, batches: Iterator[dict], given: list[str], per_shard: Counter, counter: SkipCounter
-    ) -> Iterator[dict]:
+    def _then_count_lost(self, batches: Iterator[dict], run: Pass) -> Iterator[dict]:
         """A finite pass, then: samples index.json promised that no shard gave are counted as "lost" by shard."""
         yield from batches
-        for url in given:
+        for url in run.given:
             expected = (self.cfg.shard_samples or {}).get(os.path.abspath(url))
-            if expected is not None and per_shard[url] < expected:
-                missing = expected - per_shard[url]
-                counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
+            if expected is not None and run.per_shard[url] < expected:
+                missing = expected - run.per_shard[url]
+                run.counter.add("lost", url, "", f"{missing} of its {expected} samples could not be read", n=missing)
 
-    def _shard_stages(self) -> list:
+    def _shard_stages(self, epoch: int) -> list:
         """Shard URL source: resampled (infinite, drawn per rank and worker) or the ordered list, the same on every
         rank and worker (each keeps its slice of the samples: `take_slice`)."""
-        cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, self.epoch)
+        cfg, epoch_seed = self.cfg, wds.utils.make_seed(self.cfg.seed, epoch)
         if cfg.resampled:  # every worker draws its own shards; seeded per worker and epoch
             return [wds.ResampledShards(cfg.urls, seed=epoch_seed, deterministic=True)]
         order_seed = epoch_seed if cfg.shuffle_buffer > 1 else None  # same permutation on every rank

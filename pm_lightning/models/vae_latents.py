@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.dtypes import dtype_name
 from pm_lightning.core.progress import progress_bar
+from pm_lightning.data.pixels import unit_range
 from pm_lightning.data.shard_grids import shard_grids
-from pm_lightning.data.stream import to_unit_range as convert
 from pm_lightning.models.backbone import vae_encode
 
 FORMAT = 1
@@ -148,9 +148,9 @@ class LatentCache:
         return torch.stack([load_file(p)["latents"] for p in paths])  # (B, 16, h, w)
 
 
-def to_unit_range(pixels: list[np.ndarray]) -> torch.Tensor:
-    """uint8 (H, W, 3) grids -> (B, 3, H, W) float32 in [-1, 1], exactly as the training stream converts them."""
-    return convert(np.stack(pixels))
+def to_unit_range(pixels: list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (H, W, 3) grids -> (B, 3, H, W) float32 in [-1, 1] on `device`, exactly as training converts them."""
+    return unit_range(torch.from_numpy(np.stack(pixels)).to(device))  # (B, 3, H, W)
 
 
 @torch.no_grad()
@@ -161,7 +161,7 @@ def precompute(cache: LatentCache, vae, shards: list[str], resolution: int, batc
     before, pending, written = len(done), [], 0
 
     def flush():
-        latents = vae_encode(vae, to_unit_range([g.pixels for g in pending]).to(vae.device, vae.dtype))  # (B, 16, h, w)
+        latents = vae_encode(vae, to_unit_range([g.pixels for g in pending], vae.device).to(vae.dtype))  # (B, 16, h, w)
         for g, z in zip(pending, latents):
             cache.save(g.grid_id, z, resolution, g.key)
         pending.clear()

@@ -18,6 +18,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.validate import PositiveInt, Seed
+from pm_lightning.data.pixels import float_pixels_of
 from pm_lightning.models.backbone import FluxBackbone, image_ids, pack
 from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
 from pm_lightning.models.vae_latents import LatentCache
@@ -191,9 +192,10 @@ class FlowMatchingModule(L.LightningModule):
 
     def clean_latents(self, batch: dict) -> torch.Tensor:
         """(B, 16, h, w) latents of the batch's grids: read from the latent cache, else encoded by the VAE."""
+        pixels = float_pixels_of(batch)  # (B, 3, H, W)
         if self.latent_cache is None:
-            return self.backbone.encode_images(batch["pixels"].to(self.device, self.backbone.dtype))
-        resolution = batch["pixels"].shape[-1]
+            return self.backbone.encode_images(pixels.to(self.device, self.backbone.dtype))
+        resolution = pixels.shape[-1]
         latents = self.latent_cache.load(batch["grid_id"], resolution, batch.get("key"), batch.get("url"))
         return latents.to(self.device, self.backbone.dtype)
 

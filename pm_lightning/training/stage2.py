@@ -18,6 +18,7 @@ import torch
 
 from pm_lightning.core.validate import PositiveInt, Side
 from pm_lightning.data.grid import tensor_frames_to_grid
+from pm_lightning.data.pixels import float_pixels_of
 from pm_lightning.data.reference_cells import (
     DUAL_LAYOUT,
     MODES,
@@ -128,7 +129,7 @@ class Stage2Module(FlowMatchingModule):
         else:
             gens = [selection_generator(self.seed, step, self.global_rank)] * len(batch["pixels"])
         out = {"frames": [], "rows": [], "cols": [], "references": [], "caption": []}
-        for i, (pixels, g) in enumerate(zip(batch["pixels"], gens)):
+        for i, (pixels, g) in enumerate(zip(float_pixels_of(batch), gens)):
             rows, cols = int(batch["rows"][i]), int(batch["cols"][i])
             caption, steps = batch["caption"][i], batch["steps"][i]
             if self.mode == "dual":
