@@ -21,6 +21,7 @@ import _paths  # noqa: F401 - bench/ is on sys.path as a script; this puts the r
 import torch
 from docs_section import write_section
 from step_setup import StepSetup, build_module, make_batch, train_step
+from torch._dynamo.utils import counters
 
 from pm_lightning.models.adapters import adapter_parameters  # noqa: E402
 from pm_lightning.models.compile_blocks import compile_blocks  # noqa: E402
@@ -76,8 +77,10 @@ def compile_split(setup: StepSetup, steps: int) -> dict:
             compile_blocks(module.transformer)
         opt = build_optimizer(adapter_parameters(module.transformer), OptimizerConfig())
         batch = make_batch(setup, "cpu")
+        graphs = counters["stats"]["unique_graphs"]
         times = [timed(lambda m=module, o=opt, b=batch: train_step(m, o, b, setup, "cpu")) for _ in range(steps + 2)]
-        out[mode] = {"first": times[0], "steady": statistics.median(times[2:])}
+        graphs = counters["stats"]["unique_graphs"] - graphs  # dynamo graphs made: 0 when nothing compiled
+        out[mode] = {"first": times[0], "steady": statistics.median(times[2:]), "graphs": graphs}
     return out
 
 
@@ -107,10 +110,10 @@ def compile_table(label: str, r: dict, steps: int) -> str:
             f"Compiled blocks (`model.init_args.compile: true`, inductor) vs eager, {label}, CPU, 1 thread, grouped "
             f"CAME; first step (compile included), then the median of {steps} steady steps after one more:",
             "",
-            "| mode | first step s | steady step s |",
-            "|---|---:|---:|",
-            f"| eager | {eager['first']:.2f} | {eager['steady']:.3f} |",
-            f"| compiled blocks | {comp['first']:.2f} | {comp['steady']:.3f} |",
+            "| mode | graphs compiled | first step s | steady step s |",
+            "|---|---:|---:|---:|",
+            f"| eager | {eager['graphs']} | {eager['first']:.2f} | {eager['steady']:.3f} |",
+            f"| compiled blocks | {comp['graphs']} | {comp['first']:.2f} | {comp['steady']:.3f} |",
             "",
             f"**compiled / eager steady step: {comp['steady'] / eager['steady']:.3f}x**; compile cost "
             f"{comp['first'] - eager['first']:.0f} s",
