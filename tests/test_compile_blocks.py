@@ -2,12 +2,12 @@
 checkpointing, masked LoRA routed per sample and the alignment hooks; the loss and every adapter gradient equal the
 eager step's.
 
-The backend here is dynamo's "eager": each block's forward is traced into a graph, guarded and run from it, which is what
-composing with checkpointing, routing and hooks depends on; the graphs' kernels are eager ones. With "aot_eager" (AOT
-autograd's forward / backward split too) a manual run of the same comparison gave bit-equal loss and gradients, with a
-first compiled step of 125 s instead of 33 s;
-inductor's C++ kernels take minutes on this CPU (`bench/optim_step.py` measures them), so they are not checked here.
-Slow tier: 48 s and 93 s on the shared 2-core machine under load (31 s CPU time): over the ~20 s a slow test may take. Checked red once: with `compile_blocks`
+The backend here is dynamo's "eager": each block's forward is traced into a graph, guarded and run from it, which is
+what composing with checkpointing, routing and hooks depends on; the graphs' kernels are eager ones. With "aot_eager"
+(AOT autograd's forward / backward split too) a manual run of the same comparison gave bit-equal loss and gradients,
+with a first compiled step of 125 s instead of 33 s; inductor's C++ kernels take minutes on this CPU
+(`bench/optim_step.py` measures them), so they are not checked here. Slow tier: 48 s and 93 s on the shared 2-core
+machine under load (31 s CPU time), over the ~20 s a slow test may take. Checked red once: with `compile_blocks`
 compiling nothing, the graph-count assertion fails."""
 
 import pytest
