@@ -140,6 +140,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/stage1.py --write-docs
+	$(BIN)/python bench/optim_step.py --write-docs
 	$(BIN)/python bench/eval.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/inference.py

@@ -27,7 +27,9 @@ LATENT_CHANNELS, PX_PER_TOKEN = 16, 16  # VAE: 16 channels, 8 px per latent cell
 class StepSetup:
     """What one benchmark run measures."""
 
-    scale: str = "full"  # "full" (the variant's transformer) or "small" (the tiny Flux transformer, models/variants.py)
+    # "full" (the variant's transformer), "small" (the tiny Flux transformer, models/variants.py) or "narrow" (the
+    # variant's depth at the tiny width: as many blocks and LoRA tensors as the full model, CPU-sized)
+    scale: str = "full"
     variant: str = "flux-dev"
     device: str = "cuda"
     precision: str = "bf16-mixed"  # "bf16-mixed" (bf16 base + autocast) or "32"
@@ -59,7 +61,10 @@ class StepSetup:
         from pm_lightning.models.backbone import meta_transformer
 
         cfg = {k: v for k, v in dict(meta_transformer(self.variant).config).items() if not k.startswith("_")}
-        return dict(cfg, **TINY_FLUX_TRANSFORMER) if self.scale == "small" else cfg
+        if self.scale == "full":
+            return cfg
+        depth = {k: cfg[k] for k in ("num_layers", "num_single_layers")} if self.scale == "narrow" else {}
+        return {**cfg, **TINY_FLUX_TRANSFORMER, **depth}
 
 
 class RandomBackbone(nn.Module):

@@ -20,6 +20,7 @@ from pm_lightning.core.errors import BadInput
 from pm_lightning.core.validate import PositiveInt, Seed
 from pm_lightning.data.pixels import float_pixels_of
 from pm_lightning.models.backbone import FluxBackbone, image_ids, pack
+from pm_lightning.models.compile_blocks import compile_blocks
 from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
 from pm_lightning.models.vae_latents import LatentCache
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
@@ -54,6 +55,7 @@ class FlowMatchingModule(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         dtype: str | None = None,
         gradient_checkpointing: bool = False,
+        compile: bool = False,
         text_cache_dir: str | None = None,
         text_cache_only: bool = False,
         quantize: Literal["none", "int8", "fp8", "nf4"] = "none",
@@ -70,6 +72,10 @@ class FlowMatchingModule(L.LightningModule):
             dtype: dtype of the frozen base ("float32", "bfloat16", "float16"); null = derived from the trainer's
                 precision and strategy (`pm_lightning/training/precision.py`). Adapters always train in fp32.
             gradient_checkpointing: recompute block activations in the backward pass.
+            compile: torch.compile each double- and single-stream block's forward once (regional compilation,
+                `models/compile_blocks.py`): the first steps trace and compile (minutes at FLUX scale), later steps
+                run the compiled blocks. Composes with gradient checkpointing, LoRA routing, the alignment hooks,
+                DDP and FSDP2 (their hooks stay outside the compiled forward).
             text_cache_dir: on-disk cache of text embeddings keyed by caption text.
             text_cache_only: never load the text encoders (T5-XXL, CLIP): every caption, and every sample prompt,
                 must be in `text_cache_dir` (fill it once with `python -m pm_lightning.text_cache`); a missing one
@@ -96,6 +102,7 @@ class FlowMatchingModule(L.LightningModule):
         self.base, self.domains = base, list(domains or [])
         self.flow_cfg, self.optim_cfg = flow or FlowConfig(), optimizer or OptimizerConfig()
         self.dtype_name, self.gradient_checkpointing = dtype, gradient_checkpointing
+        self.compiled_blocks = compile  # not `self.compile`: that is nn.Module's compile()
         self.text_cache_dir, self.text_cache_only, self.seed = text_cache_dir, text_cache_only, seed
         self.backbone = None
         self.val_fm: PerDomainMean | None = None
@@ -113,6 +120,7 @@ class FlowMatchingModule(L.LightningModule):
             "optimizer": asdict(self.optim_cfg),
             "dtype": self.dtype_name,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "compile": self.compiled_blocks,
             "text_cache_dir": self.text_cache_dir,
             "text_cache_only": self.text_cache_only,
             "quantize": self.quantize,
@@ -157,6 +165,8 @@ class FlowMatchingModule(L.LightningModule):
         self.prepare_base(self.backbone)
         quantize_base(self.backbone.transformer, self.quantize)
         self.add_stage_adapters(self.backbone.transformer)
+        if self.compiled_blocks:
+            compile_blocks(self.backbone.transformer)
         if self.quantize != "none":  # every rank loads and quantizes the same base: DDP need not (cannot) broadcast it
             ddp_ignore(self, [name for name, p in self.named_parameters() if is_quantized(p)])
 

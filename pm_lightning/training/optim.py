@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,8 +13,11 @@ from came_pytorch import CAME
 from torch.distributed.tensor import DTensor, Replicate
 
 from pm_lightning.core.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat
+from pm_lightning.training.came_grouped import GroupedCAME
 
 OPTIMIZERS = ("came", "adamw")
+IMPLEMENTATIONS = ("grouped", "reference")
+log = logging.getLogger(__name__)
 SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
 
 
@@ -30,6 +34,10 @@ class OptimizerConfig:
         schedule: "constant", "warmup_constant" or "warmup_cosine".
         warmup_steps: linear warm-up length in optimizer steps.
         total_steps: length of the cosine decay (warmup_cosine only).
+        implementation: "grouped" (default) steps all tensors of a shape at once: CAME batched over same-shape
+            stacks (`training/came_grouped.py`; FSDP2's DTensor parameters fall back to the per-tensor CAME, logged),
+            AdamW with torch's fused kernel on CUDA and its foreach kernels elsewhere; "reference" is came-pytorch's
+            per-tensor loop and AdamW's per-tensor loop (foreach=False). Same maths, equal within float rounding.
     """
 
     name: Literal["came", "adamw"] = "came"
@@ -40,12 +48,15 @@ class OptimizerConfig:
     schedule: Literal["constant", "warmup_constant", "warmup_cosine"] = "constant"
     warmup_steps: NonNegativeInt = 0
     total_steps: NonNegativeInt = 0
+    implementation: Literal["grouped", "reference"] = "grouped"
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"optimizer.implementation must be one of {IMPLEMENTATIONS}, got {self.implementation!r}")
         if self.lr <= 0:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
@@ -58,10 +69,20 @@ class OptimizerConfig:
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """The configured optimizer over `params`."""
     params = list(params)
+    grouped = cfg.implementation == "grouped"
     if cfg.name == "came":
-        return sharding_aware_came()(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        cls = sharding_aware_came()
+        if grouped and any(_is_dtensor(p) for p in params):
+            log.info("optimizer.implementation grouped: FSDP2 DTensor parameters step with the per-tensor CAME")
+        elif grouped:
+            cls = GroupedCAME
+        return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     adam_eps = cfg.eps[0] if cfg.eps[0] >= 1e-12 else 1e-8
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas[:2], eps=adam_eps, weight_decay=cfg.weight_decay)
+    fused = grouped and bool(params) and all(p.device.type == "cuda" for p in params)
+    kernels = {"fused": True} if fused else {"foreach": grouped}
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.betas[:2], eps=adam_eps, weight_decay=cfg.weight_decay, **kernels
+    )
 
 
 def lr_factor(step: int, cfg: OptimizerConfig) -> float:

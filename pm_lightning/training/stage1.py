@@ -39,7 +39,7 @@ class Stage1Module(FlowMatchingModule):
             adapter: adapter kind, rank, alpha, targets and mask settings (num_domains follows `domains`).
             alignment: representation alignment to the frozen base (on/off, layers, lambda0, schedule).
             **kwargs: the arguments every stage shares (`FlowMatchingModule`: base, domains, flow, optimizer,
-                dtype, gradient_checkpointing, text_cache_dir, seed).
+                dtype, gradient_checkpointing, compile, text_cache_dir, seed).
         """
         super().__init__(**kwargs)
         self.adapter_cfg = replace(adapter or AdapterConfig(), num_domains=max(1, len(self.domains)))

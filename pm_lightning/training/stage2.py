@@ -68,7 +68,7 @@ class Stage2Module(FlowMatchingModule):
             max_gap: dual mode: largest index gap between consecutive chosen frames (1 = consecutive).
             step_text: dual mode: append ", between: <step b>; <step c>" to the caption when step texts exist.
             **kwargs: the arguments every stage shares (`FlowMatchingModule`: base, domains, flow, optimizer,
-                dtype, gradient_checkpointing, text_cache_dir, seed).
+                dtype, gradient_checkpointing, compile, text_cache_dir, seed).
         """
         super().__init__(**kwargs)
         if self.latent_cache_dir:
