@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from pm_lightning.core import validate as v
+from pm_lightning.core.run_layout import WANDB
 
 DEFAULT_PLAN = "experiments/ablations/plans/tiny.yaml"
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {paths['results_md']}, {paths['results_json']}, {out / 'charts'}/, {out / 'pictures'}/")
     if "wandb_summary" in paths:
-        print(f"W&B summary run: {paths['wandb_summary']} (offline runs: wandb sync {out}/**/wandb/offline-run-*)")
+        print(f"W&B summary run: {paths['wandb_summary']} (offline runs: wandb sync {out}/**/{WANDB}/offline-run-*)")
     if args.write_docs:
         driver.copy_to_docs(out, project_path("docs"))
     if not outcome.ok:

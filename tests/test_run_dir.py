@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from pm_lightning import fit
-from pm_lightning.training.run_dir import RUN_OUTPUTS, RunDirectoryInUse, check_run_directory
+from pm_lightning.core.run_layout import RUN_OUTPUTS
+from pm_lightning.training.run_dir import RunDirectoryInUse, check_run_directory
 from tests.test_fit import small_config, with_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pm_lightning.data.synthetic_canvas import COLOURS, NUMBERS
 from pm_lightning.data.synthetic_corpus import (
     DOMAINS,
     HELDOUT_DOMAINS,
@@ -23,7 +24,6 @@ from pm_lightning.data.synthetic_corpus import (
     generate_sequence,
     write_corpus,
 )
-from pm_lightning.data.synthetic_renderers import COLOURS, NUMBERS
 
 REPO = Path(__file__).resolve().parents[1]
 

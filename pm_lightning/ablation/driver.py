@@ -22,6 +22,7 @@ from pm_lightning.ablation.row_params import row_parameters
 from pm_lightning.ablation.runner import Outcome, PlanChanged, Runner
 from pm_lightning.ablation.wandb_runs import log_eval_run, log_summary_run
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.run_layout import RunDir
 
 PLAN_FILE = "plan.json"
 
@@ -98,9 +99,9 @@ def run_eval_job(out: Path, job_id: str) -> int:
     record = evaluate_pair(plan, out, job.row, job.seed)
     configs, s1 = {}, plan.stage1_row(job.row)  # the resolved configs of the trainings it evaluates
     if s1 is not None:
-        configs["stage1"] = _yaml(stage1_dir(out, s1, job.seed) / "config.yaml")
+        configs["stage1"] = _yaml(RunDir(stage1_dir(out, s1, job.seed)).config)
     if plan.rows[job.row].stage2:
-        configs["stage2"] = _yaml(stage2_dir(out, s1, job.seed) / "config.yaml")
+        configs["stage2"] = _yaml(RunDir(stage2_dir(out, s1, job.seed)).config)
     where = log_eval_run(plan, out, eval_dir(out, job.row, job.seed), job.row, job.seed, record, configs)
     print(f"{job_id}: {len(record['samples'])} samples scored in {record['eval_s']:.0f} s; W&B run {where}")
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.core.paths import project_path
+from pm_lightning.core.run_layout import RunDir
 
 
 @dataclass
@@ -49,7 +50,7 @@ def eval_dir(out: Path, row: str, seed: int) -> Path:
 
 def fused_stage1(plan: Plan, out: Path, row: str, seed: int) -> Path:
     """The stage-1 file a row's stage 2 trains on and inference fuses (default the domain-free `unseen` one)."""
-    return stage1_dir(out, row, seed) / "lora" / "final" / f"{plan.stage2_fuses}.safetensors"
+    return RunDir(stage1_dir(out, row, seed)).lora_final / f"{plan.stage2_fuses}.safetensors"
 
 
 def build_jobs(plan: Plan, out: Path) -> list[Job]:
@@ -124,10 +125,10 @@ def fit_command(plan: Plan, job: Job) -> list[str]:
 
 def resume_flags(run_dir: Path) -> list[str]:
     """An interrupted training: resume from its last checkpoint, or start over when it left no `last.ckpt`."""
-    ckpts = run_dir / "checkpoints"
-    if (ckpts / "last.ckpt").is_file():
+    run = RunDir(run_dir)
+    if run.last_checkpoint.is_file():
         return ["--ckpt_path", "last"]
-    if ckpts.is_dir() and any(ckpts.rglob("*.ckpt")):
+    if run.checkpoints.is_dir() and any(run.checkpoints.rglob("*.ckpt")):
         return ["--start_over", "true"]
     return []
 
@@ -143,5 +144,5 @@ def job_command(plan: Plan, out: Path, job: Job) -> list[str]:
 
 def training_finished(job: Job) -> bool:
     """A training's outputs are all there: the final LoRA folder LoraExport writes at the end."""
-    final = job.out / "lora" / "final"
+    final = RunDir(job.out).lora_final
     return final.is_dir() and any(final.glob("*.safetensors"))

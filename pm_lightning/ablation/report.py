@@ -13,6 +13,7 @@ from pm_lightning.ablation.columns import column, format_value
 from pm_lightning.ablation.jobs import eval_dir
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.run_layout import RunDir
 
 
 def cell(key: str, summary: dict | None) -> str:
@@ -116,7 +117,7 @@ def write_figures(plan: Plan, out: Path, results: dict) -> tuple[dict[str, Path]
             charts[metric] = path
     seed = plan.seeds[0]
     for row in plan.active_rows:
-        samples = eval_dir(out, row, seed) / "samples"
+        samples = RunDir(eval_dir(out, row, seed)).samples
         grids = sorted((p.name, p / "grid.png") for p in samples.iterdir() if (p / "grid.png").is_file()) if samples.is_dir() else []  # fmt: skip
         if grids:
             path = out / "pictures" / f"{row}.png"

@@ -20,8 +20,9 @@ from pm_lightning.ablation.jobs import eval_dir, fused_stage1, stage1_dir, stage
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.ablation.prompts import Prompt, plan_prompts, sampler_seed, write_truth
 from pm_lightning.core.atomic import atomic_path
+from pm_lightning.core.run_layout import RunDir
 from pm_lightning.inference.request import GenerationRequest
-from pm_lightning.models.lora_names import lora_file_for
+from pm_lightning.models.lora_names import PLAIN, SUFFIX, lora_file_for
 
 
 def generation_request(
@@ -134,12 +135,12 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     from pm_lightning.models.encoders import Encoders
 
     start, out, spec = time.perf_counter(), Path(out), plan.rows[row]
-    folder, s1 = eval_dir(out, row, seed), plan.stage1_row(row)
+    folder, s1 = RunDir(eval_dir(out, row, seed)), plan.stage1_row(row)
     prompts = plan_prompts(plan.eval, out / "truth")
     write_truth(plan.eval, prompts)
-    lora_dir = stage1_dir(out, s1, seed) / "lora" / "final" if s1 else None
+    lora_dir = RunDir(stage1_dir(out, s1, seed)).lora_final if s1 else None
     with_texts = spec.adaptive != "without Delta_sem"  # that row is "without step texts" (eval/adaptive_truth.ROWS)
-    jobs = [(i, p, generation_request(plan, p, seed, i, folder / "samples" / p.id, p.steps if with_texts else None))
+    jobs = [(i, p, generation_request(plan, p, seed, i, folder.samples / p.id, p.steps if with_texts else None))
             for i, p in enumerate(prompts)]  # fmt: skip
     models = Models(plan.eval.base, Runtime.resolve(plan.eval.device, plan.eval.dtype))
     enc = Encoders.load(clip=plan.eval.clip, dino=plan.eval.dino, device=models.runtime.device)
@@ -160,7 +161,7 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     for (_, p, req), (grid, frames, used, settings) in zip(jobs, firsts):
         notes, result, timings = [], None, {}
         if spec.adaptive:
-            stage2 = stage2_dir(out, s1, seed) / "lora" / "final" / "lora.safetensors"
+            stage2 = RunDir(stage2_dir(out, s1, seed)).lora_final / f"{PLAIN}{SUFFIX['diffusers']}"
             req = replace(req, adaptive=True, stage2=stage2, stage2_fuse=fused_stage1(plan, out, s1, seed))
             t0 = time.perf_counter()
             cfg = AdaptiveConfig.from_dict(config)
@@ -172,10 +173,10 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
         if p.truth is not None:
             report["ground_truth"] = str(p.truth.resolve())
         write_sample(req.out, grid, final, captions_for(result, req.steps, len(final)), report)
-    results = evaluate(folder / "samples", enc, judge_for(plan, out / "judge-cache"))
+    results = evaluate(folder.samples, enc, judge_for(plan, out / "judge-cache"))
     metrics = table_metrics(results, plan.eval.held_out)
     if spec.adaptive:
-        counts = [edits(json.loads((folder / "samples" / p.id / "report.json").read_text())["adaptive"])
+        counts = [edits(json.loads((folder.samples / p.id / "report.json").read_text())["adaptive"])
                   for p in prompts]  # fmt: skip
         metrics["inserted"] = sum(c[0] for c in counts) / len(counts)
         metrics["deleted"] = sum(c[1] for c in counts) / len(counts)
@@ -183,6 +184,6 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     record = {"row": row, "seed": seed, "metrics": metrics, "samples": results["samples"],
               "skipped": results["skipped"], "adaptive_config": config, "encoders": results["encoders"],
               "eval_s": round(time.perf_counter() - start, 2)}  # fmt: skip
-    with atomic_path(folder / "metrics.json") as tmp:
+    with atomic_path(folder.root / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     return record

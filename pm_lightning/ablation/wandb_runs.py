@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pm_lightning.ablation.columns import column
 from pm_lightning.ablation.plan import Plan
+from pm_lightning.core.run_layout import RunDir
 from pm_lightning.training import wandb_logger
 
 ID_FILE = "wandb-id"  # OUT/wandb-id: the folder's W&B id prefix, made once (a --start-over folder gets a new one)
@@ -41,7 +42,7 @@ def start_run(plan: Plan, folder: Path, job_type: str, name: str, tags: list[str
     folder.mkdir(parents=True, exist_ok=True)
     mode = "online" if wandb_logger.has_wandb_credentials() else "offline"
     if mode == "offline":
-        for old in (folder / "wandb").glob(f"offline-run-*-{id}"):
+        for old in RunDir(folder).wandb.glob(f"offline-run-*-{id}"):
             shutil.rmtree(old, ignore_errors=True)
     return wandb.init(project=plan.project, group=plan.name, job_type=job_type, name=name, id=id, resume="allow",
                       tags=sorted(set(tags)), config=config, dir=str(folder), mode=mode)  # fmt: skip

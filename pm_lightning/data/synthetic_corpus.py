@@ -19,8 +19,9 @@ from typing import Callable, Iterable
 from PIL import Image, ImageDraw, ImageFont
 
 from pm_lightning.core.progress import progress_bar
+from pm_lightning.data import synthetic_held_out as held_out
 from pm_lightning.data import synthetic_renderers as sd
-from pm_lightning.data.synthetic_renderers import Canvas
+from pm_lightning.data.synthetic_canvas import Canvas
 
 
 # ---------------------------------------------------------------- backgrounds (empty frames)
@@ -90,8 +91,8 @@ SPECS: dict[str, DomainSpec] = {
     "sketch": DomainSpec(9, bg_paper, sd.render_sketch),
     "garden": DomainSpec(9, bg_garden, sd.render_garden),
     "pixel_art": DomainSpec(4, bg_checker, sd.render_pixel_art),
-    "origami": DomainSpec(4, bg_plain((85, 65, 115)), sd.render_origami),
-    "mosaic": DomainSpec(9, bg_plain((165, 160, 150)), sd.render_mosaic),
+    "origami": DomainSpec(4, bg_plain((85, 65, 115)), held_out.render_origami),
+    "mosaic": DomainSpec(9, bg_plain((165, 160, 150)), held_out.render_mosaic),
 }
 TRAIN_DOMAINS: tuple[str, ...] = ("lego", "painting", "fabric_toy", "cake", "sketch", "garden", "pixel_art")
 HELDOUT_DOMAINS: tuple[str, ...] = ("origami", "mosaic")

@@ -1,11 +1,7 @@
-"""Renderers of the synthetic procedural domains, drawn in relative coordinates.
-
-Each renderer draws on a `Canvas` one step at a time and snapshots a frame after every
-step, so every frame is the previous one plus (or painted over by) the new step. The canvas counts the
-elements (drawing primitives: boxes, ellipses, polygons, lines, hatchings) each step adds or paints over:
-the ground-truth amount of change between frames (`Canvas.changes`). Colours,
-shapes, counts and positions come from the caller's `random.Random`, and the caption names
-the ones that change what is drawn.
+"""Renderers of the seven synthetic training domains, drawn on a `Canvas` (`data/synthetic_canvas.py`) in
+relative coordinates, one frame per step. Colours, shapes, counts and positions come from the caller's
+`random.Random`, and the caption names the ones that change what is drawn. The held-out domains:
+`data/synthetic_held_out.py`.
 """
 
 from __future__ import annotations
@@ -13,104 +9,7 @@ from __future__ import annotations
 import math
 import random
 
-from PIL import Image, ImageDraw
-
-COLOURS = {
-    "red": (215, 40, 40), "orange": (240, 135, 30), "yellow": (245, 205, 35),
-    "green": (55, 160, 65), "blue": (45, 95, 215), "purple": (135, 60, 180),
-    "pink": (240, 125, 175), "brown": (130, 80, 40), "white": (245, 245, 240),
-    "black": (25, 25, 25), "gray": (130, 130, 135),
-}
-NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
-
-
-def shade(rgb: tuple, f: float) -> tuple:
-    """Darken (f < 1) or lighten towards white (f > 1) a colour."""
-    if f <= 1:
-        return tuple(int(v * f) for v in rgb)
-    return tuple(int(v + (255 - v) * (f - 1)) for v in rgb)
-
-
-class Canvas:
-    """An RGB frame drawn in relative coordinates (0..1) that records one frame per step."""
-
-    def __init__(self, size: int, background: tuple = (255, 255, 255)):
-        self.size = size
-        self.img = Image.new("RGB", (size, size), background)
-        self.draw = ImageDraw.Draw(self.img)
-        self.frames: list[Image.Image] = []
-        self.steps: list[str] = []
-        self.changes: list[int] = []  # elements drawn by each step
-        self._elements = 0
-
-    def xy(self, points) -> list[tuple[int, int]]:
-        """Relative points -> integer pixel points (rounded once, so every size is exact)."""
-        return [(round(x * self.size), round(y * self.size)) for x, y in points]
-
-    def w(self, width: float) -> int:
-        """Relative line width -> pixels, never thinner than one pixel."""
-        return max(1, round(width * self.size))
-
-    def rect(self, x0, y0, x1, y1, fill, outline=None, width=0.0):
-        """Axis-aligned box; x1/y1 exclusive so adjacent boxes tile without overlap."""
-        self._elements += 1
-        (a, b), (c, d) = self.xy([(x0, y0), (x1, y1)])
-        self.draw.rectangle([a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline,
-                            width=self.w(width) if outline else 0)
-
-    def ellipse(self, cx, cy, rx, ry, fill=None, outline=None, width=0.0):
-        """Ellipse by centre and radii."""
-        self._elements += 1
-        (a, b), (c, d) = self.xy([(cx - rx, cy - ry), (cx + rx, cy + ry)])
-        if c - a < 2 or d - b < 2:  # PIL draws nothing for a 1-px ellipse; keep small things visible
-            self.draw.rectangle([a, b, max(a, c - 1), max(b, d - 1)], fill=fill or outline)
-            return
-        self.draw.ellipse([a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline,
-                          width=self.w(width) if outline else 1)
-
-    def poly(self, points, fill, outline=None):
-        """Filled polygon."""
-        self._elements += 1
-        self.draw.polygon(self.xy(points), fill=fill, outline=outline)
-
-    def line(self, points, fill, width=0.02):
-        """Polyline."""
-        self._elements += 1
-        self.draw.line(self.xy(points), fill=fill, width=self.w(width), joint="curve")
-
-    def hatch(self, points, fill, spacing=0.05, width=0.012):
-        """Diagonal hatching clipped to a polygon (pencil shading)."""
-        self._elements += 1
-        layer = self.img.copy()
-        d = ImageDraw.Draw(layer)
-        spacing = max(spacing, 4 * self.w(width) / self.size)  # 1-px lines at small sizes: keep the density
-        for k in range(-int(1 / spacing) - 1, int(1 / spacing) + 2):
-            x = k * spacing
-            d.line(self.xy([(x, 1.0), (x + 1.0, 0.0)]), fill=fill, width=self.w(width))
-        mask = Image.new("L", self.img.size, 0)
-        ImageDraw.Draw(mask).polygon(self.xy(points), fill=255)
-        self.img.paste(layer, mask=mask)  # in place, so self.draw keeps drawing on it
-
-    def step(self, text: str):
-        """Record the current picture as the frame that follows `text`."""
-        self.frames.append(self.img.copy())
-        self.steps.append(text)
-        self.changes.append(self._elements)
-        self._elements = 0
-
-
-def a(word: str) -> str:
-    """'a red', 'an orange'."""
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-
-def count(n: int, noun: str) -> str:
-    """'one tree', 'three trees'."""
-    return f"{NUMBERS[n]} {noun}{'' if n == 1 else 's'}"
-
-
-# ---------------------------------------------------------------- training domains
+from pm_lightning.data.synthetic_canvas import COLOURS, ORDINALS, Canvas, a, count, shade
 
 LEGO_SHAPES = {
     "tower": [(0.3, 0), (0.5, 0), (0.3, 1), (0.5, 1), (0.3, 2), (0.5, 2), (0.3, 3), (0.5, 3)],
@@ -375,57 +274,3 @@ def render_pixel_art(rng: random.Random, c: Canvas) -> str:
     cell([(j, i) for j, i in body if i + j <= lo[1]], COLOURS["white"])
     c.step("add the white shine")
     return f"pixel art of {a(colour)} {shape}"
-
-
-# ---------------------------------------------------------------- held-out domains
-
-ORIGAMI = {  # four folds each: (step text, polygons, dark side of the paper?)
-    "bird": [("fold the body", [[(0.28, 0.62), (0.5, 0.47), (0.74, 0.62), (0.5, 0.74)]], False),
-             ("fold the neck and head", [[(0.3, 0.62), (0.16, 0.26), (0.42, 0.56)], [(0.16, 0.26), (0.07, 0.34), (0.22, 0.32)]], True),
-             ("fold the tail", [[(0.6, 0.56), (0.9, 0.26), (0.74, 0.64)]], True),
-             ("fold the wing", [[(0.4, 0.56), (0.56, 0.1), (0.64, 0.58)]], False)],
-    "fish": [("fold the body", [[(0.16, 0.5), (0.48, 0.28), (0.74, 0.5), (0.48, 0.72)]], False),
-             ("fold the head", [[(0.16, 0.5), (0.36, 0.36), (0.36, 0.64)]], True),
-             ("fold the tail", [[(0.72, 0.5), (0.92, 0.28), (0.92, 0.72)]], True),
-             ("fold the fins", [[(0.44, 0.31), (0.56, 0.14), (0.62, 0.38)], [(0.44, 0.69), (0.56, 0.86), (0.62, 0.62)]], False)],
-    "fox": [("fold the body", [[(0.42, 0.48), (0.84, 0.88), (0.3, 0.88)]], False),
-            ("fold the head", [[(0.12, 0.3), (0.54, 0.3), (0.33, 0.62)]], False),
-            ("fold the ears", [[(0.12, 0.3), (0.18, 0.1), (0.27, 0.3)], [(0.39, 0.3), (0.48, 0.1), (0.54, 0.3)]], True),
-            ("fold the tail", [[(0.8, 0.88), (0.94, 0.46), (0.68, 0.72)]], True)],
-}
-
-
-def render_origami(rng: random.Random, c: Canvas) -> str:
-    """A paper animal folded piece by piece, light and dark sides of one paper colour."""
-    animal = rng.choice(sorted(ORIGAMI))
-    colour = rng.choice(["red", "orange", "yellow", "white", "pink", "blue", "green"])
-    flip, dx, dy = rng.random() < 0.5, rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04)
-    move = lambda pts: [((1 - x if flip else x) + dx, y + dy) for x, y in pts]
-    for text, polys, dark in ORIGAMI[animal]:
-        for pts in polys:
-            c.poly(move(pts), shade(COLOURS[colour], 0.7 if dark else 1.0), shade(COLOURS[colour], 0.5))
-        c.step(text)
-    return f"an origami {animal} folded from {colour} paper"
-
-
-MOSAIC_PATTERNS = {
-    "stripes": lambda i, j: j % 2,
-    "rings": lambda i, j: min(i, j, 5 - i, 5 - j) % 2,
-    "checks": lambda i, j: (i + j) % 2,
-}
-
-
-def render_mosaic(rng: random.Random, c: Canvas) -> str:
-    """A 6x6 tile mosaic set in nine 2x2 blocks, block order serpentine like the grid."""
-    a, b = rng.sample(["red", "orange", "yellow", "green", "blue", "purple", "white", "black"], 2)
-    pattern = rng.choice(sorted(MOSAIC_PATTERNS))
-    pitch = 0.88 / 6
-    for k in range(9):
-        r = k // 3
-        q = k % 3 if r % 2 == 0 else 2 - k % 3
-        for j in (2 * r, 2 * r + 1):
-            for i in (2 * q, 2 * q + 1):
-                x, y = 0.06 + i * pitch + rng.uniform(-0.01, 0.01), 0.06 + j * pitch + rng.uniform(-0.01, 0.01)
-                c.rect(x + 0.012, y + 0.012, x + pitch - 0.012, y + pitch - 0.012, COLOURS[(a, b)[MOSAIC_PATTERNS[pattern](i, j)]])
-        c.step(f"set the {ORDINALS[k]} block of tiles")
-    return f"a mosaic of {a} and {b} tiles in {pattern}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable
+from pm_lightning.core.run_layout import FINAL, RunDir
 from pm_lightning.inference.request import GenerationRequest
 from pm_lightning.models.lora_names import lora_file_for
 
@@ -45,12 +46,12 @@ def lora_folders(runs: Path) -> list[str]:
     `final` first, then newest; stage-2 / ReCraft runs (their `config.yaml` names Stage2Module) are left out: they
     draw no grid."""
     found = []
-    for run in sorted(p for p in Path(runs).glob("*/lora") if p.is_dir()):
-        config = run.parent / "config.yaml"
-        if config.is_file() and "Stage2Module" in config.read_text(encoding="utf-8", errors="replace"):
+    for root in sorted(p for p in Path(runs).glob("*") if RunDir(p).loras.is_dir()):
+        run = RunDir(root)
+        if run.config.is_file() and "Stage2Module" in run.config.read_text(encoding="utf-8", errors="replace"):
             continue
-        tags = [t for t in run.iterdir() if t.is_dir() and any(t.glob("*.safetensors"))]
-        tags.sort(key=lambda t: (t.name != "final", -t.stat().st_mtime))
+        tags = [t for t in run.loras.iterdir() if t.is_dir() and any(t.glob("*.safetensors"))]
+        tags.sort(key=lambda t: (t.name != FINAL, -t.stat().st_mtime))
         found += [t.relative_to(runs).as_posix() for t in tags]
     return found
 

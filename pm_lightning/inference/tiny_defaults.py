@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pm_lightning.core.config_files import load_config
 from pm_lightning.core.paths import experiment_config, project_path
+from pm_lightning.core.run_layout import RunDir
 from pm_lightning.models.lora_names import PLAIN, SUFFIX, export_names, served_name
 
 CONFIGS = {"stage1": "tiny", "stage2": "tiny_stage2", "recraft": "tiny_recraft"}
@@ -27,7 +28,7 @@ def _project_path(value: str | None) -> Path | None:
 def lora_dir(kind: str) -> Path:
     """`<trainer.default_root_dir>/lora/final` of the tiny config for `kind` (where LoraExport writes at the end)."""
     root = _yaml(kind).get("trainer", {}).get("default_root_dir", f"runs/{CONFIGS[kind]}")
-    return _project_path(root) / "lora" / "final"
+    return RunDir(_project_path(root)).lora_final
 
 
 def training_domains() -> list[str]:

@@ -43,15 +43,6 @@ def copy_samples(samples: Path | None, folder: Path, name: str = "images/samples
     return name
 
 
-def latest_samples(run_dir: Path, tag: str = "final") -> Path | None:
-    """The run's sample sheet for `tag`, else its newest one (SampleGrids writes `<run>/samples/<tag>.png`)."""
-    samples = run_dir / "samples"
-    if (samples / f"{tag}.png").is_file():
-        return samples / f"{tag}.png"
-    sheets = sorted(samples.glob("*.png"))
-    return sheets[-1] if sheets else None
-
-
 def stage_of(hparams: dict) -> str:
     """stage1, stage2 or recraft, from a checkpoint's hyper-parameters (`stage` is 1 or 2; stage 2's `mode`)."""
     if str(hparams.get("stage")) == "2":

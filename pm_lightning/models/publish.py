@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pm_lightning.core.run_layout import RunDir
 from pm_lightning.models.export_files import ExportFiles, upload_allow_list
 from pm_lightning.models.lora_files import (
     domain_index_of,
@@ -17,7 +18,7 @@ from pm_lightning.models.lora_files import (
     stage1_metadata,
 )
 from pm_lightning.models.lora_names import PLAIN, SUFFIX, export_names
-from pm_lightning.models.model_card import latest_samples, write_model_card
+from pm_lightning.models.model_card import write_model_card
 
 
 def export_checkpoint(
@@ -50,9 +51,8 @@ def export_checkpoint(
     for name, index in indexes.items():
         path = plan.folder / plan.files[name]
         export_domain_lora(transformer, index, path, dtype, fmt, domain_name=name, metadata=stage1_metadata(hparams))
-    run_dir = Path(ckpt_path).resolve().parent.parent
     card_files = {file: domain for domain, file in plan.files.items()}
-    samples = latest_samples(run_dir)
+    samples = RunDir.of_checkpoint(ckpt_path).latest_sample_sheet()
     write_model_card(plan.folder, hparams, card_files, ckpt.get("global_step"), samples, fmt, plan.card, plan.image)
     plan.record()
     return plan, plan.files

@@ -1,5 +1,5 @@
-"""One run directory per run: what is in it, which checkpoint a resume uses, refusing to start a new run over an
-old one, starting over (the lock that keeps a second run out: `training/run_lock.py`)."""
+"""One run directory per run: which checkpoint a resume uses, refusing to start a new run over an old one, starting
+over (what is in it: `core/run_layout.py`; the lock that keeps a second run out: `training/run_lock.py`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-# Everything a run writes lives under its directory (trainer.default_root_dir):
-#   checkpoints/  (RunCheckpoint)   lora/  (LoraExport)   samples/  (SampleGrids, EvaluationCallback)
-#   wandb/  (AutoWandbLogger)       config.yaml  (SaveConfigWithCheckpoints)   run.lock  (RunLock, while it runs)
-RUN_OUTPUTS = ("checkpoints", "lora", "samples", "wandb", "config.yaml")
+from pm_lightning.core.run_layout import RunDir
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -24,7 +21,7 @@ class UnreadableCheckpoint(RuntimeError):
 
 def earlier_checkpoints(root: str | Path) -> list[Path]:
     """Checkpoint files of an earlier run in `root` (any depth under `checkpoints/`; temporary files left out)."""
-    folder = Path(root) / "checkpoints"
+    folder = RunDir(root).checkpoints
     found = sorted(folder.rglob("*.ckpt")) if folder.is_dir() else []
     return [p for p in found if not p.name.startswith(".")]
 
@@ -72,7 +69,7 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> tuple[str | No
                 + (f"; the newest intact checkpoint of {root} is {hint}: --ckpt_path last resumes it" if hint else "")
             )
         return str(path), []
-    last = Path(root) / "checkpoints" / "last.ckpt"
+    last = RunDir(root).last_checkpoint
     others = sorted(
         (p for p in earlier_checkpoints(root) if p != last), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True
     )
@@ -126,9 +123,9 @@ def check_run_directory(root: str | Path, resuming: bool, start_over: bool) -> P
         )
     aside = aside_path(root)
     aside.mkdir(parents=True)
-    for name in RUN_OUTPUTS:
-        if (root / name).exists():
-            shutil.move(str(root / name), str(aside / name))
+    for path in RunDir(root).outputs():
+        if path.exists():
+            shutil.move(str(path), str(aside / path.name))
     return aside
 
 

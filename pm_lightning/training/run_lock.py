@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-LOCK_NAME = "run.lock"
+from pm_lightning.core.run_layout import RunDir
 
 
 class RunDirectoryLocked(RuntimeError):
@@ -50,7 +50,7 @@ class RunLock:
 
     def __init__(self, root: Path, fd: int, created_root: bool, stale: dict | None):
         self.root, self.fd, self.created_root, self.stale = root, fd, created_root, stale
-        self.path = root / LOCK_NAME
+        self.path = RunDir(root).lock
 
     @classmethod
     def acquire(cls, root: str | Path) -> RunLock:
@@ -58,7 +58,7 @@ class RunLock:
         root = Path(root)
         created = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
-        path = root / LOCK_NAME
+        path = RunDir(root).lock
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             previous = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))

@@ -10,6 +10,7 @@ import os
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from pm_lightning.core.extras import require
+from pm_lightning.core.run_layout import TENSORBOARD
 
 
 class RunTensorBoardLogger(TensorBoardLogger):
@@ -18,7 +19,7 @@ class RunTensorBoardLogger(TensorBoardLogger):
     def __init__(
         self,
         save_dir: str | None = None,
-        name: str = "tensorboard",
+        name: str = TENSORBOARD,
         version: int | str | None = None,
         default_hp_metric: bool = False,
         **kwargs,

@@ -10,6 +10,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import WandbLogger
 
 from pm_lightning.core.compat import set_wandb_dir, wandb_init_kwargs
+from pm_lightning.core.run_layout import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class AutoWandbLogger(WandbLogger):
         init = wandb_init_kwargs(self)
         if self._experiment is not None or self.auto_offline or init.get("id") or not self.save_dir:
             return None
-        earlier = sorted(Path(self.save_dir, "wandb").glob("run-*-*"), key=lambda p: p.name)
+        earlier = sorted(RunDir(self.save_dir).wandb.glob("run-*-*"), key=lambda p: p.name)
         if not earlier:
             return None
         init["id"] = earlier[-1].name.split("-", 2)[2]  # run-<YYYYMMDD_HHMMSS>-<id>

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pm_lightning.core.atomic import WriteFailed
+from pm_lightning.core.run_layout import RunDir
 from pm_lightning.training.checkpoint_io import use_atomic_saves
 
 
@@ -43,5 +42,5 @@ class RunCheckpoint(ModelCheckpoint):
     def setup(self, trainer, pl_module, stage: str) -> None:
         use_atomic_saves(trainer.strategy)  # temporary file beside the checkpoint, fsync, os.replace
         if self.dirpath is None:
-            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+            self.dirpath = str(RunDir(trainer.default_root_dir).checkpoints)
         super().setup(trainer, pl_module, stage)

@@ -3,13 +3,10 @@ logger's run config (`resolved_config`: on W&B the whole config, so runs of an a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lightning.pytorch.cli import SaveConfigCallback
 
 from pm_lightning.core.atomic import atomic_path
-
-CONFIG_NAME = "config.yaml"
+from pm_lightning.core.run_layout import RunDir
 
 
 class SaveConfigWithCheckpoints(SaveConfigCallback):
@@ -22,7 +19,7 @@ class SaveConfigWithCheckpoints(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage: str) -> None:
         """Rank zero: `<trainer.default_root_dir>/config.yaml`, atomically (a kill or a full disk leaves the previous
         one whole)."""
-        with atomic_path(Path(trainer.default_root_dir) / CONFIG_NAME) as tmp:
+        with atomic_path(RunDir(trainer.default_root_dir).config) as tmp:
             self.parser.save(self.config, str(tmp), skip_unset=False, overwrite=True, multifile=False)
         if trainer.loggers:
             import yaml

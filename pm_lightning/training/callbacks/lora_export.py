@@ -8,9 +8,10 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from pm_lightning.core.run_layout import FINAL, RunDir, step_tag
 from pm_lightning.models.lora_files import FORMATS, adapter_skeleton, export_domain_lora, stage1_metadata
 from pm_lightning.models.lora_names import SUFFIX, export_names
-from pm_lightning.models.model_card import latest_samples, write_model_card
+from pm_lightning.models.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,12 @@ class LoraExport(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self.on_checkpoint:
-            self.export(trainer, pl_module, f"step-{trainer.global_step:06d}")
+            self.export(trainer, pl_module, step_tag(trainer.global_step))
 
     def on_fit_end(self, trainer, pl_module) -> None:
         # on_fit_end, not on_train_end: a resumed run that was killed after its last step but before (or during)
         # this export trains nothing more, and Lightning calls only on_fit_end for it
-        self.export(trainer, pl_module, "final")
+        self.export(trainer, pl_module, FINAL)
 
     def export(self, trainer, pl_module, tag: str) -> Path | None:
         """One file per configured domain and `unseen` (one `lora.safetensors` for the plain kind), written by rank
@@ -60,7 +61,8 @@ class LoraExport(Callback):
             transformer = adapter_skeleton(pl_module.base, pl_module.adapter_cfg, adapters)
         elif not trainer.is_global_zero:
             return None
-        out = Path(self.dirpath or Path(trainer.default_root_dir) / "lora") / tag
+        run = RunDir(trainer.default_root_dir)
+        out = Path(self.dirpath or run.loras) / tag
         out.mkdir(parents=True, exist_ok=True)
         files = export_names(pl_module.adapter_cfg.kind, list(pl_module.domains))
         written, header = {}, stage1_metadata(dict(pl_module.hparams))
@@ -78,7 +80,7 @@ class LoraExport(Callback):
         if written:
             self.last_dir = out
             try:
-                samples = latest_samples(Path(trainer.default_root_dir), tag)
+                samples = run.latest_sample_sheet(tag)
                 hparams = dict(pl_module.hparams)
                 write_model_card(out, hparams, written, trainer.global_step, samples, "+".join(self.formats))
             except OSError as err:

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.progress import disabled as progress_disabled
+from pm_lightning.core.run_layout import FINAL, RunDir, sample_sheet, step_tag
 from pm_lightning.data.domains import domain_index
 from pm_lightning.training.logged_images import log_images
 
@@ -56,20 +57,20 @@ class SampleGrids(Callback):
         self.failures = 0
 
     def out_dir(self, trainer) -> Path:
-        return Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
+        return Path(self.dirpath or RunDir(trainer.default_root_dir).samples)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.at_start and trainer.global_step == 0:
-            self.safe_render(trainer, pl_module, "step-000000")
+            self.safe_render(trainer, pl_module, step_tag(0))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps; several batches share one under accumulation
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
             self._last_step = step
-            self.safe_render(trainer, pl_module, f"step-{step:06d}")
+            self.safe_render(trainer, pl_module, step_tag(step))
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.safe_render(trainer, pl_module, "final")
+        self.safe_render(trainer, pl_module, FINAL)
 
     def safe_render(self, trainer, pl_module, tag: str) -> Path | None:
         """`render`, where a failed write (disk full, a read-only folder) is reported and training goes on."""
@@ -128,7 +129,7 @@ class SampleGrids(Callback):
 
     def save_and_log(self, trainer, pl_module, images: list[Image.Image], tag: str) -> Path:
         """Rank zero: the labelled sheet `<samples dir>/<tag>.png`, the loggers' images, `on_samples`."""
-        path = self.out_dir(trainer) / f"{tag}.png"
+        path = sample_sheet(self.out_dir(trainer), tag)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             labelled_sheet(images, [p["domain"] for p in self.prompts]).save(tmp, format="PNG")
