@@ -29,7 +29,14 @@ from pm_lightning.data.stream import (
     valid_resolution,
 )
 
-__all__ = ["ProcessDataModule", "CorruptSampleWarning", "ResolutionError", "TOKEN_PX", "expand_shards", "valid_resolution"]
+__all__ = [
+    "ProcessDataModule",
+    "CorruptSampleWarning",
+    "ResolutionError",
+    "TOKEN_PX",
+    "expand_shards",
+    "valid_resolution",
+]
 
 
 # ------------------------------------------------------------------------------- datamodule
@@ -140,7 +147,9 @@ class ProcessDataModule(L.LightningDataModule):
         if self.hparams.samples_per_epoch:
             return self.hparams.samples_per_epoch
         if self.train_index is None:
-            raise ValueError("ProcessDataModule: resampled=True needs samples_per_epoch (no index.json beside the shards)")
+            raise ValueError(
+                "ProcessDataModule: resampled=True needs samples_per_epoch (no index.json beside the shards)"
+            )
         return self.train_index["total"]
 
     def _loader(self, stream: ShardStream) -> DataLoader:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Iterator
 
 from pm_lightning.data.skip_counter import SkipCounter
 
@@ -51,7 +51,9 @@ class EpochShuffle:
         buf.extend(islice(run.samples, self.size - len(buf)))
         return run, buf
 
-    def shuffle(self, run: Pass, buf: list[dict], make_pass: Callable[[int], Pass], rng: random.Random) -> Iterator[dict]:
+    def shuffle(
+        self, run: Pass, buf: list[dict], make_pass: Callable[[int], Pass], rng: random.Random
+    ) -> Iterator[dict]:
         """Every sample of `run` once, in buffer-random order; the drain reads the next epoch's first samples."""
         for sample in run.samples:
             i = rng.randrange(len(buf))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -58,9 +59,7 @@ def layout_for(frames: int, rows: int | None = None, cols: int | None = None) ->
     side = math.isqrt(frames)
     if side * side == frames and frames > 0:
         return side, side
-    raise ValueError(
-        f"{frames} frames fit no default layout (4 -> 2x2, 9 -> 3x3, n*n); give rows and cols explicitly"
-    )
+    raise ValueError(f"{frames} frames fit no default layout (4 -> 2x2, 9 -> 3x3, n*n); give rows and cols explicitly")
 
 
 def frames_to_grid(frames: Sequence[Image.Image], rows: int, cols: int) -> Image.Image:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -105,9 +105,13 @@ def load_user_image(path: str | Path, role: str = "image") -> Image.Image:
         with Image.open(path) as probe:  # reads the header only: a decompression bomb is refused undecoded
             w, h = probe.size
     except Exception as err:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise BadInput(f"{role} {path} is not a readable image ({type(err).__name__}: {err}); give a PNG, JPEG or WebP") from None
+        raise BadInput(
+            f"{role} {path} is not a readable image ({type(err).__name__}: {err}); give a PNG, JPEG or WebP"
+        ) from None
     if w * h > MAX_INPUT_PIXELS:
-        raise BadInput(f"{role} {path} is {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the {MAX_INPUT_PIXELS // 1_000_000} Mpx limit: downscale it first")
+        raise BadInput(
+            f"{role} {path} is {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the {MAX_INPUT_PIXELS // 1_000_000} Mpx limit: downscale it first"
+        )
     if min(w, h) < MIN_INPUT_SIDE:
         raise BadInput(f"{role} {path} is {w}x{h} px: at least {MIN_INPUT_SIDE} px per side are needed")
     try:
@@ -192,13 +196,18 @@ def discover_folder(root: str | Path) -> Iterator[SequenceSource | Skipped]:
 
 def _visible_dirs(path: Path) -> list[Path]:
     """Non-hidden sub-directories, sorted by natural name order."""
-    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    return sorted(
+        (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)
+    )
 
 
 def _folder_sequence(root: Path, domain: str, seq_dir: Path, exts: set[str]) -> SequenceSource | Skipped:
     """One sequence folder -> FolderSequence, or Skipped with the reason."""
     files = [p for p in seq_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
-    frames = sorted((p for p in files if p.name not in CAPTION_FILES and p.suffix.lower() in exts), key=lambda p: natural_key(p.name))
+    frames = sorted(
+        (p for p in files if p.name not in CAPTION_FILES and p.suffix.lower() in exts),
+        key=lambda p: natural_key(p.name),
+    )
     if not frames:
         return Skipped(str(seq_dir), "empty folder: no image files")
     meta = _read_meta(seq_dir)
@@ -229,7 +238,7 @@ def _read_meta(seq_dir: Path) -> tuple[str, list[str]] | Skipped:
     elif txt_path.is_file():
         caption, steps = txt_path.read_text(encoding="utf-8"), []
     else:
-        return Skipped(str(seq_dir), "missing caption: add meta.json {\"caption\": ...} or caption.txt")
+        return Skipped(str(seq_dir), 'missing caption: add meta.json {"caption": ...} or caption.txt')
     if not isinstance(caption, str) or not caption.strip():
         return Skipped(str(seq_dir), "missing caption: meta.json/caption.txt has no caption text")
     return " ".join(caption.split()), steps
@@ -265,7 +274,9 @@ def parse_caption(text: str, domain_names: Sequence[str] | None = None) -> tuple
     return caption, domain_names[index]
 
 
-def _grid_sequence(root: Path, png: Path, rows: int, cols: int, order: str, names: Sequence[str] | None) -> SequenceSource | Skipped:
+def _grid_sequence(
+    root: Path, png: Path, rows: int, cols: int, order: str, names: Sequence[str] | None
+) -> SequenceSource | Skipped:
     """One MakeAnything grid -> GridSequence, or Skipped with the reason."""
     cap_path = png.with_suffix(".caption")
     if not cap_path.is_file():

@@ -15,7 +15,7 @@ which draws shards per rank and worker instead.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import webdataset as wds
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,9 @@ def dual_windows(num_frames: int, max_gap: int = 1) -> list[tuple[int, int, int,
     return [w for w in itertools.combinations(range(num_frames), 4) if all(b - a <= max_gap for a, b in zip(w, w[1:]))]
 
 
-def select_dual_frames(num_frames: int, max_gap: int, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+def select_dual_frames(
+    num_frames: int, max_gap: int, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
     """(a, b, c, d): four frames in temporal order, gaps in 1..max_gap, uniform over the valid windows.
 
     A 4-frame sequence always gives (0, 1, 2, 3); max_gap = 1 gives consecutive frames.
@@ -81,8 +83,9 @@ def check_cell(cell: int) -> None:
         raise ValueError(f"cell must be a positive multiple of {TOKEN_PX} px (whole Flux tokens), got {cell}")
 
 
-def dual_frames(grid: torch.Tensor, rows: int, cols: int, cell: int, max_gap: int,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+def dual_frames(
+    grid: torch.Tensor, rows: int, cols: int, cell: int, max_gap: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, tuple[int, ...]]:
     """One (3, H, W) sequence grid -> ((4, 3, cell, cell) frames a, b, c, d, their source frame indices)."""
     frames = tensor_grid_to_frames(grid, rows, cols)  # (n, 3, h, w) in temporal order
     picked = select_dual_frames(frames.shape[0], max_gap, generator)

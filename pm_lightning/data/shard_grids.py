@@ -31,7 +31,9 @@ class ShardGrid:
     """(resolution, resolution, 3) uint8, each cell resized on its own (`stream.decode_grid`)."""
 
 
-def shard_grids(shards: Iterable[str], resolution: int, skip: set[str] | frozenset = frozenset()) -> Iterator[ShardGrid]:
+def shard_grids(
+    shards: Iterable[str], resolution: int, skip: set[str] | frozenset = frozenset()
+) -> Iterator[ShardGrid]:
     """Every grid of the shard specs at `resolution` (tar order); ids in `skip` are not decoded. Members the
     training stream would skip (no metadata, unreadable) are skipped here too."""
     for url in itertools.chain.from_iterable(expand_shards(s) for s in shards):

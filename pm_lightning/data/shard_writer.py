@@ -17,10 +17,10 @@ import os
 import random
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import braceexpand
 import webdataset as wds
@@ -120,7 +120,11 @@ def render_sample(src: SequenceSource, size: int = 64, pad: str = "white") -> di
         "steps": list(src.steps),
         "source": src.source,
     }
-    return {"__key__": src.key, "grid.png": buf.getvalue(), "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+    return {
+        "__key__": src.key,
+        "grid.png": buf.getvalue(),
+        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+    }
 
 
 def _square(frame: Image.Image, size: int, pad: str) -> Image.Image:
@@ -135,7 +139,10 @@ def report_stderr(skip: Skipped) -> None:
 
 
 def write_shards(
-    items: Iterable[SequenceSource | Skipped], out: str | Path, cfg: ShardConfig | None = None, on_skip: Callable[[Skipped], None] = report_stderr
+    items: Iterable[SequenceSource | Skipped],
+    out: str | Path,
+    cfg: ShardConfig | None = None,
+    on_skip: Callable[[Skipped], None] = report_stderr,
 ) -> ShardReport:
     """Write every valid sequence to tar shards in `out` plus index.json; raise ShardError if none."""
     cfg = cfg or ShardConfig()
@@ -320,7 +327,9 @@ def expand_shards(spec: str | list[str]) -> list[str]:
         for one in braceexpand.braceexpand(item):
             urls.extend(_expand_one(one))
     if not urls:
-        raise FileNotFoundError(f"no shards match {spec!r}; build them with `python -m pm_lightning.shards --src RAW --out DIR`")
+        raise FileNotFoundError(
+            f"no shards match {spec!r}; build them with `python -m pm_lightning.shards --src RAW --out DIR`"
+        )
     return urls
 
 

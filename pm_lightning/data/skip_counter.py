@@ -10,6 +10,7 @@ import warnings
 # shard's index.json promises that never came out of it (a truncated tar, a damaged member header).
 SKIP_REASONS = ("bad_shard", "missing_part", "bad_json", "bad_layout", "bad_png", "lost")
 
+
 class CorruptSampleWarning(UserWarning):
     """A shard member was unreadable and its sample skipped."""
 

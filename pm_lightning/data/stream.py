@@ -15,12 +15,11 @@ import math
 import multiprocessing as mp
 import os
 import random
-import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -101,7 +100,9 @@ def parse_meta(src: Iterator[dict], counter: SkipCounter, resolution: int) -> It
         if problem := layout_problem(rows, cols, steps, resolution):
             counter.add("bad_layout", url, key, problem)
             continue
-        yield dict(key=key, url=url, png=sample["grid.png"], rows=rows, cols=cols, caption=caption, domain=domain, steps=steps)
+        yield dict(
+            key=key, url=url, png=sample["grid.png"], rows=rows, cols=cols, caption=caption, domain=domain, steps=steps
+        )
 
 
 def balance(src: Iterator[dict], counts: dict[str, int] | None, rng: random.Random) -> Iterator[dict]:
@@ -147,7 +148,9 @@ def decode_grid(png: bytes, rows: int, cols: int, resolution: int) -> torch.Tens
     img = img.convert("RGB") if img.mode != "RGB" else img
     if img.size != (resolution, resolution):
         cell = resolution // cols, resolution // rows
-        img = frames_to_grid([f.resize(cell, Image.Resampling.BICUBIC) for f in grid_to_frames(img, rows, cols)], rows, cols)
+        img = frames_to_grid(
+            [f.resize(cell, Image.Resampling.BICUBIC) for f in grid_to_frames(img, rows, cols)], rows, cols
+        )
     return np.asarray(img)  # (H, W, 3) uint8
 
 
@@ -226,7 +229,9 @@ class ShardStream(IterableDataset):
         cfg, epoch, skip = self.cfg, self.epoch, self.skip_batches
         rank, world, worker, _ = wds.utils.pytorch_worker_info()
         seed = wds.utils.make_seed(cfg.seed, epoch, rank, worker)
-        pad = not cfg.resampled and world > 1  # equal lengths matter across ranks only (one rank's loader takes uneven workers)
+        pad = (
+            not cfg.resampled and world > 1
+        )  # equal lengths matter across ranks only (one rank's loader takes uneven workers)
         counter = self.counter if worker == 0 or cfg.resampled else QuietCounter(self.counter.max_failures_in_a_row)
         make_pass = partial(self._pass, counter=counter)
         if self._buffer is not None:  # finite: kept across epochs, the next one read while this one drains

@@ -12,10 +12,17 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 COLOURS = {
-    "red": (215, 40, 40), "orange": (240, 135, 30), "yellow": (245, 205, 35),
-    "green": (55, 160, 65), "blue": (45, 95, 215), "purple": (135, 60, 180),
-    "pink": (240, 125, 175), "brown": (130, 80, 40), "white": (245, 245, 240),
-    "black": (25, 25, 25), "gray": (130, 130, 135),
+    "red": (215, 40, 40),
+    "orange": (240, 135, 30),
+    "yellow": (245, 205, 35),
+    "green": (55, 160, 65),
+    "blue": (45, 95, 215),
+    "purple": (135, 60, 180),
+    "pink": (240, 125, 175),
+    "brown": (130, 80, 40),
+    "white": (245, 245, 240),
+    "black": (25, 25, 25),
+    "gray": (130, 130, 135),
 }
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth")
@@ -52,8 +59,9 @@ class Canvas:
         """Axis-aligned box; x1/y1 exclusive so adjacent boxes tile without overlap."""
         self._elements += 1
         (a, b), (c, d) = self.xy([(x0, y0), (x1, y1)])
-        self.draw.rectangle([a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline,
-                            width=self.w(width) if outline else 0)
+        self.draw.rectangle(
+            [a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline, width=self.w(width) if outline else 0
+        )
 
     def ellipse(self, cx, cy, rx, ry, fill=None, outline=None, width=0.0):
         """Ellipse by centre and radii."""
@@ -62,8 +70,9 @@ class Canvas:
         if c - a < 2 or d - b < 2:  # PIL draws nothing for a 1-px ellipse; keep small things visible
             self.draw.rectangle([a, b, max(a, c - 1), max(b, d - 1)], fill=fill or outline)
             return
-        self.draw.ellipse([a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline,
-                          width=self.w(width) if outline else 1)
+        self.draw.ellipse(
+            [a, b, max(a, c - 1), max(b, d - 1)], fill=fill, outline=outline, width=self.w(width) if outline else 1
+        )
 
     def poly(self, points, fill, outline=None):
         """Filled polygon."""

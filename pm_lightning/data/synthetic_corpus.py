@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import random
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -22,7 +22,6 @@ from pm_lightning.core.progress import progress_bar
 from pm_lightning.data import synthetic_held_out as held_out
 from pm_lightning.data import synthetic_renderers as sd
 from pm_lightning.data.synthetic_canvas import Canvas
-
 
 # ---------------------------------------------------------------- backgrounds (empty frames)
 
@@ -156,8 +155,14 @@ def write_sequence(seq: Sequence, folder: Path) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def write_corpus(out: Path, per_domain: int = 200, size: int = 64, seed: int = 0,
-                 domains: Iterable[str] | None = None, progress: bool = True) -> dict:
+def write_corpus(
+    out: Path,
+    per_domain: int = 200,
+    size: int = 64,
+    seed: int = 0,
+    domains: Iterable[str] | None = None,
+    progress: bool = True,
+) -> dict:
     """Write `per_domain` sequences of each domain under `out`; returns {domain: count}."""
     names = list(domains) if domains is not None else list(DOMAINS)
     for name in names:

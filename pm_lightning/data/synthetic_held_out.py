@@ -9,18 +9,32 @@ import random
 from pm_lightning.data.synthetic_canvas import COLOURS, ORDINALS, Canvas, shade
 
 ORIGAMI = {  # four folds each: (step text, polygons, dark side of the paper?)
-    "bird": [("fold the body", [[(0.28, 0.62), (0.5, 0.47), (0.74, 0.62), (0.5, 0.74)]], False),
-             ("fold the neck and head", [[(0.3, 0.62), (0.16, 0.26), (0.42, 0.56)], [(0.16, 0.26), (0.07, 0.34), (0.22, 0.32)]], True),
-             ("fold the tail", [[(0.6, 0.56), (0.9, 0.26), (0.74, 0.64)]], True),
-             ("fold the wing", [[(0.4, 0.56), (0.56, 0.1), (0.64, 0.58)]], False)],
-    "fish": [("fold the body", [[(0.16, 0.5), (0.48, 0.28), (0.74, 0.5), (0.48, 0.72)]], False),
-             ("fold the head", [[(0.16, 0.5), (0.36, 0.36), (0.36, 0.64)]], True),
-             ("fold the tail", [[(0.72, 0.5), (0.92, 0.28), (0.92, 0.72)]], True),
-             ("fold the fins", [[(0.44, 0.31), (0.56, 0.14), (0.62, 0.38)], [(0.44, 0.69), (0.56, 0.86), (0.62, 0.62)]], False)],
-    "fox": [("fold the body", [[(0.42, 0.48), (0.84, 0.88), (0.3, 0.88)]], False),
-            ("fold the head", [[(0.12, 0.3), (0.54, 0.3), (0.33, 0.62)]], False),
-            ("fold the ears", [[(0.12, 0.3), (0.18, 0.1), (0.27, 0.3)], [(0.39, 0.3), (0.48, 0.1), (0.54, 0.3)]], True),
-            ("fold the tail", [[(0.8, 0.88), (0.94, 0.46), (0.68, 0.72)]], True)],
+    "bird": [
+        ("fold the body", [[(0.28, 0.62), (0.5, 0.47), (0.74, 0.62), (0.5, 0.74)]], False),
+        (
+            "fold the neck and head",
+            [[(0.3, 0.62), (0.16, 0.26), (0.42, 0.56)], [(0.16, 0.26), (0.07, 0.34), (0.22, 0.32)]],
+            True,
+        ),
+        ("fold the tail", [[(0.6, 0.56), (0.9, 0.26), (0.74, 0.64)]], True),
+        ("fold the wing", [[(0.4, 0.56), (0.56, 0.1), (0.64, 0.58)]], False),
+    ],
+    "fish": [
+        ("fold the body", [[(0.16, 0.5), (0.48, 0.28), (0.74, 0.5), (0.48, 0.72)]], False),
+        ("fold the head", [[(0.16, 0.5), (0.36, 0.36), (0.36, 0.64)]], True),
+        ("fold the tail", [[(0.72, 0.5), (0.92, 0.28), (0.92, 0.72)]], True),
+        (
+            "fold the fins",
+            [[(0.44, 0.31), (0.56, 0.14), (0.62, 0.38)], [(0.44, 0.69), (0.56, 0.86), (0.62, 0.62)]],
+            False,
+        ),
+    ],
+    "fox": [
+        ("fold the body", [[(0.42, 0.48), (0.84, 0.88), (0.3, 0.88)]], False),
+        ("fold the head", [[(0.12, 0.3), (0.54, 0.3), (0.33, 0.62)]], False),
+        ("fold the ears", [[(0.12, 0.3), (0.18, 0.1), (0.27, 0.3)], [(0.39, 0.3), (0.48, 0.1), (0.54, 0.3)]], True),
+        ("fold the tail", [[(0.8, 0.88), (0.94, 0.46), (0.68, 0.72)]], True),
+    ],
 }
 
 
@@ -55,6 +69,12 @@ def render_mosaic(rng: random.Random, c: Canvas) -> str:
         for j in (2 * r, 2 * r + 1):
             for i in (2 * q, 2 * q + 1):
                 x, y = 0.06 + i * pitch + rng.uniform(-0.01, 0.01), 0.06 + j * pitch + rng.uniform(-0.01, 0.01)
-                c.rect(x + 0.012, y + 0.012, x + pitch - 0.012, y + pitch - 0.012, COLOURS[(a, b)[MOSAIC_PATTERNS[pattern](i, j)]])
+                c.rect(
+                    x + 0.012,
+                    y + 0.012,
+                    x + pitch - 0.012,
+                    y + pitch - 0.012,
+                    COLOURS[(a, b)[MOSAIC_PATTERNS[pattern](i, j)]],
+                )
         c.step(f"set the {ORDINALS[k]} block of tiles")
     return f"a mosaic of {a} and {b} tiles in {pattern}"

@@ -77,7 +77,7 @@ def render_painting(rng: random.Random, c: Canvas) -> str:
     for x in xs:
         c.ellipse(x, h - 0.16, 0.09, 0.09, (35, 110, 50))
     c.step("paint the tree crowns")
-    for k in range(7):
+    for _k in range(7):
         fx, fy = rng.uniform(0.14, 0.86), rng.uniform(h + 0.1, 0.86)
         c.ellipse(fx, fy, 0.02, 0.02, (230, 60, 60))
     c.step("dab the red flowers")
@@ -153,35 +153,50 @@ def ring(cx, cy, r, n=24) -> list:
 # Five outline strokes, then four hatched regions, per subject (relative to a 0..1 box).
 SKETCHES = {
     "house": (
-        [("walls", [(0.25, 0.5), (0.25, 0.85), (0.75, 0.85), (0.75, 0.5), (0.25, 0.5)]),
-         ("roof", [(0.18, 0.5), (0.5, 0.2), (0.82, 0.5)]),
-         ("door", [(0.43, 0.85), (0.43, 0.66), (0.57, 0.66), (0.57, 0.85)]),
-         ("window", [(0.29, 0.56), (0.38, 0.56), (0.38, 0.64), (0.29, 0.64), (0.29, 0.56)]),
-         ("chimney", [(0.62, 0.39), (0.62, 0.24), (0.7, 0.24), (0.7, 0.46)])],
-        [("roof", [(0.18, 0.5), (0.5, 0.2), (0.82, 0.5)]),
-         ("door", [(0.43, 0.85), (0.43, 0.66), (0.57, 0.66), (0.57, 0.85)]),
-         ("right wall", [(0.6, 0.5), (0.75, 0.5), (0.75, 0.85), (0.6, 0.85)]),
-         ("ground", [(0.08, 0.86), (0.92, 0.86), (0.92, 0.93), (0.08, 0.93)])]),
+        [
+            ("walls", [(0.25, 0.5), (0.25, 0.85), (0.75, 0.85), (0.75, 0.5), (0.25, 0.5)]),
+            ("roof", [(0.18, 0.5), (0.5, 0.2), (0.82, 0.5)]),
+            ("door", [(0.43, 0.85), (0.43, 0.66), (0.57, 0.66), (0.57, 0.85)]),
+            ("window", [(0.29, 0.56), (0.38, 0.56), (0.38, 0.64), (0.29, 0.64), (0.29, 0.56)]),
+            ("chimney", [(0.62, 0.39), (0.62, 0.24), (0.7, 0.24), (0.7, 0.46)]),
+        ],
+        [
+            ("roof", [(0.18, 0.5), (0.5, 0.2), (0.82, 0.5)]),
+            ("door", [(0.43, 0.85), (0.43, 0.66), (0.57, 0.66), (0.57, 0.85)]),
+            ("right wall", [(0.6, 0.5), (0.75, 0.5), (0.75, 0.85), (0.6, 0.85)]),
+            ("ground", [(0.08, 0.86), (0.92, 0.86), (0.92, 0.93), (0.08, 0.93)]),
+        ],
+    ),
     "boat": (
-        [("hull", [(0.15, 0.6), (0.85, 0.6), (0.72, 0.78), (0.28, 0.78), (0.15, 0.6)]),
-         ("mast", [(0.5, 0.6), (0.5, 0.13)]),
-         ("big sail", [(0.52, 0.17), (0.8, 0.56), (0.52, 0.56), (0.52, 0.17)]),
-         ("small sail", [(0.48, 0.25), (0.48, 0.56), (0.26, 0.56), (0.48, 0.25)]),
-         ("waves", [(0.05, 0.86), (0.2, 0.82), (0.35, 0.86), (0.5, 0.82), (0.65, 0.86), (0.8, 0.82), (0.95, 0.86)])],
-        [("hull", [(0.15, 0.6), (0.85, 0.6), (0.72, 0.78), (0.28, 0.78)]),
-         ("big sail", [(0.52, 0.17), (0.8, 0.56), (0.52, 0.56)]),
-         ("small sail", [(0.48, 0.25), (0.48, 0.56), (0.26, 0.56)]),
-         ("water", [(0.05, 0.86), (0.95, 0.86), (0.95, 0.95), (0.05, 0.95)])]),
+        [
+            ("hull", [(0.15, 0.6), (0.85, 0.6), (0.72, 0.78), (0.28, 0.78), (0.15, 0.6)]),
+            ("mast", [(0.5, 0.6), (0.5, 0.13)]),
+            ("big sail", [(0.52, 0.17), (0.8, 0.56), (0.52, 0.56), (0.52, 0.17)]),
+            ("small sail", [(0.48, 0.25), (0.48, 0.56), (0.26, 0.56), (0.48, 0.25)]),
+            ("waves", [(0.05, 0.86), (0.2, 0.82), (0.35, 0.86), (0.5, 0.82), (0.65, 0.86), (0.8, 0.82), (0.95, 0.86)]),
+        ],
+        [
+            ("hull", [(0.15, 0.6), (0.85, 0.6), (0.72, 0.78), (0.28, 0.78)]),
+            ("big sail", [(0.52, 0.17), (0.8, 0.56), (0.52, 0.56)]),
+            ("small sail", [(0.48, 0.25), (0.48, 0.56), (0.26, 0.56)]),
+            ("water", [(0.05, 0.86), (0.95, 0.86), (0.95, 0.95), (0.05, 0.95)]),
+        ],
+    ),
     "tree": (
-        [("trunk", [(0.45, 0.88), (0.46, 0.58), (0.54, 0.58), (0.55, 0.88)]),
-         ("crown", ring(0.5, 0.38, 0.24)),
-         ("branches", [(0.4, 0.42), (0.5, 0.55), (0.62, 0.36)]),
-         ("ground", [(0.1, 0.88), (0.9, 0.88)]),
-         ("sun", ring(0.84, 0.14, 0.08, 16))],
-        [("crown", ring(0.5, 0.38, 0.24)),
-         ("trunk", [(0.45, 0.88), (0.46, 0.58), (0.54, 0.58), (0.55, 0.88)]),
-         ("ground", [(0.1, 0.88), (0.9, 0.88), (0.9, 0.95), (0.1, 0.95)]),
-         ("sun", ring(0.84, 0.14, 0.08, 16))]),
+        [
+            ("trunk", [(0.45, 0.88), (0.46, 0.58), (0.54, 0.58), (0.55, 0.88)]),
+            ("crown", ring(0.5, 0.38, 0.24)),
+            ("branches", [(0.4, 0.42), (0.5, 0.55), (0.62, 0.36)]),
+            ("ground", [(0.1, 0.88), (0.9, 0.88)]),
+            ("sun", ring(0.84, 0.14, 0.08, 16)),
+        ],
+        [
+            ("crown", ring(0.5, 0.38, 0.24)),
+            ("trunk", [(0.45, 0.88), (0.46, 0.58), (0.54, 0.58), (0.55, 0.88)]),
+            ("ground", [(0.1, 0.88), (0.9, 0.88), (0.9, 0.95), (0.1, 0.95)]),
+            ("sun", ring(0.84, 0.14, 0.08, 16)),
+        ],
+    ),
 }
 PENCILS = {"gray": (95, 95, 100), "black": (25, 25, 25), "blue": (40, 70, 170), "red": (180, 40, 40)}
 
@@ -228,8 +243,10 @@ def render_garden(rng: random.Random, c: Canvas) -> str:
         c.ellipse(x, t, 0.045, 0.045, rgb)  # the flower colour, so the opened flower keeps the bud
     c.step(f"the {colour} buds form")
     for x, t in zip(xs, tops):
-        for a in range(6):
-            c.ellipse(x + 0.045 * math.cos(a * math.pi / 3), t + 0.045 * math.sin(a * math.pi / 3), 0.035, 0.035, rgb)
+        for petal in range(6):
+            c.ellipse(
+                x + 0.045 * math.cos(petal * math.pi / 3), t + 0.045 * math.sin(petal * math.pi / 3), 0.035, 0.035, rgb
+            )
         c.ellipse(x, t, 0.025, 0.025, (120, 70, 20) if colour == "yellow" else (250, 210, 40))
     c.step(f"the {colour} petals open")
     c.ellipse(0.88, 0.1, 0.09, 0.09, (255, 225, 60))
@@ -237,12 +254,23 @@ def render_garden(rng: random.Random, c: Canvas) -> str:
     return f"a garden of {count(n, colour + ' flower')}"
 
 
-HEART = ("..........", ".###..###.", "##########", "##########", "##########",
-         ".########.", "..######..", "...####...", "....##....", "..........")
+HEART = (
+    "..........",
+    ".###..###.",
+    "##########",
+    "##########",
+    "##########",
+    ".########.",
+    "..######..",
+    "...####...",
+    "....##....",
+    "..........",
+)
 
 
 def sprite_mask(shape: str, r: float) -> list[list[bool]]:
     """10x10 cells inside a heart, diamond, circle or cross of relative radius r."""
+
     def inside(u: float, v: float) -> bool:
         if shape == "circle":
             return u * u + v * v <= r * r
@@ -251,6 +279,7 @@ def sprite_mask(shape: str, r: float) -> list[list[bool]]:
         if shape == "cross":
             return max(abs(u), abs(v)) <= r and min(abs(u), abs(v)) <= r * 0.45
         return HEART[round(v * 4.5 + 4.5)][round(u * 4.5 + 4.5)] == "#"  # too small for a curve
+
     return [[inside((i - 4.5) / 4.5, (j - 4.5) / 4.5) for i in range(10)] for j in range(10)]
 
 
@@ -260,8 +289,12 @@ def render_pixel_art(rng: random.Random, c: Canvas) -> str:
     colour = rng.choice(["red", "blue", "green", "yellow", "purple", "orange", "pink"])
     m = sprite_mask(shape, rng.uniform(0.9, 1.0))
     at = lambda j, i: 0 <= i < 10 and 0 <= j < 10 and m[j][i]
-    edge = {(j, i) for j in range(10) for i in range(10)
-            if m[j][i] and not all(at(j + a, i + b) for a, b in ((0, 1), (1, 0), (0, -1), (-1, 0)))}
+    edge = {
+        (j, i)
+        for j in range(10)
+        for i in range(10)
+        if m[j][i] and not all(at(j + a, i + b) for a, b in ((0, 1), (1, 0), (0, -1), (-1, 0)))
+    }
     body = [(j, i) for j in range(10) for i in range(10) if m[j][i] and (j, i) not in edge]
     cell = lambda cells, rgb: [c.rect(i / 10, j / 10, (i + 1) / 10, (j + 1) / 10, rgb) for j, i in cells]
     cell(sorted(edge), COLOURS["black"])
