@@ -56,3 +56,22 @@ def test_check_fails_when_an_input_drifts(tmp_path, monkeypatch):
     moved.write_text(pins.CONSTRAINTS.read_text().replace("tqdm==", "tqdm==99.").replace("scipy==", "scipy==0.0."))
     monkeypatch.setattr(pins, "CONSTRAINTS", moved)
     assert any("environment.yml differs" in p for p in pins.problems())
+    assert any("DEPENDENCIES.md's generated table differs" in p for p in pins.problems())
+
+
+def test_the_dependencies_doc_lists_every_requirement_at_its_pin(tmp_path, monkeypatch):
+    """docs/DEPENDENCIES.md's generated table has a row per requirement of pyproject (extras included) at its
+    constraints.txt version; a hand edit inside the markers is caught. Checked red: with the DOC comparison taken out of
+    `problems()`, the edited table passed --check."""
+    pins = load_pins()
+    doc = pins.DOC.read_text()
+    table = doc.split(pins.BEGIN, 1)[1].split(pins.END, 1)[0]
+    constraints = pins.pinned()
+    rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
+    assert {pins.canonicalize_name(r[0].strip("| ")) for r in rows} >= {"torch", "scipy", "openai", "mutmut"}
+    for row in rows:
+        assert row[-1].strip(" |") == constraints[pins.canonicalize_name(row[0].strip("| "))], row
+    edited = tmp_path / "DEPENDENCIES.md"
+    edited.write_text(doc.replace("| scipy |", "| scipy-old |"))
+    monkeypatch.setattr(pins, "DOC", edited)
+    assert any("generated table differs" in p for p in pins.problems())
