@@ -100,11 +100,12 @@ test: $(STAMP)
 
 # The slow tier runs the quick ablation on the default shards (built when missing: about a minute).
 test-slow: $(STAMP) browser shards
-	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 --durations 25 $(ARGS)
+	$(BIN)/python -m pytest -q -x -m 'slow and not campaign' --timeout 1800 --durations 25 $(ARGS)
 
-# The whole kill -9 campaign (12 moments, about 12 minutes; the slow tier runs 7 of them, one of each kind).
-test-kill: $(STAMP)
-	PM_KILL_MOMENTS=all $(BIN)/python -m pytest -q -x -m slow --timeout 1800 tests/test_faults_kill.py $(ARGS)
+# The kill -9 campaigns, outside CI's time budget (about 25 minutes): all 12 moments of a fit (the slow tier runs 7,
+# one of each kind) and a quick ablation killed mid-job then rerun (tests marked `campaign`).
+test-kill: $(STAMP) shards
+	PM_KILL_MOMENTS=all $(BIN)/python -m pytest -q -x -m slow --timeout 1800 tests/test_faults_kill.py tests/test_ablate_quick.py $(ARGS)
 
 # Mutation testing (mutmut) of the core modules against the fast tests that cover each (tools/mutation_targets.toml);
 # not in CI. docs/TESTING.md has its scores and time. ARGS= picks modules: `make mutation ARGS=pm_lightning/training/flow.py`.

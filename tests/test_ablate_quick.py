@@ -131,6 +131,7 @@ def test_quick_ablation_end_to_end_and_resume(quick_run):
     assert len(list(out.glob("wandb/offline-run-*"))) == 1  # the rerun replaced the summary run, no duplicate
 
 
+@pytest.mark.campaign  # 7 min of a second quick ablation: `make test-kill`, not the slow tier
 def test_an_ablation_killed_mid_job_resumes_to_the_same_results(quick_run, tmp_path):
     """kill -9 of the whole process group (what a pre-empted job or a closed terminal does) while jobs run; the
     rerun skips what had finished, resumes or restarts the rest, and ends with the uninterrupted run's figures."""
