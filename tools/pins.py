@@ -38,11 +38,16 @@ def setup_extras() -> list[str]:
     return found.group(1).split(",")
 
 
+def project() -> dict:
+    """pyproject.toml's [project] table."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def requirements() -> list[str]:
     """pyproject's dependencies and the extras `make setup` installs, in order."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    return [*project["dependencies"], *(r for extra in setup_extras() for r in extras[extra])]
+    table = project()
+    extras = table["optional-dependencies"]
+    return [*table["dependencies"], *(r for extra in setup_extras() for r in extras[extra])]
 
 
 def pinned_requirement(text: str, pins: dict[str, str]) -> str:
@@ -74,10 +79,9 @@ def environment_yml() -> str:
 
 def requirement_table() -> str:
     """The markdown table of every requirement in pyproject (dependencies, then each extra), at its tested pin."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins, setup = pinned(), set(setup_extras())
-    rows = [("", r) for r in project["dependencies"]]
-    rows += [(extra, r) for extra, reqs in project["optional-dependencies"].items() for r in reqs]
+    table, pins, setup = project(), pinned(), set(setup_extras())
+    rows = [("", r) for r in table["dependencies"]]
+    rows += [(extra, r) for extra, reqs in table["optional-dependencies"].items() for r in reqs]
     lines = ["| package | floor (pyproject.toml) | extra | `make setup` installs it | tested (constraints.txt) |"]
     lines.append("|---|---|---|---|---|")
     for extra, text in rows:
