@@ -98,9 +98,11 @@ ablation: shards
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x --timeout 600 $(ARGS)
 
-# The slow tier runs the quick ablation on the default shards (built when missing: about a minute).
+# The slow tier runs the quick ablation on the default shards (built when missing: about a minute). Its tests are
+# mostly one-thread subprocesses, so SLOW_WORKERS pytest-xdist workers (a file each at a time) fill the cores.
+SLOW_WORKERS ?= 2
 test-slow: $(STAMP) browser shards
-	$(BIN)/python -m pytest -q -x -m 'slow and not campaign' --timeout 1800 --durations 25 $(ARGS)
+	$(BIN)/python -m pytest -q -x -m 'slow and not campaign' -n $(SLOW_WORKERS) --dist loadfile --timeout 1800 --durations 25 $(ARGS)
 
 # The kill -9 campaigns, outside CI's time budget (about 25 minutes): all 12 moments of a fit (the slow tier runs 7,
 # one of each kind) and a quick ablation killed mid-job then rerun (tests marked `campaign`).
