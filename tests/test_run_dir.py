@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from pm_lightning import fit
-from pm_lightning.core.run_layout import RUN_OUTPUTS
+from pm_lightning.core.run_layout import RUN_OUTPUTS, TENSORBOARD
 from pm_lightning.training.run_dir import RunDirectoryInUse, check_run_directory
 from tests.test_fit import small_config, with_outputs
 
@@ -26,6 +26,9 @@ def full_run_config(tmp_path: Path, tiny_base: str, shards: dict, root: Path) ->
         "init_args": {"project": "pm_lightning_tests", "offline": True},
     }
     return with_outputs(path, every=0, default_root_dir=str(root), logger=logger)
+
+
+WRITTEN = set(RUN_OUTPUTS) - {TENSORBOARD}  # the outputs of these configs' runs (they log to W&B)
 
 
 def listing(root: Path) -> dict[str, float]:
@@ -67,7 +70,7 @@ def test_every_output_lands_in_the_run_directory_and_moves_with_it(run_env):
     assert sorted(p.name for p in cwd.iterdir()) == ["runs"] and sorted(p.name for p in (cwd / "runs").iterdir()) == [
         "a"
     ]
-    assert {p.name for p in a.iterdir()} == set(RUN_OUTPUTS)
+    assert {p.name for p in a.iterdir()} == WRITTEN
     assert (a / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (a / "lora").iterdir()) == [
         "final",
@@ -79,7 +82,7 @@ def test_every_output_lands_in_the_run_directory_and_moves_with_it(run_env):
     before = settled_listing(a)
     assert fit.main(["--config", str(config), "--trainer.default_root_dir", str(cwd / "runs" / "b")]) == 0
     assert listing(a) == before
-    assert {p.name for p in (cwd / "runs" / "b").iterdir()} == set(RUN_OUTPUTS)
+    assert {p.name for p in (cwd / "runs" / "b").iterdir()} == WRITTEN
     assert sorted(p.name for p in (cwd / "runs").iterdir()) == ["a", "b"]
 
 
@@ -124,6 +127,8 @@ def test_a_new_run_refuses_a_used_directory_and_start_over_moves_it_aside(run_en
     cwd, config = run_env
     assert fit.main(["--config", str(config)]) == 0
     a = cwd / "runs" / "a"
+    (a / TENSORBOARD / "version_0").mkdir(parents=True)  # as RunTensorBoardLogger writes it (this config logs to W&B)
+    (a / TENSORBOARD / "version_0" / "events.out.tfevents.0").write_text("tb")  # before the fix: left behind
     before = listing(a)
     capsys.readouterr()
     assert fit.main(["--config", str(config)]) == 2

@@ -27,7 +27,7 @@ CONFIG = "config.yaml"
 LOCK = "run.lock"
 SHEET = ".png"  # a sample sheet: <tag>.png
 FINAL = "final"  # the tag of what the end of training writes (LoRA folder, sample sheet)
-RUN_OUTPUTS = (CHECKPOINTS, LORA, SAMPLES, WANDB, CONFIG)  # what `--start_over` moves aside
+RUN_OUTPUTS = (CHECKPOINTS, LORA, SAMPLES, WANDB, TENSORBOARD, CONFIG)  # what `--start_over` moves aside
 
 
 def step_tag(step: int) -> str:
