@@ -123,6 +123,8 @@ FIT_CASES = [
     (["--data.seed", BIG], "data.seed"),
     (["--model.init_args.adapter.rank", "0"], "model.init_args.adapter.rank"),
     (["--model.init_args.adapter.mask_fraction", "1.5"], "model.init_args.adapter.mask_fraction"),
+    (["--model.init_args.adapter.gates", "hard"], "model.init_args.adapter.gates"),
+    (["--model.init_args.adapter.unseen_mask", "median"], "model.init_args.adapter.unseen_mask"),
     (["--model.init_args.optimizer.lr", "-1"], "model.init_args.optimizer.lr"),
     (["--model.init_args.optimizer.lr", "nan"], "model.init_args.optimizer.lr"),
     (["--model.init_args.alignment.lambda0", "-0.5"], "model.init_args.alignment.lambda0"),

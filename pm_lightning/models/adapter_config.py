@@ -5,9 +5,9 @@ One LoRA (A: r x k, B: d x r, scale alpha / r) on each target Linear, injected b
 * ``lora``        delta W = B A (stock peft ``lora.Linear``).
 * ``asymmetric``  delta W_c = B_c A: shared A, one B per domain c (``AsymmetricLoraLinear``).
 * ``masked``      delta W_c = B diag(m_c) A (``MaskedLoraLinear``): the first g = round(rho * r) rank
-  rows carry a learnable gate per domain (initialised to 1; ``mask_l1`` measures |gates| for an
-  optional L1 pull towards 0); the other r - g rows are shared, fixed at 1 for every domain and are
-  not parameters.
+  rows carry a learnable gate per domain (``gates``: ``unbounded`` reals initialised to 1, or ``sigmoid`` gates in
+  (0, 1) initialised on; ``mask_l1`` weights the mean |gate| as a sparsity pull towards 0); the other r - g rows are
+  shared, fixed at 1 for every domain and are not parameters.
 
 `ADAPTER_KINDS` is the one list of kinds: name -> peft layer class (+ the layer's extra arguments). `AdapterConfig.kind`
 accepts its keys (the Literal is built from them) and `add_adapters` injects its layer; adding a kind is one layer
@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 from pm_lightning.core.validate import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
-from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, MaskedLoraLinear
+from pm_lightning.models.adapter_layers import GATE_KINDS, UNSEEN_MASKS, AsymmetricLoraLinear, MaskedLoraLinear
 
 
 @dataclass
@@ -42,9 +42,14 @@ class AdapterConfig:
     """rho: the fraction of rank rows with learnable per-domain gates (masked only); g = round(rho * r), at least 1 if rho > 0."""
     mask_l1: NonNegativeFloat = 0.0
     """Weight of the L1 pull of the gates towards 0 (applied by the training module to ``mask_l1()``)."""
-    unseen_mask: Literal["ones", "mean"] = "ones"
-    """masked: the gates of an unseen domain. "ones": the mask removed (ProcessMaker, the default); "mean": the mean
-    of the trained domain gates (the masked analogue of MakeAnything's mean of the Bs; an ablation follow-up)."""
+    gates: Literal[GATE_KINDS] = "unbounded"
+    """masked: how the gate parameters become gates. "unbounded": the parameters are the gates (real, initialised to 1;
+    the default, so existing configs and checkpoints keep their meaning); "sigmoid": gate = sigmoid(parameter), a mask
+    bounded in (0, 1), initialised on (sigmoid(3) = 0.95)."""
+    unseen_mask: Literal[UNSEEN_MASKS] = "ones"
+    """masked: the gates of an unseen domain. "ones": the mask removed (ProcessMaker, the default); "shared": the gated
+    rows off, only the shared rows act; "mean": the mean of the trained domain gates (the masked analogue of
+    MakeAnything's mean of the Bs)."""
     fused_qkv: bool = True
     """Share A (and gates) across the projections BFL's Flux fuses (q/k/v; single-block q/k/v/mlp)."""
 
@@ -63,8 +68,9 @@ class AdapterConfig:
             )
         if not 0.0 <= self.mask_fraction <= 1.0:
             raise ValueError(f"AdapterConfig.mask_fraction must be in [0, 1], got {self.mask_fraction!r}")
-        if self.unseen_mask not in ("ones", "mean"):
-            raise ValueError(f"AdapterConfig.unseen_mask must be 'ones' or 'mean', got {self.unseen_mask!r}")
+        for key, allowed in (("gates", GATE_KINDS), ("unseen_mask", UNSEEN_MASKS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"AdapterConfig.{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if not self.mask_l1 >= 0.0:
             raise ValueError(f"AdapterConfig.mask_l1 must be >= 0, got {self.mask_l1!r}")
 
@@ -103,7 +109,12 @@ ADAPTER_KINDS: dict[str, AdapterKind] = {
     "asymmetric": AdapterKind(AsymmetricLoraLinear, lambda cfg: {"num_domains": cfg.num_domains}),
     "masked": AdapterKind(
         MaskedLoraLinear,
-        lambda cfg: {"num_domains": cfg.num_domains, "num_gated": cfg.num_gated, "unseen_mask": cfg.unseen_mask},
+        lambda cfg: {
+            "num_domains": cfg.num_domains,
+            "num_gated": cfg.num_gated,
+            "gates": cfg.gates,
+            "unseen_mask": cfg.unseen_mask,
+        },
     ),
 }
 KINDS = tuple(ADAPTER_KINDS)

@@ -5,12 +5,15 @@ Both subclass peft's ``lora.Linear`` (so peft's module walking, ``merged``/``mer
 what the methods add: the domain of each sample and the per-domain part of the update.
 
 * ``MaskedLoraLinear``: delta W_c = B diag(m_c) A. ``lora_gate[adapter]`` (num_domains, g) holds the
-  learnable gates of the first g rank rows; the other r - g rows are fixed at 1 (constants, not
-  parameters). The unseen domain (-1) uses the all-ones mask.
+  learnable parameters of the first g rank rows' gates (``gates="unbounded"``: the gates themselves;
+  ``"sigmoid"``: their logits, so every gate lies in (0, 1)); the other r - g rows are fixed at 1
+  (constants, not parameters). The unseen domain (-1) uses the all-ones mask (``unseen_mask="ones"``),
+  the gated rows off (``"shared"``) or the mean of the domain gates (``"mean"``).
 * ``AsymmetricLoraLinear``: delta W_c = B_c A. ``lora_B[adapter].weight`` is (num_domains, d, r);
   the unseen domain (-1) uses the mean of the domain Bs.
 
-The domains are module state (``layer.domains``: LongTensor (B,) or None = every sample unseen),
+The domains are module state (``layer.domains``: LongTensor (B,) or None = every sample unseen, routed
+exactly as a batch of -1),
 set before the forward by ``adapter_routing.set_domains``; nothing travels through ``forward``, so
 recomputation under gradient checkpointing sees the same routing.
 """
@@ -25,6 +28,9 @@ from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 UNSEEN = -1
+GATE_KINDS = ("unbounded", "sigmoid")
+UNSEEN_MASKS = ("ones", "shared", "mean")
+SIGMOID_INIT_LOGIT = 3.0  # sigmoid gates start on: sigmoid(3) = 0.953
 
 
 class DomainLoraLinear(PeftLoraLinear):
@@ -50,10 +56,10 @@ class DomainLoraLinear(PeftLoraLinear):
         """(d, r) plain-LoRA B of one domain (gates folded in), unscaled."""
         raise NotImplementedError
 
-    def _check_batch(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The domains as a (B,) tensor on x's device, or None when every sample is unseen."""
+    def _check_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The domains as a (B,) tensor on x's device; None (every sample unseen) becomes B times -1."""
         if self.domains is None:
-            return None
+            return torch.full((x.shape[0],), UNSEEN, dtype=torch.long, device=x.device)  # (B,)
         if self.domains.shape[0] != x.shape[0]:
             raise ValueError(f"set_domains got {self.domains.shape[0]} domains for a batch of {x.shape[0]} samples")
         return self.domains.to(x.device)
@@ -92,37 +98,44 @@ class MaskedLoraLinear(DomainLoraLinear):
     adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_gate",)
 
     def update_layer(
-        self, adapter_name: str, r: int, lora_alpha: float, config, num_gated: int = 0, unseen_mask: str = "ones",
-        **kwargs,
+        self, adapter_name: str, r: int, lora_alpha: float, config, num_gated: int = 0, gates: str = "unbounded",
+        unseen_mask: str = "ones", **kwargs,
     ) -> None:  # fmt: skip
-        self.num_gated, self.unseen_mask = num_gated, unseen_mask
+        if gates not in GATE_KINDS or unseen_mask not in UNSEEN_MASKS:
+            raise ValueError(f"gates must be one of {GATE_KINDS} and unseen_mask one of {UNSEEN_MASKS}")
+        self.num_gated, self.gates, self.unseen_mask = num_gated, gates, unseen_mask
         if not hasattr(self, "lora_gate"):
             self.lora_gate = nn.ParameterDict({})  # must exist before peft's set_adapter walks adapter_layer_names
         super().update_layer(adapter_name, r, lora_alpha, config, **kwargs)
 
     def _add_domain_params(self, adapter_name: str, r: int) -> None:
         device = self.lora_A[adapter_name].weight.device
-        self.lora_gate[adapter_name] = nn.Parameter(torch.ones(self.num_domains, self.num_gated, device=device))
+        init = 1.0 if self.gates == "unbounded" else SIGMOID_INIT_LOGIT
+        self.lora_gate[adapter_name] = nn.Parameter(torch.full((self.num_domains, self.num_gated), init, device=device))
+
+    def gate_values(self, adapter: str) -> torch.Tensor:
+        """(num_domains, g) the gates of the gated rows: the parameters (unbounded) or their sigmoid (in (0, 1))."""
+        gate = self.lora_gate[adapter]  # (C, g)
+        return gate if self.gates == "unbounded" else torch.sigmoid(gate)  # (C, g)
 
     def mask_table(self, adapter: str) -> torch.Tensor:
         """(num_domains + 1, r) masks; the last row is the unseen mask, so index -1 selects it: all ones ("mask
-        removed", the default) or, with ``unseen_mask="mean"``, the mean of the domain masks."""
-        gate = self.lora_gate[adapter]  # (C, g)
-        r = self.r[adapter]
-        shared = torch.ones(gate.shape[0], r - gate.shape[1], device=gate.device, dtype=gate.dtype)  # (C, r-g)
+        removed", the default), the gated rows 0 ("shared") or the mean of the domain masks ("mean")."""
+        gate = self.gate_values(adapter)  # (C, g)
+        g, r = gate.shape[1], self.r[adapter]
+        shared = torch.ones(gate.shape[0], r - g, device=gate.device, dtype=gate.dtype)  # (C, r-g)
         domains = torch.cat([gate, shared], dim=1)  # (C, r)
         if self.unseen_mask == "mean":
             unseen = domains.mean(0, keepdim=True)  # (1, r)
         else:
             unseen = torch.ones(1, r, device=gate.device, dtype=gate.dtype)  # (1, r)
+            if self.unseen_mask == "shared":
+                unseen[:, :g] = 0.0  # the domain rows off
         return torch.cat([domains, unseen], dim=0)  # (C+1, r)
 
     def _routed_update(self, adapter: str, h: torch.Tensor) -> torch.Tensor:
-        domains = self._check_batch(h)
-        if domains is not None:
-            m = self.mask_table(adapter)[domains].to(h.dtype)  # (B, r)
-            h = h * _per_sample(m, h)  # (B, ..., r)
-        return self.lora_B[adapter](h)  # (B, ..., d)
+        m = self.mask_table(adapter)[self._check_batch(h)].to(h.dtype)  # (B, r)
+        return self.lora_B[adapter](h * _per_sample(m, h))  # (B, ..., d)
 
     def domain_B(self, adapter: str, domain: int) -> torch.Tensor:
         m = self.mask_table(adapter)[domain]  # (r,)
@@ -153,11 +166,7 @@ class AsymmetricLoraLinear(DomainLoraLinear):
         self.lora_B[adapter_name] = DomainB(self.num_domains, r, self.out_features, device=device)
 
     def _routed_update(self, adapter: str, h: torch.Tensor) -> torch.Tensor:
-        domains = self._check_batch(h)
-        table = self.lora_B[adapter].table().to(h.dtype)  # (C+1, d, r)
-        if domains is None:
-            return h @ table[-1].T  # (B, ..., d)
-        Bs = table[domains]  # (B, d, r)
+        Bs = self.lora_B[adapter].table().to(h.dtype)[self._check_batch(h)]  # (B, d, r)
         flat = h.reshape(h.shape[0], -1, h.shape[-1])  # (B, N, r)
         out = torch.bmm(flat, Bs.transpose(1, 2))  # (B, N, d)
         return out.reshape(*h.shape[:-1], Bs.shape[1])  # (B, ..., d)

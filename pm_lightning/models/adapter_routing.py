@@ -2,7 +2,8 @@
 
 Domains are chosen per sample: ``set_domains(transformer, LongTensor (B,))`` before the forward.
 ``UNSEEN_DOMAIN = -1`` (or ``domains=None`` for the whole batch) means "no domain-specific part":
-masked -> the all-ones mask ("mask removed"); asymmetric -> the mean of the domain Bs; lora -> as is.
+masked -> the ``unseen_mask`` (all ones, "mask removed", by default; ``shared``; ``mean``); asymmetric -> the mean
+of the domain Bs; lora -> as is. ``None`` is routed exactly as a batch of -1.
 The domains are module state, not forward arguments, so gradient checkpointing recomputes with the
 same routing as long as the state still holds at backward time: call ``set_domains`` in the
 training step (it persists) rather than leaving a ``use_domains`` block before ``backward``.

@@ -8,14 +8,20 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from pm_lightning.models.adapter_layers import DomainLoraLinear
+from pm_lightning.models.adapter_layers import DomainLoraLinear, MaskedLoraLinear
 from pm_lightning.models.adapter_routing import check_domain
 from pm_lightning.models.adapters import adapter_parameters, domain_layers, named_tuner_layers
 
 
 def mask_l1(transformer: nn.Module) -> torch.Tensor:
-    """Mean |gate| over every learnable gate entry (0 for the other kinds); the caller weights it."""
-    gates = {id(g): g for layer in domain_layers(transformer) for g in getattr(layer, "lora_gate", {}).values()}
+    """Mean |gate| over every learnable gate (the gate values, so sigmoid gates' in (0, 1); tied gates once; 0 for the
+    other kinds): the sparsity term the caller weights by ``AdapterConfig.mask_l1``."""
+    gates = {
+        id(layer.lora_gate[a]): layer.gate_values(a)  # (C, g)
+        for layer in domain_layers(transformer)
+        if isinstance(layer, MaskedLoraLinear)
+        for a in layer.lora_gate
+    }
     total = sum(g.numel() for g in gates.values())
     if total == 0:
         p = next(iter(adapter_parameters(transformer)), None)

@@ -5,7 +5,7 @@ The exported file holds ``transformer.<module>.lora_A.weight`` (r, k) and ``tran
 default (alpha = r, scale 1) reproduces the trained output exactly. Per kind:
 masked -> B diag(m_domain) (the domain's gates folded into B); asymmetric -> A with B_domain;
 lora -> A, B. A shared A (``fused_qkv``) is written once per module. Domain index -1 (``unseen``)
-exports the domain-free LoRA: all-ones mask / mean of the Bs.
+exports the domain-free LoRA: the unseen mask (``adapter.unseen_mask``) / mean of the Bs.
 
 Checkpoint contract (written by the stage modules, a Lightning checkpoint):
 
