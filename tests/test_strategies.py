@@ -115,7 +115,9 @@ def test_hsdp_mesh_is_replicate_by_shard_over_consecutive_ranks_and_refuses_an_u
         dist.destroy_process_group()
 
     for world, shard in ((6, 4), (4, 0), (4, 3)):
-        with pytest.raises(ValueError, match=rf"world size {world} .*not divisible.*--trainer.strategy.init_args.shard_size"):
+        with pytest.raises(
+            ValueError, match=rf"world size {world} .*not divisible.*--trainer.strategy.init_args.shard_size"
+        ):
             hsdp_shape(world, shard)
     strategy.parallel_devices, strategy.num_nodes, strategy.shard_size = [torch.device("cpu")] * 3, 2, 4
     with pytest.raises(ValueError, match="world size 6 .*shard group size 4.*divisor of 6"):

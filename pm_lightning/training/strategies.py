@@ -147,6 +147,19 @@ def hsdp_shape(world_size: int, shard_size: int) -> tuple[int, int]:
     return world_size // shard_size, shard_size
 
 
+def refuse_uneven_hsdp(trainer) -> None:
+    """At load: an HSDP `trainer.strategy` whose shard group does not divide devices x num_nodes. `trainer` is the
+    parsed trainer config; devices "auto" / -1 are checked when the processes start (`setup_environment`)."""
+    strategy = trainer.strategy.as_dict() if hasattr(trainer.strategy, "as_dict") else trainer.strategy
+    if not isinstance(strategy, dict) or not str(strategy.get("class_path")).endswith("FluxHSDPStrategy"):
+        return
+    devices = trainer.devices
+    devices = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 0
+    if devices:
+        shard_size = (strategy.get("init_args") or {}).get("shard_size")
+        hsdp_shape(devices * int(trainer.num_nodes or 1), shard_size or devices)
+
+
 def hsdp_mesh(world_size: int, shard_size: int, device_type: str):
     """The 2-D mesh ("replicate", "shard"): consecutive ranks (one node's GPUs under torchrun / SLURM) form a shard
     group, and the i-th rank of every group forms a replica group. `fully_shard(mesh=...)` on it is HSDP."""
