@@ -16,7 +16,7 @@ DOMAIN  ?= lego
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval ablation demo demo-screenshots style-lora browser test test-slow test-kill bench bench-gpu bench-gpu-check bench-data bench-adaptive mutation clean
+.PHONY: setup constraints lint format shards tiny-base tiny-eval train-stage1 train-stage2 train-recraft generate eval ablation demo demo-screenshots style-lora browser test test-slow test-kill test-scaling bench bench-gpu bench-gpu-check bench-data bench-adaptive mutation clean
 
 # constraints.txt pins the exact versions CI tests (`make constraints` rewrites it from the current .venv).
 setup: $(STAMP)
@@ -108,6 +108,11 @@ test-slow: $(STAMP) browser shards
 # one of each kind) and a quick ablation killed mid-job then rerun (tests marked `campaign`).
 test-kill: $(STAMP) shards
 	PM_KILL_MOMENTS=all $(BIN)/python -m pytest -q -x -m slow --timeout 1800 tests/test_faults_kill.py tests/test_ablate_quick.py $(ARGS)
+
+# Multi-process strategy runs too long for CI's budget (tests marked `campaign` outside test_faults_kill /
+# test_ablate_quick): HSDP as 2 "nodes" x 2 on 4 gloo processes against DDP on 4, on the default shards.
+test-scaling: $(STAMP) shards
+	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 --durations 5 tests/test_hsdp.py $(ARGS)
 
 # Mutation testing (mutmut) of the core modules against the fast tests that cover each (tools/mutation_targets.toml);
 # not in CI. docs/TESTING.md has its scores and time. ARGS= picks modules: `make mutation ARGS=pm_lightning/training/flow.py`.

@@ -47,6 +47,7 @@ class ShardProbe(Callback):
             "frozen_with_grad": sum(p.grad is not None for p in params if not p.requires_grad),
             "trainable_with_grad": sum(p.grad is not None for p in params if p.requires_grad),
             "units": getattr(trainer.strategy, "num_units", None),
+            "placements": sorted({str(getattr(p, "placements", None)) for p in params}),
         }
         out = Path(os.environ["PM_DUMP_DIR"])
         out.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,12 @@ CASES = [
     ("app", ["--auth", "nocolon"], "--auth"),
 ]
 
+# HSDP over 3 ranks in groups of 2. Checked red (the call to refuse_uneven_hsdp in before_instantiate_classes
+# removed, the same flags on the command line): fit instantiated the trainer and module, then exited 1 with a traceback from
+# FluxHSDPStrategy.setup_environment
+HSDP_3_BY_2 = ["--config", str(REPO / "experiments/strategies/hsdp.yaml"), "--trainer.devices", "3"]
+HSDP_3_BY_2 += ["--trainer.strategy.init_args.shard_size", "2"]
+
 # fit's config values, through its own parse path in-process: (arguments, the key the line must name)
 FIT_CASES = [
     (["--data.batch_size", "0"], "data.batch_size"),
@@ -137,6 +143,7 @@ FIT_CASES = [
     (["--trainer.gradient_clip_val", "-1"], "trainer.gradient_clip_val"),
     (["--trainer.strategy", "deepspeed_stage_2"], "trainer.strategy"),
     (["--trainer.strategy", "lightning.pytorch.strategies.DeepSpeedStrategy"], "trainer.strategy"),
+    (HSDP_3_BY_2, "--trainer.strategy.init_args.shard_size"),
     (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
     (["--ckpt_path", "damaged.ckpt"], "damaged.ckpt"),
     # LightningCLI's optimizer / scheduler keys: off (the model owns its optimizer); the fix named. Checked red: with

@@ -107,6 +107,23 @@ def test_a_quantized_base_under_fsdp_is_refused():
         config_memory.config_load(cfg)
 
 
+def test_hsdp_is_planned_as_fsdp2_over_one_shard_group():
+    """hsdp.yaml on 4 nodes of 8 holds per GPU what fsdp.yaml holds on one node of 8 (the model is sharded over a
+    node, replicated across nodes); shard_size overrides the node; flat FSDP2 on 32 GPUs holds less."""
+    strategies = REPO / "experiments" / "strategies"
+
+    def plan(strategy: str, devices: int, nodes: int, **init):
+        cfg = config_files.load_configs([REPO / "experiments" / "fabric_toys.yaml", strategies / f"{strategy}.yaml"])
+        cfg["trainer"].update(devices=devices, num_nodes=nodes)
+        cfg["trainer"]["strategy"]["init_args"].update(init)
+        return config_memory.plan_config(cfg, 48)[0]
+
+    hsdp, node = plan("hsdp", 8, 4), plan("fsdp", 8, 1)
+    assert (hsdp.strategy, hsdp.gpus, hsdp.total) == ("fsdp_full_shard", 8, node.total)
+    assert plan("hsdp", 8, 4, shard_size=4).total == plan("fsdp", 4, 1).total > node.total
+    assert plan("fsdp", 8, 4).total < node.total
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_the_merge_reads_what_fit_resolves(preset, capsys, monkeypatch):

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 SHARDS = REPO / "data" / "shards"
 
 
-def doc_fit_commands() -> dict[str, Command]:
-    """The `fit` lines of docs/SCALING.md's "Try it on CPU" block, by strategy file stem (ddp, fsdp)."""
+def doc_fit_commands(section: str = "Try it on CPU") -> dict[str, Command]:
+    """The `fit` lines of a docs/SCALING.md section's blocks, by strategy file stem (ddp, fsdp, hsdp)."""
     text = (REPO / "docs" / "SCALING.md").read_text()
-    block = text.split("## Try it on CPU", 1)[1].split("\n## ", 1)[0]
+    block = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     out = {}
     for cmd in commands(block):
         if cmd.module == "fit":

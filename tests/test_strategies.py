@@ -82,3 +82,43 @@ def test_refuse_deepspeed_names_every_spelling_and_the_fix():
     for spelling in ("deepspeed", "deepspeed_stage_2_offload", {"class_path": path}, Namespace(class_path=path)):
         with pytest.raises(ValueError, match=r"trainer.strategy .*DeepSpeed is not supported.*fsdp.yaml"):
             refuse_deepspeed(spelling)
+
+
+def test_hsdp_mesh_is_replicate_by_shard_over_consecutive_ranks_and_refuses_an_uneven_split():
+    """hsdp.yaml builds FluxHSDPStrategy; its mesh over 4 ranks with shard_size 2 is 2 replicas x 2 shards, each shard
+    group consecutive ranks (one node's GPUs), and `fully_shard` on it places every parameter (Replicate(), Shard(0)).
+    Built on torch's fake process group (4 ranks in one process, no communication). The 4-process run is
+    tests/test_hsdp.py's."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from pm_lightning.training.strategies import FluxHSDPStrategy, hsdp_mesh, hsdp_shape, shard_flux
+
+    strategy = strategy_from("experiments/strategies/hsdp.yaml")
+    assert isinstance(strategy, FluxHSDPStrategy) and strategy.shard_size is None and strategy.reshard_after_forward
+    strategy.parallel_devices, strategy.num_nodes = [torch.device("cpu")] * 4, 3
+    assert strategy.mesh_shape() == (3, 4)  # default: a shard group per node, a replica per node
+    strategy.shard_size = 2
+    assert strategy.mesh_shape() == (6, 2)
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=4)
+    try:
+        mesh = hsdp_mesh(4, 2, "cpu")
+        assert mesh.shape == (2, 2) and mesh.mesh_dim_names == ("replicate", "shard")
+        assert mesh.mesh.tolist() == [[0, 1], [2, 3]]
+        model = tiny_transformer()
+        assert shard_flux(model, mesh) == len(model.transformer_blocks) + len(model.single_transformer_blocks)
+        assert {tuple(p.placements) for p in model.parameters()} == {(Replicate(), Shard(0))}
+    finally:
+        dist.destroy_process_group()
+
+    for world, shard in ((6, 4), (4, 0), (4, 3)):
+        with pytest.raises(
+            ValueError, match=rf"world size {world} .*not divisible.*--trainer.strategy.init_args.shard_size"
+        ):
+            hsdp_shape(world, shard)
+    strategy.parallel_devices, strategy.num_nodes, strategy.shard_size = [torch.device("cpu")] * 3, 2, 4
+    with pytest.raises(ValueError, match="world size 6 .*shard group size 4.*divisor of 6"):
+        strategy.mesh_shape()

@@ -35,6 +35,7 @@ class ConfigLoad:
     strategy: str
     """A `memory_formulas.STRATEGIES` name ("ddp" also for one device without a strategy: it counts DDP's buckets)."""
     gpus: int
+    """The GPUs one copy of the model is spread over: all of them, or under HSDP one shard group."""
 
 
 def config_load(cfg: dict) -> ConfigLoad:
@@ -62,7 +63,7 @@ def config_load(cfg: dict) -> ConfigLoad:
     strategy = strategy_name(trainer.get("strategy"))
     if work.quant != "none" and strategy not in QUANT_STRATEGIES:
         raise ValueError(f"model.init_args.quantize {work.quant!r} trains on one device or under DDP, not {strategy}")
-    return ConfigLoad(variant, adapter, work, strategy, gpu_count(trainer))
+    return ConfigLoad(variant, adapter, work, strategy, shard_group(trainer))
 
 
 def grid_side(args: dict, data: dict) -> int:
@@ -80,7 +81,7 @@ def strategy_name(strategy) -> str:
             return "ddp"
         raise ValueError(f"trainer.strategy {name!r}: the memory plan knows DDP and FSDP2 configs")
     path, init = strategy.get("class_path", ""), strategy.get("init_args") or {}
-    if path.endswith("FluxFSDP2Strategy"):
+    if path.endswith(("FluxFSDP2Strategy", "FluxHSDPStrategy")):  # HSDP: FSDP2 over its shard group
         return "fsdp_full_shard" if init.get("reshard_after_forward", True) else "fsdp_shard_grad_op"
     if path.endswith("DDPStrategy"):
         return "ddp"
@@ -96,6 +97,16 @@ def gpu_count(trainer: dict) -> int:
         raise ValueError("trainer.devices 'auto' / -1: give the GPU count (--trainer.devices N) to plan memory")
     count = len(devices) if isinstance(devices, list) else int(devices)
     return count * int(trainer.get("num_nodes", 1) or 1)
+
+
+def shard_group(trainer: dict) -> int:
+    """The GPUs one copy of the model is sharded over (or replicated on, under DDP): every GPU, except under HSDP
+    (experiments/strategies/hsdp.yaml) its shard group: `shard_size`, else trainer.devices (one node)."""
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, dict) and strategy.get("class_path", "").endswith("FluxHSDPStrategy"):
+        size = (strategy.get("init_args") or {}).get("shard_size")
+        return int(size) if size else gpu_count(trainer) // int(trainer.get("num_nodes", 1) or 1)
+    return gpu_count(trainer)
 
 
 def plan_config(cfg: dict, card_gib: float, gpus: int | None = None) -> tuple[Plan, ModelShape, Workload]:

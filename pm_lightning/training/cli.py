@@ -40,7 +40,7 @@ from pm_lightning.training.run_dir import (
     resolve_ckpt_path,
 )
 from pm_lightning.training.run_lock import RunDirectoryLocked, RunLock
-from pm_lightning.training.strategies import refuse_deepspeed
+from pm_lightning.training.strategies import refuse_deepspeed, refuse_uneven_hsdp
 from pm_lightning.training.wandb_logger import AutoWandbLogger
 
 
@@ -160,6 +160,7 @@ class ProcessCLI(LightningCLI):
         earlier run is not overwritten (or moved aside with --start_over). Everything refused leaves nothing behind."""
         require_local_base(self.config.model.init_args.base)
         refuse_deepspeed(self.config.trainer.strategy)
+        refuse_uneven_hsdp(self.config.trainer)
         root = self.config.trainer.default_root_dir or "."
         if is_launch_process():  # DDP children run inside the launcher's lock
             self.lock = RunLock.acquire(root)

@@ -1,5 +1,6 @@
 """Multi-GPU strategies for Flux: FSDP2 (`fully_shard` per Flux block, then the root) through Lightning's
-ModelParallelStrategy (DDP is Lightning's own). DeepSpeed is refused at load (`refuse_deepspeed`; docs/SCALING.md).
+ModelParallelStrategy, flat over every rank or hybrid (HSDP: sharded within a node, replicated across nodes); DDP is
+Lightning's own. DeepSpeed is refused at load (`refuse_deepspeed`; docs/SCALING.md).
 
 Sharding rules are data: FLUX_BLOCKS is diffusers' `FluxTransformer2DModel._no_split_modules`. FSDP2 shards each
 parameter on its own (a DTensor per parameter, no flat buffer), so one unit may hold the frozen bf16 base and the
@@ -112,10 +113,12 @@ class FluxFSDP2Strategy(ModelParallelStrategy):
     def setup(self, trainer) -> None:
         module = self.lightning_module
         if not is_sharded(module.transformer):
-            self.num_units = shard_flux(
-                module.transformer, self.device_mesh["data_parallel"], self.reshard_after_forward
-            )
+            self.num_units = shard_flux(module.transformer, self.shard_mesh(), self.reshard_after_forward)
         super().setup(trainer)
+
+    def shard_mesh(self):
+        """The mesh `fully_shard` gets: 1-D over every rank (flat FSDP2)."""
+        return self.device_mesh["data_parallel"]
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         """The trainable weights, gathered whole on rank 0 (on CPU); the frozen base is left out on every rank."""
@@ -131,3 +134,71 @@ class FluxFSDP2Strategy(ModelParallelStrategy):
         if path.is_file():  # a single file (not a distributed-checkpoint folder): small, adapters only
             checkpoint["state_dict"] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
         return checkpoint
+
+
+def hsdp_shape(world_size: int, shard_size: int) -> tuple[int, int]:
+    """(replicas, shard group size) of an HSDP mesh over `world_size` ranks; a clear error when it does not divide."""
+    if shard_size < 1 or world_size % shard_size:
+        raise ValueError(
+            f"HSDP (experiments/strategies/hsdp.yaml): world size {world_size} (trainer.devices x trainer.num_nodes) "
+            f"is not divisible by the shard group size {shard_size}; set --trainer.strategy.init_args.shard_size to "
+            f"a divisor of {world_size} (leave it unset for the GPUs per node, trainer.devices)"
+        )
+    return world_size // shard_size, shard_size
+
+
+def refuse_uneven_hsdp(trainer) -> None:
+    """At load: an HSDP `trainer.strategy` whose shard group does not divide devices x num_nodes. `trainer` is the
+    parsed trainer config; devices "auto" / -1 are checked when the processes start (`setup_environment`)."""
+    strategy = trainer.strategy.as_dict() if hasattr(trainer.strategy, "as_dict") else trainer.strategy
+    if not isinstance(strategy, dict) or not str(strategy.get("class_path")).endswith("FluxHSDPStrategy"):
+        return
+    devices = trainer.devices
+    devices = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 0
+    if devices:
+        shard_size = (strategy.get("init_args") or {}).get("shard_size")
+        hsdp_shape(devices * int(trainer.num_nodes or 1), shard_size or devices)
+
+
+def hsdp_mesh(world_size: int, shard_size: int, device_type: str):
+    """The 2-D mesh ("replicate", "shard"): consecutive ranks (one node's GPUs under torchrun / SLURM) form a shard
+    group, and the i-th rank of every group forms a replica group. `fully_shard(mesh=...)` on it is HSDP."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shape = hsdp_shape(world_size, shard_size)
+    return init_device_mesh(device_type, shape, mesh_dim_names=("replicate", "shard"))
+
+
+class FluxHSDPStrategy(FluxFSDP2Strategy):
+    """FSDP2 with a replicate dimension (HSDP): the base, adapters, gradients and optimizer state are sharded over a
+    shard group (default: the GPUs of one node) and replicated across groups. Per step the parameter all-gathers and
+    gradient reduce-scatters stay inside a group (NVLink); only the adapters' gradient shards are all-reduced across
+    groups (the inter-node network), never the frozen base.
+
+    Everything else is FluxFSDP2Strategy's (units, checkpoints, resume). Lightning's own mesh stays 1-D data parallel
+    over every rank (each rank reads its own data); the 2-D mesh is only for `fully_shard`.
+    """
+
+    def __init__(self, shard_size: int | None = None, **kwargs):
+        """
+        Args:
+            shard_size: ranks per shard group; None = trainer.devices (the GPUs of one node), so replicas =
+                trainer.num_nodes. Must divide the world size (devices x num_nodes).
+            **kwargs: FluxFSDP2Strategy's (reshard_after_forward, save_distributed_checkpoint, ...).
+        """
+        super().__init__(**kwargs)
+        self.shard_size = shard_size
+        self._hsdp_mesh = None
+
+    def mesh_shape(self) -> tuple[int, int]:
+        """(replicas, shard group size) for this launch: devices x num_nodes ranks, `shard_size` (or devices) each."""
+        return hsdp_shape(self.num_nodes * self.num_processes, self.shard_size or self.num_processes)
+
+    def setup_environment(self) -> None:
+        shard = self.mesh_shape()[1]  # refused here, before the process group starts
+        super().setup_environment()
+        self._hsdp_mesh = hsdp_mesh(self.world_size, shard, self.root_device.type)
+
+    def shard_mesh(self):
+        """The 2-D ("replicate", "shard") mesh."""
+        return self._hsdp_mesh

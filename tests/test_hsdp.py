@@ -1,0 +1,52 @@
+"""HSDP (experiments/strategies/hsdp.yaml) for real: docs/SCALING.md's CPU command, 4 gloo processes as 2 "nodes"
+x 2 (`shard_size: 2`) on the default shards, trains with every transformer parameter placed (Replicate(), Shard(0))
+and ends with the adapters and validation figures of the same run under DDP on 4 processes.
+
+Campaign tier (`make test-scaling`), not CI's slow tier: two 4-process runs take minutes on 2 cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_fsdp2 import adapters
+from tests.test_scaling_commands import SHARDS, doc_fit_commands, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.campaign]
+
+
+@pytest.mark.skipif(not (SHARDS / "val" / "index.json").is_file(), reason="no default shards: run `make shards`")
+def test_hsdp_2x2_doc_command_trains_sharded_within_replicated_across_and_equals_ddp(tmp_path, monkeypatch):
+    (hsdp,) = doc_fit_commands("HSDP on CPU").values()
+    assert hsdp.values("--trainer.devices") == ["4"] and hsdp.values("--trainer.strategy.init_args.shard_size") == ["2"]
+    monkeypatch.setenv("PM_DUMP_DIR", str(tmp_path / "dump"))
+    sharded, _ = run(hsdp, tmp_path / "hsdp", "--trainer.callbacks+=tests.ddp_probe.ShardProbe")
+    for rank in range(4):  # 2-D for real on every rank: replicated over "replicate", row-sharded over "shard"
+        probe = torch.load(tmp_path / "dump" / f"shard-rank{rank}.pt")
+        assert probe["dtensor"] and probe["placements"] == ["(Replicate(), Shard(dim=0))"], rank
+        assert probe["units"] == 6 and probe["frozen_with_grad"] == 0 and probe["trainable_with_grad"] > 0
+
+    # the same command under DDP (ddp.yaml instead of hsdp.yaml and its shard_size)
+    argv = list(hsdp.argv)
+    at = argv.index("--trainer.strategy.init_args.shard_size")
+    del argv[at : at + 2]
+    argv = [a.replace("strategies/hsdp.yaml", "strategies/ddp.yaml") for a in argv]
+    replicated, _ = run(type(hsdp)(tuple(argv), " ".join(argv)), tmp_path / "ddp")
+
+    assert sorted(sharded) == sorted(replicated) == [0, 1] and len(sharded[0]) > 5
+    assert replicated[1]["val/loss_fm"] != replicated[0]["val/loss_fm"]  # training moved the adapters
+    for step, figures in replicated.items():
+        for key, value in figures.items():
+            assert sharded[step][key] == pytest.approx(value, rel=1e-4), (step, key)
+    mine, theirs = adapters(tmp_path / "hsdp"), adapters(tmp_path / "ddp")
+    assert mine.keys() == theirs.keys() and mine
+    for key in mine:  # the tolerance of tests/test_fsdp2.py's FSDP2-vs-DDP comparison
+        torch.testing.assert_close(mine[key], theirs[key], rtol=1e-4, atol=1e-6, msg=key)
+    exported = sorted(p.name for p in (tmp_path / "ddp" / "lora" / "final").glob("*.safetensors"))
+    assert "unseen.safetensors" in exported
+    for name in exported:  # the per-domain LoRA files
+        a, b = (load_file(tmp_path / run / "lora" / "final" / name) for run in ("hsdp", "ddp"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
