@@ -72,11 +72,22 @@ def test_a_bf16_base_exports_bf16_files_equal_to_the_checkpoint_rounded_that_sto
 
 
 def test_checkpoints_hold_the_trainable_tensors_only(run):
-    """No frozen base tensor in a checkpoint: every key is an adapter tensor, and they are all the trainable ones
-    (the LoRA factors and masked gates the export reads). Checked red: without the filter in
+    """No frozen base tensor in the checkpoint file a fit writes (tests/test_stage1.py checks the hook on a module):
+    every key is an adapter tensor (the LoRA factors and masked gates the export reads). Checked red: without the filter in
     `FlowMatchingModule.on_save_checkpoint` the base's `...base_layer.weight` and the other frozen tensors are in."""
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert state and len(adapter_tensors(state)) == len(state)
     assert not any("base_layer" in k for k in state)
     kinds = {k.split(".lora_")[1].split(".")[0] for k in state}
     assert kinds == {"A", "B", "gate"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [({"dtype": "float64"}, "LoraExport.dtype: 'float64' unknown"), ({"every_n_train_steps": -1}, "< 0")],
+)
+def test_bad_export_settings_fail_when_the_config_loads_naming_the_key(args, message):
+    from pm_lightning.training.callbacks import LoraExport
+
+    with pytest.raises(ValueError, match=message):
+        LoraExport(**args)
