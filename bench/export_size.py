@@ -104,7 +104,7 @@ def measure(out: Path) -> dict:
 
 def table(m: dict) -> str:
     n, checkpoints = m["files"], m["max_steps"] // m["checkpoint_every"]
-    exports_after = m["max_steps"] // m["export_every"] + 1  # + final
+    exports_after = (m["max_steps"] - 1) // m["export_every"] + 1  # + final (none at the last step: final is it)
     before_each, after_export = m["ckpt"] + n * m["fp32"], m["ckpt"] + n * m["bf16"]
     before_run = checkpoints * before_each + n * m["fp32"]  # + the final export
     after_run = checkpoints * m["ckpt"] + exports_after * n * m["bf16"]

@@ -1,6 +1,6 @@
-"""Lean exports (issue 23), through one short fit of a bf16 base: LoRA files in the base's dtype (bf16) that stock
-diffusers loads, every domain exported at the end and at the export's own interval (not with every checkpoint),
-and checkpoints that hold the trainable tensors only."""
+"""Lean exports (issue 23), through one short fit of a bf16 base (4 steps): LoRA files in the base's dtype (bf16)
+that stock diffusers loads, every domain exported at the end and at the export's own interval (not with every
+checkpoint), and checkpoints that hold the trainable tensors only."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from tests.test_fit import small_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
-STEPS, CHECKPOINT_EVERY, EXPORT_EVERY = 3, 1, 2
+STEPS, CHECKPOINT_EVERY, EXPORT_EVERY = 4, 1, 2
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_base, tiny_shards):
-    """3 steps of a bf16 base (model.init_args.dtype), a checkpoint every step, LoRA exports every 2 steps."""
+    """4 steps of a bf16 base (model.init_args.dtype), a checkpoint every step, LoRA exports every 2 steps."""
     tmp = tmp_path_factory.mktemp("lean")
     path = small_config(tmp, tiny_base, tiny_shards, max_steps=STEPS, every=CHECKPOINT_EVERY, dtype="bfloat16")
     cfg = yaml.safe_load(path.read_text())
@@ -36,7 +36,8 @@ def run(tmp_path_factory, tiny_base, tiny_shards):
 
 
 def test_every_domain_is_exported_at_its_own_interval_and_at_the_end_not_with_every_checkpoint(run):
-    """Checked red: with the former export in `on_save_checkpoint` the folders are step-000001..3 and final."""
+    """Step 4 is the last: `final` holds it, written once. Checked red: with the former export in
+    `on_save_checkpoint` the folders are step-000001..4 and final; without the last-step rule, step-000004 too."""
     assert len(list((run / "checkpoints").glob("epoch=*.ckpt"))) == STEPS // CHECKPOINT_EVERY
     assert sorted(p.name for p in (run / "lora").iterdir()) == ["final", "step-000002"]
     assert {p.name for p in (run / "lora" / "step-000002").glob("*.safetensors")} == {

@@ -37,8 +37,8 @@ class LoraExport(Callback):
         """
         Args:
             dirpath: output folder (default `<run dir>/lora`).
-            every_n_train_steps: also export every N optimizer steps (tag `step-N`); None or 0: only at the end
-                (`final`, always written).
+            every_n_train_steps: also export every N optimizer steps (tag `step-N`; not at `trainer.max_steps`,
+                which `final` holds); None or 0: only at the end (`final`, always written).
             formats: "diffusers" (`<domain>.safetensors`) and / or "kohya" (`<domain>.kohya.safetensors`, for
                 ComfyUI, Forge and kohya tools).
             dtype: the files' tensor dtype: "auto" (the frozen base's: bfloat16 for the FLUX configs, which train
@@ -59,7 +59,8 @@ class LoraExport(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps; several batches share one under accumulation
-        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self._last_step:
+        last = step == trainer.max_steps  # `final` follows with the same weights: not written twice
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self._last_step and not last:
             self._last_step = step
             self.export(trainer, pl_module, step_tag(step))
 
