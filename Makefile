@@ -153,6 +153,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/flux_step.py --write-docs
+	$(BIN)/python bench/export_size.py --write-docs
 	$(MAKE) browser
 	$(BIN)/python bench/demo.py
 

@@ -76,7 +76,6 @@ def with_outputs(path: Path, every: int, at_start: bool = False, **trainer) -> P
     cfg = yaml.safe_load(path.read_text())
     cfg["trainer"].update(trainer)
     cfg["trainer"]["callbacks"] += [
-        {"class_path": "pm_lightning.training.callbacks.LoraExport"},
         {
             "class_path": "pm_lightning.training.callbacks.SampleGrids",
             "init_args": {
@@ -87,6 +86,7 @@ def with_outputs(path: Path, every: int, at_start: bool = False, **trainer) -> P
                 "at_start": at_start,
             },
         },
+        {"class_path": "pm_lightning.training.callbacks.LoraExport", "init_args": {"every_n_train_steps": every}},
     ]
     path.write_text(yaml.safe_dump(cfg))
     return path
