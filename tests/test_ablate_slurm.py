@@ -89,6 +89,21 @@ def test_wrong_cluster_keys_fail_at_load():
 # ---------------------------------------------------------------- through submitit's local executor
 
 
+def test_a_job_through_submitit_returns_its_code_time_and_output(tmp_path):
+    """SlurmLauncher.execute on submitit's local executor: the task runs the command, its output lands in the job's
+    log, its exit code and run time come back to the runner, the bar counts it ended."""
+    from pm_lightning.ablation.jobs import Job
+    from pm_lightning.ablation.slurm import SlurmLauncher
+
+    plan = load_plan(PLAN)
+    launcher = SlurmLauncher(tmp_path, plan, plan.cluster, "submitit-local", print_fn=lambda s: None)
+    job = Job("eval/base/seed-0", "eval", "base", 0, tmp_path / "eval")
+    code, seconds, resumed = launcher.execute(job, [sys.executable, "-c", "print('hello from the node'); exit(3)"])
+    assert (code, resumed) == (3, False) and 0 < seconds < 60
+    assert "hello from the node" in (tmp_path / "logs" / "eval__base__seed-0.log").read_text()
+    assert launcher._bar.n == 1
+
+
 def small_plan(folder: Path) -> Path:
     """The tiny plan's `lora` row, --quick: 4 steps with a checkpoint every 2, evaluated on one domain."""
     ckpt = {"trainer": {"callbacks": [
@@ -127,13 +142,13 @@ def processes(*words: str) -> list[int]:
     return found
 
 
-def wait_for(check, what: str, seconds: float = 600):
+def wait_for(check, what: str, proc: subprocess.Popen, seconds: float = 900):
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         if found := check():
             return found
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"{what}: not seen (the ablation {'ended' if proc.poll() is not None else 'timed out'})")
 
 
 def figures(out: Path) -> dict:
@@ -159,10 +174,10 @@ def test_a_preempted_training_is_requeued_and_resumed_and_a_killed_ablation_reru
     proc = subprocess.Popen(ablate(plan, out, "submitit-local"), cwd=REPO, env=env(out), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        wait_for(lambda: (run / "checkpoints" / "last.ckpt").is_file(), "the first checkpoint")
+        wait_for(lambda: (run / "checkpoints" / "last.ckpt").is_file(), "the first checkpoint", proc)
         (task,) = processes("submitit.core._submit", str(out / "slurm"))
         os.kill(task, signal.SIGUSR2)  # what SLURM sends before a time-out (submitit's --signal=USR2@90)
-        wait_for(lambda: processes("pm_lightning.ablate", "--run-job", str(out)), "the evaluation")
+        wait_for(lambda: processes("pm_lightning.ablate", "--run-job", str(out)), "the evaluation", proc)
         os.killpg(proc.pid, signal.SIGKILL)  # the ablation, its submitit controllers and jobs
         proc.wait()
     finally:

@@ -1,4 +1,5 @@
-"""Running the jobs: each in its own process, `--jobs N` at once, finished ones skipped, progress and time left.
+"""Running the jobs: each in its own process (here, or submitted by a launcher: ablation/launchers.py, slurm.py),
+`--jobs N` at once, finished ones skipped, progress and time left.
 
 A finished job leaves a marker (OUT/jobs/<job>.json: its command, wall time, when). On a rerun a job with a
 marker is skipped; a marker made by another command (the plan changed) stops the run before any work, naming

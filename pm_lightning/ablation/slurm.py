@@ -190,7 +190,8 @@ class SlurmLauncher:
             counts: dict[str, int] = {}
             for s in self._states.values():
                 counts[s] = counts.get(s, 0) + 1
-            self._bar = self._bar or progress_bar(desc=f"{self.cluster} jobs ended", unit="job")
+            if self._bar is None:
+                self._bar = progress_bar(desc=f"{self.cluster} jobs ended", unit="job")
             self._bar.n = counts.pop("ended", 0)
             self._bar.set_postfix_str(", ".join(f"{s.lower()} {n}" for s, n in sorted(counts.items())))
 
