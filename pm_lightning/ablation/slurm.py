@@ -115,7 +115,7 @@ class JobTask:
         this task with the time it ran."""
         from submitit.helpers import DelayedSubmission
 
-        if self._proc is not None:
+        if self._proc is not None and self._proc.returncode is None:
             stop_process(self._proc.pid)
         seconds = self.seconds_before + time.monotonic() - self._start
         return DelayedSubmission(JobTask(self.job, self.command, self.log, self.threads, seconds))
@@ -126,15 +126,19 @@ class JobTask:
 
 def stop_process(pid: int) -> None:
     """SIGTERM, then SIGKILL after STOP_S; reaped with os.waitpid (this runs in a signal handler that may have
-    interrupted Popen.wait, whose lock it cannot take)."""
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_S
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    interrupted Popen.wait, whose lock it cannot take). A process already gone (SLURM signals every process of the
+    job: the signal may have ended it, and Popen reaped it) is fine."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_S
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        return
 
 
 class SlurmLauncher:
