@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.setup-stamp
 # torch/torchvision go in first, at the versions constraints.txt pins; PyPI's default Linux wheels are CUDA builds
 # (torch + nvidia-* + triton: 5.3 GB of the 6.2 GB .venv). TORCH= installs other builds or versions.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS  := dev,judge,demo,quant,tensorboard
+EXTRAS  := dev,judge,demo,quant,tensorboard,slurm
 SYNTH   := data/synth
 SHARDS  := data/shards
 # `make generate` writes one sample folder per domain under SAMPLES; `make eval` scores every sample under it.
@@ -105,9 +105,10 @@ test-slow: $(STAMP) browser shards
 	$(BIN)/python -m pytest -q -x -m 'slow and not campaign' -n $(SLOW_WORKERS) --dist loadfile --timeout 1800 --durations 25 $(ARGS)
 
 # The kill -9 campaigns, outside CI's time budget (about 25 minutes): all 12 moments of a fit (the slow tier runs 7,
-# one of each kind) and a quick ablation killed mid-job then rerun (tests marked `campaign`).
+# one of each kind), a quick ablation killed mid-job then rerun, and the submitit launcher's preemption + kill
+# (tests marked `campaign`).
 test-kill: $(STAMP) shards
-	PM_KILL_MOMENTS=all $(BIN)/python -m pytest -q -x -m slow --timeout 1800 tests/test_faults_kill.py tests/test_ablate_quick.py $(ARGS)
+	PM_KILL_MOMENTS=all $(BIN)/python -m pytest -q -x -m slow --timeout 1800 tests/test_faults_kill.py tests/test_ablate_quick.py tests/test_ablate_slurm.py $(ARGS)
 
 # Multi-process strategy runs too long for CI's budget (tests marked `campaign` outside test_faults_kill /
 # test_ablate_quick): HSDP as 2 "nodes" x 2 on 4 gloo processes against DDP on 4, on the default shards.

@@ -72,12 +72,14 @@ def prepare(plan: Plan, data: dict, out: Path, start_over: bool = False) -> Path
 
 
 def run_ablation(plan: Plan, out: Path, parallel: int, threads: int, command: str, print_fn=print,
-                 run_fn=None, summary_run: bool = True) -> tuple[Outcome, dict]:  # fmt: skip
-    """Run (or resume) every job, then collect, report and log the summary; returns the outcome and the paths."""
+                 run_fn=None, summary_run: bool = True, launcher=None) -> tuple[Outcome, dict]:  # fmt: skip
+    """Run (or resume) every job through `launcher` (default: local processes), then collect, report and log the
+    summary; returns the outcome and the paths."""
     out = Path(out)
+    runner = Runner(out, parallel, threads, print_fn, launcher)
     jobs = build_jobs(plan, out)
-    commands = {j.id: job_command(plan, out, j) for j in jobs}
-    outcome = Runner(out, parallel, threads, print_fn).run(jobs, commands, run_fn)
+    commands = {j.id: job_command(plan, out, j) + runner.launcher.extra_args(j) for j in jobs}
+    outcome = runner.run(jobs, commands, run_fn)
     params = {row: row_parameters(plan, row) for row in plan.active_rows}
     results = collect(plan, out, jobs, params)
     md, js, charts, pictures = write_report(plan, out, results, command)

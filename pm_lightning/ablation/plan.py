@@ -73,6 +73,32 @@ class ParamsSpec:
 
 
 @dataclass
+class Resources:
+    """What one job asks the cluster for (`--launcher slurm`). GPUs: one task per GPU, as Lightning's SLURMEnvironment
+    wants (docs/SCALING.md); no GPUs: one task."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2  # also the job's torch threads
+    time_min: int = 60
+    mem_gb: float | None = None
+
+
+@dataclass
+class ClusterSpec:
+    """The cluster resources of the plan's jobs; `ablate --partition/--account/--nodes/--gpus-per-node/--time`
+    override them."""
+
+    partition: str | None = None
+    account: str | None = None
+    train: Resources = field(default_factory=Resources)  # stage-1 and stage-2 fits
+    eval: Resources = field(default_factory=Resources)  # one evaluation (row, seed)
+
+    def resources(self, kind: str) -> Resources:
+        return self.eval if kind == "eval" else self.train
+
+
+@dataclass
 class RowSpec:
     """One row: what it trains (a stage-1 overlay, or another row's stage 1) and how it is evaluated."""
 
@@ -122,6 +148,7 @@ class Plan:
     stage2_fuses: str = "unseen"  # the stage-1 file (lora/final/<name>.safetensors) stage 2 trains on
     eval: EvalSpec = field(default_factory=EvalSpec)
     params: ParamsSpec = field(default_factory=ParamsSpec)
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
     contrasts: list[Contrast] = field(default_factory=list)
     tables: list[TableSpec] = field(default_factory=list)
     source: str = ""  # the file it was read from
@@ -196,6 +223,12 @@ def parse_plan(data: dict, source: str, quick: bool = False) -> Plan:
         if ev.get("corpus") is not None:
             ev["corpus"] = _build(CorpusPrompts, ev["corpus"], "eval.corpus", source)
         data["eval"] = _build(EvalSpec, ev, "eval", source)
+    if "cluster" in data:
+        cluster = dict(data["cluster"] or {})
+        for kind in ("train", "eval"):
+            if kind in cluster:
+                cluster[kind] = _build(Resources, cluster[kind] or {}, f"cluster.{kind}", source)
+        data["cluster"] = _build(ClusterSpec, cluster, "cluster", source)
     data["contrasts"] = [
         _build(Contrast, c, f"contrasts[{i}]", source) for i, c in enumerate(data.get("contrasts", []))
     ]
@@ -215,6 +248,14 @@ def check_plan(plan: Plan) -> None:
         raise PlanError(f"{src}: seeds must be a list of distinct integers, got {plan.seeds}")
     if plan.jobs < 1:
         raise PlanError(f"{src}: jobs must be >= 1, got {plan.jobs}")
+    for kind in ("train", "eval"):
+        res = plan.cluster.resources(kind)
+        if min(res.nodes, res.cpus_per_task, res.time_min) < 1 or res.gpus_per_node < 0:
+            raise PlanError(
+                f"{src}: cluster.{kind}: nodes, cpus_per_task and time_min must be >= 1, gpus_per_node >= 0"
+            )
+    if plan.cluster.eval.nodes != 1:
+        raise PlanError(f"{src}: cluster.eval.nodes: an evaluation runs on one node, got {plan.cluster.eval.nodes}")
     for name, row in plan.rows.items():
         if row.args and row.overlay is None:
             raise PlanError(f"{src}: rows.{name}.args: only a row with an overlay trains, so only it takes args")

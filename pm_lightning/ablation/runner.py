@@ -1,4 +1,5 @@
-"""Running the jobs: each in its own process, `--jobs N` at once, finished ones skipped, progress and time left.
+"""Running the jobs: each in its own process (here, or submitted by a launcher: ablation/launchers.py, slurm.py),
+`--jobs N` at once, finished ones skipped, progress and time left.
 
 A finished job leaves a marker (OUT/jobs/<job>.json: its command, wall time, when). On a rerun a job with a
 marker is skipped; a marker made by another command (the plan changed) stops the run before any work, naming
@@ -9,18 +10,15 @@ left none); an interrupted evaluation runs again.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pm_lightning
-from pm_lightning.ablation.jobs import Job, resume_flags, training_finished
+from pm_lightning.ablation.jobs import Job, training_finished
+from pm_lightning.ablation.launchers import LocalLauncher, log_path
 from pm_lightning.core.atomic import atomic_path
 
 
@@ -128,49 +126,21 @@ class Progress:
 
 
 class Runner:
-    """Runs jobs in dependency order, `parallel` processes at once, each with `threads` torch threads."""
+    """Runs jobs in dependency order, `parallel` at once, through a launcher (default: local processes with `threads`
+    torch threads each). The dependencies are kept here, for every launcher: a job is handed to the launcher once
+    the jobs it needs have finished, and a failure blocks its dependents before they are started or queued."""
 
-    def __init__(self, out: Path, parallel: int = 1, threads: int = 1, print_fn: Callable[[str], None] = print):
-        self.out, self.parallel, self.threads, self.print = Path(out), parallel, threads, print_fn
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._lock = threading.Lock()
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        here = str(Path(pm_lightning.__file__).resolve().parents[1])  # this checkout, not another install
-        env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(self.threads)
-        env.setdefault("WANDB_SILENT", "true")
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
-    def execute(self, job: Job, command: list[str]) -> tuple[int, float, bool]:
-        """Run one job's process (output to OUT/logs/<job>.log); (return code, wall seconds, resumed)."""
-        extra = resume_flags(job.out) if job.kind != "eval" else []
-        log = self.out / "logs" / job.marker_name.replace(".json", ".log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        start = time.monotonic()
-        with open(log, "a") as fh:
-            fh.write(f"\n$ {' '.join(command + extra)}\n")
-            fh.flush()
-            proc = subprocess.Popen(command + extra, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env(), cwd=str(Path(self.env()["PYTHONPATH"].split(os.pathsep)[0])))  # fmt: skip
-            with self._lock:
-                self._procs[job.id] = proc
-            code = proc.wait()
-            with self._lock:
-                self._procs.pop(job.id, None)
-        return code, time.monotonic() - start, bool(extra)
+    def __init__(self, out: Path, parallel: int = 1, threads: int = 1, print_fn: Callable[[str], None] = print,
+                 launcher=None):  # fmt: skip
+        self.out, self.parallel, self.print = Path(out), parallel, print_fn
+        self.launcher = launcher or LocalLauncher(out, threads)
 
     def stop_all(self) -> None:
-        with self._lock:
-            for proc in self._procs.values():
-                proc.terminate()
+        self.launcher.stop_all()
 
     def run(self, jobs: list[Job], commands: dict[str, list[str]], run_fn=None) -> Outcome:
         """Skip finished jobs, run the rest when their dependencies are done; a failure blocks its dependents."""
-        run_fn = run_fn or self.execute
+        run_fn = run_fn or self.launcher.execute
         outcome, progress = Outcome(), Progress(jobs, self.parallel, self.print)
         state: dict[str, str] = {}
         for job in jobs:
@@ -211,7 +181,7 @@ class Runner:
                             progress.record(job, seconds, f"finished {job.id} in {fmt_duration(seconds)}")
                         else:
                             state[job.id] = "failed"
-                            log = self.out / "logs" / job.marker_name.replace(".json", ".log")
+                            log = log_path(self.out, job)
                             outcome.failed[job.id] = str(log)
                             self.print(f"FAILED {job.id} (exit {code}); its output: {log}")
             except BaseException:

@@ -11,6 +11,7 @@ EXTRAS = {
     "gradio": "demo",
     "torchao": "quant",
     "tensorboard": "tensorboard",
+    "submitit": "slurm",
 }
 
 
