@@ -1,0 +1,101 @@
+"""Tests written for mutants of models/adapter_layers.py and models/adapters.py that survived `make mutation`
+(docs/TESTING.md lists them): each names the mutants it kills and was checked red by applying one of them by hand
+(`mutmut apply NAME` in build/mutation/<module>/, or the edit named) and restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pm_lightning.models.adapter_config import AdapterConfig
+from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, DomainLoraLinear, MaskedLoraLinear
+from pm_lightning.models.adapter_routing import use_domains
+from pm_lightning.models.adapters import adapter_parameters, add_adapters, domain_layers
+from tests.helpers import random_inputs, tiny_transformer
+
+RANK = 4
+
+
+def adapted(kind: str, model=None, **kw):
+    """`model` (default: the tiny transformer) with `kind` adapters, rank 4, 3 domains, random non-zero B and gates."""
+    m = tiny_transformer(0) if model is None else model
+    add_adapters(m, AdapterConfig(kind=kind, rank=RANK, alpha=2.0, num_domains=3, **kw))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in domain_layers(m):
+            for b in layer.lora_B.values():
+                b.weight.copy_(0.3 * torch.randn(b.weight.shape, generator=g))
+            if isinstance(layer, MaskedLoraLinear):
+                gate = layer.lora_gate["default"]
+                gate.copy_(2 * torch.rand(gate.shape, generator=g))
+    return m
+
+
+def forward(m, inputs, domains):
+    with use_domains(m, None if domains is None else torch.tensor(domains)):
+        return m(**inputs)[0]  # (B, N, 64)
+
+
+def test_asymmetric_without_domains_uses_the_mean_of_the_Bs_like_the_unseen_domain():
+    """No domains set (None: every sample unseen) routes through the same B as domain -1, the mean of the domain Bs,
+    and not through any one domain's B. Kills adapter_layers `AsymmetricLoraLinear._routed_update` mutants 6 and 7
+    (`table[+1]`, `table[-2]` in the no-domains branch); checked red with mutant 7 applied."""
+    m = adapted("asymmetric")
+    x = random_inputs(m)
+    unseen = forward(m, x, [-1, -1])
+    assert torch.allclose(forward(m, x, None), unseen, atol=1e-6)
+    for c in range(3):
+        assert not torch.allclose(forward(m, x, [c, c]), unseen, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["masked", "asymmetric"])
+def test_adapters_are_made_on_the_device_of_the_layer_they_adapt(kind):
+    """add_adapters on a model already on another device (and no device context) makes every adapter tensor there,
+    and the masked layer's mask table too: on a GPU model no table may be left on the CPU. The meta device stands in
+    for the GPU on this CPU-only machine. Kills adapter_layers `MaskedLoraLinear.mask_table` 6 (the fixed rows made
+    on the default device); checked red with it applied. (The asymmetric case kills nothing: peft's
+    `_replace_module` moves every `lora_*` submodule to the base weight's device after the layer is built, which
+    makes DomainB's own `device=` equivalent; checked: the test passes with `_add_domain_params` mutant 10.)"""
+    m = adapted(kind, model=tiny_transformer(0).to("meta"))
+    assert {p.device.type for p in adapter_parameters(m)} == {"meta"}
+    for layer in domain_layers(m):
+        assert layer.domain_B("default", 0).device.type == "meta"
+        if isinstance(layer, MaskedLoraLinear):
+            assert layer.mask_table("default").device.type == "meta"
+
+
+@pytest.mark.parametrize("kind", ["masked", "asymmetric"])
+def test_a_bf16_model_s_tables_and_merged_deltas_stay_bf16(kind):
+    """In a model cast to bf16 (as `precision: bf16-true` does), the mask table, each domain's B and the delta that
+    merge() folds into the base weight are bf16, as peft's own lora.Linear's delta is. Kills adapter_layers
+    `MaskedLoraLinear.mask_table` 7 (the fixed rows made fp32: the table promoted to fp32) and
+    `DomainLoraLinear.get_delta_weight` 8 (the fp32 product not cast back); checked red with each applied."""
+    m = adapted(kind).to(torch.bfloat16)
+    for layer in domain_layers(m):
+        assert layer.get_delta_weight("default").dtype == torch.bfloat16
+        assert layer.domain_B("default", 1).dtype == torch.bfloat16
+        if isinstance(layer, MaskedLoraLinear):
+            assert layer.mask_table("default").dtype == torch.bfloat16
+
+
+def test_under_autocast_the_masked_rank_activations_stay_in_the_autocast_dtype():
+    """Under bf16 autocast (`precision: bf16-mixed`) the masked product h * m stays bf16: the fp32 gates are cast to
+    the activations' dtype, so lora_B receives (and autograd keeps) bf16 activations, not fp32 ones of twice the
+    size. Kills adapter_layers `MaskedLoraLinear._routed_update` 5 (`m.to(None)`: h * m promoted to fp32); checked
+    red with it applied."""
+    m = adapted("masked")
+    seen = []
+    for layer in domain_layers(m):
+        layer.lora_B["default"].register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forward(m, random_inputs(m), [0, 2])
+    assert seen and set(seen) == {torch.bfloat16}
+
+
+def test_the_domain_B_table_prints_its_sizes():
+    """The asymmetric B's repr (what `print(model)` shows) gives its domains and its in / out sizes in that order.
+    Kills adapter_layers `DomainB.extra_repr` mutants (no test ran it); checked red with mutant 1 applied."""
+    layer = next(x for x in domain_layers(adapted("asymmetric")) if isinstance(x, AsymmetricLoraLinear))
+    d = layer.out_features
+    assert f"domains=3, in_features={RANK}, out_features={d}" in repr(layer.lora_B["default"])
+    assert isinstance(layer, DomainLoraLinear)
