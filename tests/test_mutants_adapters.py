@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import LoraConfig
 
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_layers import AsymmetricLoraLinear, DomainLoraLinear, MaskedLoraLinear
@@ -99,3 +100,37 @@ def test_the_domain_B_table_prints_its_sizes():
     d = layer.out_features
     assert f"domains=3, in_features={RANK}, out_features={d}" in repr(layer.lora_B["default"])
     assert isinstance(layer, DomainLoraLinear)
+
+
+def test_a_second_adapter_on_a_masked_layer_keeps_the_first_one_s_gates():
+    """peft adds a second adapter to a layer by calling its update_layer again (what `inject_adapter_in_model` with
+    another adapter name does): the gate table is created once, so the first adapter keeps its gates and its output.
+    Kills adapter_layers `MaskedLoraLinear.update_layer` mutants 6, 10 and 11 (the `hasattr` test always false: a new,
+    empty gate table replaces the first adapter's); checked red with mutant 6 applied."""
+    layer = next(x for x in domain_layers(adapted("masked")) if isinstance(x, MaskedLoraLinear))
+    layer.domains = torch.tensor([0, 2])
+    x = torch.randn(2, 5, layer.in_features)  # (B, N, k)
+    before, gates = layer(x), layer.lora_gate["default"].detach().clone()
+    layer.update_layer("other", RANK, 2.0, config=LoraConfig(r=RANK, lora_alpha=2.0), num_domains=3, num_gated=2)
+    assert set(layer.lora_gate) == {"default", "other"}
+    assert torch.equal(layer.lora_gate["default"], gates)
+    layer.set_adapter("default")
+    layer.domains = torch.tensor([0, 2])  # update_layer resets the routing
+    assert torch.equal(layer(x), before)
+
+
+@pytest.mark.parametrize("unseen_mask", ["ones", "mean"])
+def test_the_mask_table_has_one_row_per_domain_and_the_unseen_row_last(unseen_mask):
+    """`mask_table` is (num_domains + 1, r): the domains' masks (gates, then fixed ones), then the unseen mask.
+    Kills adapter_layers `MaskedLoraLinear.mask_table` mutant 40 (two unseen rows: index -1 still works, the table
+    is one row too long); checked red with it applied."""
+    layer = next(
+        x for x in domain_layers(adapted("masked", unseen_mask=unseen_mask)) if isinstance(x, MaskedLoraLinear)
+    )
+    gate = layer.lora_gate["default"]  # (3, g)
+    table = layer.mask_table("default")
+    g = gate.shape[1]
+    assert table.shape == (4, RANK)
+    assert torch.equal(table[:3, :g], gate) and torch.equal(table[:3, g:], torch.ones(3, RANK - g))
+    unseen = torch.ones(RANK) if unseen_mask == "ones" else table[:3].mean(0)
+    assert torch.allclose(table[3], unseen)
