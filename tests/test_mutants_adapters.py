@@ -157,3 +157,51 @@ def test_materialized_adapters_of_a_meta_skeleton_hold_a_trained_state_and_keep_
         assert torch.equal(value, adapter_state_dict(trained)[key]), key
     attn = skeleton.transformer_blocks[0].attn
     assert attn.to_k.lora_A["default"] is attn.to_q.lora_A["default"]
+
+
+@pytest.mark.parametrize("kind", ["masked", "asymmetric"])
+def test_peft_s_own_merge_on_a_fresh_layer_folds_in_the_unseen_domain(kind):
+    """peft's `layer.merge()` called directly (not through `merge_adapters`, which picks a domain first) folds in the
+    unseen domain's update: the merged layer gives the unmerged output of samples with no domain. Kills
+    adapter_layers `DomainLoraLinear.update_layer` mutant 4 (`merge_domain` starting as None: the delta of no
+    domain); checked red with it applied."""
+    layer = domain_layers(adapted(kind))[0]
+    x = torch.randn(2, 5, layer.in_features)  # (B, N, k)
+    with torch.no_grad():
+        unseen = layer(x)  # domains None: every sample unseen
+        layer.merge()
+        assert torch.allclose(layer(x), unseen, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["masked", "asymmetric"])
+def test_a_bf16_base_with_fp32_adapters_gives_bf16_outputs(kind):
+    """The training set-up: a bf16 base with the fp32 adapters add_adapters makes. Each layer casts its input to the
+    adapters' dtype and its output back to the base's: bf16 out, close to the all-fp32 model. Kills adapter_layers
+    `DomainLoraLinear.forward` mutants 10 and 28 (the output left fp32) and 15 (the input not cast: a dtype error);
+    checked red with 28 and 15 applied."""
+    m = adapted(kind)
+    x = random_inputs(m)
+    full = forward(m, x, [0, 2])
+    m.to(torch.bfloat16)
+    for p in adapter_parameters(m):
+        p.data = p.data.float()
+    half = forward(
+        m,
+        {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in x.items()},
+        [0, 2],
+    )
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), full, atol=0.1, rtol=0.05)
+
+
+def test_an_active_adapter_missing_from_a_layer_is_skipped_not_the_end_of_the_list():
+    """With several active adapters (peft's `set_adapter([...])`), a layer skips one it does not carry and still
+    applies the others. Kills adapter_layers `DomainLoraLinear.forward` mutant 12 (`break`: the adapters after the
+    missing one dropped); checked red with it applied."""
+    layer = domain_layers(adapted("masked"))[0]
+    layer.domains = torch.tensor([0, 2])
+    x = torch.randn(2, 5, layer.in_features)  # (B, N, k)
+    with torch.no_grad():
+        alone = layer(x)
+        layer.set_adapter(["elsewhere", "default"])
+        assert torch.equal(layer(x), alone)
