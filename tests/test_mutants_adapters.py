@@ -205,3 +205,30 @@ def test_an_active_adapter_missing_from_a_layer_is_skipped_not_the_end_of_the_li
         alone = layer(x)
         layer.set_adapter(["elsewhere", "default"])
         assert torch.equal(layer(x), alone)
+
+
+def test_a_target_named_by_its_last_part_adapts_that_linear_in_every_block():
+    """A target given as a module's last name (`to_k`, peft's usual form) matches that Linear in every double and
+    single block, by the dotted suffix. Kills adapters `resolve_targets` mutant 26 (the suffix test broken: only
+    full or block-relative names match); checked red with it applied."""
+    names = add_adapters(tiny_transformer(0), AdapterConfig(kind="lora", rank=RANK, target_modules=["to_k"]))
+    assert names == [f"transformer_blocks.{i}.attn.to_k" for i in range(2)] + [
+        f"single_transformer_blocks.{i}.attn.to_k" for i in range(3)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["lora", "masked", "asymmetric"])
+def test_fresh_adapters_leave_the_base_output_unchanged_and_a_second_injection_is_refused(kind):
+    """Freshly added adapters start with B = 0 (peft's LoRA initialisation), so the adapted model gives exactly the
+    base output; adding adapters twice raises, saying why. Kills adapters `add_adapters` mutants 21
+    (`init_lora_weights=None`: peft's B keeps nn.Linear's random initialisation) and 4 (the error without its
+    message); checked red with each applied."""
+    base = tiny_transformer(0)
+    x = random_inputs(base)
+    with torch.no_grad():
+        expected = base(**x)[0]
+        m = tiny_transformer(0)
+        add_adapters(m, AdapterConfig(kind=kind, rank=RANK, alpha=2.0, num_domains=3))
+        assert torch.equal(forward(m, x, [0, 2]), expected)
+    with pytest.raises(ValueError, match="already has adapters"):
+        add_adapters(m, AdapterConfig(kind=kind, rank=RANK, num_domains=3))
