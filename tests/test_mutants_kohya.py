@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
+from tests.helpers import tiny_transformer
 
 
 def test_the_metadata_carries_the_sd_scripts_fields_that_tools_read():
@@ -45,3 +46,18 @@ def test_bad_state_dicts_are_refused_naming_the_key_and_the_problem():
         sd[f"transformer_blocks.0.attn.{member}.lora_B.weight"] = b
     with pytest.raises(ValueError, match=r"img_attn_qkv: members of one fused module must share a rank, got \[2, 3\]"):
         diffusers_to_kohya(sd)
+
+
+def test_a_half_precision_file_with_a_member_without_adapter_stays_half_precision():
+    """A bf16 LoRA whose fused q/k/v lacks v: the zero rows made for v take the file's dtype, so the fused
+    lora_up / lora_down stay bf16 (block_diag would promote the whole module to fp32 otherwise). Kills kohya
+    `diffusers_to_kohya` mutant 95 (v's zero B made fp32); checked red with it applied."""
+    model, sd = tiny_transformer(0), {}
+    for member in ("to_q", "to_k"):
+        linear = model.transformer_blocks[0].attn.get_submodule(member)
+        a, b = pair(2, k=linear.in_features, d=linear.out_features)
+        sd[f"transformer_blocks.0.attn.{member}.lora_A.weight"] = a.bfloat16()
+        sd[f"transformer_blocks.0.attn.{member}.lora_B.weight"] = b.bfloat16()
+    out = diffusers_to_kohya(sd, model)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert out[f"{name}.lora_up.weight"].dtype == out[f"{name}.lora_down.weight"].dtype == torch.bfloat16
