@@ -137,3 +137,46 @@ def test_one_shared_seed_gives_its_difference_without_an_interval_and_a_tie_is_n
     assert (one.n, one.diffs, one.mean, one.low, one.high, one.excludes_zero) == (1, [2.0], 2.0, None, None, None)
     tie = paired({0: 3.0, 1: 4.0, 2: 5.0}, {0: 1.0, 1: 2.0, 2: 3.0})  # every difference 2.0
     assert beyond_spread(tie, summarize([1.0, 3.0, 5.0]), summarize([0.0, 1.0, 2.0])) is False  # sds 2.0 and 1.0
+
+
+def test_no_value_summarizes_to_zero_values_and_every_paired_result_keeps_its_level():
+    """summarize() of nothing usable (None, NaN) counts 0 values; paired() carries the level it was asked for, with
+    and without an interval (the report prints it). Kills ablation.stats mutants summarize 9, 13 (n None or 1 for
+    no values) and paired 22, 49 (the level dropped); checked red with `Summary(1, None, None)` and with `None` as
+    the level of the interval branch."""
+    for nothing in ([], [None], [float("nan"), None]):
+        assert (summarize(nothing).n, summarize(nothing).mean, summarize(nothing).sd) == (0, None, None)
+    assert paired({0: 1.0}, {0: 0.5}, level=0.9).level == 0.9
+    assert paired({0: 1.0, 1: 2.0, 2: 2.5}, {0: 0.5, 1: 0.5, 2: 1.0}, level=0.8).level == 0.8
+
+
+class OtherRank:
+    """Strategy.reduce's contract on two ranks, the other rank's verdict given: "sum" adds it, "mean" averages;
+    another op is an error, as in torch.distributed."""
+
+    def __init__(self, other_bad: float):
+        self.other_bad, self.calls = other_bad, []
+
+    def reduce(self, tensor, reduce_op=None):
+        self.calls.append(reduce_op)
+        total = tensor + self.other_bad
+        if reduce_op == "sum":
+            return total
+        if reduce_op in ("mean", "avg"):
+            return total / 2
+        raise ValueError(f"unsupported reduce_op {reduce_op!r}")
+
+
+def test_a_bad_step_on_another_rank_makes_this_rank_skip_too():
+    """On two ranks the verdict is summed over ranks: this rank's finite step is skipped (and counted) when the other
+    rank's was not, taken when both were fine. Kills nonfinite.x_NonFiniteGuard_check mutants 20, 21, 25 (the
+    reduce's tensor or op changed or dropped: until now only the slow 2-rank gloo test reached that branch);
+    checked red with `reduce(bad, reduce_op="mean")`, `reduce(bad)` and `reduce(None, reduce_op="sum")`."""
+    from types import SimpleNamespace
+
+    for other_bad, verdict in ((1.0, False), (0.0, True)):
+        guard, module, strategy = NonFiniteGuard(3), OneWeight(), OtherRank(other_bad)
+        module.w.grad = torch.ones(2)
+        module._trainer = SimpleNamespace(world_size=2, strategy=strategy, global_step=7)
+        assert guard.check(module, torch.tensor(1.0)) is verdict
+        assert strategy.calls == ["sum"] and guard.skipped == (0 if verdict else 1)
