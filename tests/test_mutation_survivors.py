@@ -27,8 +27,11 @@ def test_the_last_good_checkpoint_named_in_the_stop_message(tmp_path):
     """What the non-finite stop message names: the last checkpoint, else the best, else "none written yet" (no
     checkpoint callback, or none written, or no trainer). Kills nonfinite.x_last_checkpoint mutants 19, 22-31, 33,
     34 (a missing default, another attribute or message); checked red with `"XXXX"` as the default of
-    `last_model_path`."""
-    assert last_checkpoint(None) == "none written yet"
+    `last_model_path`. Also mutant 8 (`getattr` without its default): an object without a checkpoint callback
+    attribute at all; checked red by that edit."""
+    from types import SimpleNamespace
+
+    assert last_checkpoint(None) == "none written yet" == last_checkpoint(SimpleNamespace(global_step=3))
     bare = L.Trainer(enable_checkpointing=False, logger=False, default_root_dir=tmp_path)
     assert bare.checkpoint_callback is None and last_checkpoint(bare) == "none written yet"
     callback = ModelCheckpoint(dirpath=tmp_path)
