@@ -183,3 +183,29 @@ def test_a_bad_step_on_another_rank_makes_this_rank_skip_too():
         module._trainer = SimpleNamespace(world_size=2, strategy=strategy, global_step=7)
         assert guard.check(module, torch.tensor(1.0)) is verdict
         assert strategy.calls == ["sum"] and guard.skipped == (0 if verdict else 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, ok",
+    [
+        ({"rank": 1}, True),
+        ({"alpha": 0.5}, True),
+        ({"alpha": 0.0}, False),
+        ({"mask_fraction": 0.0}, True),
+        ({"mask_fraction": 1.0}, True),
+        ({"mask_fraction": 1.01}, False),
+    ],
+)
+def test_adapter_settings_at_their_bounds(kwargs, ok):
+    """The edges of AdapterConfig's ranges: rank 1, alpha below 1, no gated rows (0.0) and all rows gated (1.0) are
+    valid; alpha 0 is not. Kills models.adapter_config AdapterConfig.__post_init__ mutants 5, 6 (rank 1 refused),
+    11 (alpha 0 accepted), 12 (alpha in (0, 1] refused), 26, 27 (mask_fraction 0 or 1 refused); checked red with
+    `self.rank < 2` and with `0.0 < self.mask_fraction`."""
+    from pm_lightning.models.adapter_config import AdapterConfig
+
+    if ok:
+        cfg = AdapterConfig(**kwargs)
+        assert all(getattr(cfg, k) == v for k, v in kwargs.items())
+    else:
+        with pytest.raises(ValueError, match=f"AdapterConfig.{next(iter(kwargs))} must be"):
+            AdapterConfig(**kwargs)
