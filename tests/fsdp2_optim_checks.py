@@ -1,10 +1,7 @@
-"""A 2-process gloo worker for tests/test_came_sharded.py: CAME steps on row-sharded DTensor parameters (FSDP2's
-layout) with the grouped and the per-tensor implementation, the collectives each issues, and AdamW's kernels."""
+"""Optimizer checks on FSDP2's row-sharded DTensor parameters for tests/test_fsdp2.py (run by tests/fsdp2_worker.py
+on 2 gloo ranks): CAME grouped and per tensor, the collectives each issues, and AdamW's kernels."""
 
 from __future__ import annotations
-
-import os
-import sys
 
 import torch
 
@@ -38,17 +35,13 @@ def run(opt, params, steps: range, distribute, keep=range(len(SHAPES))) -> None:
         opt.step()
 
 
-def main(rank: int, world: int, port: str, out: str) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
+def checks(mesh) -> dict:
+    """On every rank of `mesh` (1-D, gloo): CAME's grouped and per-tensor steps on row-sharded DTensors, the
+    collectives of one step, a per-tensor state resumed by the grouped step, AdamW foreach vs per tensor."""
     from torch.distributed.tensor import Shard, distribute_tensor
     from torch.distributed.tensor.debug import CommDebugMode
 
     from pm_lightning.training.optim import OptimizerConfig, ShardedCAME, build_optimizer
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (world,))
 
     def distribute(t: torch.Tensor) -> torch.Tensor:
         return distribute_tensor(t, mesh, [Shard(0)])
@@ -87,18 +80,4 @@ def main(rank: int, world: int, port: str, out: str) -> None:
         result[f"adamw {impl} foreach"] = opt.param_groups[0]["foreach"]
         run(opt, params, range(STEPS), distribute)
         result[f"adamw {impl}"] = [p.full_tensor() for p in params]
-    if rank == 0:
-        torch.save(result, out)
-    del params, opt, half, resumed, result, cube
-    import gc
-
-    gc.collect()
-    dist.barrier()  # both ranks done with every collective before gloo's threads are torn down (an abort otherwise)
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    import torch.multiprocessing as mp
-
-    torch.set_num_threads(1)
-    mp.spawn(main, args=(2, sys.argv[1], sys.argv[2]), nprocs=2)
+    return result
