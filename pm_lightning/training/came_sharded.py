@@ -62,8 +62,7 @@ class ShardedGroupedCAME(GroupedCAME):
     def _state_view(self, p: DTensor, key: str, view: torch.Tensor) -> torch.Tensor:
         if key in ("step", "RMS"):
             return view  # the same on every rank: a plain tensor
-        shape = p.shape if key.startswith("exp_avg") and not key.endswith(("_row", "_col")) else None
-        shape = shape or (p.shape[:-1] if key.endswith("_row") else p.shape[-1:])
+        shape = p.shape[:-1] if key.endswith("_row") else p.shape[-1:] if key.endswith("_col") else p.shape  # global
         stride = torch.empty(shape, device="meta").stride()
         return DTensor.from_local(
             view, self._mesh, self._placements(p, key), run_check=False, shape=shape, stride=stride
