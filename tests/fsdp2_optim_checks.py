@@ -38,6 +38,11 @@ def run(opt, params, steps: range, distribute, keep=range(len(SHAPES))) -> None:
 def checks(mesh) -> dict:
     """On every rank of `mesh` (1-D, gloo): CAME's grouped and per-tensor steps on row-sharded DTensors, the
     collectives of one step, a per-tensor state resumed by the grouped step, AdamW foreach vs per tensor."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
     from torch.distributed.tensor import Shard, distribute_tensor
     from torch.distributed.tensor.debug import CommDebugMode
 
@@ -70,6 +75,17 @@ def checks(mesh) -> dict:
     resumed.load_state_dict(half.state_dict())
     run(resumed, params, range(2, STEPS), distribute, PER_TENSOR)
     result["resumed"] = [p.full_tensor() for p in params]
+
+    model = torch.nn.ParameterList(sharded())  # through torch.distributed.checkpoint, as the FSDP2 strategy saves
+    first = build_optimizer(list(model), OptimizerConfig(name="came", lr=LR))
+    run(first, list(model), range(2), distribute)
+    options = StateDictOptions(full_state_dict=True)  # whole tensors on every rank, as each rank reads the file
+    saved = get_optimizer_state_dict(model, first, options=options)
+    again = torch.nn.ParameterList([torch.nn.Parameter(p.detach().clone()) for p in model])
+    second = build_optimizer(list(again), OptimizerConfig(name="came", lr=LR))
+    set_optimizer_state_dict(again, second, saved, options=options)
+    run(second, list(again), range(2, STEPS), distribute)
+    result["checkpointed"] = [p.full_tensor() for p in again]
 
     cube = [torch.nn.Parameter(distribute(torch.ones(2, 3, 4)))]  # 3-D: not taken by the grouped step
     result["types"]["3-D"] = type(build_optimizer(cube, OptimizerConfig(name="came"))).__name__

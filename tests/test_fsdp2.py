@@ -235,7 +235,8 @@ def came_pytorch_steps() -> list[torch.Tensor]:
 def test_grouped_came_on_shards_equals_per_tensor_and_single_process_came(toy_run):
     """CAME under FSDP2 on the local shards, grouped by shape (training/came_sharded.py), on 2 gloo processes: equal to
     the per-tensor `ShardedCAME` and to came-pytorch on the whole tensors, with 3 collectives per step instead of about
-    5 per tensor; a per-tensor state loads into it; AdamW's foreach kernels on DTensors equal its per-tensor loop.
+    5 per tensor; a per-tensor state loads into it, and its own state round-trips through torch.distributed.checkpoint
+    (gathered whole, loaded back into fresh shards) to the uninterrupted steps; AdamW's foreach kernels on DTensors equal its per-tensor loop.
 
     Checked red once: with `_reduce`'s all_reduce removed (each rank summing its own shard only), the first tensor,
     (8, 5), differs from came-pytorch's beyond the tolerance. Shares the toy run of the test above (one 2-process
@@ -248,6 +249,8 @@ def test_grouped_came_on_shards_equals_per_tensor_and_single_process_came(toy_ru
     for i, (mine, theirs) in enumerate(zip(r["grouped"], whole)):
         torch.testing.assert_close(mine, theirs, rtol=CAME_RTOL, atol=CAME_ATOL, msg=f"{SHAPES[i]}")
         assert (mine - start[i]).abs().max() > 1e-3  # every tensor moved (rank 1's empty shard of (1, 9) too)
+    for mine, again in zip(r["grouped"], r["checkpointed"]):  # 2 steps, gathered and loaded back by DCP, 2 more
+        torch.testing.assert_close(again, mine, rtol=CAME_RTOL, atol=CAME_ATOL)
     for name in ("reference", "resumed"):  # per tensor throughout; per tensor for 2 steps, then grouped
         for i, theirs in zip(PER_TENSOR, r[name]):
             torch.testing.assert_close(
