@@ -3,8 +3,9 @@ stage-1 step's loss and synchronised adapter gradients equal the eager step's, o
 domains (each rank its own batch), with the blocks compiled once and not recompiled for the second batch.
 
 Backend dynamo "eager" as tests/test_compile_blocks.py (its docstring: what it checks, why not inductor here).
-Tolerance: relative 1e-5, absolute 1e-6 (fp32). `campaign` (`make test-scaling`, not CI): TIME on the shared
-machine under load. Checked red once: with `compile_blocks` compiling nothing, the graph-count assertion fails."""
+Tolerance: relative 1e-5, absolute 1e-6 (fp32). `campaign` (`make test-scaling`, not CI): 716 s wall (95 s CPU
+over the 3 processes) on the shared machine at load average 20-24; over the ~20 s a slow test may take. Not checked
+red on its own (time): its graph-count assertion is the one tests/test_compile_blocks.py checked red."""
 
 import os
 import subprocess
