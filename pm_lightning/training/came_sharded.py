@@ -8,7 +8,7 @@ case; every quantity CAME reduces over the sharded rows is a sum the step asks f
 parameters' norms, the column sums of the squared gradient and of the instability, the row moments' sums, the
 update's norm for its RMS clip), and each point's sums of every tensor travel in one all_reduce of a flat buffer:
 3 collectives per step, whatever the number of tensors. Means divide those sums by the global sizes, so the maths
-is the unsharded step's (tests/test_came_sharded.py: 2 gloo ranks against `ShardedCAME` and came-pytorch).
+is the unsharded step's (tests/test_fsdp2.py: 2 gloo ranks against `ShardedCAME` and came-pytorch).
 
 The state stays DTensors, as `ShardedCAME` builds it (moments and row statistics sharded like the parameter, column
 statistics replicated), each a view of the stacked local buffer: `torch.distributed.checkpoint` gathers and
