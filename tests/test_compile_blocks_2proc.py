@@ -7,14 +7,10 @@ Tolerance: relative 1e-5, absolute 1e-6 (fp32). `campaign` (`make test-scaling`,
 over the 3 processes) on the shared machine at load average 20-24; over the ~20 s a slow test may take. Not checked
 red on its own (time): its graph-count assertion is the one tests/test_compile_blocks.py checked red."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.test_fsdp2 import run_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.campaign]
 RTOL, ATOL = 1e-5, 1e-6
@@ -22,16 +18,7 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def test_compiled_blocks_equal_eager_under_ddp_and_fsdp2(tmp_path, tiny_base):
     out = tmp_path / "steps.pt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.compile_2proc_worker", "29761", tiny_base, str(out)],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_worker("tests.compile_2proc_worker", "29761", tiny_base, str(out), timeout=1500)
     r = torch.load(out)
     for strategy in ("ddp", "fsdp2"):
         assert r[strategy, False, "graphs"] == 0 and r[strategy, True, "graphs"] > 0  # the compiled run traced

@@ -150,20 +150,25 @@ def test_fsdp2_keeps_a_bf16_base_next_to_fp32_adapters(tmp_path, tiny_base, tiny
     assert final and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in final.values())
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> dict:
-    """tests/fsdp2_worker.py's results: one run of 2 gloo processes, shared by the tests below."""
-    out = tmp_path_factory.mktemp("fsdp2-toy") / "sharded.pt"
+def run_worker(module: str, *args: str, timeout: int = 300) -> None:
+    """`python -m module *args` (a worker spawning its gloo ranks) in a subprocess; it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.fsdp2_worker", "29731", str(out)],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> dict:
+    """tests/fsdp2_worker.py's results: one run of 2 gloo processes, shared by the tests below."""
+    out = tmp_path_factory.mktemp("fsdp2-toy") / "sharded.pt"
+    run_worker("tests.fsdp2_worker", "29731", str(out))
     return torch.load(out)
 
 
