@@ -1,6 +1,7 @@
 """Optimizer step / forward+backward (per-tensor vs grouped), and compiled blocks vs eager (compile time, steady step).
 
-    .venv/bin/python bench/optim_step.py [--steps 5] [--threads 1] [--no-compile] [--write-docs]
+    .venv/bin/python bench/optim_step.py [--steps 5] [--threads 1] [--no-compile] [--no-fsdp2] [--only-fsdp2]
+                                         [--write-docs]
 
 The real stage-1 step (`Stage1Module` with masked LoRA + alignment, gradient checkpointing on; bench/step_setup.py's
 `RandomBackbone` stands in for the VAE and text encoders) on the tiny Flux (experiments/tiny.yaml's shape) and on the
@@ -8,18 +9,22 @@ full-depth narrow model (FLUX.1-dev's 19 double + 38 single blocks at the tiny w
 tensors, CPU-sized). One process: the four optimizers (CAME and AdamW, `optimizer.implementation` reference and
 grouped) take turns on the same module, each step timed apart from the forward+backward before it. Compiled blocks:
 a fresh module with `models/compile_blocks.py` (inductor), first step (trace + compile) then the median steady step,
-next to the eager module's.
+next to the eager module's. Under FSDP2 (bench/optim_fsdp2.py): the same split on 2 gloo processes, CAME per tensor
+(`ShardedCAME`) vs grouped on the local shards (`ShardedGroupedCAME`), AdamW per tensor vs foreach on DTensors; its
+own section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import _paths  # noqa: F401 - bench/ is on sys.path as a script; this puts the repository there too
 import torch
 from docs_section import write_section
+from optim_fsdp2 import WORLD, fsdp2_split
 from step_setup import StepSetup, build_module, make_batch, train_step
 from torch._dynamo.utils import counters
 
@@ -28,6 +33,7 @@ from pm_lightning.models.compile_blocks import compile_blocks  # noqa: E402
 from pm_lightning.training.optim import OptimizerConfig, build_optimizer  # noqa: E402
 
 SECTION = "## Optimizer step and compiled blocks"
+FSDP2_SECTION = "## Optimizer step under FSDP2"
 COMMAND = ".venv/bin/python bench/optim_step.py --write-docs"
 SETUPS = {  # CPU, fp32, as the tiny runs train
     "tiny Flux (2 double + 4 single blocks), 192 px, batch 8": StepSetup(
@@ -84,23 +90,45 @@ def compile_split(setup: StepSetup, steps: int) -> dict:
     return out
 
 
-def optimizer_table(results: dict, steps: int) -> str:
+def ratio_table(caption: str, results: dict) -> str:
+    """Per model and optimizer: the per-tensor and grouped step next to forward+backward, and the 10% goal."""
     rows = [
-        "Optimizer step time / forward+backward time (goal: at most 10%), CPU, 1 thread, fp32, masked LoRA rank 16 + "
-        f"alignment, gradient checkpointing; median of {steps} steps per optimizer, taking turns on one module:",
+        caption,
         "",
-        "| model | LoRA tensors | fwd+bwd s | optimizer | per-tensor (reference) step ms | grouped step ms | "
-        "reference / fwd+bwd | grouped / fwd+bwd | speed-up |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| model | LoRA tensors | fwd+bwd s | optimizer | per-tensor step ms | grouped step ms | per-tensor / fwd+bwd "
+        "| grouped / fwd+bwd | speed-up | goal |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, r in results.items():
         for name in ("came", "adamw"):
             ref, grp = r["step"][(name, "reference")], r["step"][(name, "grouped")]
+            share = 100 * grp / r["fwd_bwd"]
+            goal = "met" if share <= 10 else f"missed by {share - 10:.1f} points"
+            classes = r.get("classes", {})
+            kinds = f" ({classes[name + ' reference']} / {classes[name + ' grouped']})" if classes else ""
             rows.append(
-                f"| {label} | {r['tensors']} | {r['fwd_bwd']:.3f} | {name} | {ref * 1e3:.1f} | {grp * 1e3:.1f} | "
-                f"{100 * ref / r['fwd_bwd']:.1f}% | {100 * grp / r['fwd_bwd']:.1f}% | {ref / grp:.2f}x |"
+                f"| {label} | {r['tensors']} | {r['fwd_bwd']:.3f} | {name}{kinds} | {ref * 1e3:.1f} | {grp * 1e3:.1f} | "
+                f"{100 * ref / r['fwd_bwd']:.1f}% | {share:.1f}% | {ref / grp:.2f}x | {goal} |"
             )
     return "\n".join(rows)
+
+
+def optimizer_table(results: dict, steps: int) -> str:
+    return ratio_table(
+        "Optimizer step time / forward+backward time (goal: at most 10%), CPU, 1 thread, fp32, masked LoRA rank 16 + "
+        f"alignment, gradient checkpointing; median of {steps} steps per optimizer, taking turns on one module:",
+        results,
+    )
+
+
+def fsdp2_table(results: dict, steps: int, threads: int) -> str:
+    return ratio_table(
+        f"Optimizer step time / forward+backward time under FSDP2 (goal: at most 10%), {WORLD} CPU processes (gloo, "
+        f"{threads} thread each), fp32, masked LoRA rank 16 + alignment, gradient checkpointing, one FSDP2 unit per "
+        f"block; per round one forward+backward, then each optimizer's step on its gradients; median of {steps} "
+        "rounds, the slower rank's:",
+        results,
+    )
 
 
 def compile_table(label: str, r: dict, steps: int) -> str:
@@ -126,16 +154,30 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compile", action="store_true", help="leave the compiled-blocks measurement out")
+    p.add_argument("--no-fsdp2", action="store_true", help="leave the FSDP2 (2-process) measurement out")
+    p.add_argument("--only-fsdp2", action="store_true", help="measure (and write) the FSDP2 section only")
     p.add_argument("--write-docs", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    text = optimizer_table({label: optimizer_split(s, args.steps) for label, s in SETUPS.items()}, args.steps)
-    if not args.no_compile:
-        label, setup = next(iter(SETUPS.items()))
-        text += "\n\n" + compile_table(label, compile_split(setup, args.steps), args.steps)
+    if not args.only_fsdp2:
+        text = optimizer_table({label: optimizer_split(s, args.steps) for label, s in SETUPS.items()}, args.steps)
+        if not args.no_compile:
+            label, setup = next(iter(SETUPS.items()))
+            text += "\n\n" + compile_table(label, compile_split(setup, args.steps), args.steps)
+        print(text)
+        if args.write_docs:
+            write_section(f"{SECTION}\n\nCommand: `{COMMAND}` (part of `make bench`).\n\n{text}\n")
+    if args.no_fsdp2:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        results = fsdp2_split(SETUPS, args.steps, args.threads, f"{tmp}/fsdp2.pt")
+    text = fsdp2_table(results, args.steps, args.threads)
     print(text)
     if args.write_docs:
-        write_section(f"{SECTION}\n\nCommand: `{COMMAND}` (part of `make bench`).\n\n{text}\n")
+        write_section(
+            f"{FSDP2_SECTION}\n\nCommand: `{COMMAND}` (part of `make bench`; this section alone: "
+            f"`--only-fsdp2`).\n\n{text}\n"
+        )
 
 
 if __name__ == "__main__":

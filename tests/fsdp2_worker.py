@@ -1,4 +1,5 @@
-"""A 2-process gloo worker for tests/test_fsdp2.py: one clipped CAME step on a fully_shard'ed toy model."""
+"""A 2-process gloo worker for tests/test_fsdp2.py: clipped CAME steps on a fully_shard'ed toy model, and the
+optimizer checks of tests/fsdp2_optim_checks.py."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main(rank: int, world: int, port: str, out: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
     from pm_lightning.training.optim import OptimizerConfig, build_optimizer
+    from tests.fsdp2_optim_checks import checks
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -51,6 +53,7 @@ def main(rank: int, world: int, port: str, out: str) -> None:
             step(model, optimizer, x, clip=0.01)
             optimizer.zero_grad()
         result[name] = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    result["optimizers"] = checks(mesh)
     if rank == 0:
         torch.save(result, out)
     del model, optimizer, result  # no tensor of a gloo work may outlive the group (an abort at exit otherwise)

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
+from tests.fsdp2_optim_checks import LR, PER_TENSOR, SHAPES, STEPS, full_grads, full_params
 from tests.test_fit import small_config, with_outputs
 
 pytestmark = pytest.mark.slow
@@ -149,25 +150,36 @@ def test_fsdp2_keeps_a_bf16_base_next_to_fp32_adapters(tmp_path, tiny_base, tiny
     assert final and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in final.values())
 
 
-def test_clipping_and_came_on_dtensor_shards_equal_the_unsharded_step(tmp_path):
+def run_worker(module: str, *args: str, timeout: int = 300) -> None:
+    """`python -m module *args` (a worker spawning its gloo ranks) in a subprocess; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> dict:
+    """tests/fsdp2_worker.py's results: one run of 2 gloo processes, shared by the tests below."""
+    out = tmp_path_factory.mktemp("fsdp2-toy") / "sharded.pt"
+    run_worker("tests.fsdp2_worker", "29731", str(out))
+    return torch.load(out)
+
+
+def test_clipping_and_came_on_dtensor_shards_equal_the_unsharded_step(toy_run):
     """Lightning's clip by norm over FSDP2's DTensor gradients uses the global norm, and CAME's factored statistics
     over sharded rows equal the unsharded optimizer: two clipped CAME steps on 2 gloo ranks = one process."""
     from came_pytorch import CAME
 
     from tests.fsdp2_worker import step, toy
 
-    out = tmp_path / "sharded.pt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.fsdp2_worker", "29731", str(out)],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded = torch.load(out)
+    sharded = toy_run
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
     for name in ("came", "sgd"):
         model = toy()
@@ -207,3 +219,52 @@ def test_gradient_accumulation_draws_noise_per_micro_batch_and_resumes_exactly(t
     assert final.keys() == again.keys()
     for key in final:
         assert torch.equal(final[key], again[key]), key
+
+
+CAME_RTOL, CAME_ATOL = 1e-5, 1e-6  # fp32: sums over shards and stacks add in another order than per whole tensor
+
+
+def came_pytorch_steps() -> list[torch.Tensor]:
+    """STEPS steps of came-pytorch on the whole tensors in one process."""
+    from came_pytorch import CAME
+
+    params = [torch.nn.Parameter(t) for t in full_params()]
+    opt = CAME(params, lr=LR)
+    for step in range(STEPS):
+        for p, grad in zip(params, full_grads(step)):
+            p.grad = grad
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def test_grouped_came_on_shards_equals_per_tensor_and_single_process_came(toy_run):
+    """CAME under FSDP2 on the local shards, grouped by shape (training/came_sharded.py), on 2 gloo processes: equal to
+    the per-tensor `ShardedCAME` and to came-pytorch on the whole tensors, with 3 collectives per step instead of about
+    5 per tensor; a per-tensor state loads into it, and its own state round-trips through torch.distributed.checkpoint
+    (gathered whole, loaded back into fresh shards) to the uninterrupted steps; AdamW's foreach kernels on DTensors equal its per-tensor loop.
+
+    Checked red once: with `_reduce`'s all_reduce removed (each rank summing its own shard only), the first tensor,
+    (8, 5), differs from came-pytorch's beyond the tolerance. Shares the toy run of the test above (one 2-process
+    worker); the checks add about 3 s of CPU time to it.
+    """
+    r = toy_run["optimizers"]
+    assert r["types"] == {"grouped": "ShardedGroupedCAME", "reference": "ShardedCAME", "3-D": "ShardedCAME"}
+    whole, start = came_pytorch_steps(), full_params()
+    assert len(r["grouped"]) == len(SHAPES)
+    for i, (mine, theirs) in enumerate(zip(r["grouped"], whole)):
+        torch.testing.assert_close(mine, theirs, rtol=CAME_RTOL, atol=CAME_ATOL, msg=f"{SHAPES[i]}")
+        assert (mine - start[i]).abs().max() > 1e-3  # every tensor moved (rank 1's empty shard of (1, 9) too)
+    for mine, again in zip(r["grouped"], r["checkpointed"]):  # 2 steps, gathered and loaded back by DCP, 2 more
+        torch.testing.assert_close(again, mine, rtol=CAME_RTOL, atol=CAME_ATOL)
+    for name in ("reference", "resumed"):  # per tensor throughout; per tensor for 2 steps, then grouped
+        for i, theirs in zip(PER_TENSOR, r[name]):
+            torch.testing.assert_close(
+                r["grouped"][i], theirs, rtol=CAME_RTOL, atol=CAME_ATOL, msg=f"{name} {SHAPES[i]}"
+            )
+    for key, value in r["grouped state"].items():  # the same state: checkpoints hold either implementation's
+        torch.testing.assert_close(value, r["reference state"][key], rtol=CAME_RTOL, atol=CAME_ATOL, msg=key)
+    assert r["collectives"]["grouped"] == 3  # one all_reduce per point of the step, whatever the tensor count
+    assert r["collectives"]["reference"] >= 4 * len(PER_TENSOR)
+    assert r["adamw grouped foreach"] is True and r["adamw reference foreach"] is False
+    for mine, theirs in zip(r["adamw grouped"], r["adamw reference"]):
+        torch.testing.assert_close(mine, theirs, rtol=CAME_RTOL, atol=CAME_ATOL)

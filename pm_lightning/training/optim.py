@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor, Replicate
 
 from pm_lightning.core.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat
 from pm_lightning.training.came_grouped import GroupedCAME
+from pm_lightning.training.came_sharded import ShardedGroupedCAME, can_group
 
 OPTIMIZERS = ("came", "adamw")
 IMPLEMENTATIONS = ("grouped", "reference")
@@ -35,9 +36,11 @@ class OptimizerConfig:
         warmup_steps: linear warm-up length in optimizer steps.
         total_steps: length of the cosine decay (warmup_cosine only).
         implementation: "grouped" (default) steps all tensors of a shape at once: CAME batched over same-shape
-            stacks (`training/came_grouped.py`; FSDP2's DTensor parameters fall back to the per-tensor CAME, logged),
-            AdamW with torch's fused kernel on CUDA and its foreach kernels elsewhere; "reference" is came-pytorch's
-            per-tensor loop and AdamW's per-tensor loop (foreach=False). Same maths, equal within float rounding.
+            stacks (`training/came_grouped.py`; under FSDP2 on the local shards, the cross-rank sums batched:
+            `training/came_sharded.py`; DTensors it cannot take step per tensor, logged), AdamW with torch's fused
+            kernel on CUDA and its foreach kernels elsewhere (DTensors too); "reference" is came-pytorch's
+            per-tensor loop (`ShardedCAME` for DTensors) and AdamW's per-tensor loop (foreach=False). Same maths,
+            equal within float rounding.
     """
 
     name: Literal["came", "adamw"] = "came"
@@ -72,10 +75,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     grouped = cfg.implementation == "grouped"
     if cfg.name == "came":
         cls = sharding_aware_came()
-        if grouped and any(_is_dtensor(p) for p in params):
-            log.info("optimizer.implementation grouped: FSDP2 DTensor parameters step with the per-tensor CAME")
-        elif grouped:
+        if grouped and not any(_is_dtensor(p) for p in params):
             cls = GroupedCAME
+        elif grouped and can_group(params):
+            cls = ShardedGroupedCAME
+        elif grouped:
+            log.info("optimizer.implementation grouped: these DTensor parameters step with the per-tensor CAME")
         return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     adam_eps = cfg.eps[0] if cfg.eps[0] >= 1e-12 else 1e-8
     fused = grouped and bool(params) and all(p.device.type == "cuda" for p in params)
