@@ -34,7 +34,10 @@ def assert_placed_2d(dump: Path) -> None:
 @NO_SHARDS
 def test_hsdp_2x2_quick_check_replicas_agree_after_a_step(tmp_path, monkeypatch):
     """Ranks 0, 1 and 2, 3 are the shard groups, 0, 2 and 1, 3 the replica groups; each rank trains on its own
-    batch, so two replicas hold equal shards after the step only if their gradient shards were all-reduced."""
+    batch, so two replicas hold equal shards after the step only if their gradient shards were all-reduced.
+    Checked red once each (by hand, the same line with a sabotaged strategy or callback): `fully_shard` over the
+    shard group only (no replicate dimension) left 52 of 116 shards of ranks 0 and 2 different (and the placements
+    `(Shard(dim=0),)`); FSDP2's `set_requires_all_reduce(False)` on every unit left no gradient and nothing moved."""
     (quick,) = doc_fit_commands("HSDP on CPU, the quick check").values()
     assert quick.values("--trainer.devices") == ["4"] and quick.values("--trainer.max_steps") == ["1"]
     monkeypatch.setenv("PM_DUMP_DIR", str(tmp_path / "dump"))
