@@ -80,3 +80,31 @@ class NoiseProbe(Callback):
         out = Path(os.environ["PM_DUMP_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         torch.save(self.rows, out / f"noise-rank{trainer.global_rank}.pt")
+
+
+class ReplicaProbe(Callback):
+    """Writes `$PM_DUMP_DIR/replica-rank<N>.pt`: this rank's local part (a DTensor's shard) of every trainable
+    parameter, before the first step and at the end of training, and the keys of the samples it trained on."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.before, self.batch_keys = local_trainable(pl_module), []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batch_keys.extend(batch["key"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        out = Path(os.environ["PM_DUMP_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        after = local_trainable(pl_module)
+        torch.save(
+            {"before": self.before, "after": after, "keys": self.batch_keys},
+            out / f"replica-rank{trainer.global_rank}.pt",
+        )
+
+
+def local_trainable(pl_module) -> dict[str, torch.Tensor]:
+    """{name: this rank's local tensor} of the transformer's trainable parameters."""
+    from torch.distributed.tensor import DTensor
+
+    params = pl_module.transformer.named_parameters()
+    return {n: (p.to_local() if isinstance(p, DTensor) else p).detach().clone() for n, p in params if p.requires_grad}

@@ -1,10 +1,13 @@
-"""HSDP (experiments/strategies/hsdp.yaml) for real: docs/SCALING.md's CPU command, 4 gloo processes as 2 "nodes"
-x 2 (`shard_size: 2`) on the default shards, trains with every transformer parameter placed (Replicate(), Shard(0))
-and ends with the adapters and validation figures of the same run under DDP on 4 processes.
+"""HSDP (experiments/strategies/hsdp.yaml) for real: docs/SCALING.md's CPU commands, 4 gloo processes as 2 "nodes"
+x 2 (`shard_size: 2`) on the default shards, train with every transformer parameter placed (Replicate(), Shard(0)).
 
-Campaign tier (`make test-scaling`), not CI's slow tier: two 4-process runs take minutes on 2 cores."""
+CI's slow tier runs the quick check (one step, no validation): the two replicas hold equal adapter shards after the
+step. The campaign tier (`make test-scaling`) runs the full line and ends with the adapters and validation figures
+of the same run under DDP on 4 processes: two 4-process runs take minutes on 2 cores."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,19 +16,55 @@ from safetensors.torch import load_file
 from tests.test_fsdp2 import adapters
 from tests.test_scaling_commands import SHARDS, doc_fit_commands, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.campaign]
+pytestmark = pytest.mark.slow
+NO_SHARDS = pytest.mark.skipif(
+    not (SHARDS / "val" / "index.json").is_file(), reason="no default shards: run `make shards`"
+)
 
 
-@pytest.mark.skipif(not (SHARDS / "val" / "index.json").is_file(), reason="no default shards: run `make shards`")
+def assert_placed_2d(dump: Path) -> None:
+    """ShardProbe's dumps: on every rank every transformer parameter is 2-D, replicated over "replicate" and
+    row-sharded over "shard", 6 block units, gradients on the adapters only."""
+    for rank in range(4):
+        probe = torch.load(dump / f"shard-rank{rank}.pt")
+        assert probe["dtensor"] and probe["placements"] == ["(Replicate(), Shard(dim=0))"], rank
+        assert probe["units"] == 6 and probe["frozen_with_grad"] == 0 and probe["trainable_with_grad"] > 0
+
+
+@NO_SHARDS
+def test_hsdp_2x2_quick_check_replicas_agree_after_a_step(tmp_path, monkeypatch):
+    """Ranks 0, 1 and 2, 3 are the shard groups, 0, 2 and 1, 3 the replica groups; each rank trains on its own
+    batch, so two replicas hold equal shards after the step only if their gradient shards were all-reduced.
+    Checked red once each (by hand, the same line with a sabotaged strategy or callback): `fully_shard` over the
+    shard group only (no replicate dimension) left 52 of 116 shards of ranks 0 and 2 different (and the placements
+    `(Shard(dim=0),)`); FSDP2's `set_requires_all_reduce(False)` on every unit left no gradient and nothing moved."""
+    (quick,) = doc_fit_commands("HSDP on CPU, the quick check").values()
+    assert quick.values("--trainer.devices") == ["4"] and quick.values("--trainer.max_steps") == ["1"]
+    monkeypatch.setenv("PM_DUMP_DIR", str(tmp_path / "dump"))
+    probes = ("--trainer.callbacks+=tests.ddp_probe.ShardProbe", "--trainer.callbacks+=tests.ddp_probe.ReplicaProbe")
+    run(quick, tmp_path / "hsdp", *probes)
+    assert_placed_2d(tmp_path / "dump")
+    local = [torch.load(tmp_path / "dump" / f"replica-rank{rank}.pt") for rank in range(4)]
+    assert local[0]["keys"] and local[0]["keys"] != local[2]["keys"]  # replicas trained on their own samples
+    names = local[0]["after"].keys()
+    assert names and all(part["after"].keys() == names for part in local)
+    assert any(not torch.equal(local[0]["after"][n], local[0]["before"][n]) for n in names)  # the step moved them
+    assert any(not torch.equal(local[0]["after"][n], local[1]["after"][n]) for n in names)  # other rows, own shards
+    for rank in (0, 1):  # replicas: bit-equal shards
+        for n in names:
+            assert torch.equal(local[rank]["after"][n], local[rank + 2]["after"][n]), (rank, n)
+    assert (tmp_path / "hsdp" / "lora" / "final" / "unseen.safetensors").is_file()
+    assert (tmp_path / "hsdp" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.campaign
+@NO_SHARDS
 def test_hsdp_2x2_doc_command_trains_sharded_within_replicated_across_and_equals_ddp(tmp_path, monkeypatch):
     (hsdp,) = doc_fit_commands("HSDP on CPU").values()
     assert hsdp.values("--trainer.devices") == ["4"] and hsdp.values("--trainer.strategy.init_args.shard_size") == ["2"]
     monkeypatch.setenv("PM_DUMP_DIR", str(tmp_path / "dump"))
     sharded, _ = run(hsdp, tmp_path / "hsdp", "--trainer.callbacks+=tests.ddp_probe.ShardProbe")
-    for rank in range(4):  # 2-D for real on every rank: replicated over "replicate", row-sharded over "shard"
-        probe = torch.load(tmp_path / "dump" / f"shard-rank{rank}.pt")
-        assert probe["dtensor"] and probe["placements"] == ["(Replicate(), Shard(dim=0))"], rank
-        assert probe["units"] == 6 and probe["frozen_with_grad"] == 0 and probe["trainable_with_grad"] > 0
+    assert_placed_2d(tmp_path / "dump")
 
     # the same command under DDP (ddp.yaml instead of hsdp.yaml and its shard_size)
     argv = list(hsdp.argv)

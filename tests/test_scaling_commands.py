@@ -46,7 +46,8 @@ def run(cmd: Command, out: Path, *extra: str) -> tuple[dict[int, dict[str, float
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-4000:]
     figures: dict[int, dict[str, float]] = {}
-    for row in csv.DictReader(open(next((out / "csv").rglob("metrics.csv")))):
+    logged = next((out / "csv").rglob("metrics.csv"), None)  # none when nothing was logged (no validation)
+    for row in csv.DictReader(open(logged)) if logged else []:
         val = {k: float(v) for k, v in row.items() if k.startswith("val/") and v}
         if val:
             figures.setdefault(int(row["step"]), {}).update(val)

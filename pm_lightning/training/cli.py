@@ -159,8 +159,7 @@ class ProcessCLI(LightningCLI):
         """Before any work: the base is here, the run directory is ours (locked), the resume checkpoint loads, an
         earlier run is not overwritten (or moved aside with --start_over). Everything refused leaves nothing behind."""
         require_local_base(self.config.model.init_args.base)
-        refuse_deepspeed(self.config.trainer.strategy)
-        refuse_uneven_hsdp(self.config.trainer)
+        self.check_strategy()
         root = self.config.trainer.default_root_dir or "."
         if is_launch_process():  # DDP children run inside the launcher's lock
             self.lock = RunLock.acquire(root)
@@ -176,6 +175,11 @@ class ProcessCLI(LightningCLI):
             print(notice, file=sys.stderr)
         if moved is not None:
             print(f"the earlier run's outputs in {root} were moved to {moved}", file=sys.stderr)
+
+    def check_strategy(self) -> None:
+        """At load, before any process starts: no DeepSpeed, an HSDP shard group that divides the world size."""
+        refuse_deepspeed(self.config.trainer.strategy)
+        refuse_uneven_hsdp(self.config.trainer)
 
     def instantiate_classes(self) -> None:
         """Lightning's, then this CLI's after-work; a failure in either gives the run directory back."""
@@ -208,9 +212,9 @@ class ProcessCLI(LightningCLI):
                     print(f"W&B: the resumed fit continues run {run_id} of {run_dir}", file=sys.stderr)
 
 
-def build_cli(args: list[str] | None = None) -> ProcessCLI:
-    """Parse and instantiate (no training)."""
-    return ProcessCLI(
+def build_cli(args: list[str] | None = None, cli_class: type[ProcessCLI] = ProcessCLI) -> ProcessCLI:
+    """Parse and instantiate (no training); `cli_class` a subclass that instantiates less (tests/test_meta_configs.py)."""
+    return cli_class(
         FlowMatchingModule,
         ProcessDataModule,
         subclass_mode_model=True,
