@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         (base_file,) = (base / "transformer").glob("*.safetensors")
         file_bytes = base_file.stat().st_size
         results = {}
+        shutil.rmtree(tmp / args.strategy, ignore_errors=True)  # fresh run directories (fit refuses a used one)
         for run, cmd in fit_commands(base, tmp / args.strategy, args.strategy, args.steps).items():
             results[run] = run_sampled(cmd, tmp / f"{args.strategy}-{run.replace(' ', '')}.log", args.repo, str(base_file.resolve()))
             print(run, json.dumps(results[run]), flush=True)

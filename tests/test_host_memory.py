@@ -1,18 +1,22 @@
-"""Stage 2's stage-1 LoRA as a frozen, unmerged peft adapter (issue 22, "Host memory at scale"): the same model as the
-LoRA fused into the base (the loss and the new LoRA's gradients of the first step), and the base's memory-mapped
-weights never written, so no rank holds a private copy of the base."""
+"""Host memory at scale (issue 22): the base's memory-mapped weights are never written, so every rank reads the same
+clean page-cache pages and none holds a private copy. Stage 2's stage-1 LoRA is a frozen, unmerged peft adapter (the
+same model as the LoRA fused into the base: the loss and the new LoRA's gradients of the first step), and DDP's
+start-up broadcast leaves the loaded weights alone. The figures at scale: bench/host_memory.py, docs/SCALING.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 
+from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_routing import set_domains
 from pm_lightning.models.adapter_state import adapter_state_dict, load_adapter_state_dict
 from pm_lightning.models.adapters import FROZEN_ADAPTER, adapter_parameters, add_adapters
 from pm_lightning.models.lora_files import fuse_lora_file
+from pm_lightning.training.stage1 import Stage1Module
 from pm_lightning.training.stage2 import Stage2Module
 from tests.test_stage2 import CELL, batch, stage1_file  # noqa: F401 - module fixtures
 from tests.test_stage2 import make_module as frozen_module
@@ -88,3 +92,23 @@ def test_frozen_stage1_adapter_trains_as_the_fused_base_and_never_writes_the_bas
     assert torch.allclose(loss, fused_loss, rtol=1e-5, atol=1e-7), (loss, fused_loss)
     assert len(grads) == len(fused_grads) > 0
     assert all(torch.allclose(g, f, rtol=1e-4, atol=1e-7) for g, f in zip(grads, fused_grads))
+
+
+def test_ddp_start_up_leaves_the_memory_mapped_base_clean(tiny_base, stage1_file):  # noqa: F811
+    """DDP's start-up broadcast writes every tensor it syncs back in place, on every rank (the root too, at any world
+    size), which copies a memory-mapped base into each rank's private memory; the modules leave the weights loaded
+    from the files out of it (every rank reads the same files). Checked to go red without the fix: with
+    `_ddp_params_and_buffers_to_ignore` emptied the file's pages are dirtied (9.4 MB, the whole tiny base)."""
+    stage1 = Stage1Module(base=tiny_base, domains=["a", "b"], adapter=AdapterConfig(kind="masked", rank=4))
+    stage1.configure_model()
+    stage2 = frozen_module(tiny_base, stage1_file)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for module in (stage1, stage2):
+            before = dirty_bytes(base_file(tiny_base))
+            torch.nn.parallel.DistributedDataParallel(module)  # what Lightning's DDPStrategy._setup_model does
+            assert dirty_bytes(base_file(tiny_base)) <= before
+            ignored = set(module._ddp_params_and_buffers_to_ignore)  # the frozen weights only: adapters still synced
+            assert ignored and not any(module.get_parameter(n).requires_grad for n in ignored)
+    finally:
+        dist.destroy_process_group()
