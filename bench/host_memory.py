@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +33,13 @@ from docs_section import write_section
 
 FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty", "Anonymous")
 GB = 1e9
+HEADER = """## Host memory per rank
+
+Measured by `bench/host_memory.py` (its docstring: the base, the commands). Anonymous: the process's own memory (a
+copy of the base shows here); base file, shared: pages of the base's safetensors file mapped by both ranks (one copy
+in the page cache); base file, copied: pages of that mapping written by the process (copy-on-write: a private copy).
+Each column is its own peak over the run, sampled every 0.3 s; the machine's other jobs do not change these
+figures (they are not times)."""
 
 
 def build_base(root: Path, heads: int) -> Path:
@@ -108,7 +114,9 @@ def descendants(pid: int) -> list[int]:
 def run_sampled(cmd: list[str], log: Path, repo: Path, base_file: str) -> list[dict[str, int]]:
     """Run `cmd` in `repo`; per python process of its tree (rank 0 first), the peak of every smaps field over the run,
     of the whole process and (keys "file:<field>") of its mapping of `base_file`."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(repo), PM_LIGHTNING_HOME=str(repo))
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(repo), PM_LIGHTNING_HOME=str(repo)
+    )
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=f, stderr=subprocess.STDOUT)
         peaks: dict[int, dict[str, int]] = {}
@@ -155,10 +163,10 @@ def fit_commands(base: Path, out: Path, strategy: str, steps: int) -> dict[str, 
 
 def table(results: dict, file_bytes: int, label: str) -> str:
     rows = [
-        f"{label}; base transformer file {file_bytes / GB:.2f} GB (fp32). Peak per rank over the run, GB:",
+        f"**{label}**; base transformer file {file_bytes / GB:.2f} GB (fp32). Peak per rank over the run, GB:",
         "",
-        "| run | rank | Anonymous | file-backed shared | file-backed private | Rss | base file: shared | base file: private clean | base file: copied (Private_Dirty) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | rank | Anonymous | file-backed shared | file-backed private | Rss | base file: shared | base file: copied |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run, ranks in results.items():
         for rank, p in enumerate(ranks):
@@ -166,7 +174,7 @@ def table(results: dict, file_bytes: int, label: str) -> str:
             private = max(0, p["Private_Clean"] + p["Private_Dirty"] - p["Anonymous"])
             rows.append(
                 f"| {run} | {rank} | {p['Anonymous'] / GB:.2f} | {shared / GB:.2f} | {private / GB:.2f} | {p['Rss'] / GB:.2f} "
-                f"| {p['file:Shared_Clean'] / GB:.2f} | {p['file:Private_Clean'] / GB:.2f} | {p['file:Private_Dirty'] / GB:.2f} |"
+                f"| {p['file:Shared_Clean'] / GB:.2f} | {p['file:Private_Dirty'] / GB:.2f} |"
             )
     return "\n".join(rows)
 
@@ -179,8 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--label", default="", help="what this run measures (the table's first words)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", type=Path, help="build the base and runs here (kept) instead of a temporary folder")
-    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose pm_lightning runs (an older one: 'before')")
+    parser.add_argument(
+        "--repo", type=Path, default=REPO, help="the checkout whose pm_lightning runs (an older one: 'before')"
+    )
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/SCALING.md")
+    parser.add_argument("--tables", nargs="*", default=[], help="--json files of earlier runs, written first")
     args = parser.parse_args(argv)
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="host_memory_"))
     try:
@@ -193,7 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = {}
         shutil.rmtree(tmp / args.strategy, ignore_errors=True)  # fresh run directories (fit refuses a used one)
         for run, cmd in fit_commands(base, tmp / args.strategy, args.strategy, args.steps).items():
-            results[run] = run_sampled(cmd, tmp / f"{args.strategy}-{run.replace(' ', '')}.log", args.repo, str(base_file.resolve()))
+            results[run] = run_sampled(
+                cmd, tmp / f"{args.strategy}-{run.replace(' ', '')}.log", args.repo, str(base_file.resolve())
+            )
             print(run, json.dumps(results[run]), flush=True)
         label = args.label or f"{args.strategy}, 2 CPU gloo processes, {args.steps} steps"
         text = table(results, file_bytes, label)
@@ -201,7 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.json:
             args.json.write_text(json.dumps({"file_bytes": file_bytes, "label": label, "results": results}, indent=1))
         if args.write_docs:
-            write_section("## Host memory per rank\n\n" + text + "\n", REPO / "docs" / "SCALING.md")
+            saved = [json.loads(Path(t).read_text()) for t in args.tables]
+            texts = [table(r["results"], r["file_bytes"], r["label"]) for r in saved] + [text]
+            write_section("\n\n".join([HEADER, *texts]) + "\n", REPO / "docs" / "SCALING.md")
         return results
     finally:
         if args.keep is None:
