@@ -174,7 +174,8 @@ class FlowMatchingModule(L.LightningModule):
         ddp_ignore(self, [name for name, p in self.named_parameters() if id(p) in loaded])
 
     def prepare_base(self, backbone) -> None:
-        """Change the frozen base before it is quantized and adapters are added (stage 2 fuses its stage-1 LoRA)."""
+        """Change the frozen base before it is quantized and adapters are added (stage 2 fuses its stage-1 LoRA into a base
+        that is to be quantized; otherwise it adds that LoRA as a frozen adapter, leaving the base unwritten)."""
 
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
         """Inject this stage's trainable adapters into `transformer`."""

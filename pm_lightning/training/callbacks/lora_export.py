@@ -65,6 +65,9 @@ class LoraExport(Callback):
             self._last_step = step
             self.export(trainer, pl_module, step_tag(step))
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._final_written = False
+
     def on_train_end(self, trainer, pl_module) -> None:
         # before the strategy's teardown, which moves every rank's model (the whole base) to CPU memory
         self.export(trainer, pl_module, FINAL)
