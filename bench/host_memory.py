@@ -35,11 +35,23 @@ FIELDS = ("Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Privat
 GB = 1e9
 HEADER = """## Host memory per rank
 
-Measured by `bench/host_memory.py` (its docstring: the base, the commands). Anonymous: the process's own memory (a
-copy of the base shows here); base file, shared: pages of the base's safetensors file mapped by both ranks (one copy
-in the page cache); base file, copied: pages of that mapping written by the process (copy-on-write: a private copy).
-Each column is its own peak over the run, sampled every 0.3 s; the machine's other jobs do not change these
-figures (they are not times)."""
+Measured by `bench/host_memory.py` (its docstring: the base, the two `fit` lines): 2 CPU gloo processes, a Flux-shaped
+base of 1.30 GB (one fp32 safetensors file), 2 steps of batch 1 of stage 1 (`tiny.yaml`) and then of stage 2
+(`tiny_stage2.yaml` on stage 1's exported `unseen` LoRA). "Before" ran the same script with `--repo` on an export of
+main at 8145f56 (`git archive 8145f56`); "After" this checkout:
+
+```bash
+.venv/bin/python bench/host_memory.py --keep /tmp/hm --repo /tmp/hm_before --json /tmp/hm/before_ddp.json --label ...
+.venv/bin/python bench/host_memory.py --keep /tmp/hm --json /tmp/hm/after_ddp.json --label ...
+.venv/bin/python bench/host_memory.py --keep /tmp/hm --strategy fsdp --json /tmp/hm/after_fsdp.json --label ...
+.venv/bin/python bench/host_memory.py --steps 0 --write-docs --tables /tmp/hm/before_ddp.json /tmp/hm/after_ddp.json ...
+```
+
+Anonymous: the process's own memory (a copy of the base shows here). File-backed private: file pages only this
+process mapped at that moment (rank 0 reads the base before rank 1 has started): page cache, not a copy. Base file, shared: pages of the base's
+safetensors file mapped by both ranks (one copy in the page cache). Base file, copied: pages of that mapping the
+process wrote (copy-on-write: its private copy). Each column is its own peak over the run, sampled every 0.3 s; the
+machine's other jobs do not change these figures (they are not times)."""
 
 
 def build_base(root: Path, heads: int) -> Path:
@@ -179,11 +191,18 @@ def table(results: dict, file_bytes: int, label: str) -> str:
     return "\n".join(rows)
 
 
+def write_docs(tables: list[str], *extra: str) -> None:
+    """docs/SCALING.md's "## Host memory per rank": the header, the tables of the saved `--json` files, then `extra`."""
+    saved = [json.loads(Path(t).read_text()) for t in tables]
+    texts = [table(r["results"], r["file_bytes"], r["label"]) for r in saved]
+    write_section("\n\n".join([HEADER, *texts, *extra]) + "\n", REPO / "docs" / "SCALING.md")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=12, help="attention heads of 128 (12: 1.25 GB fp32)")
     parser.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="steps per run; 0 with --write-docs: only write --tables")
     parser.add_argument("--label", default="", help="what this run measures (the table's first words)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", type=Path, help="build the base and runs here (kept) instead of a temporary folder")
@@ -193,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/SCALING.md")
     parser.add_argument("--tables", nargs="*", default=[], help="--json files of earlier runs, written first")
     args = parser.parse_args(argv)
+    if args.write_docs and args.steps == 0:  # --steps 0: only write the saved tables
+        write_docs(args.tables)
+        return {}
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="host_memory_"))
     try:
         base = tmp / "base"
@@ -214,9 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.json:
             args.json.write_text(json.dumps({"file_bytes": file_bytes, "label": label, "results": results}, indent=1))
         if args.write_docs:
-            saved = [json.loads(Path(t).read_text()) for t in args.tables]
-            texts = [table(r["results"], r["file_bytes"], r["label"]) for r in saved] + [text]
-            write_section("\n\n".join([HEADER, *texts]) + "\n", REPO / "docs" / "SCALING.md")
+            write_docs(args.tables, text)
         return results
     finally:
         if args.keep is None:
