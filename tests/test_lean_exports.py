@@ -18,9 +18,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 STEPS, CHECKPOINT_EVERY, EXPORT_EVERY = 4, 1, 2
 
 
+TEARDOWNS: list[bool] = []  # per strategy teardown of the run: were the final LoRA files written before it
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_base, tiny_shards):
     """4 steps of a bf16 base (model.init_args.dtype), a checkpoint every step, LoRA exports every 2 steps."""
+    from lightning.pytorch.strategies import Strategy
+
     tmp = tmp_path_factory.mktemp("lean")
     path = small_config(tmp, tiny_base, tiny_shards, max_steps=STEPS, every=CHECKPOINT_EVERY, dtype="bfloat16")
     cfg = yaml.safe_load(path.read_text())
@@ -31,8 +36,23 @@ def run(tmp_path_factory, tiny_base, tiny_shards):
         }
     )
     path.write_text(yaml.safe_dump(cfg))
-    assert fit.main(["--config", str(path)]) == 0
+    teardown = Strategy.teardown
+
+    def recorded(strategy):  # Lightning's teardown moves the model (the whole base) to CPU memory
+        TEARDOWNS.append(any((tmp / "run" / "lora" / "final").glob("*.safetensors")))
+        teardown(strategy)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Strategy, "teardown", recorded)
+        assert fit.main(["--config", str(path)]) == 0
     return tmp / "run"
+
+
+def test_the_final_export_is_written_before_the_strategy_tears_down(run):
+    """Under DDP the teardown moves every rank's model to CPU memory (the whole base, 190 GB per 8-GPU node at
+    FLUX.1-dev size): the final export comes before it (`on_train_end`). Checked red with the export in `on_fit_end`
+    (after the teardown), as it was."""
+    assert TEARDOWNS and all(TEARDOWNS)
 
 
 def test_every_domain_is_exported_at_its_own_interval_and_at_the_end_not_with_every_checkpoint(run):

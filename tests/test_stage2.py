@@ -75,7 +75,7 @@ def dual(tiny_base, stage1_file) -> Stage2Module:
     torch.manual_seed(1)
     with torch.no_grad():  # move B off zero: the new LoRA contributes
         for name, p in module.transformer.named_parameters():
-            if "lora_B" in name:
+            if p.requires_grad and "lora_B" in name:
                 p.normal_(0, 0.02)
     return module
 

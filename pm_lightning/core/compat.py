@@ -63,7 +63,7 @@ def ddp_ignore(module, names: list[str]) -> None:
     if setter is None:
         raise CompatError(
             f"torch {torch.__version__}: DistributedDataParallel._set_params_and_buffers_to_ignore_for_model is gone, "
-            "so a quantized base cannot be kept out of DDP's broadcast; pin torch to the version in constraints.txt"
+            "so the frozen base cannot be kept out of DDP's broadcast; pin torch to the version in constraints.txt"
         )
     setter(module, sorted(set(names) | set(getattr(module, "_ddp_params_and_buffers_to_ignore", []))))
 

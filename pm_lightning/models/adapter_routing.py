@@ -18,7 +18,7 @@ from torch import nn
 
 from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.adapter_layers import DomainLoraLinear
-from pm_lightning.models.adapters import domain_layers, tuner_layers
+from pm_lightning.models.adapters import FROZEN_ADAPTER, domain_layers, tuner_layers
 
 
 def _num_domains(transformer: nn.Module) -> int:
@@ -77,24 +77,28 @@ def use_domains(transformer: nn.Module, domains: torch.Tensor | None):
 
 @contextmanager
 def adapters_disabled(transformer: nn.Module):
-    """Inside: the exact base model (the alignment teacher). Leaves requires_grad untouched.
+    """Inside: the exact base model (the alignment teacher): every trained adapter off, a frozen one
+    (`FROZEN_ADAPTER`, part of stage 2's base) still on. Leaves requires_grad untouched.
 
     peft's ``enable_adapters(False)`` would also set requires_grad=False on the adapters, which
-    breaks DDP/FSDP bookkeeping mid-step, so only the layers' disable flag is flipped. A merged
-    model is unmerged inside and merged again (same domain) on exit.
+    breaks DDP/FSDP bookkeeping mid-step, so only the layers' disable flag (or, beside a frozen adapter, their
+    active-adapter list) is flipped. A merged model is unmerged inside and merged again (same domain) on exit.
     """
     merged = getattr(transformer, "pm_merged_domain", None)
     if merged is not None:
         unmerge_adapters(transformer)
     layers = list(tuner_layers(transformer))
-    flags = [layer._disable_adapters for layer in layers]
+    saved = [(layer._disable_adapters, layer._active_adapter) for layer in layers]
     for layer in layers:
-        layer._disable_adapters = True
+        if FROZEN_ADAPTER in layer.lora_A:
+            layer._active_adapter = [FROZEN_ADAPTER]
+        else:
+            layer._disable_adapters = True
     try:
         yield
     finally:
-        for layer, flag in zip(layers, flags):
-            layer._disable_adapters = flag
+        for layer, (flag, active) in zip(layers, saved):
+            layer._disable_adapters, layer._active_adapter = flag, active
         if merged is not None:
             merge_adapters(transformer, merged)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from pm_lightning.models.adapter_layers import DomainLoraLinear, MaskedLoraLinear
 from pm_lightning.models.adapter_routing import check_domain
-from pm_lightning.models.adapters import adapter_parameters, domain_layers, named_tuner_layers
+from pm_lightning.models.adapters import adapter_parameters, domain_layers, named_tuner_layers, trained_adapters
 
 
 def mask_l1(transformer: nn.Module) -> torch.Tensor:
@@ -54,13 +54,14 @@ def domain_lora_state_dict(transformer: nn.Module, domain: int, fold_scale: bool
 
     masked: B diag(m_domain); asymmetric: B_domain (mean of the Bs for -1); lora: B. With
     ``fold_scale`` B is multiplied by alpha / r, so the LoRA reproduces the output when loaded with
-    lora_alpha = r (diffusers' default when a file carries no alpha). Tied A are written per module.
+    lora_alpha = r (diffusers' default when a file carries no alpha). Tied A are written per module; a frozen
+    adapter beside the trained one (`FROZEN_ADAPTER`) is left out.
     """
     check_domain(transformer, domain)
     out = {}
     with torch.no_grad():
         for name, layer in named_tuner_layers(transformer):
-            for adapter in layer.lora_A:
+            for adapter in trained_adapters(layer):
                 A = layer.lora_A[adapter].weight  # (r, k)
                 is_domain = isinstance(layer, DomainLoraLinear)
                 B = layer.domain_B(adapter, domain) if is_domain else layer.lora_B[adapter].weight  # (d, r)

@@ -31,6 +31,9 @@ from pm_lightning.models.adapter_config import ADAPTER_KINDS, KINDS, AdapterConf
 from pm_lightning.models.adapter_layers import DomainLoraLinear, MaskedLoraLinear
 
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+# A frozen, unmerged adapter under the trained one (stage 2's stage-1 LoRA, loaded by diffusers:
+# `models/lora_files.py::load_frozen_lora_file`): active in every forward, never trained, exported or checkpointed.
+FROZEN_ADAPTER = "stage1"
 # Linears that BFL's checkpoint fuses into one layer (img_attn.qkv, txt_attn.qkv, single linear1).
 FUSED_GROUPS = {
     "transformer_blocks": (
@@ -45,12 +48,17 @@ FUSED_GROUPS = {
 
 
 def resolve_targets(transformer: nn.Module, target_modules: list[str] | None = None) -> list[str]:
-    """Full names of the block Linears to adapt (all of them when target_modules is None)."""
+    """Full names of the block Linears to adapt (all of them when target_modules is None); a Linear that already
+    carries a (frozen) peft adapter is named by its peft layer, and the Linears inside that layer are skipped."""
+    wrapped = {n for n, m in transformer.named_modules() if isinstance(m, LoraLayer)}
     names = []
     for list_name in BLOCK_LISTS:
         for name, module in transformer.named_modules():
-            if not (name.startswith(list_name + ".") and isinstance(module, nn.Linear)):
+            if not (name.startswith(list_name + ".") and (isinstance(module, nn.Linear) or name in wrapped)):
                 continue
+            parts = name.split(".")
+            if any(".".join(parts[:k]) in wrapped for k in range(1, len(parts))):
+                continue  # base_layer / lora_A.<name> of a peft layer
             rel = name.split(".", 2)[2]  # "<list>.<i>.<rel>"
             if target_modules is None or any(rel == t or name == t or name.endswith("." + t) for t in target_modules):
                 names.append(name)
@@ -78,8 +86,11 @@ def add_adapters(transformer: nn.Module, cfg: AdapterConfig) -> list[str]:
 
     Freezes every base parameter; adapter parameters are fp32 and trainable. Works on the meta
     device (no memory) when called under ``with torch.device("meta")`` on a meta model.
+    Over a frozen adapter (`FROZEN_ADAPTER`, already in the model) a plain LoRA is added beside it in the same peft
+    layers, both active (peft's multi-adapter `set_adapter`), the frozen one staying frozen.
     """
-    if any(True for _ in tuner_layers(transformer)):
+    frozen = any(FROZEN_ADAPTER in layer.lora_A for layer in tuner_layers(transformer))
+    if any(a != FROZEN_ADAPTER for layer in tuner_layers(transformer) for a in layer.lora_A):
         raise ValueError("transformer already has adapters; build a fresh one (or merge and reload)")
     names = resolve_targets(transformer, cfg.target_modules)
     if not names:
@@ -89,9 +100,15 @@ def add_adapters(transformer: nn.Module, cfg: AdapterConfig) -> list[str]:
         r=cfg.rank, lora_alpha=cfg.lora_alpha, target_modules=names, lora_dropout=0.0, init_lora_weights=True
     )
     factory = _layer_factory(cfg)
+    if factory is not None and frozen:
+        raise ValueError(f"a {cfg.kind!r} adapter cannot go over the frozen {FROZEN_ADAPTER!r} LoRA; only 'lora' can")
     if factory is not None:
         register_custom_lora_layer(lora_cfg, {nn.Linear: factory})
     inject_adapter_in_model(lora_cfg, transformer)
+    if frozen:  # peft keeps a layer's old active adapter when it gains one: activate both, train only the new
+        for layer in tuner_layers(transformer):
+            layer.set_adapter([a for a in (FROZEN_ADAPTER, "default") if a in layer.lora_A])
+        transformer.requires_grad_(False)
     if cfg.fused_qkv:
         _tie_fused_groups(transformer, names)
     for p in adapter_parameters(transformer):
@@ -117,8 +134,8 @@ def _tie_fused_groups(transformer: nn.Module, names: list[str]) -> None:
 
 
 def _share(lead: LoraLayer, layer: LoraLayer) -> None:
-    """Point layer's A (and gates) at lead's."""
-    for adapter in lead.lora_A:
+    """Point layer's A (and gates) at lead's (the trained adapter's; a frozen adapter keeps its own)."""
+    for adapter in trained_adapters(lead):
         layer.lora_A[adapter] = lead.lora_A[adapter]
         if isinstance(lead, MaskedLoraLinear):
             layer.lora_gate[adapter] = lead.lora_gate[adapter]
@@ -141,16 +158,25 @@ def domain_layers(transformer: nn.Module) -> list[DomainLoraLinear]:
     return [m for m in transformer.modules() if isinstance(m, DomainLoraLinear)]
 
 
+def trained_adapters(layer: LoraLayer) -> list[str]:
+    """The adapter names of `layer` that train (all but the frozen `FROZEN_ADAPTER`)."""
+    return [a for a in layer.lora_A if a != FROZEN_ADAPTER]
+
+
 def adapter_parameters(transformer: nn.Module) -> list[nn.Parameter]:
-    """The adapter parameters, each once (tied A / gates appear once)."""
+    """The trained adapters' parameters, each once (tied A / gates appear once; a frozen adapter's are left out)."""
     seen, out = set(), []
     for layer in tuner_layers(transformer):
         for attr in layer.adapter_layer_names:
             container = getattr(layer, attr, None)
             if container is None:
                 continue
-            for p in container.parameters():
-                if id(p) not in seen:
+            for name, sub in container.items():
+                if name == FROZEN_ADAPTER:
+                    continue
+                for p in [sub] if isinstance(sub, nn.Parameter) else sub.parameters():
+                    if id(p) in seen:
+                        continue
                     seen.add(id(p))
                     out.append(p)
     return out

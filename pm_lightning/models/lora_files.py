@@ -42,7 +42,7 @@ from pm_lightning.core.errors import BadInput
 from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_state import domain_lora_state_dict, load_adapter_state_dict
-from pm_lightning.models.adapters import add_adapters, materialize_adapters, tuner_layers
+from pm_lightning.models.adapters import FROZEN_ADAPTER, add_adapters, materialize_adapters, tuner_layers
 from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
 from pm_lightning.models.lora_names import SUFFIX, UNSEEN
 from pm_lightning.models.variants import VARIANTS
@@ -281,6 +281,19 @@ def load_lora_file(pipe, path: str | Path, adapter_name: str, role: str = "LoRA 
             f"{role} {path} does not fit this base model ({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}): "
             "was it trained on another base?"
         ) from None
+
+
+def load_frozen_lora_file(backbone, path: str | Path) -> None:
+    """Load a diffusers-format Flux LoRA file into the transformer as a frozen, unmerged peft adapter named
+    `FROZEN_ADAPTER` (diffusers' `load_lora_weights`; `add_adapters` then trains a plain LoRA beside it, both active).
+
+    The base weights are never written, so a memory-mapped base stays clean pages shared by every process that maps
+    the file, and under FSDP2 the adapter's frozen weights are sharded with their block. Must run before any other
+    adapter is injected."""
+    if any(True for _ in tuner_layers(backbone.transformer)):
+        raise ValueError("load the frozen LoRA file before adding adapters")
+    load_lora_file(backbone.pipeline(), check_stage1_file(path), FROZEN_ADAPTER, role="stage-1 LoRA file")
+    backbone.requires_grad_(False)
 
 
 def fuse_lora_file(backbone, path: str | Path, adapter_name: str = "stage1", scale: float = 1.0) -> None:

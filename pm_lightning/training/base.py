@@ -21,7 +21,7 @@ from pm_lightning.core.validate import PositiveInt, Seed
 from pm_lightning.data.pixels import float_pixels_of
 from pm_lightning.models.backbone import FluxBackbone, image_ids, pack
 from pm_lightning.models.compile_blocks import compile_blocks
-from pm_lightning.models.quantize import check_mode, is_quantized, quantize_base
+from pm_lightning.models.quantize import check_mode, quantize_base
 from pm_lightning.models.vae_latents import LatentCache
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator
 from pm_lightning.training.metrics import PerDomainMean
@@ -164,14 +164,18 @@ class FlowMatchingModule(L.LightningModule):
                 self.latent_cache.check(resolution)
         self.prepare_base(self.backbone)
         quantize_base(self.backbone.transformer, self.quantize)
+        loaded = {id(p) for p in self.backbone.parameters()}  # the frozen weights every rank reads from the files
         self.add_stage_adapters(self.backbone.transformer)
         if self.compiled_blocks:
             compile_blocks(self.backbone.transformer)
-        if self.quantize != "none":  # every rank loads and quantizes the same base: DDP need not (cannot) broadcast it
-            ddp_ignore(self, [name for name, p in self.named_parameters() if is_quantized(p)])
+        # Every rank loads (and quantizes) the same files, so DDP need not broadcast them (a quantized base it cannot);
+        # its broadcast also writes each tensor back in place, which turns a memory-mapped base's clean pages, shared
+        # by the ranks, into a private copy per rank (docs/SCALING.md, "Host memory per rank").
+        ddp_ignore(self, [name for name, p in self.named_parameters() if id(p) in loaded])
 
     def prepare_base(self, backbone) -> None:
-        """Change the frozen base before it is quantized and adapters are added (stage 2 fuses its stage-1 LoRA)."""
+        """Change the frozen base before it is quantized and adapters are added (stage 2 fuses its stage-1 LoRA into a base
+        that is to be quantized; otherwise it adds that LoRA as a frozen adapter, leaving the base unwritten)."""
 
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
         """Inject this stage's trainable adapters into `transformer`."""

@@ -5,8 +5,10 @@
 
 `mode="dual"`: frames (a, b, c, d) of one sequence in a 2x2 serpentine grid, a (top left) and d
 (bottom left) clean. `mode="recraft"`: the sequence's own grid, its last serpentine cell (the finished
-image) clean. The base is the stage-1 backbone with the stage-1 LoRA file fused into its weights
-(diffusers' own fuse), and a new plain LoRA trains on top. Layouts and masks: `data/references.py`.
+image) clean. The base is the stage-1 backbone with the stage-1 LoRA file on it as a frozen, unmerged peft adapter
+(diffusers' `load_lora_weights`; fused into the weights instead when the base is quantized), and a new plain LoRA
+trains beside it. The base weights are never written, so no rank makes a private copy of a memory-mapped base
+(docs/SCALING.md, "Host memory per rank"). Layouts and masks: `data/references.py`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_routing import set_domains
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.backbone import image_ids, pack
-from pm_lightning.models.lora_files import check_stage1_file, file_sha256, fuse_lora_file
+from pm_lightning.models.lora_files import check_stage1_file, file_sha256, fuse_lora_file, load_frozen_lora_file
 from pm_lightning.training.base import FlowMatchingModule
 from pm_lightning.training.flow import interpolate, per_sample_mse, velocity_target
 from pm_lightning.training.nonfinite import terms_of
@@ -58,7 +60,7 @@ class Stage2Module(FlowMatchingModule):
     ):
         """
         Args:
-            stage1: a diffusers-format stage-1 LoRA file fused into the base (e.g. the domain-free
+            stage1: a diffusers-format stage-1 LoRA file applied to the base (e.g. the domain-free
                 `runs/tiny/lora/final/unseen.safetensors`); None = the plain base.
             adapter: the new LoRA (kind must be "lora"); stage 2 routes nothing by domain.
             mode: "dual" (2x2, references top left and bottom left) or "recraft" (the sequence's
@@ -101,10 +103,12 @@ class Stage2Module(FlowMatchingModule):
     # ------------------------------------------------------------------ model
 
     def prepare_base(self, backbone) -> None:
-        if self.stage1:  # into the unquantized weights, before `quantize` stores them
-            fuse_lora_file(backbone, self.stage1)
+        if self.stage1 and self.quantize != "none":  # into the unquantized weights, before `quantize` stores them
+            fuse_lora_file(backbone, self.stage1)  # (quantizing makes each rank's own copy of the base anyway)
 
     def add_stage_adapters(self, transformer: torch.nn.Module) -> None:
+        if self.stage1 and self.quantize == "none":  # frozen, unmerged: the base's weights are never written
+            load_frozen_lora_file(self.backbone, self.stage1)
         add_adapters(transformer, self.adapter_cfg)
         set_domains(transformer, None)  # domain-free routing
 

@@ -56,6 +56,7 @@ class LoraExport(Callback):
         self.last_dir: Path | None = None
         self.failures = 0
         self._last_step = 0
+        self._final_written = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # optimizer steps; several batches share one under accumulation
@@ -64,10 +65,19 @@ class LoraExport(Callback):
             self._last_step = step
             self.export(trainer, pl_module, step_tag(step))
 
-    def on_fit_end(self, trainer, pl_module) -> None:
-        # on_fit_end, not on_train_end: a resumed run that was killed after its last step but before (or during)
-        # this export trains nothing more, and Lightning calls only on_fit_end for it
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._final_written = False
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # before the strategy's teardown, which moves every rank's model (the whole base) to CPU memory
         self.export(trainer, pl_module, FINAL)
+        self._final_written = True
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # a resumed run that was killed after its last step but before (or during) the export trains nothing more:
+        # Lightning calls only on_fit_end for it (after the teardown)
+        if not self._final_written:
+            self.export(trainer, pl_module, FINAL)
 
     def file_dtype(self, pl_module) -> torch.dtype:
         """The written tensors' dtype: the configured one, or for "auto" the frozen base's."""
