@@ -10,7 +10,8 @@ Stage 1: stock diffusers `FluxPipeline` with the exported stage-1 LoRA loaded by
 so the same seed in stock diffusers gives the same grid. `--adaptive`: sliding-window adaptive steps
 (`inference/adaptive.py`) with stage-2 insertions (`inference/reference_sampling.py`, every insertion of a round
 in one sampler call); without `--steps`, each frame's step text for Delta_sem is retrieved from the training corpus'
-step vocabulary by the evaluators' CLIP (`inference/step_texts.py`; the report says where the texts came from). `--cache first-block|taylorseer`: diffusers step caches (`inference/cache.py`). `--image`: ReCraft.
+step vocabulary by the tiny CLIP (`inference/step_texts.py`; the report says where the texts came from).
+`--cache first-block|taylorseer`: diffusers step caches (`inference/cache.py`). `--image`: ReCraft.
 With base "tiny" the LoRA files default to what `make train-stage1` / `make train-stage2` / `make train-recraft`
 write (paths read from experiments/tiny*.yaml); a missing file means the plain base, and the report says so.
 A stage-2 / ReCraft LoRA brings the stage-1 file it was trained on (its metadata). `--device` / `--dtype` (default
