@@ -9,7 +9,9 @@
 Stage 1: stock diffusers `FluxPipeline` with the exported stage-1 LoRA loaded by `pipe.load_lora_weights(file)`,
 so the same seed in stock diffusers gives the same grid. `--adaptive`: sliding-window adaptive steps
 (`inference/adaptive.py`) with stage-2 insertions (`inference/reference_sampling.py`, every insertion of a round
-in one sampler call). `--cache first-block|taylorseer`: diffusers step caches (`inference/cache.py`). `--image`: ReCraft.
+in one sampler call); without `--steps`, each frame's step text for Delta_sem is retrieved from the training corpus'
+step vocabulary by the tiny CLIP (`inference/step_texts.py`; the report says where the texts came from).
+`--cache first-block|taylorseer`: diffusers step caches (`inference/cache.py`). `--image`: ReCraft.
 With base "tiny" the LoRA files default to what `make train-stage1` / `make train-stage2` / `make train-recraft`
 write (paths read from experiments/tiny*.yaml); a missing file means the plain base, and the report says so.
 A stage-2 / ReCraft LoRA brings the stage-1 file it was trained on (its metadata). `--device` / `--dtype` (default
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         grid_resolution,
         run_adaptive,
     )
+    from pm_lightning.inference.step_texts import with_step_texts
 
     cfg, req = config_from_args(args), request_from_args(args)
     frames_n = req.frames or default_frames(req.domain)
@@ -86,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     result = None
     if req.adaptive:
         t0 = time.perf_counter()
-        result = run_adaptive(models, frames, req, cfg, notes)
+        with_texts, texts = with_step_texts(models, req, frames)  # report.json's "steps" stays the user's
+        result = run_adaptive(models, frames, with_texts, cfg, notes)
+        result.report["step_texts"] = texts  # where Delta_sem's texts came from
         timings["adaptive_s"] = round(time.perf_counter() - t0, 3)
     final = result.images if result is not None else frames
     settings = dict(base=portable(req.base), frames=frames_n, rows=rows, cols=cols, resolution=resolution)

@@ -61,6 +61,7 @@ def test_quick_merges_the_quick_section():
         (lambda d: d["rows"]["full"].update(adaptive="without Delta_x"), "rows.full.adaptive"),
         (lambda d: d["contrasts"][0].update(a="maskd"), "unknown row 'maskd'"),
         (lambda d: d["contrasts"][0].update(metric="alignn"), "metric 'alignn'"),
+        (lambda d: d["contrasts"][0].update(family=""), "family must be a name"),
         (lambda d: d["tables"][0]["columns"].append("foo"), "unknown rows or columns ['foo']"),
         (lambda d: d.update(seeds=[0, 0]), "seeds must be a list of distinct integers"),
     ],

@@ -64,3 +64,34 @@ def test_a_difference_within_the_seed_spread_is_flagged():
     big = stats.paired({0: 10.0, 1: 10.2}, {0: 1.0, 1: 1.1})
     assert stats.beyond_spread(big, stats.summarize([10, 10.2]), stats.summarize([1, 1.1])) is True
     assert stats.beyond_spread(stats.paired({0: 1.0}, {0: 0.0}), stats.summarize([1]), stats.summarize([0])) is None
+
+
+def test_holm_matches_the_hand_worked_textbook_example():
+    """Holm (1979) on four tests at alpha 0.05 (the example of Wikipedia's "Holm-Bonferroni method"), by hand:
+    sorted 0.005, 0.01, 0.03, 0.04 times m - rank = 4, 3, 2, 1 gives 0.02, 0.03, 0.06, 0.04; the running maximum
+    makes the last 0.06 (a step-down test stops at the first acceptance), so H1 and H4 are rejected, H2 and H3 not.
+    Checked red: without the running maximum the 0.04 stays 0.04 and H2 would be rejected."""
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [p < 0.05 for p in adjusted] == [True, False, False, True]
+    # no test (None) is not in the family: the same three p-values as a family of three; adjusted p never above 1
+    assert stats.holm([0.01, None, 0.04, 0.5]) == [pytest.approx(0.03), None, pytest.approx(0.08), pytest.approx(0.5)]
+    assert stats.holm([0.6, 0.7]) == [pytest.approx(1.0), pytest.approx(1.0)] and stats.holm([]) == []
+
+
+def test_p_value_is_the_paired_t_test_of_the_shared_seeds():
+    """scipy's ttest_rel on the seeds both rows have; the closed forms of the two-sided t p-value at df 1
+    (1 - 2 atan|t| / pi) and df 2 (1 - |t| / sqrt(t^2 + 2)); and the duality with `paired`'s interval: the 95%
+    interval excludes 0 exactly when p < 0.05."""
+    a, b = {0: 1.0, 1: 2.5, 2: 0.7, 3: 9.0}, {0: 0.5, 1: 2.0, 2: 0.9, 4: 1.0}  # seeds 3 / 4 unpaired
+    diffs = [0.5, 0.5, -0.2]
+    t = statistics.mean(diffs) / (statistics.stdev(diffs) / math.sqrt(3))
+    assert stats.p_value(a, b) == pytest.approx(1 - abs(t) / math.sqrt(t * t + 2))
+    assert stats.p_value(a, b) == pytest.approx(ttest_rel([1.0, 2.5, 0.7], [0.5, 2.0, 0.9]).pvalue)
+    t1 = 1.5 / (statistics.stdev([1.0, 2.0]) / math.sqrt(2))
+    assert stats.p_value({0: 1.0, 1: 3.0}, {0: 0.0, 1: 1.0}) == pytest.approx(1 - 2 * math.atan(t1) / math.pi)
+    assert stats.p_value({0: 1.0}, {0: 0.0}) is None  # one seed: no test
+    assert stats.p_value({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}) is None  # identical rows: scipy's nan, no test
+    assert stats.p_value({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0}) == 0.0  # +1 on every seed: the interval is the point 1
+    for a, b in (({0: 0.31, 1: 0.29, 2: 0.35}, {0: 0.27, 1: 0.26, 2: 0.36}), ({0: 1.0, 1: 1.3}, {0: 0.0, 1: 0.1})):
+        assert stats.paired(a, b).excludes_zero is (stats.p_value(a, b) < 0.05)

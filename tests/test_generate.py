@@ -14,6 +14,7 @@ from pm_lightning import adapt, generate
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.paths import portable, project_home
 from pm_lightning.inference.session import grid_resolution, stage_file
+from pm_lightning.inference.step_texts import corpus_vocabulary
 from pm_lightning.inference.tiny_defaults import default_lora
 from tests.test_adaptive import needs_tiny_eval
 
@@ -232,7 +233,13 @@ def test_generate_adaptive_switches_from_the_stage1_to_the_stage2_lora(tiny_base
     )
     report = json.loads((out / "report.json").read_text())
     rnd = report["adaptive"]["rounds"][0]
-    assert report["adaptive"]["sem_dropped"] and rnd["weights"]["sem"] == 0 and len(rnd["pairs"]) == 8
+    # no --steps: each frame's step text is retrieved from the corpus vocabulary by the tiny CLIP, so Delta_sem is
+    # kept (before issue 25 this run dropped it: "no step texts: Delta_sem dropped")
+    texts = report["adaptive"]["step_texts"]
+    assert texts == {"source": "retrieved from the corpus vocabulary", "clip": "tiny", "vocabulary": len(corpus_vocabulary(None)), "vocabulary_of": "every training domain"}  # fmt: skip
+    assert not report["adaptive"]["sem_dropped"] and rnd["weights"]["sem"] > 0 and len(rnd["pairs"]) == 8
+    inputs = [f["text"] for f in report["adaptive"]["final_frames"] if f["source"] == "input"]
+    assert len(inputs) == 9 and set(inputs) <= set(corpus_vocabulary(None)) and report["steps"] is None
     applied = [d for d in rnd["decisions"] if d["applied"]]
     assert applied and all(d["action"] == "insert" for d in applied)  # guards off: the relative bar fires
     n = 9 + sum(d["n"] for d in applied)

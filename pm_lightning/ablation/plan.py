@@ -124,8 +124,10 @@ class Contrast:
     a: str
     b: str
     metric: str
-    claim: str = ""
+    claim: str = ""  # the claim, worded from the paper's table
+    paper: str = ""  # the paper's own numbers for it (e.g. ProcessMaker Table 3's Align and Coh of the two rows)
     better: str = "higher"  # which direction of `metric` the claim expects for a
+    family: str = "claims"  # Holm-Bonferroni adjusts the p-values within each family (docs/ABLATIONS.md)
 
 
 @dataclass
@@ -293,6 +295,8 @@ def check_plan(plan: Plan) -> None:
                 raise PlanError(f"{src}: contrasts[{i}] ({c.name}): unknown row {side!r}; known: {list(plan.rows)}")
         if not is_metric(c.metric) or c.better not in ("higher", "lower"):
             raise PlanError(f"{src}: contrasts[{i}] ({c.name}): metric {c.metric!r} / better {c.better!r} unknown")
+        if not isinstance(c.family, str) or not c.family:
+            raise PlanError(f"{src}: contrasts[{i}] ({c.name}): family must be a name (e.g. claims), got {c.family!r}")
     for i, t in enumerate(plan.tables):
         bad = [r for r in t.rows if r not in plan.rows] + [c for c in t.columns if not is_metric(c)]
         if bad:

@@ -45,40 +45,44 @@ def domains_of(results: dict, prefix: str = "align") -> list[str]:
     return sorted(found)
 
 
+def p_text(p: float | None) -> str:
+    return "-" if p is None else f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
 def contrast_table(results: dict) -> str:
-    lines = ["| contrast | metric | a − b (mean over seeds) | 95% t interval | seeds | sd a / sd b | beyond the seed spread | the paper | verdict |",
-             "|---|---|---:|---|---:|---|---|---|---|"]  # fmt: skip
+    """One line per contrast: the paper's numbers, the paired difference, its interval, p, Holm's p and the verdict;
+    the rows' seed sds and the old unpaired "beyond the seed spread" flag as information only."""
+    lines = ["| contrast | metric | the paper | a − b (mean over seeds) | 95% t interval | seeds | p (paired t) | "
+             "Holm p (family, m) | verdict | sd a / sd b | beyond the seed spread (informative) |",
+             "|---|---|---|---:|---|---:|---:|---:|---|---|---|"]  # fmt: skip
     for c in results["contrasts"]:
         mean = "-" if c["mean"] is None else f"{c['mean']:+.4g}"
         ci = "- (one seed)" if c["low"] is None else f"[{c['low']:+.4g}, {c['high']:+.4g}]"
         sds = " / ".join("-" if v is None else f"{v:.3g}" for v in (c["sd_a"], c["sd_b"]))
-        beyond = {True: "yes", False: "**no**", None: "-"}[c["beyond_spread"]]
-        lines.append(f"| {c['name']} | {c['header']} ({c['better']} is better) | {mean} | {ci} | {c['n']} | {sds} | "
-                     f"{beyond} | {c['claim']} | {c['verdict']} |")  # fmt: skip
+        beyond = {True: "yes", False: "no", None: "-"}[c["beyond_spread"]]
+        holm = f"{p_text(c['p_holm'])} ({c['family']}, {c['holm_m']})"
+        paper = "; ".join(x for x in (c["claim"], c["paper"]) if x)
+        lines.append(f"| {c['name']} | {c['header']} (paper: {c['better']} for a) | {paper} | {mean} | {ci} | {c['n']} "
+                     f"| {p_text(c['p'])} | {holm} | **{c['verdict']}** | {sds} | {beyond} |")  # fmt: skip
     return "\n".join(lines)
 
 
 GROUPS = (
-    ("reproduced", "Reproduced in direction, larger than the seed spread (interval excludes 0)"),
-    ("same_unresolved", "Same direction as the paper, not resolved (within the seed spread, or the interval holds 0)"),
-    ("opposite", "Opposite direction, larger than the seed spread (interval excludes 0): does not reproduce"),
-    ("opposite_unresolved", "Opposite direction, not resolved (within the seed spread, or the interval holds 0)"),
+    ("reproduced", "Reproduced: the paper's direction, Holm-adjusted paired p < 0.05"),
+    ("not resolved (the paper's direction)", "The paper's direction, not resolved (Holm-adjusted p >= 0.05)"),
+    ("does not reproduce (opposite, resolved)", "Does not reproduce: opposite direction, Holm-adjusted p < 0.05"),
+    ("not resolved (opposite direction)", "Opposite direction, not resolved (Holm-adjusted p >= 0.05)"),
     ("none", "No difference, one seed only, or no data"),
 )
 
 
 def claim_group(c: dict) -> str:
-    """Which of GROUPS a contrast falls in."""
-    if c["mean"] is None or c["beyond_spread"] is None or c["verdict"] == "no difference":
-        return "none"
-    resolved = bool(c["beyond_spread"] and c["excludes_zero"])
-    if c["verdict"] == "reproduced in direction":
-        return "reproduced" if resolved else "same_unresolved"
-    return "opposite" if resolved else "opposite_unresolved"
+    """Which of GROUPS a contrast falls in: its verdict (paired t test, Holm-adjusted), nothing else."""
+    return c["verdict"] if c["verdict"] in dict(GROUPS) else "none"
 
 
 def claim_lines(results: dict) -> list[str]:
-    """The contrasts grouped by what they say about the papers' claims, one sentence each with its figures."""
+    """The contrasts grouped by their verdicts, one sentence each with its figures and the paper's."""
     out = []
     for key, title in GROUPS:
         mine = [c for c in results["contrasts"] if claim_group(c) == key]
@@ -92,9 +96,9 @@ def claim_lines(results: dict) -> list[str]:
             fig = f"{c['header']} {c['mean']:+.4g}"
             if c["low"] is not None:
                 fig += f", 95% CI [{c['low']:+.4g}, {c['high']:+.4g}] over {c['n']} seeds"
-            sds = [v for v in (c["sd_a"], c["sd_b"]) if v is not None]
-            spread = f"; seed sd up to {max(sds):.3g}" if sds else "; one seed: no spread to compare with"
-            out.append(f"- {c['name']} ({c['claim']}): {c['verdict']} ({fig}{spread}).")
+                fig += f", p {p_text(c['p'])}, Holm p {p_text(c['p_holm'])} (m = {c['holm_m']}, {c['family']})"
+            paper = f"; the paper: {c['paper']}" if c["paper"] else ""
+            out.append(f"- {c['name']} ({c['claim']}{paper}): {c['verdict']} ({fig}).")
         out.append("")
     return out
 
@@ -149,8 +153,10 @@ def render(plan: Plan, results: dict, charts: dict[str, Path], pictures: dict[st
             "",
         ]
     parts += ["## Paired comparisons", "",
-              "a − b per seed (both rows share the seed's training noise and sampler seeds), its mean and 95% Student-t "
-              "interval; *beyond the seed spread* means |mean difference| > the larger per-row sd.", "",
+              "a − b per seed (both rows share the seed's training noise and sampler seeds), its mean, 95% Student-t "
+              "interval and two-sided paired t-test p; the verdict is the Holm-adjusted p (Holm-Bonferroni within each "
+              "family of contrasts, m tests) against 0.05. *Beyond the seed spread* (|mean difference| > the larger "
+              "per-row sd) is an unpaired comparison, shown for information only: it decides nothing.", "",
               contrast_table(results), "", "## Which claims reproduce", "", *claim_lines(results), ""]  # fmt: skip
     if results["missing"]:
         parts += [

@@ -1,14 +1,17 @@
-"""Statistics over seeds: mean and spread of a row, and paired differences with a Student-t confidence interval.
+"""Statistics over seeds: mean and spread of a row, paired differences with a Student-t confidence interval, the
+paired t test's p-value and Holm's adjustment over a family of contrasts.
 
-The t quantile is scipy's (`scipy.stats.t.ppf`).
+The t quantile is scipy's (`scipy.stats.t.ppf`), the test scipy's (`scipy.stats.ttest_rel`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 from scipy.stats import t as student_t
+from scipy.stats import ttest_rel
 
 
 @dataclass
@@ -61,8 +64,34 @@ def paired(a: dict[int, float | None], b: dict[int, float | None], level: float 
 
 
 def beyond_spread(diff: Paired, spread_a: Summary, spread_b: Summary) -> bool | None:
-    """Is the mean difference larger than the seed spread of both rows (their larger sd)? None without spread."""
+    """Is the mean difference larger than the seed spread of both rows (their larger sd)? None without spread.
+    Informative only: an unpaired comparison, which decides no verdict (a paired interval can exclude 0 inside it)."""
     sds = [x.sd for x in (spread_a, spread_b) if x.sd is not None]
     if diff.mean is None or not sds:
         return None
     return abs(diff.mean) > max(sds)
+
+
+def p_value(a: dict[int, float | None], b: dict[int, float | None]) -> float | None:
+    """Two-sided p of the paired t test of a - b = 0 over the shared seeds (`scipy.stats.ttest_rel`, the test whose
+    interval `paired` gives); None with fewer than two seeds or no spread and no difference (scipy's nan)."""
+    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+    if len(seeds) < 2:
+        return None
+    with warnings.catch_warnings():  # identical rows: scipy warns of precision loss and answers nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_rel([float(a[s]) for s in seeds], [float(b[s]) for s in seeds]).pvalue)
+    return None if math.isnan(p) else p
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, step-down), in the input order; None (no test) is left out of
+    the family. scipy has only FDR adjustments (`false_discovery_control`: bh, by), hence written here:
+    sorted p_(1) <= ... <= p_(m), adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j))."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out

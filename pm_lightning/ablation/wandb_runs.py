@@ -92,10 +92,11 @@ def log_summary_run(plan: Plan, out: Path, results: dict, charts: dict[str, Path
             table.add_data(name, r["label"], len(r["seeds"]), *cells)
             for seed, s in r["seeds"].items():
                 per_seed.add_data(name, int(seed), *[s["metrics"].get(m) for m in metrics])
-        contrasts = wandb.Table(columns=["contrast", "metric", "mean", "low", "high", "n", "beyond_spread", "verdict"])
+        keys = ["name", "metric", "paper", "mean", "low", "high", "n", "p", "family", "holm_m", "p_holm", "verdict",
+                "beyond_spread"]  # fmt: skip
+        contrasts = wandb.Table(columns=["contrast", *keys[1:]])
         for c in results["contrasts"]:
-            contrasts.add_data(c["name"], c["metric"], c["mean"], c["low"], c["high"], c["n"],
-                               c["beyond_spread"], c["verdict"])  # fmt: skip
+            contrasts.add_data(*[c[k] for k in keys])
         logged = {"ablation/table": table, "ablation/per_seed": per_seed, "ablation/contrasts": contrasts}
         for metric, path in charts.items():
             logged[f"charts/{metric}"] = wandb.Image(
