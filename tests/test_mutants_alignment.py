@@ -1,6 +1,6 @@
-"""The alignment loss's gamma, written for the mutants of `models/alignment.py` that the older tests let through
-(docs/TESTING.md, "Mutation testing"); checked red by hand against the mutants the docstring names (the mutant's edit
-applied to the module, the test run and seen failing, the module restored with `git checkout`)."""
+"""The alignment loss's gamma and the layer settings, written for the mutants of `models/alignment.py` that the older
+tests let through (docs/TESTING.md, "Mutation testing"); each test was checked red by hand against the mutants its
+docstring names (the mutant's edit applied to the module, the test run and seen failing, the module restored)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pm_lightning.models.alignment import AlignmentConfig, alignment_loss, alignment_weight
+from pm_lightning.models.alignment import AlignmentConfig, alignment_loss, alignment_weight, resolve_layers
 
 
 def written_out(student: dict, teacher: dict, gamma: float) -> torch.Tensor:
@@ -50,3 +50,25 @@ def test_zero_lambda0_and_zero_gamma_are_accepted_and_give_no_alignment_weight_a
     for field in ("lambda0", "gamma"):
         with pytest.raises(ValueError, match=f"AlignmentConfig.{field} must be >= 0"):
             AlignmentConfig(**{field: -0.1})
+
+
+def test_layer_settings_accept_every_valid_value_and_refuse_the_others_naming_the_bounds():
+    """Explicit layers, block 0 included, are kept and resolved sorted; an empty, negative or repeated list is refused
+    naming the field; an index past the model's last block names the valid range [0, n - 1]; a model of no block and a
+    reference depth under 2 are refused, and a reference depth of 2 (first and last block) is valid.
+    Checked red with, in `AlignmentConfig.__post_init__`, `self.layers = None`, `not self.layers and min(...)`,
+    `if self.layers or ...`, `min(self.layers) <= 0` and `< 1`; in `AlignmentConfig.resolve`, `self.layers` left out;
+    in `resolve_layers`, the range printed as `num_blocks + 1` / `- 2`, `reference_depth <= 2` / `< 3`, and either
+    error raised without its message."""
+    cfg = AlignmentConfig(layers=[3, 0])
+    assert cfg.layers == [3, 0] and cfg.resolve(6) == [0, 3]
+    for bad in ([], [-1], [2, 2]):
+        with pytest.raises(ValueError, match=r"AlignmentConfig.layers must be unique non-negative block indices"):
+            AlignmentConfig(layers=bad)
+    with pytest.raises(ValueError, match=r"in \[0, 5\]; bad: \[6\]"):
+        AlignmentConfig(layers=[1, 6]).resolve(6)
+    with pytest.raises(ValueError, match="num_blocks must be >= 1, got 0"):
+        resolve_layers(0)
+    with pytest.raises(ValueError, match="reference_depth must be >= 2, got 1"):
+        resolve_layers(6, reference_depth=1, reference_layers=(0,))
+    assert resolve_layers(6, reference_depth=2, reference_layers=(0, 1)) == [0, 5]
