@@ -18,15 +18,15 @@ from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.lora_files import file_sha256
 from pm_lightning.training.stage2 import Stage2Module
 from tests.conftest import TRAIN_DOMAINS
-from tests.test_stage2 import make_module, stage1_file  # noqa: F401 - stage1_file is a fixture
+from tests.test_stage2 import batch, make_module, stage1_file  # noqa: F401 - batch and stage1_file are fixtures
 
 
 class StepLoss(pl.Callback):
     """The loss of the batch the step is about to train on, from `losses` with the step's noise key."""
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+    def on_train_batch_start(self, trainer, module, step_batch, batch_idx):
         with torch.no_grad():
-            self.expected = module.losses(batch, module.noise_key(batch_idx))["fm"].mean()
+            self.expected = module.losses(step_batch, module.noise_key(batch_idx))["fm"].mean()
 
 
 def test_a_training_step_logs_the_mean_flow_loss_and_keeps_it_for_the_non_finite_guard(tiny_base, tiny_shards):
@@ -79,3 +79,12 @@ def test_the_latent_cache_refusal_says_why():
     """Mutant __init__ 8 (the message's wording): stage 2 and ReCraft encode each chosen frame on its own."""
     with pytest.raises(ValueError, match=r"is for stage 1: stage 2 and ReCraft encode each chosen frame on its own"):
         Stage2Module(latent_cache_dir="somewhere")
+
+
+def test_the_run_seed_changes_which_frames_a_step_draws(tiny_base, batch):  # noqa: F811
+    """Mutant reference_samples 14 (`selection_generator(step, rank)`: the run's seed left out, so every seed of
+    the ablations' seed spread trains on the same frame windows): same seed, same frames; another seed, others."""
+    make = lambda seed: Stage2Module(base=tiny_base, domains=TRAIN_DOMAINS, cell=32, seed=seed)  # noqa: E731
+    a, again, b = (make(s).reference_samples(batch, step=5)["frames"] for s in (0, 0, 1))  # 4 x (4, 3, 32, 32)
+    assert all(torch.equal(x, y) for x, y in zip(a, again))
+    assert any(not torch.equal(x, y) for x, y in zip(a, b))
