@@ -60,7 +60,8 @@ def test_every_epoch_of_one_shard_is_shuffled_anew(tmp_path, resampled):
     """One shard (its order among shards cannot change anything) of 12 samples, a shuffle buffer of 12: the next
     epoch is another order of the same samples, finite or resampled.
     Checked red with `ShardStream.__iter__` 9 (the shuffle seeded without the epoch): the resampled case fails (the
-    finite one still passes: its buffer, kept across epochs, starts the next epoch from other samples)."""
+    finite one still passes: its buffer is kept across epochs, `data/epoch_shuffle.py`, so the next epoch does not
+    start from the same state)."""
     write_shards(tmp_path, [[sample(f"k{i:02d}", "clay", seed=i) for i in range(12)]])
     extra = dict(resampled=True, samples_per_epoch=12) if resampled else dict(resampled=False)
     dm = ProcessDataModule(
