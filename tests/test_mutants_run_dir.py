@@ -43,7 +43,8 @@ def damaged(path: Path, step: int, mtime_s: float | None = None) -> Path:
 
 def test_a_new_run_is_refused_naming_three_checkpoints_and_both_ways_forward(tmp_path):
     """Three checkpoints are named in full; a fourth is shown as "...". The message gives the three ways forward and
-    where start over would move the earlier run. Temporary files (dot names) are no earlier run."""
+    where start over would move the earlier run. Temporary files (dot names) are no earlier run.
+    Checked red with run_dir.py mutants `check_run_directory` 17, 19 (" ..." after three) and 9."""
     root = tmp_path / "run"
     (root / "checkpoints").mkdir(parents=True)
     (root / "checkpoints" / ".last.ckpt.tmp.ckpt").write_bytes(b"a half-written file")
@@ -67,7 +68,8 @@ def test_a_new_run_is_refused_naming_three_checkpoints_and_both_ways_forward(tmp
 @pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK"])
 def test_a_ddp_child_neither_refuses_nor_moves_the_run(tmp_path, monkeypatch, variable):
     """Processes other than the one the user started (LOCAL_RANK or RANK not 0) start after the launcher checked:
-    they neither refuse the directory nor move it aside (a second move would hide the launcher's)."""
+    they neither refuse the directory nor move it aside (a second move would hide the launcher's).
+    Checked red with `is_launch_process` 6 (LOCAL_RANK not read) and 11 (RANK not read)."""
     root = tmp_path / "run"
     last = checkpoint(root / "checkpoints" / "last.ckpt", 1)
     monkeypatch.setenv(variable, "1")
@@ -78,7 +80,8 @@ def test_a_ddp_child_neither_refuses_nor_moves_the_run(tmp_path, monkeypatch, va
 
 def test_start_over_names_the_folder_it_moved_to_by_the_time_it_did(tmp_path, monkeypatch):
     """`<dir>.prev-<YYYYmmdd-HHMMSS>` beside a named run directory; `prev-<time>` inside the working directory when
-    the run directory is the working directory."""
+    the run directory is the working directory.
+    Checked red with `aside_path` 8 (`and` for `or`), 12 and `check_run_directory` 35."""
     root = tmp_path / "run"
     checkpoint(root / "checkpoints" / "last.ckpt", 1)
     before = time.time()
@@ -94,7 +97,8 @@ def test_start_over_names_the_folder_it_moved_to_by_the_time_it_did(tmp_path, mo
 
 def test_last_resumes_last_ckpt_else_the_newest_intact_one_saying_what_it_skipped(tmp_path):
     """`--ckpt_path last`: last.ckpt when it loads (no notice); without it the newest other checkpoint by mtime (by
-    name between equal times), saying why; damaged ones skipped, each named with its problem."""
+    name between equal times), saying why; damaged ones skipped, each named with its problem.
+    Checked red with `resolve_ckpt_path` 47 (a notice when last.ckpt resumes), 20 and 32."""
     root = tmp_path / "run"
     folder = root / "checkpoints"
     now = time.time()
@@ -116,6 +120,7 @@ def test_last_resumes_last_ckpt_else_the_newest_intact_one_saying_what_it_skippe
 
 
 def test_last_with_nothing_intact_is_refused_and_with_nothing_at_all_starts_from_the_beginning(tmp_path):
+    """Checked red with `resolve_ckpt_path` 1, 37 (the notice's words) and 38."""
     root = tmp_path / "run"
     assert resolve_ckpt_path(None, root) == (None, [])
     path, (notice,) = resolve_ckpt_path("last", root)
@@ -136,7 +141,9 @@ def test_last_with_nothing_intact_is_refused_and_with_nothing_at_all_starts_from
 def test_a_named_checkpoint_must_exist_and_load_and_a_refusal_points_to_the_newest_intact_one(tmp_path):
     """A missing file, a cut file, a file holding other objects than tensors: each refused naming it and why; the
     newest intact checkpoint of the run directory is offered when there is one. A folder (a distributed checkpoint)
-    is its strategy's to read: passed on unread."""
+    is its strategy's to read: passed on unread.
+    Checked red with `resolve_ckpt_path` 14, 15 (the hint never / always given), `checkpoint_problem` 14 (the
+    refusal's words) and `_newest_intact` 5."""
     root = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match=f"^--ckpt_path {tmp_path}/nope.ckpt: no such file$"):
         resolve_ckpt_path(str(tmp_path / "nope.ckpt"), root)
@@ -169,7 +176,8 @@ def test_a_named_checkpoint_must_exist_and_load_and_a_refusal_points_to_the_newe
 def test_objects_are_refused_unread_even_where_the_environment_turns_torch_s_default_off(tmp_path, monkeypatch):
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (torch's switch for loading old pickled checkpoints) turns off
     torch.load's weights-only default, not an explicit `weights_only=True`: a checkpoint holding an arbitrary
-    object is still refused, never unpickled (running its code)."""
+    object is still refused, never unpickled (running its code).
+    Checked red with `checkpoint_problem` 7 (`weights_only=True` left to torch's default)."""
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     pickled = tmp_path / "object.ckpt"
     torch.save({"global_step": 1, "thing": NotPlainData()}, pickled)
@@ -179,7 +187,8 @@ def test_objects_are_refused_unread_even_where_the_environment_turns_torch_s_def
 
 def test_a_damaged_archive_is_named_by_its_error_s_type_and_first_200_characters(tmp_path):
     """An archive without its data.pkl (a checkpoint written part way): torch's error has a 322-character first
-    line and more; the refusal gives its type and the start of that line, at most 200 characters."""
+    line and more; the refusal gives its type and the start of that line, at most 200 characters.
+    Checked red with `checkpoint_problem` 20 (`[:201]`) and 25 (`type(None)`)."""
     import zipfile
 
     cut = tmp_path / "cut.ckpt"
