@@ -90,7 +90,7 @@ def add_adapters(transformer: nn.Module, cfg: AdapterConfig) -> list[str]:
     layers, both active (peft's multi-adapter `set_adapter`), the frozen one staying frozen.
     """
     frozen = any(FROZEN_ADAPTER in layer.lora_A for layer in tuner_layers(transformer))
-    if any(a != FROZEN_ADAPTER for layer in tuner_layers(transformer) for a in layer.lora_A):
+    if any(trained_adapters(layer) for layer in tuner_layers(transformer)):
         raise ValueError("transformer already has adapters; build a fresh one (or merge and reload)")
     names = resolve_targets(transformer, cfg.target_modules)
     if not names:
@@ -171,9 +171,10 @@ def adapter_parameters(transformer: nn.Module) -> list[nn.Parameter]:
             container = getattr(layer, attr, None)
             if container is None:
                 continue
-            for name, sub in container.items():
-                if name == FROZEN_ADAPTER:
+            for name in trained_adapters(layer):
+                if name not in container:
                     continue
+                sub = container[name]
                 for p in [sub] if isinstance(sub, nn.Parameter) else sub.parameters():
                     if id(p) in seen:
                         continue
