@@ -44,7 +44,7 @@ format: $(STAMP)
 # the held-out domains appear in validation only (unseen-domain tests).
 shards: $(SHARDS)/train/index.json $(SHARDS)/val/index.json
 $(SHARDS)/train/index.json: | $(STAMP)
-	$(BIN)/python -m pm_lightning.synth --out $(SYNTH)/train --per-domain 200 --seed 0 --no-held-out
+	$(BIN)/python -m pm_lightning.synth --out $(SYNTH)/train --no-held-out
 	$(BIN)/python -m pm_lightning.shards --src $(SYNTH)/train --out $(SHARDS)/train
 $(SHARDS)/val/index.json: | $(STAMP)
 	$(BIN)/python -m pm_lightning.synth --out $(SYNTH)/val --per-domain 16 --seed 1

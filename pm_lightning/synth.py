@@ -7,16 +7,28 @@ import time
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.progress import add_progress_flag, apply_progress_flag
-from pm_lightning.data.synthetic_corpus import DOMAINS, HELDOUT_DOMAINS, contact_sheet, write_corpus
+from pm_lightning.data.synthetic_corpus import (
+    DOMAINS,
+    HELDOUT_DOMAINS,
+    TRAIN_PER_DOMAIN,
+    TRAIN_SEED,
+    contact_sheet,
+    write_corpus,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse arguments, write the corpus (and optionally a preview sheet), print the counts."""
     p = v.Parser(prog="python -m pm_lightning.synth", description=__doc__)
     p.add_argument("--out", type=v.output_dir, help="output folder: OUT/<domain>/<seq-id>/00.png ... meta.json")
-    p.add_argument("--per-domain", type=v.Rule(int, 1, 100_000), default=200, help="sequences per domain (default 200)")
+    p.add_argument(
+        "--per-domain",
+        type=v.Rule(int, 1, 100_000),
+        default=TRAIN_PER_DOMAIN,
+        help=f"sequences per domain (default {TRAIN_PER_DOMAIN})",
+    )
     p.add_argument("--size", type=v.FRAME_SIDE, default=64, help="frame size in pixels (default 64)")
-    p.add_argument("--seed", type=v.SEED, default=0, help="corpus seed (default 0)")
+    p.add_argument("--seed", type=v.SEED, default=TRAIN_SEED, help=f"corpus seed (default {TRAIN_SEED})")
     p.add_argument("--domains", nargs="+", choices=list(DOMAINS), help="only these domains (default: all)")
     p.add_argument("--no-held-out", action="store_true", help="leave out the held-out domains (training split)")
     p.add_argument("--preview", type=v.output_file, help="also save a contact sheet PNG: one row of grids per domain")

@@ -94,6 +94,9 @@ SPECS: dict[str, DomainSpec] = {
     "mosaic": DomainSpec(9, bg_plain((165, 160, 150)), held_out.render_mosaic),
 }
 TRAIN_DOMAINS: tuple[str, ...] = ("lego", "painting", "fabric_toy", "cake", "sketch", "garden", "pixel_art")
+TRAIN_SEED, TRAIN_PER_DOMAIN = 0, 200
+"""The training split of `make shards` (`python -m pm_lightning.synth`'s defaults): corpus seed, sequences per domain;
+the step-text vocabulary of `inference/step_texts.py` is this split's."""
 HELDOUT_DOMAINS: tuple[str, ...] = ("origami", "mosaic")
 DOMAINS: dict[str, int] = {name: spec.frames for name, spec in SPECS.items()}
 

@@ -3,7 +3,7 @@
 Each frame gets its nearest step caption of the training corpus' step vocabulary by CLIP zero-shot retrieval (the
 cosine of the frame's image embedding and each caption's text embedding, the evaluators `generate` already loads:
 the embedded tiny CLIP by default). The vocabulary is the distinct step texts of the synthetic training corpus
-(`make shards`: seed 0, 200 sequences per domain, the held-out domains left out): the domain's own when the prompt
+(`make shards`: `synthetic_corpus.TRAIN_SEED` and `TRAIN_PER_DOMAIN`, the held-out domains left out): the domain's own when the prompt
 names a training domain, else every training domain's. Only with the embedded tiny CLIP (`--clip tiny`, the default),
 the one trained on that corpus; with another CLIP the user's `--steps` are the only step texts (docs/ADAPTIVE.md,
 "Step texts retrieved for generated frames").
@@ -16,12 +16,17 @@ from functools import lru_cache
 
 from PIL import Image
 
-from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence, sequence_seed
+from pm_lightning.data.synthetic_corpus import (
+    TRAIN_DOMAINS,
+    TRAIN_PER_DOMAIN,
+    TRAIN_SEED,
+    generate_sequence,
+    sequence_seed,
+)
 
 GIVEN = "given with --steps"
 RETRIEVED = "retrieved from the corpus vocabulary"
 NONE = "none: Delta_sem dropped"
-CORPUS_SEED, CORPUS_PER_DOMAIN = 0, 200  # the training split of `make shards` (Makefile)
 
 
 @lru_cache(maxsize=16)
@@ -29,8 +34,8 @@ def corpus_vocabulary(domain: str | None) -> tuple[str, ...]:
     """The distinct step texts of the training corpus' sequences of `domain` (every training domain when `domain`
     is None or not one of them), in first-seen order."""
     domains = [domain] if domain in TRAIN_DOMAINS else list(TRAIN_DOMAINS)
-    texts = (t for d in domains for i in range(CORPUS_PER_DOMAIN)
-             for t in generate_sequence(d, sequence_seed(CORPUS_SEED, d, i)).steps)  # fmt: skip
+    texts = (t for d in domains for i in range(TRAIN_PER_DOMAIN)
+             for t in generate_sequence(d, sequence_seed(TRAIN_SEED, d, i)).steps)  # fmt: skip
     return tuple(dict.fromkeys(texts))
 
 
