@@ -27,7 +27,8 @@ from docs_section import write_section
 
 from pm_lightning.models.adapter_config import AdapterConfig  # noqa: E402
 from pm_lightning.models.adapters import adapter_parameters, add_adapters, materialize_adapters  # noqa: E402
-from pm_lightning.models.lora_files import export_domain_lora, transformer_skeleton  # noqa: E402
+from pm_lightning.models.backbone import meta_transformer  # noqa: E402
+from pm_lightning.models.lora_files import export_domain_lora  # noqa: E402
 from pm_lightning.models.lora_names import export_names  # noqa: E402
 from pm_lightning.training.optim import OptimizerConfig, build_optimizer  # noqa: E402
 
@@ -54,7 +55,7 @@ def run_plan() -> dict:
 
 def flux_dev_adapters(adapter: dict, domains: int) -> torch.nn.Module:
     """FLUX.1-dev's transformer on meta, with real CPU adapters holding random values."""
-    transformer = transformer_skeleton(BASE)
+    transformer = meta_transformer(BASE)
     with torch.device("meta"):
         add_adapters(transformer, AdapterConfig(num_domains=domains, **adapter))
     materialize_adapters(transformer, "cpu")

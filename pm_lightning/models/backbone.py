@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pm_lightning.models.text_embedding_cache import TextEmbeddingCache
-from pm_lightning.models.variants import VARIANTS, Variant, get_variant
+from pm_lightning.models.variants import VARIANTS, Variant, find_variant
 from pm_lightning.models.weights import COMPONENTS, local_root, not_found_error, resolve_source
 
 # -- pure functions: 2x2 latent packing and image position ids, exactly as FluxPipeline -------------
@@ -362,18 +362,20 @@ class FluxBackbone(nn.Module):
         return self._pipeline
 
 
-def meta_transformer(variant: str | Variant):
-    """The variant's FluxTransformer2DModel on the `meta` device: its shape, no weights, no storage."""
+def meta_transformer(base: str | Variant):
+    """`base`'s FluxTransformer2DModel on the `meta` device: its shape, no weights, no storage. `base` is a variant,
+    or what `--base` takes: a variant's name or hub id, a pipeline directory, another hub id (its config only)."""
     # lazy: diffusers, 16 s before export / params / tiny_base read their flags (docs/ARCHITECTURE.md, "Start-up")
     from diffusers import FluxTransformer2DModel
 
-    variant = get_variant(variant) if isinstance(variant, str) else variant
-    config = variant.transformer_config
+    variant = base if isinstance(base, Variant) else find_variant(base)
+    config = variant.transformer_config if variant is not None else None
     if config is None:
-        root = resolve_source(variant.location())
+        source = variant.location() if variant is not None else base
+        root = source if Path(source).expanduser().is_dir() else resolve_source(source)  # a folder: its transformer/
         try:
-            config = FluxTransformer2DModel.load_config(root, subfolder="transformer", local_files_only=True)
+            config = FluxTransformer2DModel.load_config(root, subfolder="transformer")
         except (OSError, ValueError) as err:
-            raise not_found_error(variant.location(), err) from err
+            raise not_found_error(source, err) from err
     with torch.device("meta"):
         return FluxTransformer2DModel.from_config(config)

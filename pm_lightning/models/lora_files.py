@@ -43,9 +43,9 @@ from pm_lightning.data.domains import UNSEEN_DOMAIN
 from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapter_state import domain_lora_state_dict, load_adapter_state_dict
 from pm_lightning.models.adapters import FROZEN_ADAPTER, add_adapters, materialize_adapters, tuner_layers
+from pm_lightning.models.backbone import meta_transformer
 from pm_lightning.models.kohya import diffusers_to_kohya, kohya_metadata
 from pm_lightning.models.lora_names import SUFFIX, UNSEEN
-from pm_lightning.models.variants import VARIANTS
 
 PREFIXES = ("backbone.transformer.", "model.transformer.", "transformer.")
 _ADAPTER_KEY = re.compile(r"\.lora_(A|B|gate)(\.default)?(\.weight)?$")
@@ -140,21 +140,6 @@ def trusted_stage1(lora: str | Path, recorded: str, sha: str, option: str) -> Pa
     )
 
 
-def transformer_skeleton(base: str) -> nn.Module:
-    """The base FluxTransformer2DModel on the meta device, from a variant name, pipeline directory or hub id."""
-    # lazy: diffusers, 16 s before export / style_lora read their flags (docs/ARCHITECTURE.md, "Start-up")
-    from diffusers import FluxTransformer2DModel
-
-    variant = VARIANTS.get(base)
-    if variant is not None and variant.transformer_config is not None:
-        config = variant.transformer_config
-    else:
-        source = variant.location() if variant is not None else base
-        config = FluxTransformer2DModel.load_config(source, subfolder="transformer")
-    with torch.device("meta"):
-        return FluxTransformer2DModel.from_config(config)
-
-
 def adapter_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter entries of a checkpoint state dict, with the transformer prefix removed."""
     out = {}
@@ -212,7 +197,7 @@ def load_checkpoint_adapters(
 def adapter_skeleton(base: str, cfg: AdapterConfig, adapters: dict[str, torch.Tensor]) -> nn.Module:
     """`base`'s transformer on the meta device with real CPU adapters holding `adapters` (an adapter state dict):
     enough to export LoRA files without reading a base weight."""
-    transformer = transformer_skeleton(base)
+    transformer = meta_transformer(base)
     with torch.device("meta"):
         add_adapters(transformer, cfg)
     materialize_adapters(transformer, "cpu")
