@@ -202,3 +202,18 @@ def test_a_damaged_archive_is_named_by_its_error_s_type_and_first_200_characters
         resolve_ckpt_path(str(cut), tmp_path / "run")
     reason = str(refused.value).removeprefix(f"--ckpt_path {cut} cannot be read (RuntimeError: ").removesuffix(")")
     assert reason == first[:200]
+
+
+def test_dangling_links_under_checkpoints_are_named_and_skipped_not_a_crash(tmp_path):
+    """A symlink whose target is gone (last.ckpt linked to a deleted file, or a stale link beside the checkpoints) is
+    skipped with its problem named, and the newest intact checkpoint resumes. Checked red: with `p.stat()` back in the
+    sort key, resolve_ckpt_path raised FileNotFoundError; with `last.exists()` alone, the gone last.ckpt went unnamed."""
+    root = tmp_path / "run"
+    folder = root / "checkpoints"
+    now = time.time()
+    intact = checkpoint(folder / "step=2.ckpt", 2, now - 100)
+    (folder / "step=9.ckpt").symlink_to(folder / "gone-9.ckpt")
+    (folder / "last.ckpt").symlink_to(folder / "gone-last.ckpt")
+    path, (notice,) = resolve_ckpt_path("last", root)
+    assert path == str(intact) and notice.startswith("--ckpt_path last: last.ckpt cannot be read (FileNotFoundError")
+    assert "step=9.ckpt cannot be read (FileNotFoundError" in notice and notice.endswith(f"resuming from {intact}")

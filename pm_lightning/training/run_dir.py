@@ -71,9 +71,9 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> tuple[str | No
         return str(path), []
     last = RunDir(root).last_checkpoint
     others = sorted(
-        (p for p in earlier_checkpoints(root) if p != last), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True
+        (p for p in earlier_checkpoints(root) if p != last), key=lambda p: (_mtime_ns(p), p.name), reverse=True
     )
-    candidates = ([last] if last.exists() else []) + others
+    candidates = ([last] if last.exists() or last.is_symlink() else []) + others  # a dangling link: said, skipped
     if not candidates:
         return None, [f"--ckpt_path last: no checkpoint in {root} yet (the run stopped before its first one): "
                       "starting from the beginning"]  # fmt: skip
@@ -91,8 +91,16 @@ def resolve_ckpt_path(ckpt_path: str | None, root: str | Path) -> tuple[str | No
 
 
 def _newest_intact(root: str | Path) -> Path | None:
-    found = sorted(earlier_checkpoints(root), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    found = sorted(earlier_checkpoints(root), key=_mtime_ns, reverse=True)
     return next((p for p in found if checkpoint_problem(p) is None), None)
+
+
+def _mtime_ns(path: Path) -> int:
+    """The file's modification time; a dangling symlink's own (its target is gone: checkpoint_problem says so)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return path.lstat().st_mtime_ns
 
 
 def is_launch_process() -> bool:
