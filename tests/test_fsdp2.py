@@ -22,11 +22,20 @@ FSDP = str(REPO / "experiments" / "strategies" / "fsdp.yaml")
 
 
 def fit_2proc(cfg: Path, *args: str, dump: Path | None = None, devices: int = 2) -> subprocess.CompletedProcess:
-    """`python -m pm_lightning.fit --config cfg ... --trainer.devices 2` in a subprocess (stdin closed: W&B)."""
+    """`python -m pm_lightning.fit --config cfg ... --trainer.devices 2` in a subprocess (stdin closed: W&B).
+
+    Python's fault handler is on, so a rank that dies of a signal prints every thread's Python stack; the whole
+    stderr of each call is kept beside the config (stderr-N.txt) for the cases the assertion's tail cuts short.
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PM_DUMP_DIR=str(dump or cfg.parent / "dump"))
+    env["PYTHONFAULTHANDLER"] = "1"
     cmd = [sys.executable, "-m", "pm_lightning.fit", "--config", str(cfg), "--trainer.devices", str(devices), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    kept = len(list(cfg.parent.glob("stderr-*.txt")))
+    (cfg.parent / f"stderr-{kept}.txt").write_text(proc.stderr)
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}; whole stderr in {cfg.parent}/stderr-{kept}.txt\n" + (proc.stderr[-4000:])
+    )
     return proc
 
 
