@@ -1,4 +1,5 @@
-"""lambda(t) that varies with t: s(t) = (1 - t) / E_t[1 - t] (`alignment: {schedule: linear, normalize: true}`).
+"""lambda(t) that varies with t: s(t) = (1 - t) / E_t[1 - t] (`alignment: {schedule: linear, normalize: true}`), and the
+plans' comparison row with s(t) = 1 (`masked_align_const`, Holm family `design`).
 
 The normaliser E_t[s(t)] is computed by Gauss-Hermite quadrature over the training timestep sampler
 (`flow.timestep_mean`, sharing `flow.timesteps_from_normal` with `sample_timesteps`); checked here against a
@@ -19,6 +20,7 @@ import torch
 import yaml
 
 from pm_lightning import fit
+from pm_lightning.ablation.plan import load_plan, select
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.pixels import float_pixels
 from pm_lightning.models.adapter_config import AdapterConfig
@@ -188,3 +190,22 @@ def test_the_shipped_masked_align_row_and_fabric_toys_use_the_normalised_schedul
         assert (alignment(path)["schedule"], alignment(path)["normalize"]) == ("linear", True), path
     assert alignment("experiments/tiny.yaml")["schedule"] == "constant"
     assert not alignment("experiments/tiny.yaml").get("normalize", False)
+
+
+@pytest.mark.parametrize("plan_file", ["tiny.yaml", "fabric_toys.yaml"])
+def test_the_constant_schedule_row_is_a_design_row_of_a_plain_run_kept_out_of_quick(plan_file):
+    """Each ablation plan has masked_align_const: masked_align's overlay with s(t) = 1 (no normalising), in a plain
+    run but not in --quick, and its contrasts against masked_align in their own Holm family `design` (the claims'
+    adjusted p-values do not change with it). Checked red: without the plan's `quick: rows:` entry, --quick runs it."""
+    path = REPO / "experiments" / "ablations" / "plans" / plan_file
+    plan = load_plan(path)
+    row = plan.rows["masked_align_const"]
+    assert row.overlay == plan.rows["masked_align"].overlay == "experiments/ablations/masked_align.yaml"
+    assert row.args == {"model.init_args.alignment.schedule": "constant", "model.init_args.alignment.normalize": False}
+    assert "masked_align_const" in select(load_plan(path)).active_rows
+    quick = select(load_plan(path, quick=True))
+    assert "masked_align_const" not in quick.active_rows and "masked_align" in quick.active_rows
+    design = [c for c in plan.contrasts if "masked_align_const" in (c.a, c.b)]
+    assert design and all((c.a, c.b, c.family) == ("masked_align", "masked_align_const", "design") for c in design)
+    assert {c.metric for c in design} == {"align", "unseen_align"}
+    assert not [c for c in quick.contrasts if c.family == "design"]
