@@ -7,6 +7,7 @@ the outputs of blocks ``L`` of the concatenated block list ``transformer_blocks 
 ``(encoder_hidden_states, hidden_states)`` output).
 
     L_stage1 = L_fm + lambda(t) * L_sup,   lambda(t) = lambda0 * s(t)   (per sample)
+    with normalize, s(t) / E_t[s(t)] in place of s(t): mean 1 over the training timesteps
     L_sup    = mean over l in L of D_l,    D_l = mean_tokens(1 - cos(hT, hS)) + gamma * mean_tokens(mean_channels((hT - hS)^2))
 
 Typical use in a training step::
@@ -58,7 +59,10 @@ class AlignmentConfig:
     lambda0: NonNegativeFloat = 0.5
     """Overall weight lambda0 of the alignment term."""
     schedule: str = "constant"
-    """Name of s(t) in SCHEDULES (the paper leaves s unspecified; constant is the neutral choice)."""
+    """Name of s(t) in SCHEDULES (the paper leaves s unspecified; constant is the neutral choice, docs/STAGE1.md)."""
+    normalize: bool = False
+    """Divide s(t) by its mean E_t[s(t)] over the training timestep distribution (the flow sampler), so lambda(t)
+    averages lambda0 as the constant schedule does and only its spread over t changes."""
     gamma: NonNegativeFloat = 0.1
     """Weight of the MSE part of the per-layer distance."""
 
@@ -223,6 +227,15 @@ def schedule_value(t: torch.Tensor, schedule: str) -> torch.Tensor:
     return fn(t.float())
 
 
-def alignment_weight(t: torch.Tensor, cfg: AlignmentConfig) -> torch.Tensor:
-    """Per-sample lambda(t) = lambda0 * s(t); t: (B,) in [0, 1] -> (B,)."""
-    return cfg.lambda0 * schedule_value(t, cfg.schedule)
+def alignment_weight(t: torch.Tensor, cfg: AlignmentConfig, schedule_mean: float | None = None) -> torch.Tensor:
+    """Per-sample lambda(t) = lambda0 * s(t); t: (B,) in [0, 1] -> (B,).
+
+    With `cfg.normalize`, s(t) is divided by `schedule_mean` = E_t[s(t)] over the training timesteps, which the
+    caller computes from its sampler (stage 1: `flow.timestep_mean`; models/ does not read the sampler) and must give.
+    """
+    weight = cfg.lambda0 * schedule_value(t, cfg.schedule)
+    if not cfg.normalize:
+        return weight
+    if schedule_mean is None or not schedule_mean > 0:
+        raise ValueError(f"alignment.normalize needs E_t[s(t)] > 0 of the timestep sampler, got {schedule_mean}")
+    return weight / schedule_mean

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from numpy.polynomial import hermite_e
 
 from pm_lightning.core.validate import FiniteFloat, NonNegativeFloat, PositiveFloat
 
@@ -54,17 +57,45 @@ def flux_mu(
     return image_seq_len * slope + base_shift - slope * base_len
 
 
-def sample_timesteps(
-    batch: int, cfg: FlowConfig, image_seq_len: int, generator: torch.Generator | None = None, device=None
-) -> torch.Tensor:
-    """(B,) training timesteps in (0, 1): logit-normal, then shifted as configured."""
-    u = torch.randn(batch, generator=generator, device=device) * cfg.logit_std + cfg.logit_mean  # (B,)
-    t = torch.sigmoid(u)
+def timesteps_from_normal(z: torch.Tensor, cfg: FlowConfig, image_seq_len: int) -> torch.Tensor:
+    """Training timesteps from standard normals z (any shape, any float dtype): logit-normal, then shifted as
+    configured. The one map from z to t: `sample_timesteps` draws z, `timestep_mean` integrates over it."""
+    t = torch.sigmoid(z * cfg.logit_std + cfg.logit_mean)
     if cfg.shift_mode == "constant":
         return shift_timesteps(t, cfg.shift)
     if cfg.shift_mode == "flux":
         return shift_timesteps(t, math.exp(flux_mu(image_seq_len)))
     return t
+
+
+def sample_timesteps(
+    batch: int, cfg: FlowConfig, image_seq_len: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """(B,) training timesteps in (0, 1): logit-normal, then shifted as configured."""
+    return timesteps_from_normal(torch.randn(batch, generator=generator, device=device), cfg, image_seq_len)  # (B,)
+
+
+QUADRATURE_NODES = 64
+"""Gauss-Hermite nodes of `timestep_mean`. Its error against scipy.integrate.quad (shift 3.1582): below 1e-13 at 32
+nodes and 1e-15 at 64 for logit_std 1, about 1e-10 at 64 for logit_std 2 (sigmoid's poles at +-i pi / logit_std
+bound the convergence)."""
+
+
+@functools.cache
+def _hermite_rule(nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes z_i and weights w_i / sqrt(2 pi) with sum_i w_i f(z_i) ~ E[f(Z)], Z ~ N(0, 1), float64."""
+    z, w = hermite_e.hermegauss(nodes)  # weight function exp(-z^2 / 2): the weights sum to sqrt(2 pi)
+    return torch.from_numpy(z), torch.from_numpy(w / math.sqrt(2 * math.pi))
+
+
+def timestep_mean(
+    fn: Callable[[torch.Tensor], torch.Tensor], cfg: FlowConfig, image_seq_len: int, nodes: int = QUADRATURE_NODES
+) -> float:
+    """E_t[fn(t)] over the training timesteps of `cfg` (what `sample_timesteps` draws at `image_seq_len` tokens),
+    computed, not sampled: t = timesteps_from_normal(z) with z ~ N(0, 1), integrated by Gauss-Hermite quadrature
+    (numpy.polynomial.hermite_e, `nodes` points, float64). `fn` maps a tensor of t to values elementwise."""
+    z, w = _hermite_rule(nodes)
+    return float((fn(timesteps_from_normal(z, cfg, image_seq_len)).double() * w).sum())
 
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pm_lightning.models.adapter_routing import set_domains
 from pm_lightning.models.adapter_state import mask_l1
 from pm_lightning.models.adapters import adapter_parameters, add_adapters
 from pm_lightning.models.alignment import (
+    SCHEDULES,
     AlignmentConfig,
     alignment_loss,
     alignment_weight,
@@ -24,7 +25,7 @@ from pm_lightning.models.alignment import (
     teacher_features,
 )
 from pm_lightning.training.base import FlowMatchingModule
-from pm_lightning.training.flow import interpolate, per_sample_mse, velocity_target
+from pm_lightning.training.flow import interpolate, per_sample_mse, timestep_mean, velocity_target
 from pm_lightning.training.nonfinite import terms_of
 
 
@@ -37,7 +38,7 @@ class Stage1Module(FlowMatchingModule):
         """
         Args:
             adapter: adapter kind, rank, alpha, targets and mask settings (num_domains follows `domains`).
-            alignment: representation alignment to the frozen base (on/off, layers, lambda0, schedule).
+            alignment: representation alignment to the frozen base (on/off, layers, lambda0, schedule, normalize).
             **kwargs: the arguments every stage shares (`FlowMatchingModule`: base, domains, flow, optimizer,
                 dtype, gradient_checkpointing, compile, text_cache_dir, seed).
         """
@@ -70,8 +71,14 @@ class Stage1Module(FlowMatchingModule):
         terms = {"fm": per_sample_mse(pred, velocity_target(x0, noise)), "t": t}
         if align:
             terms["align"] = alignment_loss(student, teacher, self.align_cfg.gamma)  # (B,)
-            terms["lambda"] = alignment_weight(t, self.align_cfg)  # (B,)
+            terms["lambda"] = alignment_weight(t, self.align_cfg, self.schedule_mean(x0.shape[1]))  # (B,)
         return terms
+
+    def schedule_mean(self, image_seq_len: int) -> float | None:
+        """E_t[s(t)] over this module's timestep sampler at `image_seq_len` tokens (alignment.normalize), else None."""
+        if not self.align_cfg.normalize:
+            return None
+        return timestep_mean(SCHEDULES[self.align_cfg.schedule], self.flow_cfg, image_seq_len)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.losses(batch, self.noise_key(batch_idx))
