@@ -22,13 +22,13 @@ NO_SHARDS = pytest.mark.skipif(
 )
 
 
-def assert_placed_2d(dump: Path) -> None:
+def assert_placed_2d(dump: Path, units: int = 6) -> None:
     """ShardProbe's dumps: on every rank every transformer parameter is 2-D, replicated over "replicate" and
-    row-sharded over "shard", 6 block units, gradients on the adapters only."""
+    row-sharded over "shard", `units` block units (the tiny Flux's 6 by default), gradients on the adapters only."""
     for rank in range(4):
         probe = torch.load(dump / f"shard-rank{rank}.pt")
         assert probe["dtensor"] and probe["placements"] == ["(Replicate(), Shard(dim=0))"], rank
-        assert probe["units"] == 6 and probe["frozen_with_grad"] == 0 and probe["trainable_with_grad"] > 0
+        assert probe["units"] == units and probe["frozen_with_grad"] == 0 and probe["trainable_with_grad"] > 0
 
 
 @NO_SHARDS
