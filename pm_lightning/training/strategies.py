@@ -1,6 +1,7 @@
 """Multi-GPU strategies for Flux: FSDP2 (`fully_shard` per Flux block, then the root) through Lightning's
 ModelParallelStrategy, flat over every rank or hybrid (HSDP: sharded within a node, replicated across nodes); DDP is
-Lightning's own. DeepSpeed is refused at load (`refuse_deepspeed`; docs/SCALING.md).
+Lightning's own except at teardown (`FluxDDPStrategy`: the frozen base stays where it is). DeepSpeed is refused at load
+(`refuse_deepspeed`; docs/SCALING.md).
 
 Sharding rules are data: FLUX_BLOCKS is diffusers' `FluxTransformer2DModel._no_split_modules`. FSDP2 shards each
 parameter on its own (a DTensor per parameter, no flat buffer), so one unit may hold the frozen bf16 base and the
@@ -9,11 +10,13 @@ trainable fp32 adapters; frozen parameters get no gradient and no reduce-scatter
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
@@ -75,6 +78,45 @@ def gathered_trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     return get_model_state_dict(module, options=options)
+
+
+@contextmanager
+def frozen_state_held(module: nn.Module | None) -> Iterator[int]:
+    """Within: `module`'s frozen parameters (requires_grad False) and the buffers of its submodules that own no
+    trainable parameter are out of its `_apply` (`.cpu()`, `.to()`, `.half()`): they stay where they are, the same
+    tensors. On exit every one is back in its place, in its order. Yields how many were held.
+
+    Done by setting their entries of `_parameters` / `_buffers` to None, which `nn.Module._apply` skips; nothing else
+    may read the module's parameters inside. An adapter's own buffers (none today) would move with its weights.
+    """
+    held: list[tuple[dict, str, torch.Tensor]] = []
+    for sub in module.modules() if module is not None else ():
+        params = [(key, p) for key, p in sub._parameters.items() if p is not None]
+        held += [(sub._parameters, key, p) for key, p in params if not p.requires_grad]
+        if not any(p.requires_grad for _, p in params):
+            held += [(sub._buffers, key, b) for key, b in sub._buffers.items() if b is not None]
+    for store, key, _ in held:
+        store[key] = None
+    try:
+        yield len(held)
+    finally:
+        for store, key, tensor in held:
+            store[key] = tensor
+
+
+class FluxDDPStrategy(DDPStrategy):
+    """Lightning's DDPStrategy, except that its teardown leaves the frozen base where it is.
+
+    Lightning's `Strategy.teardown` moves the whole model to CPU memory (`lightning_module.cpu()`): at FLUX.1-dev size
+    every rank's base, about 24 GB in bf16 (190 GB per 8-GPU node), copied to host memory after the last step, and
+    after the step-0 validation of `--validate_first` (its own teardown) and back to the GPU for the fit. Here the
+    frozen parameters and buffers are held out of that move (`frozen_state_held`); the rest of Lightning's teardown
+    runs as it is (the adapters and the optimizer state go to CPU memory, DDP is unwrapped).
+    """
+
+    def teardown(self) -> None:
+        with frozen_state_held(self.lightning_module):
+            super().teardown()
 
 
 class FluxFSDP2Strategy(ModelParallelStrategy):

@@ -69,7 +69,8 @@ class LoraExport(Callback):
         self._final_written = False
 
     def on_train_end(self, trainer, pl_module) -> None:
-        # before the strategy's teardown, which moves every rank's model (the whole base) to CPU memory
+        # before the strategy's teardown, which moves the model to CPU memory: the whole base on one device without
+        # a strategy (Lightning's), only the adapters under FluxDDPStrategy (ddp.yaml), nothing under FSDP2
         self.export(trainer, pl_module, FINAL)
         self._final_written = True
 
