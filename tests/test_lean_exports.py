@@ -49,9 +49,9 @@ def run(tmp_path_factory, tiny_base, tiny_shards):
 
 
 def test_the_final_export_is_written_before_the_strategy_tears_down(run):
-    """Under DDP the teardown moves every rank's model to CPU memory (the whole base, 190 GB per 8-GPU node at
-    FLUX.1-dev size): the final export comes before it (`on_train_end`). Checked red with the export in `on_fit_end`
-    (after the teardown), as it was."""
+    """Lightning's teardown moves the model to CPU memory (`FluxDDPStrategy` keeps the frozen base out of that move,
+    tests/test_teardown.py; the single-device strategy moves it all): the final export comes before it
+    (`on_train_end`). Checked red with the export in `on_fit_end` (after the teardown), as it was."""
     assert TEARDOWNS and all(TEARDOWNS)
 
 
