@@ -48,8 +48,24 @@ def tiny_shards(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+SIGNAL_DEATH = r"AssertionError: exit -\d+; "
+"""How `tests/test_fsdp2.fit_2proc` fails when a rank of a multi-process `fit` dies of a signal (a negative exit)."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA: skipped (with the reason) on machines without it."""
+    """Tests marked `gpu` need CUDA: skipped (with the reason) on machines without it.
+
+    A slow test whose multi-process `fit` died of a signal is run once more, from a fresh tmp_path, and only then
+    (pytest-rerunfailures, `only_rerun` SIGNAL_DEATH; pytest prints `R` and counts the rerun): gloo on CPU crashes
+    natively, rarely, while gathering a sharded state for a checkpoint (SIGSEGV in CI at stop 31, SIGABRT
+    "munmap_chunk(): invalid pointer" in 1 of 12 local runs of test_fsdp2's accumulation test under load; with
+    TORCH_DISTRIBUTED_DEBUG=DETAIL and a check of every redistributed shard's shape, no collective was mismatched;
+    docs/TESTING.md, "Native crashes of gloo"). Any other failure, and a second crash, still fail the test.
+    """
+    rerun = pytest.mark.flaky(reruns=1, only_rerun=[SIGNAL_DEATH])
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(rerun)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (the gpu marker)")
