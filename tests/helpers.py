@@ -129,3 +129,15 @@ def read_wandb_file(run_folder: Path) -> list:
             records.append(record)
             parts = b""
     return records
+
+
+def assert_clean_exit(proc, keep: Path) -> None:
+    """A `fit` subprocess exited 0; its whole stderr is kept in `keep`/stderr-N.txt (N counts the calls there).
+
+    The failure message starts "exit N; " (tests/conftest.py's SIGNAL_DEATH reruns a test once when N < 0: a process
+    killed by a signal) and ends with the stderr's last 4000 characters.
+    """
+    kept = len(list(keep.glob("stderr-*.txt")))
+    path = keep / f"stderr-{kept}.txt"
+    path.write_text(proc.stderr)
+    assert proc.returncode == 0, f"exit {proc.returncode}; whole stderr in {path}\n" + proc.stderr[-4000:]

@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.fsdp2_optim_checks import LR, PER_TENSOR, SHAPES, STEPS, full_grads, full_params
+from tests.helpers import assert_clean_exit
 from tests.test_fit import small_config, with_outputs
 
 pytestmark = pytest.mark.slow
@@ -25,17 +26,13 @@ def fit_2proc(cfg: Path, *args: str, dump: Path | None = None, devices: int = 2)
     """`python -m pm_lightning.fit --config cfg ... --trainer.devices 2` in a subprocess (stdin closed: W&B).
 
     Python's fault handler is on, so a rank that dies of a signal prints every thread's Python stack; the whole
-    stderr of each call is kept beside the config (stderr-N.txt) for the cases the assertion's tail cuts short.
+    stderr of each call is kept beside the config (`helpers.assert_clean_exit`).
     """
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PM_DUMP_DIR=str(dump or cfg.parent / "dump"))
     env["PYTHONFAULTHANDLER"] = "1"
     cmd = [sys.executable, "-m", "pm_lightning.fit", "--config", str(cfg), "--trainer.devices", str(devices), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-    kept = len(list(cfg.parent.glob("stderr-*.txt")))
-    (cfg.parent / f"stderr-{kept}.txt").write_text(proc.stderr)
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}; whole stderr in {cfg.parent}/stderr-{kept}.txt\n" + (proc.stderr[-4000:])
-    )
+    assert_clean_exit(proc, cfg.parent)
     return proc
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import assert_clean_exit
 from tests.readme_commands import Command, commands
 
 pytestmark = pytest.mark.slow
@@ -38,13 +39,14 @@ def run(cmd: Command, out: Path, *extra: str) -> tuple[dict[int, dict[str, float
     argv = [sys.executable, *cmd.argv[1:], *extra, "--trainer.default_root_dir", str(out)]
     argv += ["--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
                                              "init_args": {"save_dir": str(out / "csv")}})]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="offline", PYTHONFAULTHANDLER="1")
     start = time.monotonic()
     proc = subprocess.run(
         argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1200
     )
     seconds = time.monotonic() - start
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    out.mkdir(parents=True, exist_ok=True)
+    assert_clean_exit(proc, out)
     figures: dict[int, dict[str, float]] = {}
     logged = next((out / "csv").rglob("metrics.csv"), None)  # none when nothing was logged (no validation)
     for row in csv.DictReader(open(logged)) if logged else []:
