@@ -165,8 +165,9 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/gpu_inference.py --write-docs
 
-# Adaptive steps against ground truth (damaged synthetic sequences), calibrated for the tiny evaluators:
-# writes data/tiny-eval/adaptive_calibration.json and docs/ADAPTIVE.md's table.
+# Adaptive steps against ground truth (damaged synthetic sequences) and the guard sweep, tiny evaluators (~4 min):
+# regenerates docs/ADAPTIVE.md's tables between <!-- adaptive:begin NAME --> markers; the stored
+# data/tiny-eval/adaptive_calibration.json is written only by `python -m pm_lightning.calibrate_adaptive`.
 bench-adaptive: $(STAMP)
 	$(BIN)/python -m pm_lightning.calibrate_adaptive --write-docs $(ARGS)
 

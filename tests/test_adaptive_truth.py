@@ -5,15 +5,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
-from pm_lightning.eval.adaptive_truth import CONDITIONS, calibrate_row, case_terms, make_cases, oracle_terms, outcomes
+from pm_lightning.eval.adaptive_truth import (
+    CONDITIONS,
+    DOC,
+    calibrate_row,
+    calibration_grid,
+    case_terms,
+    guard_tables,
+    k1_grid,
+    make_cases,
+    max_z,
+    oracle_terms,
+    outcomes,
+    replace_marked,
+    step_oracle_terms,
+    write_docs,
+)
 from pm_lightning.eval.change_truth import correlations, pair_table
-from pm_lightning.inference.adaptive_rule import AdaptiveConfig
+from pm_lightning.inference.adaptive_rule import PAPER_RULE, AdaptiveConfig, decide, thresholds
 from pm_lightning.inference.adaptive_settings import config_from_args, read_settings
 from tests.test_adaptive import needs_tiny_eval
 
@@ -166,3 +182,118 @@ def test_guard_sweep_command_prints_and_writes_the_guards_it_chose(tmp_path, cap
         chosen = r["add_sweep"][str(r["add_floor"])]
         assert chosen["false_insert"] <= 0.1 or r["add_floor"] == 0.6  # the loosest guard within max_false
         assert r["del_sweep"][str(r["del_ceiling"])]["false_delete"] <= 0.1
+
+
+def _step_cases():
+    """Sequences of 9-frame (lego, sketch) and 4-frame (cake, origami) domains and their damaged cases."""
+    seqs = [generate_sequence(d, s, size=32) for d in ("lego", "cake", "sketch", "origami") for s in range(2)]
+    return seqs, make_cases(seqs, 24)
+
+
+def test_step_oracle_with_the_paper_rule_finds_every_removal_and_edits_no_true_sequence():
+    """Delta = the number of process steps between frames (1 per true pair, 2 where a frame is missing, 0 for a
+    copy), scored with the paper's rule as published (k1 0.8, k2 1.0, no guards): every removal found, every repeat
+    deleted, no untouched sequence edited, no other edit. Red when PAPER_RULE.k1 was set to 1.0 (the 4-frame
+    removals, z = 1 exactly, became unreachable: removal_found 0.5) and when the oracle returned element counts."""
+    seqs, cases = _step_cases()
+    terms = step_oracle_terms(seqs, cases)
+    for c, t in zip(cases, terms):
+        steps = t["glob"].tolist()
+        assert torch.equal(t["glob"], t["loc"]) and torch.equal(t["glob"], t["sem"])
+        if c.condition == "untouched":
+            assert steps == [1.0] * (len(c.order) - 1)
+        if c.condition in ("one_removed", "two_removed"):
+            assert [i for i, x in enumerate(steps) if x == 2] == list(c.pairs) and set(steps) == {1.0, 2.0}
+        if c.condition == "duplicated":
+            assert steps[c.copies[0]] == 0 and steps.count(0) == 1
+    assert {len(seqs[c.seq].frames) for c in cases if c.condition == "one_removed"} == {4, 9}
+    r = outcomes(terms, cases, PAPER_RULE, True)
+    assert r["untouched_edited"] == 0 and r["damaged_other_edits"] == 0
+    assert r["removal_found"] == 1 and r["two_removed_found"] == 1 and r["duplicate_deleted"] == 1
+
+
+def test_no_guard_values_are_neutral():
+    """add_floor 0 and del_ceiling inf leave the relative thresholds as they are (Deltas >= 0), and AdaptiveConfig
+    takes them; a ceiling at or above a set floor stays an error."""
+    g = torch.Generator().manual_seed(3)
+    for n in (2, 3, 8):
+        delta = torch.rand(n, generator=g)
+        thr = thresholds(delta, PAPER_RULE)
+        assert (thr.add, thr.delete) == (thr.tau_add, thr.tau_del)
+    assert (PAPER_RULE.k1, PAPER_RULE.k2, PAPER_RULE.add_floor, PAPER_RULE.del_ceiling) == (0.8, 1.0, 0.0, math.inf)
+    with pytest.raises(ValueError, match="below add_floor"):
+        AdaptiveConfig(add_floor=0.1, del_ceiling=0.2)
+    with pytest.raises(ValueError, match="add_floor must be a finite number"):
+        AdaptiveConfig(add_floor=math.inf)
+
+
+def test_the_largest_z_score_of_n_deltas_is_sqrt_n_minus_1():
+    """Samuelson's inequality, as `max_z` states it: no z-score of n values exceeds sqrt(n - 1), one spike over
+    equal values reaches it, so the rule inserts there only when k1 < sqrt(n - 1) (at equality float rounding decides); `k1_grid` keeps only such k1
+    for the shortest one-removed case. Red when max_z returned sqrt(n) (the spike then missed at k1 just below)."""
+    g = torch.Generator().manual_seed(0)
+    for n in range(2, 12):
+        assert max_z(n) == pytest.approx(math.sqrt(n - 1))
+        x = torch.rand(200, n, generator=g) ** 3
+        z = (x - x.mean(1, keepdim=True)) / x.std(1, unbiased=False, keepdim=True)
+        assert float(z.max()) <= max_z(n) + 1e-5
+        spike = torch.tensor([1.0] * (n - 1) + [2.0])
+        zs = (spike - spike.mean()) / spike.std(unbiased=False)
+        assert float(zs.max()) == pytest.approx(max_z(n), rel=1e-5)
+        for k1, inserts in ((max_z(n) - 1e-3, True), (max_z(n) + 1e-6, False)):  # at equality rounding decides
+            cfg = replace(PAPER_RULE, k1=k1)
+            got = [d.pair for d in decide(spike, thresholds(spike, cfg), cfg) if d.action == "insert"]
+            assert got == ([n - 1] if inserts else []), (n, k1)
+    _, cases = _step_cases()  # 4-frame sequences: a removal leaves 2 Deltas, bound 1
+    assert k1_grid(cases) and max(k1_grid(cases)) < 1 and 0.8 in k1_grid(cases)
+    nine = [c for c in cases if len(c.order) >= 8]
+    assert max(k1_grid(nine)) > 1 and all(k < max_z(7) for k in k1_grid(nine))  # 9 frames - 1: 7 Deltas
+
+
+def test_the_calibration_grid_contains_the_paper_rule_and_chooses_it_when_nothing_does_better():
+    """The grid holds "no guard" (add_floor 0, del_ceiling inf) and the paper's rule as a whole; on the step
+    oracle, where it is perfect, the calibration returns it. Red when `calibration_grid` left out the paper's rule
+    (the staged search then chose k1 0)."""
+    seqs, cases = _step_cases()
+    terms = step_oracle_terms(seqs, cases)
+    grid = calibration_grid(terms, cases)
+    assert (0.8, 0.0) in grid["insert"] and (1.0, math.inf) in grid["delete"] and PAPER_RULE in grid["rules"]
+    assert all(k1 < 1 for k1, _ in grid["insert"])
+    cfg, rates = calibrate_row(terms, cases)
+    assert (cfg.k1, cfg.k2, cfg.add_floor, cfg.del_ceiling) == (0.8, 1.0, 0.0, math.inf)
+    assert rates["removal_found"] == 1 and rates["untouched_edited"] == 0
+
+
+def _sweep_result():
+    """A `sweep_guards`-shaped result (as JSON gives it back: string keys), two modes."""
+    floors = [round(0.02 * k, 2) for k in range(31)]
+    ceilings = [round(0.005 * k, 3) for k in range(31)]
+    mode = {
+        "pair_quantiles": {c: {q: 0.1 * i + 0.01 * j for j, q in enumerate(("p05", "p25", "p50", "p75", "p95"))}
+                           for i, c in enumerate(("duplicate", "normal", "skip1", "skip2"))},  # fmt: skip
+        "add_floor": 0.42, "del_ceiling": 0.025, "two_frame_ratio": 1.0, "two_frame_ratio_balanced_error": 0.34,
+        "add_sweep": {str(f): {"false_insert": 1 - f, "gap1": f / 2, "gap2": f / 3} for f in floors},
+        "del_sweep": {str(c): {"false_delete": c, "dup": 2 * c} for c in ceilings},
+        "sequences": 180,
+    }  # fmt: skip
+    return json.loads(json.dumps({"no_text": mode, "text": mode}))
+
+
+def test_regenerating_the_tables_is_idempotent(tmp_path):
+    """docs/ADAPTIVE.md carries every block the command writes, once; writing the same tables twice leaves the
+    second write byte-identical and the prose outside the markers untouched. Red when `replace_marked` kept the old
+    block's first line (the second write grew the document)."""
+    blocks = {"ground-truth": "| row |\n|---|\n| full |", **guard_tables(_sweep_result())}
+    assert "| **0.42** | **0.580** |" in blocks["guard-add"] and "| **0.025** |" in blocks["guard-del"]
+    doc = tmp_path / "ADAPTIVE.md"
+    doc.write_text(DOC.read_text())
+    write_docs(blocks, doc)
+    once = doc.read_text()
+    write_docs(blocks, doc)
+    assert doc.read_text() == once
+    outside = [p.split("<!-- adaptive:end -->")[-1] for p in once.split("<!-- adaptive:begin ")]
+    assert outside == [p.split("<!-- adaptive:end -->")[-1] for p in DOC.read_text().split("<!-- adaptive:begin ")]
+    for name, body in blocks.items():
+        assert f"<!-- adaptive:begin {name} -->\n{body}\n<!-- adaptive:end -->" in once
+    with pytest.raises(ValueError, match="adaptive:begin nowhere"):
+        replace_marked(once, "nowhere", "x")

@@ -12,10 +12,14 @@ Conditions, on never-trained sequences of every domain (corpus split seed 1; the
   an insertion at each of the two pairs (counted per removal).
 
 Rows drop one Delta term each (weight 0; without Delta_sem = without step texts), every row calibrated on its own.
+Two oracles replace every Delta term by the ground truth: the number of elements that change between the frames
+(calibrated like the other rows, and with the paper's rule), and the number of process steps between them (scored
+with the paper's rule, `PAPER_RULE`: k1 = 0.8, k2 = 1.0, no guards).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,6 +30,7 @@ from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.near_duplicates import near_duplicate
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence, sequence_seed
 from pm_lightning.inference.adaptive_rule import (
+    PAPER_RULE,
     AdaptiveConfig,
     combine,
     decide,
@@ -108,7 +113,24 @@ def oracle_terms(seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def step_oracle_terms(seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
+    """Every term set to the number of process steps between neighbours (j - i for frames i < j, 0 for a copy).
+
+    Known for the synthetic sequences by construction; unlike the element count it does not depend on how much a
+    step draws, so every true pair of a sequence has the same Delta (1)."""
+    out = []
+    for c in cases:
+        idx = [k % len(seqs[c.seq].frames) for k in c.order]
+        steps = torch.tensor([float(b - a) if b > a else 0.0 for a, b in zip(idx, idx[1:])])
+        out.append({"glob": steps, "loc": steps, "sem": steps})
+    return out
+
+
 ORACLE = "oracle: Delta = true change (elements)"
+ORACLE_PAPER = "oracle: Delta = true change (elements), paper's rule (no guards)"
+STEP_ORACLE = "oracle: Delta = process steps, paper's rule (no guards)"
+PAPER_ROW = "paper's rule (k1 0.8, k2 1.0, no guards)"
+STORED_ROW = "stored calibration (adaptive_calibration.json, what generate uses)"
 
 
 def row_config(row: str, base: AdaptiveConfig) -> tuple[AdaptiveConfig, bool]:
@@ -142,48 +164,94 @@ def outcomes(terms: list[dict], cases: list[Case], cfg: AdaptiveConfig, texts: b
     return {k: (sum(v) / len(v) if v else float("nan")) for k, v in hits.items()}
 
 
+K1_GRID = (0.0, 0.25, 0.5, 0.8, 0.9, 1.0, 1.5, 2.0)
+K2_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def max_z(n: int) -> float:
+    """The largest z-score (x - mu) / sigma that any of n values can have, population sigma: sqrt(n - 1).
+
+    Samuelson's inequality; reached when the other n - 1 values are equal. So "insert where Delta > mu + k1 sigma"
+    can fire on a sequence of n Deltas only if k1 < sqrt(n - 1): a 4-frame sequence that lost a frame has 3 frames,
+    2 Deltas, largest z exactly 1, and any k1 >= 1 can never find that removal (without a floor below mu)."""
+    return math.sqrt(max(n - 1, 0))
+
+
+def k1_grid(cases: list[Case]) -> list[float]:
+    """The k1 values tried: those of K1_GRID below max_z of the shortest one-removed case's Delta count, so a
+    removal stays reachable in every sequence of the data (k1 < 1 when 4-frame sequences are among them)."""
+    n = min((len(c.order) - 1 for c in cases if c.condition == "one_removed"), default=0)
+    return [k for k in K1_GRID if k < max_z(n)] or [0.0]
+
+
+def calibration_grid(terms: list[dict], cases: list[Case], row: str = "full") -> dict:
+    """The candidates `calibrate_row` tries: insertion (k1, add_floor) and deletion (k2, del_ceiling) pairs, and the
+    whole-rule candidates (the paper's rule, no guards). add_floor 0 and del_ceiling inf are "no guard"."""
+    cfg, texts = row_config(row, AdaptiveConfig())
+    w = effective_weights(cfg, texts)
+    normal = torch.cat([combine({**t, "sem": t["sem"] if texts else None}, w) for t, c in zip(terms, cases)
+                        if c.condition == "untouched"])  # fmt: skip
+    floors = sorted({0.0} | {max(1e-4, round(float(normal.quantile(q)), 4)) for q in torch.linspace(0.5, 1.0, 26)})
+    low = [float(normal.quantile(q)) for q in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]  # a repeat sits below every true pair
+    ceilings = sorted({max(0.0, round(q * f, 5)) for q in low for f in (0.1, 0.25, 0.5, 0.75, 1.0)}) + [math.inf]
+    return {
+        "insert": [(k1, f) for k1 in k1_grid(cases) for f in floors],
+        "delete": [(k2, c) for k2 in K2_GRID for c in ceilings],
+        "rules": [PAPER_RULE],
+    }
+
+
+def _found(r: dict) -> float:
+    return sum(0.0 if math.isnan(r[k]) else r[k] for k in ("removal_found", "two_removed_found", "duplicate_deleted"))
+
+
 def calibrate_row(
     terms: list[dict], cases: list[Case], row: str = "full", max_false: float = 0.10, base: AdaptiveConfig | None = None
 ) -> tuple[AdaptiveConfig, dict]:
     """k1, add_floor, then k2, del_ceiling: the insertion settings that find the most removals while at most
     `max_false` / 2 of the untouched sequences get an insertion, then the deletion settings that delete the most
-    repeats while at most `max_false` of them get any edit. Returns (config, its rates on these cases)."""
+    repeats while at most `max_false` of them get any edit; then the paper's rule without guards replaces that
+    choice when it keeps within `max_false` and finds at least as much (removals + repeats, then fewer other edits).
+    The candidates: `calibration_grid`. Returns (config, its rates on these cases)."""
     cfg, texts = row_config(row, base or AdaptiveConfig())
-    w = effective_weights(cfg, texts)
-    normal = torch.cat([combine({**t, "sem": t["sem"] if texts else None}, w) for t, c in zip(terms, cases)
-                        if c.condition == "untouched"])  # fmt: skip
-    floors = sorted({max(1e-4, round(float(normal.quantile(q)), 4)) for q in torch.linspace(0.5, 1.0, 26)})
-    low = [float(normal.quantile(q)) for q in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)]  # a repeat sits below every true pair
-    ceilings = sorted({max(0.0, round(q * f, 5)) for q in low for f in (0.1, 0.25, 0.5, 0.75, 1.0)})
-    ceiling_off = min(ceilings) / 2  # no deletion while the insertion settings are chosen
+    grid = calibration_grid(terms, cases, row)
+    finite = [c for _, c in grid["delete"] if math.isfinite(c)]
+    ceiling_off = min(finite) / 2  # no deletion while the insertion settings are chosen
 
     def score(c: AdaptiveConfig) -> dict:
         return outcomes(terms, cases, c, texts)
 
     best_ins = None
-    for k1 in (0.0, 0.5, 0.8, 1.0, 1.5, 2.0):
-        for floor in floors:
-            c = replace(cfg, k1=k1, add_floor=floor, del_ceiling=min(ceiling_off, floor / 2))
-            r = score(c)
-            if r["untouched_edited"] <= max_false / 2:
-                key = (r["removal_found"] + r.get("two_removed_found", 0), -floor)
-                if best_ins is None or key > best_ins[0]:
-                    best_ins = (key, k1, floor)
-    k1, floor = (best_ins[1], best_ins[2]) if best_ins else (cfg.k1, max(floors))
+    for k1, floor in grid["insert"]:
+        c = replace(cfg, k1=k1, add_floor=floor, del_ceiling=min(ceiling_off, floor / 2))
+        r = score(c)
+        if r["untouched_edited"] <= max_false / 2:
+            key = (r["removal_found"] + r.get("two_removed_found", 0), -floor)
+            if best_ins is None or key > best_ins[0]:
+                best_ins = (key, k1, floor)
+    k1, floor = (best_ins[1], best_ins[2]) if best_ins else (cfg.k1, max(f for _, f in grid["insert"]))
     best_del = None
-    for k2 in (0.0, 0.5, 1.0, 1.5, 2.0):
-        for ceiling in ceilings:
-            if ceiling >= floor:
-                continue
-            c = replace(cfg, k1=k1, add_floor=floor, k2=k2, del_ceiling=ceiling)
-            r = score(c)
-            if r["untouched_edited"] <= max_false:
-                key = (r["duplicate_deleted"], -r["damaged_other_edits"], ceiling)
-                if best_del is None or key > best_del[0]:
-                    best_del = (key, k2, ceiling)
-    k2, ceiling = (best_del[1], best_del[2]) if best_del else (cfg.k2, min(ceilings) / 2)
+    for k2, ceiling in grid["delete"]:
+        if floor > 0 and ceiling >= floor and math.isfinite(ceiling):
+            continue
+        c = replace(cfg, k1=k1, add_floor=floor, k2=k2, del_ceiling=ceiling)
+        r = score(c)
+        if r["untouched_edited"] <= max_false:
+            key = (r["duplicate_deleted"], -r["damaged_other_edits"], ceiling)
+            if best_del is None or key > best_del[0]:
+                best_del = (key, k2, ceiling)
+    k2, ceiling = (best_del[1], best_del[2]) if best_del else (cfg.k2, ceiling_off)
     final = replace(cfg, k1=k1, add_floor=floor, k2=k2, del_ceiling=ceiling)
-    return final, score(final)
+    rates = score(final)
+    for rule in grid["rules"]:
+        c = replace(cfg, k1=rule.k1, k2=rule.k2, add_floor=rule.add_floor, del_ceiling=rule.del_ceiling)
+        r = score(c)
+        if r["untouched_edited"] <= max_false and (_found(r), -r["damaged_other_edits"]) >= (
+            _found(rates),
+            -rates["damaged_other_edits"],
+        ):
+            final, rates = c, r
+    return final, rates
 
 
 def calibration_record(cfg: AdaptiveConfig, clip: str, dino: str, rates: dict, data: dict) -> dict:
@@ -198,8 +266,15 @@ def truth_sequences(split_seed: int, per_domain: int, size: int = 64):
     return [generate_sequence(d, sequence_seed(split_seed, d, i), size) for d in DOMAINS for i in range(per_domain)]
 
 
-def benchmark(scorer, per_condition: int = 200, calib_per_condition: int = 120, seed: int = 0) -> dict:
-    """Calibrate every row on split 2, measure it on split 1 (and the shipped defaults); JSON-ready."""
+def benchmark(
+    scorer,
+    per_condition: int = 200,
+    calib_per_condition: int = 120,
+    seed: int = 0,
+    stored: AdaptiveConfig | None = None,
+) -> dict:
+    """Calibrate every row on split 2, measure it on split 1 (and the shipped defaults, the paper's rule, the stored
+    settings when given, the oracles); JSON-ready."""
     per_domain = -(-per_condition // len(DOMAINS))
     test_seqs = truth_sequences(1, per_domain)
     calib_seqs = truth_sequences(2, -(-calib_per_condition // len(DOMAINS)))
@@ -209,16 +284,21 @@ def benchmark(scorer, per_condition: int = 200, calib_per_condition: int = 120, 
     )
     test_terms, calib_terms = case_terms(scorer, test_seqs, test_cases), case_terms(scorer, calib_seqs, calib_cases)
     counts = {c: sum(x.condition == c for x in test_cases) for c in CONDITIONS}
-    rows = {"shipped defaults (not recalibrated)": {"config": asdict(AdaptiveConfig()),
-            "rates": outcomes(test_terms, test_cases, AdaptiveConfig(), True)}}  # fmt: skip
+    fixed = {"shipped defaults (not recalibrated)": AdaptiveConfig(), PAPER_ROW: PAPER_RULE}
+    if stored is not None:
+        fixed[STORED_ROW] = stored
+    rows = {
+        name: {"config": asdict(c), "rates": outcomes(test_terms, test_cases, c, True)} for name, c in fixed.items()
+    }
     for row in ROWS:
         cfg, _ = calibrate_row(calib_terms, calib_cases, row)
         rows[row] = {"config": asdict(cfg), "rates": outcomes(test_terms, test_cases, cfg, ROWS[row][1])}
     cfg, _ = calibrate_row(oracle_terms(calib_seqs, calib_cases), calib_cases)
-    rows[ORACLE] = {
-        "config": asdict(cfg),
-        "rates": outcomes(oracle_terms(test_seqs, test_cases), test_cases, cfg, True),
-    }
+    oracle = oracle_terms(test_seqs, test_cases)
+    rows[ORACLE] = {"config": asdict(cfg), "rates": outcomes(oracle, test_cases, cfg, True)}
+    rows[ORACLE_PAPER] = {"config": asdict(PAPER_RULE), "rates": outcomes(oracle, test_cases, PAPER_RULE, True)}
+    steps = step_oracle_terms(test_seqs, test_cases)
+    rows[STEP_ORACLE] = {"config": asdict(PAPER_RULE), "rates": outcomes(steps, test_cases, PAPER_RULE, True)}
     return {"cases_per_condition": counts, "test_split": 1, "calibration_split": 2, "rows": rows}
 
 
@@ -238,9 +318,31 @@ def markdown_table(result: dict) -> str:
                  f"{100 * r['two_removed_found']:.1f}%", f"{100 * r['damaged_other_edits']:.1f}%",
                  f"{100 * r['missing_pair_is_largest']:.1f}%", f"{100 * r['copy_pair_is_smallest']:.1f}%"]  # fmt: skip
         lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {c['k1']} | {c['k2']} | {c['add_floor']} | {c['del_ceiling']} |"
+            f"| {name} | " + " | ".join(cells) + f" | {c['k1']} | {c['k2']} | {_guard(c['add_floor'], 0)} | "
+            f"{_guard(c['del_ceiling'], math.inf)} |"
         )
     return "\n".join(lines)
+
+
+def _guard(value: float, off: float) -> str:
+    return "none" if value == off else f"{value:g}"
+
+
+def grid_choice(result: dict, stored: AdaptiveConfig | None) -> str:
+    """One sentence: the full row's settings from the grid against the stored (shipped) ones."""
+    c = result["rows"]["full"]["config"]
+    keys = ("k1", "k2", "add_floor", "del_ceiling")
+    new = ", ".join(f"{k} {_guard(c[k], 0 if k == 'add_floor' else math.inf if k == 'del_ceiling' else None)}"
+                    for k in keys)  # fmt: skip
+    if stored is None:
+        return f"The grid chooses for the full row: {new}."
+    old = ", ".join(f"{k} {getattr(stored, k):g}" for k in keys)
+    if all(c[k] == getattr(stored, k) for k in keys):
+        return f"The grid chooses for the full row the stored settings: {new}."
+    return (
+        f"What the grid chooses for the full row, not shipped: {new}. Stored in "
+        f"`data/tiny-eval/adaptive_calibration.json` (what `generate --adaptive` uses): {old}."
+    )
 
 
 def _cell(rates: dict, key: str) -> str:
@@ -249,22 +351,72 @@ def _cell(rates: dict, key: str) -> str:
     return f"{100 * rates[key]:.1f}% {'ok' if ok else 'missed'} ({op} {100 * goal:.0f}%)"
 
 
-def write_docs(table: str, command: str) -> None:
-    """Replace the ground-truth section of docs/ADAPTIVE.md."""
-    doc = Path(__file__).resolve().parents[2] / "docs" / "ADAPTIVE.md"
-    header = "## Ground truth: what the adaptive steps find"
-    section = (
-        f"{header}\n\n`{command}` (`make bench-adaptive`): never-trained synthetic sequences of every domain (split 1), "
-        "damaged in a known way; one round of decisions with the settings calibrated on other sequences (split 2) "
-        "for each row; the tiny evaluators (data/tiny-eval). Settings of the full row are stored in "
-        "`data/tiny-eval/adaptive_calibration.json`, which `generate` / `adapt` read for these encoders only.\n\n"
-        f"{table}\n"
-    )
+DOC = Path(__file__).resolve().parents[2] / "docs" / "ADAPTIVE.md"
+
+
+def replace_marked(text: str, name: str, body: str) -> str:
+    """`text` with what lies between `<!-- adaptive:begin NAME -->` and the next `<!-- adaptive:end -->` replaced by
+    `body` (the markers stay); a missing or repeated marker is an error naming it."""
+    begin, end = f"<!-- adaptive:begin {name} -->", "<!-- adaptive:end -->"
+    if text.count(begin) != 1:
+        raise ValueError(f"{begin} must occur once in the document, found {text.count(begin)}")
+    start = text.index(begin) + len(begin)
+    stop = text.find(end, start)
+    if stop < 0:
+        raise ValueError(f"no {end} after {begin}")
+    return text[:start] + "\n" + body.strip("\n") + "\n" + text[stop:]
+
+
+def write_docs(sections: dict[str, str], doc: Path = DOC) -> None:
+    """Replace each named marked block of docs/ADAPTIVE.md (`replace_marked`); the prose around them stays."""
     text = doc.read_text()
-    start = text.find(header)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(header))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
+    for name, body in sections.items():
+        text = replace_marked(text, name, body)
     doc.write_text(text)
+
+
+def guard_tables(sweep: dict, mode: str = "no_text") -> dict[str, str]:
+    """docs/ADAPTIVE.md's guard-sweep blocks from `eval/guard_sweep.sweep_guards`' result: the pair-Delta quantiles
+    (both modes), the add_floor and del_ceiling sweeps of `mode` (every 0.1 / 0.05 and the chosen value's
+    neighbours; the chosen one bold), and the guards chosen in each mode."""
+    quant = []
+    for m, label in (("no_text", "no step texts"), ("text", "with step texts")):
+        quant.append(f"| pair Delta, {label} | p05 | p25 | p50 | p75 | p95 |\n|---|---:|---:|---:|---:|---:|")
+        quant += [f"| {cat} | " + " | ".join(f"{v:.3f}" for v in q.values()) + " |"
+                  for cat, q in sweep[m]["pair_quantiles"].items()]  # fmt: skip
+        quant.append("")
+    r = sweep[mode]
+
+    def rows(values: dict, chosen: float, step: float, cells) -> list[str]:
+        keys = sorted(float(k) for k in values)
+        at = keys.index(float(chosen))
+        keep = {k for k in keys if abs(k / step - round(k / step)) < 1e-6} | set(keys[max(at - 1, 0) : at + 2])
+        out = []
+        for k in sorted(keep):
+            x = values[k] if k in values else values[str(k)]
+            line = " | ".join(cells(k, x))
+            out.append(f"| **{line.replace(' | ', '** | **')}** |" if k == float(chosen) else f"| {line} |")
+        return out
+
+    sequences = r["sequences"]
+    add = [f"| add_floor ({'no step texts' if mode == 'no_text' else 'with step texts'}) | true sequences edited (n={sequences}) | one missing found | "
+           "two missing found |\n|---:|---:|---:|---:|"]  # fmt: skip
+    add += rows(r["add_sweep"], r["add_floor"], 0.1,
+                lambda k, x: [f"{k:.2f}", f"{x['false_insert']:.3f}", f"{x['gap1']:.3f}", f"{x['gap2']:.3f}"])  # fmt: skip
+    dele = [f"| del_ceiling ({'no step texts' if mode == 'no_text' else 'with step texts'}) | true sequences edited (n={sequences}) | repeated frame found |"
+            "\n|---:|---:|---:|"]  # fmt: skip
+    dele += rows(r["del_sweep"], r["del_ceiling"], 0.05,
+                 lambda k, x: [f"{k:.3f}", f"{x['false_delete']:.3f}", f"{x['dup']:.3f}"])  # fmt: skip
+    d = AdaptiveConfig()
+    chosen = (
+        f"The sweep chooses **add_floor = {sweep['no_text']['add_floor']:.2f}, del_ceiling = "
+        f"{sweep['no_text']['del_ceiling']:.3f}** without step texts and {sweep['text']['add_floor']:.2f} / "
+        f"{sweep['text']['del_ceiling']:.3f} with them; two_frame_ratio's best split of one- and two-frame gaps "
+        f"(Delta / insert bar) has balanced error {r['two_frame_ratio_balanced_error']:.2f}. "
+        f"`AdaptiveConfig`'s defaults are {d.add_floor} / {d.del_ceiling}"
+        + (" (the same)." if (d.add_floor, d.del_ceiling) == (r["add_floor"], r["del_ceiling"]) else
+           ", written from an earlier run of this sweep; what it chooses now is not shipped (`generate` with the "
+           "tiny evaluators reads the stored calibration instead: Ground truth, below).")
+    )  # fmt: skip
+    return {"guard-quantiles": "\n".join(quant).strip("\n"), "guard-add": "\n".join(add), "guard-del": "\n".join(dele),
+            "guard-chosen": chosen}  # fmt: skip

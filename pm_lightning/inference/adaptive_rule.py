@@ -5,7 +5,9 @@ For frames f_1..f_n, every adjacent pair (i, i+1) gets
 (v: CLIP image embeddings, P: L2-normalised DINO patch tokens, u: CLIP text embeddings of the step
 texts; without step texts the semantic term is dropped and the weights renormalised). With mu, sigma
 of the sequence's Deltas: insert where Delta > max(mu + k1 sigma, add_floor), delete where
-Delta < min(mu - k2 sigma, del_ceiling). The rounds that apply it: `inference/adaptive.py`.
+Delta < min(mu - k2 sigma, del_ceiling). add_floor = 0 and del_ceiling = inf are "no guard" (every Delta term is
+>= 0, so mu + k1 sigma >= 0; mu - k2 sigma is finite): `PAPER_RULE` is ProcessMaker's rule as published, k1 = 0.8,
+k2 = 1.0 and no guards. The rounds that apply it: `inference/adaptive.py`.
 Calibrate them: `python -m pm_lightning.calibrate_adaptive` (docs/ADAPTIVE.md).
 """
 
@@ -29,8 +31,8 @@ class AdaptiveConfig:
     w_sem: float = 0.2  # weight of Delta_sem (CLIP text cosine distance of the step texts)
     k1: float = 0.8  # tau_add = mu + k1 sigma
     k2: float = 1.0  # tau_del = mu - k2 sigma
-    add_floor: float = 0.48  # insert only where Delta > max(tau_add, add_floor)
-    del_ceiling: float = 0.015  # delete only where Delta < min(tau_del, del_ceiling)
+    add_floor: float = 0.48  # insert only where Delta > max(tau_add, add_floor); 0 = no guard
+    del_ceiling: float = 0.015  # delete only where Delta < min(tau_del, del_ceiling); math.inf = no guard
     two_frame_ratio: float = 1.5  # insert two frames (not one) where Delta >= ratio * insert threshold
     min_frames: int = 2  # never delete below this many frames
     max_frames: int = 16  # never insert above this many frames
@@ -39,13 +41,20 @@ class AdaptiveConfig:
     def __post_init__(self):
         for name in ("w_glob", "w_loc", "w_sem", "k1", "k2", "add_floor", "del_ceiling"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"AdaptiveConfig.{name} must be a finite number >= 0, got {value!r}")
+            number = isinstance(value, (int, float))
+            finite = number and (math.isfinite(value) or (name == "del_ceiling" and value == math.inf))  # inf: no guard
+            if not (finite and value >= 0):
+                raise ValueError(
+                    f"AdaptiveConfig.{name} must be a finite number >= 0"
+                    + (" or inf (no guard)" if name == "del_ceiling" else "")
+                    + f", got {value!r}"
+                )
         if self.w_glob + self.w_loc <= 0:
             raise ValueError("AdaptiveConfig.w_glob + w_loc must be > 0 (the visual terms always exist)")
-        if self.del_ceiling >= self.add_floor:
+        if self.add_floor > 0 and math.isfinite(self.del_ceiling) and self.del_ceiling >= self.add_floor:
             raise ValueError(
-                f"AdaptiveConfig.del_ceiling ({self.del_ceiling}) must be below add_floor ({self.add_floor})"
+                f"AdaptiveConfig.del_ceiling ({self.del_ceiling}) must be below add_floor ({self.add_floor}) "
+                "when both guards are on"
             )
         if self.two_frame_ratio < 1:
             raise ValueError(f"AdaptiveConfig.two_frame_ratio must be >= 1, got {self.two_frame_ratio}")
@@ -63,6 +72,9 @@ class AdaptiveConfig:
         if unknown:
             raise ValueError(f"unknown AdaptiveConfig keys {unknown}; known: {[f.name for f in fields(cls)]}")
         return cls(**values)
+
+
+PAPER_RULE = AdaptiveConfig(k1=0.8, k2=1.0, add_floor=0.0, del_ceiling=math.inf)  # ProcessMaker's rule, no guards
 
 
 # ---------------------------------------------------------------- Delta terms (pure)
