@@ -335,3 +335,23 @@ def test_a_round_samples_all_its_insertions_in_one_batch_call():
     assert reds(per_pair.images) == reds(res.images) and per_pair.report == res.report
     with pytest.raises(ValueError, match="exactly one"):
         adapt_sequence(frames, AngleScorer(), midpoint_insert, STUB_CFG, insert_batch=batch)
+
+
+def test_no_guard_is_inf_for_the_flag_the_settings_file_and_the_config_alike(tmp_path):
+    """`del_ceiling` inf ("no guard", adaptive_rule.PAPER_RULE) passes the flag, a settings file and AdaptiveConfig;
+    the other fields stay finite and text is refused. Checked red with FIELD_RULES' del_ceiling back at NON_NEGATIVE:
+    the flag and the file refuse inf (and, AdaptiveConfig reading the same table, PAPER_RULE fails at import)."""
+    import argparse
+    import json
+    import math
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    assert parser.parse_args(["--del-ceiling", "inf"]).del_ceiling == math.inf
+    settings = tmp_path / "rule.json"
+    settings.write_text(json.dumps({"k1": 0.8, "k2": 1.0, "add_floor": 0.0, "del_ceiling": math.inf}))  # Infinity
+    cfg = config_from_args(parser.parse_args(["--adaptive-config", str(settings)]))
+    assert (cfg.add_floor, cfg.del_ceiling) == (0.0, math.inf)
+    for bad in ({"add_floor": math.inf}, {"k1": -1.0}, {"w_sem": "0.2"}):
+        with pytest.raises(ValueError, match=f"AdaptiveConfig.{next(iter(bad))} must be"):
+            AdaptiveConfig(**bad)

@@ -39,16 +39,13 @@ class AdaptiveConfig:
     max_rounds: int = 3  # score -> decide -> edit rounds at most
 
     def __post_init__(self):
+        from pm_lightning.inference.adaptive_settings import FIELD_RULES  # each field's range: one table, flags too
+
         for name in ("w_glob", "w_loc", "w_sem", "k1", "k2", "add_floor", "del_ceiling"):
             value = getattr(self, name)
-            number = isinstance(value, (int, float))
-            finite = number and (math.isfinite(value) or (name == "del_ceiling" and value == math.inf))  # inf: no guard
-            if not (finite and value >= 0):
-                raise ValueError(
-                    f"AdaptiveConfig.{name} must be a finite number >= 0"
-                    + (" or inf (no guard)" if name == "del_ceiling" else "")
-                    + f", got {value!r}"
-                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)):  # a number, not text that parses as one
+                raise ValueError(f"AdaptiveConfig.{name} must be {FIELD_RULES[name].describe()}, got {value!r}")
+            FIELD_RULES[name].check(value, f"AdaptiveConfig.{name}")
         if self.w_glob + self.w_loc <= 0:
             raise ValueError("AdaptiveConfig.w_glob + w_loc must be > 0 (the visual terms always exist)")
         if self.add_floor > 0 and math.isfinite(self.del_ceiling) and self.del_ceiling >= self.add_floor:
