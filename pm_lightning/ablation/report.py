@@ -153,7 +153,8 @@ def render(results: dict) -> str:
         parts += ["> **Quick run** (`--quick`: a few training steps, one seed). It checks that the harness runs end "
                   "to end; its figures say nothing about the methods.", ""]  # fmt: skip
     parts += [f"Command: `{results['command']}`. Plan: `{results['plan_path']}`. Seeds: {results['seeds']}. "
-              f"Written {results['written']}. Every value behind the tables: `results.json` (`values`).",
+              f"Written {results['written']}. Every value behind the tables: `results.json` (`values`; in docs/: "
+              "docs/ablation/results.json).",
               "Cells are mean ± sample sd over seeds. Align and the proxies are defined in docs/EVALUATION.md; "
               "`(held out)` columns average the held-out domains, the others the training domains.", ""]  # fmt: skip
     for t in results["plan"]["tables"]:
