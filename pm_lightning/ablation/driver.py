@@ -114,13 +114,16 @@ def _yaml(path: Path) -> dict | None:
 
 
 def copy_to_docs(out: Path, docs: Path) -> Path:
-    """docs/RESULTS.md (links pointing at docs/ablation/) and its figures in docs/ablation/{charts,pictures}/."""
+    """docs/RESULTS.md (links pointing at docs/ablation/), its figures in docs/ablation/{charts,pictures}/ and the
+    results.json it was rendered from in docs/ablation/results.json."""
     out, docs = Path(out), Path(docs)
     for sub in ("charts", "pictures"):
         target = docs / "ablation" / sub
         shutil.rmtree(target, ignore_errors=True)
         if (out / sub).is_dir():
             shutil.copytree(out / sub, target)
+    (docs / "ablation").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "results.json", docs / "ablation" / "results.json")
     text = (out / "RESULTS.md").read_text().replace("](charts/", "](ablation/charts/")
     (docs / "RESULTS.md").write_text(text.replace("](pictures/", "](ablation/pictures/"))
     return docs / "RESULTS.md"

@@ -1,15 +1,16 @@
-"""The local report of an ablation: results.json (rows x seeds x metrics, summaries, contrasts), RESULTS.md (the
-tables, which claims of the papers reproduce in direction and which do not, the figures), a bar chart per metric
-(charts/<metric>.png) and one picture per row (pictures/<row>.png)."""
+"""The local report of an ablation: results.json (rows x seeds x metrics, summaries, contrasts and the evidence of
+ablation/evidence.py), RESULTS.md rendered from results.json alone (the tables, which claims of the papers reproduce
+in direction and which do not, the figures), a bar chart per metric (charts/<metric>.png) and one picture per row
+(pictures/<row>.png)."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from pm_lightning.ablation.charts import bar_chart, row_picture
 from pm_lightning.ablation.columns import column, format_value
+from pm_lightning.ablation.evidence import document
 from pm_lightning.ablation.jobs import eval_dir
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.core.atomic import atomic_path
@@ -131,27 +132,49 @@ def write_figures(plan: Plan, out: Path, results: dict) -> tuple[dict[str, Path]
     return charts, pictures
 
 
-def render(plan: Plan, results: dict, charts: dict[str, Path], pictures: dict[str, Path], command: str) -> str:
-    """RESULTS.md."""
-    parts = [f"# Ablation `{plan.name}`", ""]
-    if plan.quick:
+def gate_table(results: dict) -> str:
+    """Each masked row's domain gates per seed (results.json `gates`): count (kind), mean, min, max, the fraction
+    near 0."""
+    lines = ["| row | training | seed | gates | mean | min | max | near 0 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row, g in results["gates"].items():
+        for seed, s in g["seeds"].items():
+            if "error" in s:
+                lines.append(f"| {results['rows'][row]['label']} | {g['training']} | {seed} | {s['error']} | | | | |")
+                continue
+            lines.append(f"| {results['rows'][row]['label']} | {g['training']} | {seed} | {s['n']} ({s['gates']}) | "
+                         f"{s['mean']:.3f} | {s['min']:.3f} | {s['max']:.3f} | {s['near_zero']:.1%} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def render(results: dict) -> str:
+    """RESULTS.md, from results.json alone (ablation/evidence.document)."""
+    parts = [f"# Ablation `{results['ablation']}`", ""]
+    if results["quick"]:
         parts += ["> **Quick run** (`--quick`: a few training steps, one seed). It checks that the harness runs end "
                   "to end; its figures say nothing about the methods.", ""]  # fmt: skip
-    parts += [f"Command: `{command}`. Plan: `{plan.source}`. Seeds: {plan.seeds}. Written {time.strftime('%Y-%m-%d %H:%M %Z')}.",
+    parts += [f"Command: `{results['command']}`. Plan: `{results['plan_path']}`. Seeds: {results['seeds']}. "
+              f"Written {results['written']}. Every value behind the tables: `results.json` (`values`; in docs/: "
+              "docs/ablation/results.json).",
               "Cells are mean ± sample sd over seeds. Align and the proxies are defined in docs/EVALUATION.md; "
               "`(held out)` columns average the held-out domains, the others the training domains.", ""]  # fmt: skip
-    for t in plan.tables:
-        parts += [f"## {t.title}", "", markdown_table(results, t.rows, t.columns), ""]
-        if t.note:
-            parts += [t.note, ""]
+    for t in results["plan"]["tables"]:
+        parts += [f"## {t['title']}", "", markdown_table(results, t["rows"], t["columns"]), ""]
+        if t["note"]:
+            parts += [t["note"], ""]
     domains = domains_of(results)
     if domains:
         parts += [
             "## Align per domain",
             "",
-            markdown_table(results, plan.active_rows, [f"align/{d}" for d in domains]),
+            markdown_table(results, results["active_rows"], [f"align/{d}" for d in domains]),
             "",
         ]
+    if results["gates"]:
+        below = {s.get("near_zero_below") for g in results["gates"].values() for s in g["seeds"].values()} - {None}
+        parts += ["## Domain gates of the masked rows", "",
+                  "The per-domain gates of the row's final stage-1 adapter (its training's last checkpoint; sigmoid "
+                  f"gates as the sigmoid of their parameters, a tied gate once); near 0: |gate| < {min(below, default='-')}.", "",
+                  gate_table(results), ""]  # fmt: skip
     parts += ["## Paired comparisons", "",
               "a − b per seed (both rows share the seed's training noise and sampler seeds), its mean, 95% Student-t "
               "interval and two-sided paired t-test p; the verdict is the Holm-adjusted p (Holm-Bonferroni within each "
@@ -165,21 +188,23 @@ def render(plan: Plan, results: dict, charts: dict[str, Path], pictures: dict[st
             "Not finished (rerun the same command to resume): " + ", ".join(results["missing"]),
             "",
         ]
-    if charts:
-        parts += ["## Figures", ""] + [f"![{column(m).header}]({p.relative_to(p.parents[1])})" for m, p in charts.items()] + [""]  # fmt: skip
-    if pictures:
+    if results["charts"]:
+        parts += ["## Figures", ""] + [f"![{column(m).header}]({p})" for m, p in results["charts"].items()] + [""]
+    if results["pictures"]:
         parts += ["## Samples (same prompts and sampler seeds in every row)", ""]
-        parts += [f"![{row}]({p.relative_to(p.parents[1])})" for row, p in pictures.items()] + [""]
+        parts += [f"![{row}]({p})" for row, p in results["pictures"].items()] + [""]
     return "\n".join(parts)
 
 
 def write_report(plan: Plan, out: Path, results: dict, command: str) -> tuple[Path, Path, dict, dict]:
-    """results.json, RESULTS.md, charts/, pictures/ in `out`; returns (md, json, charts, pictures)."""
+    """results.json (ablation/evidence.document), RESULTS.md rendered from what results.json holds, charts/,
+    pictures/ in `out`; returns (md, json, charts, pictures)."""
     out = Path(out)
     charts, pictures = write_figures(plan, out, results)
     json_path, md_path = out / "results.json", out / "RESULTS.md"
+    text = json.dumps(document(plan, out, results, command, charts, pictures), indent=1) + "\n"
     with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.write_text(text)
     with atomic_path(md_path) as tmp:
-        tmp.write_text(render(plan, results, charts, pictures, command))
+        tmp.write_text(render(json.loads(text)))
     return md_path, json_path, charts, pictures
