@@ -55,11 +55,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(flag, type=kind, default=None, help=f"--launcher slurm: {what} (default: the plan's cluster)")
     p.add_argument("--start-over", action="store_true", help="move an earlier OUT aside (OUT.prev-<time>) first")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
-    p.add_argument(
-        "--write-docs",
-        action="store_true",
-        help="copy RESULTS.md, its figures and results.json to docs/ (docs/RESULTS.md, docs/ablation/)",
-    )
+    p.add_argument("--write-docs", action="store_true", help="copy RESULTS.md, figures, results.json to docs/")
     p.add_argument("--run-job", default=None, help=argparse.SUPPRESS)  # the worker of one evaluation job
     return p.parse_args(argv)
 

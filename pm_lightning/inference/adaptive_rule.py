@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from pm_lightning.inference.adaptive_ranges import FIELD_RULES
+
 TERMS = ("glob", "loc", "sem")
 
 
@@ -39,8 +41,6 @@ class AdaptiveConfig:
     max_rounds: int = 3  # score -> decide -> edit rounds at most
 
     def __post_init__(self):
-        from pm_lightning.inference.adaptive_settings import FIELD_RULES  # each field's range: one table, flags too
-
         for name in ("w_glob", "w_loc", "w_sem", "k1", "k2", "add_floor", "del_ceiling"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):  # a number, not text that parses as one

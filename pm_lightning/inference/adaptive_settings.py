@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,27 +13,12 @@ import yaml
 
 from pm_lightning.core import validate as v
 from pm_lightning.core.paths import tiny_eval_dir
+from pm_lightning.inference.adaptive_ranges import FIELD_RULES
 
 if TYPE_CHECKING:
     from pm_lightning.inference.adaptive_rule import AdaptiveConfig
 
 log = logging.getLogger(__name__)
-
-# The range of each AdaptiveConfig field (one flag each; tests/test_adaptive.py checks every field has one), which
-# AdaptiveConfig checks too. Rules between fields (del_ceiling < add_floor, min_frames <= max_frames) are AdaptiveConfig's own.
-FIELD_RULES = {
-    "w_glob": v.NON_NEGATIVE,
-    "w_loc": v.NON_NEGATIVE,
-    "w_sem": v.NON_NEGATIVE,
-    "k1": v.NON_NEGATIVE,
-    "k2": v.NON_NEGATIVE,
-    "add_floor": v.NON_NEGATIVE,
-    "del_ceiling": v.Rule(float, 0, extra=(math.inf,)),  # inf: no guard (adaptive_rule.PAPER_RULE)
-    "two_frame_ratio": v.Rule(float, 1),
-    "min_frames": v.Rule(int, 2, 1000),
-    "max_frames": v.Rule(int, 2, 1000),
-    "max_rounds": v.Rule(int, 0, 100),
-}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
