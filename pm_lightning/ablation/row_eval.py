@@ -4,7 +4,8 @@ domain, models/lora_names.py; none for the base), adaptive steps with
 that seed's stage-2 LoRA for the adaptive rows (`inference/session.run_adaptive`), sample folders as `generate`
 writes them, then `eval/sample_table` scores them (an adaptive row on its final sequences: Align on the final frames
 in the stage-1 layout, the judge on all of them; docs/EVALUATION.md, "Final sequences") and `eval/adaptive_truth`
-measures the adaptive rows on ground truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B evaluation run.
+measures the adaptive rows on ground truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B
+evaluation run.
 """
 
 from __future__ import annotations
