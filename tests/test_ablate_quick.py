@@ -68,6 +68,43 @@ def judge_reply(body: dict) -> Reply:
 WALL_TIME = ("train_s", "eval_s", "adaptive_s")
 
 
+def check_stage2_align(out: Path, results: dict) -> None:
+    """The stage-2 rows are scored on their final sequences (docs/EVALUATION.md, "Final sequences"): a sample the
+    adaptive steps left alone has its stage-1 grid's Align, which is masked_align's sample's (the same stage-1 LoRA
+    and sampler seed); an edited one is scored on its final frames resampled into the stage-1 layout, so its Align
+    differs from masked_align's exactly when that resampled grid differs from the stage-1 grid (one frame inserted
+    into a 2 x 2 sequence at its middle is dropped by the resampling: cells 0 1 3 4 of 5)."""
+    import numpy as np
+    from PIL import Image
+
+    from pm_lightning.eval.final_grid import align_grid
+
+    def by_prompt(row: str) -> dict:
+        record = json.loads((out / "eval" / row / "seed-0" / "metrics.json").read_text())
+        return {Path(s["sample"]).name: s for s in record["samples"]}
+
+    stage1 = by_prompt("masked_align")
+    assert {s["scored_grid"] for s in stage1.values()} == {"stage1"}
+    for row in ROWS[5:]:
+        samples = by_prompt(row)
+        assert samples.keys() == stage1.keys()
+        for name, s in samples.items():
+            edited = bool(s["inserted"] or s["deleted"])
+            assert s["scored_grid"] == ("final" if edited else "stage1")
+            folder = Path(s["sample"])
+            grid = Image.open(folder / "grid.png").convert("RGB")
+            settings = json.loads((folder / "report.json").read_text())["settings"]
+            rows, cols = settings["rows"], settings["cols"]
+            frames = [Image.open(p) for p in sorted((folder / "frames").glob("*.png"))]
+            shown = align_grid(frames, rows, cols, (grid.width // cols, grid.height // rows))
+            changed = not np.array_equal(np.asarray(shown), np.asarray(grid))
+            assert changed <= edited  # no edit: the final frames are the stage-1 grid's
+            same = s["align"] == pytest.approx(stage1[name]["align"], abs=1e-4)
+            assert same != changed, (row, name, s["inserted"], s["deleted"], s["align"], stage1[name]["align"])
+        mean_inserted = sum(s["inserted"] for s in samples.values()) / len(samples)
+        assert results["rows"][row]["seeds"]["0"]["metrics"]["inserted"] == pytest.approx(mean_inserted)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One uninterrupted quick ablation with a judge endpoint: (output folder, process, seconds, judge requests)."""
@@ -90,13 +127,17 @@ def test_quick_ablation_end_to_end_and_resume(quick_run):
     for row in ROWS:
         metrics = results["rows"][row]["seeds"]["0"]["metrics"]
         assert 0 <= metrics["align"] <= 100 and 0 <= metrics["unseen_align"] <= 100
-        assert {"align/lego", "align/origami", "gt_sim", "mono_px", "even_px"} <= set(metrics)
+        assert {"align/lego", "align/origami", "gt_sim", "mono_px", "even_px", "coh_proxy"} <= set(metrics)
+        assert 0 <= metrics["coh_proxy"] <= 1
         assert (out / "pictures" / f"{row}.png").is_file()
     full = results["rows"]["full"]["seeds"]["0"]["metrics"]
     assert {"truth_removal_found", "truth_duplicate_deleted", "inserted", "train_s"} <= set(full)
     assert results["rows"]["asymmetric"]["seeds"]["0"]["metrics"]["params_flux"] > 4e9  # MakeAnything's 4.19B
+
+    check_stage2_align(out, results)
     text = (out / "RESULTS.md").read_text()
     assert "Quick run" in text and "## Which claims reproduce" in text and "![Align](charts/align.png)" in text
+    assert "| Coh proxy |" in text.split("## ProcessMaker Table 3", 1)[1].split("\n## ", 1)[0]
 
     # the judge columns: the generated grids went to the endpoint (at most once each: a cache serves repeats), the
     # scores it gave are the columns (means over the row's samples), and the report shows them

@@ -10,6 +10,8 @@ from pm_lightning.ablation.plan import PlanError, load_plan, parse_plan
 from tests.ablation_fakes import (
     PLAN,
     plan_data,
+    three_seed_plan,
+    write_fake_results,
 )
 
 
@@ -28,7 +30,8 @@ def test_prompts_are_never_trained_corpus_sequences_with_their_true_frames(tmp_p
 
 
 def test_table_metrics_average_training_and_held_out_domains_apart():
-    from pm_lightning.ablation.row_eval import edits, table_metrics
+    from pm_lightning.ablation.row_eval import table_metrics
+    from pm_lightning.eval.sample_table import edits
 
     results = {"domains": {"lego": {"align": 80.0, "gt_similarity": 0.5}, "cake": {"align": 60.0, "gt_similarity": None},
                            "origami": {"align": 30.0, "gt_similarity": 0.2}}}  # fmt: skip
@@ -57,3 +60,34 @@ def test_a_row_can_change_its_training_and_its_parameter_count_follows(tmp_path)
     data["rows"]["base"]["args"] = {"trainer.max_steps": 5}
     with pytest.raises(PlanError, match="rows.base.args: only a row with an overlay trains"):
         parse_plan(data, str(PLAN))
+
+
+def test_the_report_renders_the_coherence_proxy_column(tmp_path):
+    """Coh proxy (Mono px x Even px, the stand-in for Table 3's GPT-4o Coh) is a column of the plan's tables: its
+    per-seed values become "mean ± sd" cells in Table 3 and its held-out mean in the unseen-domains table; without a
+    judge the judge's Coh column stays out."""
+    import json
+
+    from pm_lightning.ablation.report import write_report
+    from pm_lightning.ablation.results import collect
+
+    plan = three_seed_plan()
+    jobs = write_fake_results(plan, tmp_path)
+    coh = {"base": 0.2, "lora": 0.3, "masked_align": 0.4, "full": 0.5}
+    for job in jobs:
+        if job.kind == "eval":
+            path = job.out / "metrics.json"
+            record = json.loads(path.read_text())
+            record["metrics"].update(coh_proxy=coh[job.row] + 0.01 * job.seed, unseen_coh_proxy=coh[job.row] / 2)
+            path.write_text(json.dumps(record))
+    md, _, charts, _ = write_report(plan, tmp_path, collect(plan, tmp_path, jobs, {}), "cmd")
+    text = md.read_text()
+    table3 = text.split("## ProcessMaker Table 3 (training domains)", 1)[1].split("\n## ", 1)[0]
+    head = next(line for line in table3.splitlines() if line.startswith("| row |"))
+    cells = [c.strip() for c in head.strip("|").split("|")]
+    assert "Coh proxy" in cells and "Coh (judge)" not in cells
+    full = next(line for line in table3.splitlines() if line.startswith("| Full (+ adaptive steps) |"))
+    assert [c.strip() for c in full.strip("|").split("|")][cells.index("Coh proxy")] == "0.510 ± 0.010"
+    unseen = text.split("## Unseen domains", 1)[1].split("\n## ", 1)[0]
+    assert "Coh proxy (held out)" in unseen and "| 0.150 |" in unseen.replace(" ± 0.000", "")
+    assert "coh_proxy" in charts

@@ -10,9 +10,11 @@ import torch
 from pm_lightning.data.synthetic_corpus import TRAIN_DOMAINS, generate_sequence
 from pm_lightning.eval.scores import (
     clip_score,
+    coherence_proxy,
     ground_truth_similarity,
     pairwise_distance,
     pixel_features,
+    progress_index,
     progress_monotonicity,
     sequence_proxies,
     step_evenness,
@@ -77,6 +79,32 @@ def test_synthetic_sequence_evenness_drops_with_a_duplicate_frame():
     pix = pixel_features(seq.frames)
     with_dup = torch.cat([pix[:4], pix[3:4], pix[4:]])
     assert step_evenness(with_dup, "l2") < step_evenness(pix, "l2")
+
+
+def test_coherence_proxy_is_monotonicity_times_evenness():
+    """Coh proxy on a hand-computed sequence: distances to the last frame 4, 1, 3, 2, 0 give monotonicity 3/4; steps
+    3, 2, 1, 2 (mean 2, population sd sqrt(0.5)) give evenness 1 - sqrt(0.5) / 2; the proxy is their product."""
+    x = torch.tensor([[0.0], [3.0], [1.0], [2.0], [4.0]])
+    mono, even = progress_monotonicity(x, metric="l2"), step_evenness(x, "l2")
+    assert mono == pytest.approx(0.75) and even == pytest.approx(1 - 0.5**0.5 / 2)
+    assert coherence_proxy(mono, even) == pytest.approx(0.75 * (1 - 0.5**0.5 / 2))
+    assert coherence_proxy(1.0, 1.0) == 1.0 and coherence_proxy(1.0, 0.0) == 0.0 and coherence_proxy(0.0, 0.7) == 0.0
+    nan = progress_monotonicity(x[:1], metric="l2")  # undefined for one frame: so is the proxy
+    assert coherence_proxy(nan, 1.0) != coherence_proxy(nan, 1.0)
+    seq = generate_sequence("lego", seed=3)  # a true sequence against the same one with a frame shown twice
+    pix = pixel_features(seq.frames)
+    dup = torch.cat([pix[:4], pix[3:4], pix[4:]])
+
+    def coh(p):
+        return coherence_proxy(progress_monotonicity(p, metric="l2"), step_evenness(p, "l2"))
+
+    assert coh(dup) < coh(pix)
+
+
+def test_progress_index_pairs_frames_by_the_fraction_of_the_way_through():
+    assert progress_index(9, 10).tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # k * 9 / 8; 4.5 rounds half to even
+    assert progress_index(9, 8).tolist() == [0, 1, 2, 3, 4, 4, 5, 6, 7]  # k * 7 / 8: 3.5 -> 4, 4.375 -> 4
+    assert progress_index(9, 9).tolist() == list(range(9)) and progress_index(1, 5).tolist() == [0]
 
 
 def test_ground_truth_similarity_and_proxies_dict():

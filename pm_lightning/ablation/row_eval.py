@@ -2,8 +2,10 @@
 row. Stage-1 grids as `generate` makes them (stock FluxPipeline + the row's LoRA file that serves the prompt's
 domain, models/lora_names.py; none for the base), adaptive steps with
 that seed's stage-2 LoRA for the adaptive rows (`inference/session.run_adaptive`), sample folders as `generate`
-writes them, then `eval/sample_table` scores them and `eval/adaptive_truth` measures the adaptive rows on ground
-truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B evaluation run.
+writes them, then `eval/sample_table` scores them (an adaptive row on its final sequences: Align on the final frames
+in the stage-1 layout, the judge on all of them; docs/EVALUATION.md, "Final sequences") and `eval/adaptive_truth`
+measures the adaptive rows on ground truth. Writes OUT/eval/<row>/seed-<s>/{samples/, metrics.json} and the W&B
+evaluation run.
 """
 
 from __future__ import annotations
@@ -108,14 +110,6 @@ def table_metrics(results: dict, held_out: list[str]) -> dict[str, float]:
     return out
 
 
-def edits(report: dict | None) -> tuple[int, int]:
-    """(frames inserted, frames deleted) by the adaptive steps of one sample."""
-    if not report:
-        return 0, 0
-    applied = [d for r in report["rounds"] for d in r["decisions"] if d["applied"]]
-    return sum(d.get("n", 1) for d in applied if d["action"] == "insert"), sum(d["action"] == "delete" for d in applied)
-
-
 def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
     """Generate, adapt, score and measure one (row, seed); returns the metrics record (also metrics.json)."""
     from pm_lightning.data.grid import grid_to_frames, layout_for
@@ -175,11 +169,10 @@ def evaluate_pair(plan: Plan, out: Path, row: str, seed: int) -> dict:
         write_sample(req.out, grid, final, captions_for(result, req.steps, len(final)), report)
     results = evaluate(folder.samples, enc, judge_for(plan, out / "judge-cache"))
     metrics = table_metrics(results, plan.eval.held_out)
-    if spec.adaptive:
-        counts = [edits(json.loads((folder.samples / p.id / "report.json").read_text())["adaptive"])
-                  for p in prompts]  # fmt: skip
-        metrics["inserted"] = sum(c[0] for c in counts) / len(counts)
-        metrics["deleted"] = sum(c[1] for c in counts) / len(counts)
+    if spec.adaptive:  # the samples' edit counts, as the sample table read them from each report (sample_table.edits)
+        scored = results["samples"]
+        metrics["inserted"] = sum(s["inserted"] for s in scored) / len(scored)
+        metrics["deleted"] = sum(s["deleted"] for s in scored) / len(scored)
         metrics.update(truth_figures(plan, scorer, spec.adaptive, config, seed))
     record = {"row": row, "seed": seed, "metrics": metrics, "samples": results["samples"],
               "skipped": results["skipped"], "adaptive_config": config, "encoders": results["encoders"],

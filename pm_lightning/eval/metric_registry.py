@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from pm_lightning.eval.judge import JudgeResult
-from pm_lightning.eval.scores import clip_score
+from pm_lightning.eval.scores import clip_score, coherence_proxy
 
 
 @dataclass
@@ -73,6 +73,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("evenness_clip", "Even", ".3f", "even", lambda f: f.clip["evenness"]),
     Metric("monotonicity_pixel", "Mono px", ".3f", "mono_px", lambda f: f.pixel["monotonicity"]),
     Metric("evenness_pixel", "Even px", ".3f", "even_px", lambda f: f.pixel["evenness"]),
+    Metric(
+        "coh_proxy",
+        "Coh proxy",
+        ".3f",
+        "coh_proxy",
+        lambda f: coherence_proxy(f.pixel["monotonicity"], f.pixel["evenness"]),
+    ),
     Metric("gt_similarity", "GT sim", ".3f", "gt_sim", lambda f: f.clip["gt_similarity"], needs_truth=True),
 )
 """In the order of the table's columns."""

@@ -3,6 +3,12 @@
 A sample folder holds `grid.png`, `frames/` (00.png, 01.png, ...) and `report.json` with at least `prompt`
 and `domain`, optionally `ground_truth` (a folder of true frames, relative to the sample folder or absolute)
 and `steps`. The metrics, their columns and formats: `eval/metric_registry.py`. Definitions: docs/EVALUATION.md.
+
+A sample whose report records applied adaptive edits (`adaptive.rounds[].decisions[]`: stage 2's insertions and
+deletions) is scored on its final sequence: Align on `eval/final_grid.align_grid` (the final frames in the stage-1
+layout, `settings.rows` / `settings.cols`), the judge on `final_grid.square_grid`; the per-frame metrics read
+`frames/`, which is the final sequence in every case. The edit counts (`edits`) are kept here, once, and reported
+per sample (`inserted`, `deleted`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from tqdm import tqdm
 
 from pm_lightning.core.progress import progress_bar
 from pm_lightning.data.importers import load_user_image
+from pm_lightning.eval.final_grid import align_grid, square_grid
 from pm_lightning.eval.metric_registry import BY_KEY, METRICS, SampleFeatures
 from pm_lightning.eval.scores import pixel_features, sequence_proxies
 
@@ -32,6 +39,41 @@ class Sample:
     grid: Image.Image
     frames: list[Image.Image]
     ground_truth: list[Image.Image] | None
+    inserted: int = 0
+    """Frames the adaptive steps inserted (`edits`)."""
+    deleted: int = 0
+    """Frames the adaptive steps deleted."""
+    layout: tuple[int, int] | None = None
+    """The stage-1 grid's (rows, cols): the report's settings, else grid.png's size over the first frame's."""
+
+    @property
+    def edited(self) -> bool:
+        """Whether the final frames differ from the stage-1 grid's (an applied insertion or deletion)."""
+        return bool(self.inserted or self.deleted)
+
+    def scored_grids(self) -> tuple[Image.Image, Image.Image]:
+        """(the grid Align scores, the grid the judge sees): the stage-1 grid, or after edits the final sequence's."""
+        if not self.edited:
+            return self.grid, self.grid
+        rows, cols = self.layout
+        cell = (self.grid.width // cols, self.grid.height // rows)
+        return align_grid(self.frames, rows, cols, cell), square_grid(self.frames, cell)
+
+
+def edits(adaptive: dict | None) -> tuple[int, int]:
+    """(frames inserted, frames deleted) by the adaptive steps of one sample: its report's `adaptive` section,
+    counting applied decisions only (None: no adaptive steps, (0, 0))."""
+    if not adaptive:
+        return 0, 0
+    applied = [d for r in adaptive["rounds"] for d in r["decisions"] if d["applied"]]
+    return sum(d.get("n", 1) for d in applied if d["action"] == "insert"), sum(d["action"] == "delete" for d in applied)
+
+
+def _layout(report: dict, grid: Image.Image, first: Image.Image) -> tuple[int, int]:
+    settings = report.get("settings") or {}
+    if settings.get("rows") and settings.get("cols"):
+        return int(settings["rows"]), int(settings["cols"])
+    return max(1, round(grid.height / first.height)), max(1, round(grid.width / first.width))
 
 
 def _open_frames(folder: Path) -> list[Image.Image]:
@@ -60,7 +102,13 @@ def read_sample(folder: Path) -> Sample:
         gt_dir = Path(report["ground_truth"])
         gt = _open_frames(gt_dir if gt_dir.is_absolute() else folder / gt_dir)
     grid = load_user_image(folder / "grid.png", "grid")
-    return Sample(folder, str(report["prompt"]), str(report["domain"]), grid, _open_frames(folder / "frames"), gt)
+    frames = _open_frames(folder / "frames")
+    try:
+        inserted, deleted = edits(report.get("adaptive"))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{folder}/report.json: unreadable adaptive section ({err!r})") from None
+    layout = _layout(report, grid, frames[0])
+    return Sample(folder, str(report["prompt"]), str(report["domain"]), grid, frames, gt, inserted, deleted, layout)
 
 
 def find_samples(root: Path) -> list[Path]:
@@ -69,9 +117,11 @@ def find_samples(root: Path) -> list[Path]:
 
 
 def score_sample(enc, sample: Sample, judge=None) -> dict:
-    """Every metric of one sample (one CLIP image pass over grid, frames and ground truth); judge metrics with a judge."""
+    """Every metric of one sample (one CLIP image pass over grid, frames and ground truth); judge metrics with a judge.
+    An edited sample's Align and judge read its final sequence's grids (`Sample.scored_grids`)."""
     n, t = len(sample.frames), sample.ground_truth or []
-    emb = enc.image_embeddings([sample.grid, *sample.frames, *t])  # (1 + T + T', D)
+    grid, judged = sample.scored_grids()
+    emb = enc.image_embeddings([grid, *sample.frames, *t])  # (1 + T + T', D)
     frames_emb, truth_emb = emb[1 : 1 + n], emb[1 + n :]
     pix = pixel_features(list(sample.frames) + list(t))
     features = SampleFeatures(
@@ -80,7 +130,7 @@ def score_sample(enc, sample: Sample, judge=None) -> dict:
         frames=frames_emb,
         clip=sequence_proxies(frames_emb, truth_emb if t else None),
         pixel=sequence_proxies(pix[:n], pix[n:] if t else None, "l2"),
-        judge=judge.score(sample.grid, sample.prompt) if judge is not None else None,
+        judge=judge.score(judged, sample.prompt) if judge is not None else None,
     )
     row = {
         "sample": str(sample.path),
@@ -88,6 +138,9 @@ def score_sample(enc, sample: Sample, judge=None) -> dict:
         "prompt": sample.prompt,
         "frames": n,
         "proxy_target": "ground_truth" if t else "last_frame",
+        "inserted": sample.inserted,
+        "deleted": sample.deleted,
+        "scored_grid": "final" if sample.edited else "stage1",
     }
     for metric in METRICS:
         if not (metric.judge and judge is None) and not (metric.needs_truth and not t):

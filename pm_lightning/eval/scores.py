@@ -7,6 +7,9 @@ Definitions (also in docs/EVALUATION.md), for features x_0 .. x_{T-1} of a seque
   d_{k+1} < d_k - tol.
 - step evenness: with s_k = dist(x_k, x_{k+1}) (k = 0 .. T-2), 1 - std(s) / mean(s)
   (population std), clipped to [0, 1]; 0 when mean(s) = 0 (all frames identical).
+- coherence proxy: monotonicity x evenness (an objective stand-in for the judge's Coherence, in [0, 1]).
+- progress index: frame k of T meets frame j(k) = round(k (T'-1) / (T-1)) of T' (the same fraction of the way
+  through); GT sim pairs frames by it, and a final sequence is resampled by it into a fixed frame count.
 """
 
 from __future__ import annotations
@@ -78,10 +81,23 @@ def step_evenness(features: torch.Tensor, metric: str = "cosine") -> float:
     return (1 - s.std(unbiased=False) / mean).clamp(0, 1).item()
 
 
+def coherence_proxy(monotonicity: float, evenness: float) -> float:
+    """Coh proxy = monotonicity x evenness, in [0, 1]: 1 only when every step moves towards the result and every step
+    changes the picture by the same amount; 0 when either fails completely; nan when either is undefined (T < 2)."""
+    return monotonicity * evenness
+
+
+def progress_index(t: int, tt: int) -> torch.Tensor:
+    """(t,) indices into a sequence of `tt` frames: j(k) = round(k (tt-1) / (t-1)), the frame the same fraction of
+    the way through (half to even, torch.round); [0] when t == 1."""
+    if t == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.round(torch.arange(t) * (tt - 1) / (t - 1)).long()
+
+
 def ground_truth_similarity(features: torch.Tensor, truth: torch.Tensor) -> float:
     """Mean cosine of generated frame k with true frame j(k) = round(k (T'-1)/(T-1)) (same progress fraction)."""
-    t, tt = features.shape[0], truth.shape[0]
-    idx = torch.zeros(1, dtype=torch.long) if t == 1 else torch.round(torch.arange(t) * (tt - 1) / (t - 1)).long()
+    idx = progress_index(features.shape[0], truth.shape[0])
     return F.cosine_similarity(features.float(), truth[idx].float(), dim=-1).mean().item()
 
 
