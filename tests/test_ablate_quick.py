@@ -84,13 +84,13 @@ def check_stage2_align(out: Path, results: dict) -> None:
         return {Path(s["sample"]).name: s for s in record["samples"]}
 
     stage1 = by_prompt("masked_align")
-    assert {s["scored_grid"] for s in stage1.values()} == {"stage1"}
+    assert {s["scored_grid"] for s in stage1.values()} == {"stage1_grid"}
     for row in ROWS[5:]:
         samples = by_prompt(row)
         assert samples.keys() == stage1.keys()
         for name, s in samples.items():
             edited = bool(s["inserted"] or s["deleted"])
-            assert s["scored_grid"] == ("final" if edited else "stage1")
+            assert s["scored_grid"] == ("final_sequence" if edited else "stage1_grid")
             folder = Path(s["sample"])
             grid = Image.open(folder / "grid.png").convert("RGB")
             settings = json.loads((folder / "report.json").read_text())["settings"]

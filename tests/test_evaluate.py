@@ -85,7 +85,7 @@ def test_cli_writes_table_and_json(samples, tmp_path, capsys):
     for s in data["samples"]:  # true sequences: every step moves towards the end in pixel space
         assert s["monotonicity_pixel"] == 1.0 and 0 < s["align"] <= 100 and 0 <= s["evenness_clip"] <= 1
         assert s["coh_proxy"] == pytest.approx(s["monotonicity_pixel"] * s["evenness_pixel"])
-        assert (s["inserted"], s["deleted"], s["scored_grid"]) == (0, 0, "stage1")  # no adaptive steps
+        assert (s["inserted"], s["deleted"], s["scored_grid"]) == (0, 0, "stage1_grid")  # no adaptive steps
     mean = data["mean"]
     assert mean["align"] == pytest.approx((data["domains"]["cake"]["align"] + data["domains"]["lego"]["align"]) / 2)
     md = out.with_suffix(".md").read_text()
@@ -200,7 +200,12 @@ def test_a_stage2_sample_is_scored_on_its_final_sequence(tmp_path):
     stage1_align = align_of(frames_to_grid(stage1, 3, 3))
     assert rows["a_stage1"]["align"] == pytest.approx(stage1_align, abs=1e-4)
     assert rows["b_untouched"]["align"] == pytest.approx(stage1_align, abs=1e-4)  # a refused edit changes nothing
-    assert [rows[k]["scored_grid"] for k in sorted(rows)] == ["stage1", "stage1", "final", "final"]
+    assert [rows[k]["scored_grid"] for k in sorted(rows)] == [
+        "stage1_grid",
+        "stage1_grid",
+        "final_sequence",
+        "final_sequence",
+    ]
     assert [(rows[k]["inserted"], rows[k]["deleted"]) for k in sorted(rows)] == [(0, 0), (0, 0), (1, 0), (1, 1)]
     # 10 final frames into 9 cells: cell k shows frame round(k * 9 / 8) = 0 1 2 3 4 6 7 8 9 (4.5 rounds to 4)
     resampled = frames_to_grid([inserted[j] for j in (0, 1, 2, 3, 4, 6, 7, 8, 9)], 3, 3)

@@ -140,7 +140,7 @@ def score_sample(enc, sample: Sample, judge=None) -> dict:
         "proxy_target": "ground_truth" if t else "last_frame",
         "inserted": sample.inserted,
         "deleted": sample.deleted,
-        "scored_grid": "final" if sample.edited else "stage1",
+        "scored_grid": "final_sequence" if sample.edited else "stage1_grid",
     }
     for metric in METRICS:
         if not (metric.judge and judge is None) and not (metric.needs_truth and not t):
