@@ -23,13 +23,12 @@ from pm_lightning import fit
 from pm_lightning.ablation.plan import load_plan, select
 from pm_lightning.data.datamodule import ProcessDataModule
 from pm_lightning.data.pixels import float_pixels
-from pm_lightning.models.adapter_config import AdapterConfig
 from pm_lightning.models.adapters import adapter_parameters
 from pm_lightning.models.alignment import SCHEDULES, AlignmentConfig, alignment_weight
 from pm_lightning.training.flow import FlowConfig, sample_timesteps, step_generator, timestep_mean
-from pm_lightning.training.optim import OptimizerConfig
 from pm_lightning.training.stage1 import Stage1Module
 from tests.conftest import REPO, TRAIN_DOMAINS
+from tests.test_wiring_stage1 import stage1
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
 
@@ -121,21 +120,7 @@ def test_a_real_step_weights_each_sample_by_the_normalised_schedule_and_the_grad
     alone sends a finite, non-zero gradient into the adapters (B moved off zero, so the student differs). The sampler
     is Flux's resolution shift, off-centre, so the normaliser depends on both the flow settings and the token count."""
     flow = dict(shift_mode="flux", logit_mean=0.3)
-    module = Stage1Module(
-        base=tiny_base,
-        domains=TRAIN_DOMAINS,
-        flow=FlowConfig(**flow),
-        adapter=AdapterConfig(kind="masked", rank=4),
-        alignment=NORMALISED,
-        optimizer=OptimizerConfig(name="adamw", lr=1e-3),
-    )
-    module.configure_model()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in module.transformer.named_parameters():
-            if p.requires_grad and "lora_B" in name:
-                p.normal_(0, 0.02)
-    module.train()
+    module = stage1(tiny_base, NORMALISED, flow=FlowConfig(**flow))
     terms = module.losses(batch, step=0)
     tokens = module.encode_batch(batch)[0].shape[1]  # (B, N, 64): N image tokens
     mean = timestep_mean(SCHEDULES["linear"], FlowConfig(**flow), tokens)

@@ -33,14 +33,16 @@ def batch(tiny_shards) -> dict:
     return float_pixels(next(iter(dm.train_dataloader())))  # [-1, 1], as the Trainer's batch-transfer hook makes it
 
 
-def stage1(tiny_base, alignment: AlignmentConfig | None = None) -> Stage1Module:
-    """A masked stage-1 module (rank 4) whose B is moved off zero, so gates and alignment have something to do."""
+def stage1(tiny_base, alignment: AlignmentConfig | None = None, **kwargs) -> Stage1Module:
+    """A masked stage-1 module (rank 4) whose B is moved off zero, so gates and alignment have something to do;
+    `kwargs`: other Stage1Module arguments (flow, ...)."""
     module = Stage1Module(
         base=tiny_base,
         domains=TRAIN_DOMAINS,
         adapter=AdapterConfig(kind="masked", rank=4),
         alignment=alignment or AlignmentConfig(enabled=False),
         optimizer=OptimizerConfig(name="adamw", lr=1e-3),
+        **kwargs,
     )
     module.configure_model()
     torch.manual_seed(0)
