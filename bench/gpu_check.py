@@ -197,9 +197,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--quant", default="auto", choices=("auto", "none", "int8", "fp8", "nf4"), help="quantized-base step"
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="turn off cuDNN's fused attention (torch.backends.cuda.enable_cudnn_sdp(False)): under torch 2.11.0+cu130 "
+        "on an H200 its backward failed (docs/BENCHMARKS.md, 'GPU check')",
+    )
     args = p.parse_args(argv)
     if not args.tiny:
         refuse_without_cuda(args.device)
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)  # SDPA picks flash / memory-efficient attention instead
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     steps, warmup = args.steps or (2 if args.tiny else 10), 1 if args.tiny else 3
     flags = ["--device", device, "--scale", "small" if args.tiny else "full"]

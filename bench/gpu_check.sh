@@ -7,7 +7,8 @@
 # Without a usable CUDA GPU the full check stops at once and says why (CPU torch, a driver too old for the CUDA 13
 # build, no device) and how to build a CUDA 12 venv; it never runs the 12B model on CPU.
 # The quantized-base step runs with `--quant auto|none|int8|fp8|nf4` (auto: fp8 on Ada / Hopper, else int8).
-# Figures also go to $OUT/gpu_check.json when OUT is set. Not yet run on a GPU (none was available when written).
+# Figures also go to $OUT/gpu_check.json when OUT is set. Run on one H200 on 2026-12-04 (docs/BENCHMARKS.md, "GPU check";
+# under torch 2.11 cuDNN's fused attention failed there: `--no-cudnn-attention` turns it off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

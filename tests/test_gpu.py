@@ -3,6 +3,7 @@ quantized bases (int8 / fp8 / nf4) train under bf16-mixed."""
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -24,12 +25,13 @@ def test_bf16_mixed_step_on_cuda(tmp_path, tiny_base, tiny_shards):
         num_workers=0,
         samples_per_epoch=4,
     )
-    trainer = gpu_trainer(tmp_path, max_steps=1)
+    placed = Placement()
+    trainer = gpu_trainer(tmp_path, max_steps=1, callbacks=[placed])
     trainer.fit(module, datamodule=data)
     base = [p for p in module.transformer.parameters() if not p.requires_grad]
     adapters = module.trainable_parameters()
     assert {p.dtype for p in base} == {torch.bfloat16} and {p.dtype for p in adapters} == {torch.float32}
-    assert all(p.is_cuda for p in adapters)
+    assert placed.steps == [True]  # trained on the GPU (Lightning's teardown moves the model to CPU after fit)
 
 
 @pytest.mark.parametrize("mode", ["int8", "fp8", "nf4"])
@@ -52,20 +54,32 @@ def test_quantized_base_trains_on_cuda_in_bf16_mixed(tmp_path, tiny_base, tiny_s
     data = ProcessDataModule(
         train_shards=tiny_shards["train"], domains=TRAIN_DOMAINS, resolution=96, batch_size=2, num_workers=0
     )
-    trainer = gpu_trainer(tmp_path, max_steps=2)
+    placed = Placement()
+    trainer = gpu_trainer(tmp_path, max_steps=2, callbacks=[placed])
     trainer.fit(module, datamodule=data)
     assert quantized_linears(module.transformer)
-    assert all(p.is_cuda and p.dtype == torch.float32 for p in module.trainable_parameters())
+    assert placed.steps == [True, True]  # the fp32 adapters trained on the GPU
+    assert all(p.dtype == torch.float32 for p in module.trainable_parameters())
     assert torch.isfinite(trainer.callback_metrics["loss/total"])
     lora_b = [p for n, p in module.transformer.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: two steps moved it
 
 
-def gpu_trainer(tmp_path, max_steps: int):
-    """One GPU, bf16-mixed, no logger or checkpoints: the Lightning path of the gpu tier."""
-    import lightning as L
+class Placement(L.Callback):
+    """Records, after each training step, whether every trainable parameter is on CUDA (read during training: after
+    fit, Lightning's single-device teardown has moved the model to CPU memory)."""
 
+    def __init__(self):
+        self.steps: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.steps.append(all(p.is_cuda for p in pl_module.trainable_parameters()))
+
+
+def gpu_trainer(tmp_path, max_steps: int, callbacks=()):
+    """One GPU, bf16-mixed, no logger or checkpoints: the Lightning path of the gpu tier."""
     return L.Trainer(
+        callbacks=list(callbacks),
         accelerator="gpu",
         devices=1,
         precision="bf16-mixed",
