@@ -112,9 +112,8 @@ test-kill: $(STAMP) shards
 
 # Multi-process strategy runs too long for CI's budget (tests marked `campaign` outside test_faults_kill /
 # test_ablate_quick): HSDP as 2 "nodes" x 2 on 4 gloo processes against DDP on 4, on the default shards; compiled
-# blocks against eager on 2 processes under DDP and FSDP2; FLUX.1-dev's depth (57 blocks, narrow) under HSDP as 2 x 2
-# against DDP on 4 processes. The files run whole, so their slow-tier tests run too (among them the same depth under
-# DDP and FSDP2 on 2 processes).
+# blocks against eager on 2 processes under DDP and FSDP2. The files run whole, so their slow-tier tests run too
+# (among them FLUX.1-dev's depth, 57 narrow blocks, under DDP / FSDP2 on 2 processes and HSDP 2 x 2 / DDP on 4).
 test-scaling: $(STAMP) shards
 	$(BIN)/python -m pytest -q -x -m slow --timeout 1800 --durations 5 tests/test_hsdp.py tests/test_compile_blocks_2proc.py tests/test_full_depth.py $(ARGS)
 

@@ -3,8 +3,8 @@
 under DDP and under a sharded strategy: the adapters in `last.ckpt` agree, and training moved them away from their
 initial values (so the agreement is not that of two untouched copies).
 
-CI's slow tier runs DDP against FSDP2 on 2 gloo processes (57 block units); the campaign tier (`make test-scaling`)
-runs DDP against HSDP on 4 gloo processes as 2 "nodes" x 2 (`shard_size: 2`), which takes minutes more on 2 cores."""
+CI's slow tier runs both: DDP against FSDP2 on 2 gloo processes (57 block units), and DDP against HSDP on 4 gloo
+processes as 2 "nodes" x 2 (`shard_size: 2`)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,6 @@ def test_full_depth_ddp_and_fsdp2_agree(tmp_path, full_depth_base, tiny_shards):
     assert_agree_and_moved(fsdp, ddp, tmp_path / "ddp" / "dump")
 
 
-@pytest.mark.campaign
 def test_full_depth_hsdp_2x2_and_ddp_on_4_agree(tmp_path, full_depth_base, tiny_shards):
     """4 processes, ranks 0, 1 and 2, 3 the shard groups, batch 2 per rank: on every rank every parameter is placed
     (Replicate(), Shard(0)) over 57 units, and the adapters equal DDP's on 4 processes, which all moved."""
