@@ -4,7 +4,7 @@ Beside what `results.collect` gives (rows x seeds x metrics, summaries, contrast
 value in long form (`values`: one record per row, seed, domain and metric), the plan file relative to the repo,
 the seeds, the command, the adaptive rows' calibration in use (OUT/calibration.json's content), the domain gates of
 each masked row's final adapter (read from its stage-1 training's last checkpoint), the figures (paths relative to
-OUT) and when it was written. No absolute path is kept (`portable`): the file can be committed and read anywhere.
+OUT) and when it was written. No absolute path is kept (`core.paths.portable`): the file can be committed and read anywhere.
 
 `check` recomputes the summaries and the contrasts (the same `stats` and `results` functions) from the long-form
 values alone and names what does not follow from them.
@@ -21,41 +21,18 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from pm_lightning.ablation.jobs import stage1_dir
+from pm_lightning.ablation.jobs import calibration_file, stage1_dir
 from pm_lightning.ablation.plan import Contrast, Plan
 from pm_lightning.ablation.results import adjust, contrast_record
 from pm_lightning.ablation.stats import summarize
-from pm_lightning.core.paths import ProjectFilesNotFound, project_home
+from pm_lightning.core.paths import portable
 from pm_lightning.core.run_layout import RunDir
 
-CALIBRATION_FILE = "calibration.json"  # what ablation/row_eval.adaptive_configs writes in OUT
 NEAR_ZERO = 0.05  # a gate with |value| below this counts as off (gates start at 1, sigmoid gates at 0.95)
 _GATE_KEY = re.compile(r"\.lora_gate(\.default)?$")  # a masked layer's gate parameter in a checkpoint's state_dict
 
 
 # ---------------------------------------------------------------- paths
-
-
-def repo_root() -> Path:
-    """The checkout the paths are made relative to (`core.paths.project_home`, else the package's parent)."""
-    try:
-        return project_home()
-    except ProjectFilesNotFound:
-        return Path(__file__).resolve().parents[2]
-
-
-def portable(path: str | Path) -> str:
-    """A path as results.json and RESULTS.md keep it: relative to the repo when inside it, else the file name."""
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix()
-    root = repo_root()
-    for candidate, base in ((Path(os.path.normpath(p)), root), (p.resolve(), root.resolve())):
-        try:
-            return candidate.relative_to(base).as_posix()
-        except ValueError:
-            continue
-    return p.name
 
 
 def portable_command(command: str) -> str:
@@ -206,7 +183,7 @@ def domain_gates(plan: Plan, out: Path) -> dict[str, dict]:
 def document(plan: Plan, out: Path, results: dict, command: str, charts: dict, pictures: dict) -> dict:
     """results.json: `results.collect`'s result and the evidence (module docstring), JSON-ready, no absolute path."""
     out = Path(out)
-    calibration = out / CALIBRATION_FILE
+    calibration = calibration_file(out)
     doc = {
         **results,
         "plan_path": portable(plan.source) if plan.source else None,

@@ -48,6 +48,11 @@ def eval_dir(out: Path, row: str, seed: int) -> Path:
     return Path(out) / "eval" / row / f"seed-{seed}"
 
 
+def calibration_file(out: Path) -> Path:
+    """The adaptive rows' calibration, computed once per output folder (`row_eval.adaptive_configs`)."""
+    return Path(out) / "calibration.json"
+
+
 def fused_stage1(plan: Plan, out: Path, row: str, seed: int) -> Path:
     """The stage-1 file a row's stage 2 trains on and inference fuses (default the domain-free `unseen` one)."""
     return RunDir(stage1_dir(out, row, seed)).lora_final / f"{plan.stage2_fuses}.safetensors"

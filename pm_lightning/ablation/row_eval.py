@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pm_lightning.ablation.columns import FROM_SAMPLE_TABLE, TRUTH_KEYS
-from pm_lightning.ablation.jobs import eval_dir, fused_stage1, stage1_dir, stage2_dir
+from pm_lightning.ablation.jobs import calibration_file, eval_dir, fused_stage1, stage1_dir, stage2_dir
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.ablation.prompts import Prompt, plan_prompts, sampler_seed, write_truth
 from pm_lightning.core.atomic import atomic_path
@@ -57,7 +57,7 @@ def adaptive_configs(plan: Plan, out: Path, scorer) -> dict[str, dict]:
     from pm_lightning.data.synthetic_corpus import DOMAINS
     from pm_lightning.eval.adaptive_truth import calibrate_row, case_terms, make_cases, truth_sequences
 
-    path = Path(out) / "calibration.json"
+    path = calibration_file(out)
     needed = sorted({r.adaptive for r in plan.rows.values() if r.adaptive})
     with open(Path(out) / ".calibration.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
