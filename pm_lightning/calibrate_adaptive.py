@@ -54,14 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     # after parsing: torch and the evaluators' stack, 4.4 s that --help and a bad flag skip (docs/ARCHITECTURE.md, "Start-up")
     import torch
 
-    from pm_lightning.eval.adaptive_truth import (
-        benchmark,
-        calibration_record,
-        grid_choice,
-        guard_tables,
-        markdown_table,
-        write_docs,
-    )
+    from pm_lightning.eval.adaptive_docs import grid_choice, guard_tables, markdown_table, write_docs
+    from pm_lightning.eval.adaptive_truth import benchmark, calibration_record
     from pm_lightning.eval.guard_sweep import markdown_report, sweep_guards
     from pm_lightning.inference.adaptive import EncoderScorer
     from pm_lightning.inference.adaptive_rule import AdaptiveConfig

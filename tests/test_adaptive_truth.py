@@ -12,21 +12,18 @@ import pytest
 import torch
 
 from pm_lightning.data.synthetic_corpus import DOMAINS, generate_sequence
+from pm_lightning.eval.adaptive_docs import DOC, guard_tables, replace_marked, write_docs
 from pm_lightning.eval.adaptive_truth import (
     CONDITIONS,
-    DOC,
     calibrate_row,
     calibration_grid,
     case_terms,
-    guard_tables,
     k1_grid,
     make_cases,
     max_z,
     oracle_terms,
     outcomes,
-    replace_marked,
     step_oracle_terms,
-    write_docs,
 )
 from pm_lightning.eval.change_truth import correlations, pair_table
 from pm_lightning.inference.adaptive_rule import PAPER_RULE, AdaptiveConfig, decide, thresholds
