@@ -30,8 +30,10 @@ RANK = 4
 
 
 def adapted(kind: str, domains: int = 3, seed: int = 0, **kw):
-    """Tiny transformer with `kind` adapters (rank 4)."""
+    """Tiny transformer with `kind` adapters (rank 4). Masked gates are `unbounded` unless `gates` is given: these
+    tests set gate parameters as gate values (the sigmoid gates' own tests: tests/test_adapter_masks.py)."""
     m = tiny_transformer(seed)
+    kw.setdefault("gates", "unbounded")
     add_adapters(m, AdapterConfig(kind=kind, rank=RANK, alpha=2.0, num_domains=domains, **kw))
     return m
 

@@ -19,8 +19,10 @@ RANK = 4
 
 
 def adapted(kind: str, model=None, **kw):
-    """`model` (default: the tiny transformer) with `kind` adapters, rank 4, 3 domains, random non-zero B and gates."""
+    """`model` (default: the tiny transformer) with `kind` adapters, rank 4, 3 domains, random non-zero B and gates.
+    Masked gates are `unbounded` unless `gates` is given: these tests read gate parameters as gate values."""
     m = tiny_transformer(0) if model is None else model
+    kw.setdefault("gates", "unbounded")
     add_adapters(m, AdapterConfig(kind=kind, rank=RANK, alpha=2.0, num_domains=3, **kw))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -45,8 +45,9 @@ def test_the_gated_rows_are_rho_r_rounded_half_up(rank, fraction, gated):
     (domains, g), and zeroing domain 0's gates equals zeroing the first g rows of A (the other rows stay shared).
     Checked red: with `int(self.mask_fraction * self.rank)` (rounding down) in AdapterConfig.num_gated, the (4, 0.4)
     and (16, 0.3) cases get 1 and 4 rows."""
-    model = tiny_transformer()
-    add_adapters(model, AdapterConfig(kind="masked", rank=rank, mask_fraction=fraction, num_domains=3))
+    model = tiny_transformer()  # unbounded gates: the test sets gate parameters as gate values 0 and 1
+    cfg = AdapterConfig(kind="masked", rank=rank, mask_fraction=fraction, num_domains=3, gates="unbounded")
+    add_adapters(model, cfg)
     layers = [m for m in tuner_layers(model) if hasattr(m, "lora_gate")]
     assert layers and all(g.shape == (3, gated) for m in layers for g in m.lora_gate.values())
     torch.manual_seed(0)

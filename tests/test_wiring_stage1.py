@@ -35,11 +35,13 @@ def batch(tiny_shards) -> dict:
 
 def stage1(tiny_base, alignment: AlignmentConfig | None = None, **kwargs) -> Stage1Module:
     """A masked stage-1 module (rank 4) whose B is moved off zero, so gates and alignment have something to do;
-    `kwargs`: other Stage1Module arguments (flow, ...)."""
+    `kwargs`: other Stage1Module arguments (flow, ...). Without the gates' L1 term (mask_l1 0), so the step's loss
+    is flow matching + alignment alone and only the batch's domains' gates get a gradient (the L1 term's own test:
+    tests/test_adapter_masks.py)."""
     module = Stage1Module(
         base=tiny_base,
         domains=TRAIN_DOMAINS,
-        adapter=AdapterConfig(kind="masked", rank=4),
+        adapter=AdapterConfig(kind="masked", rank=4, mask_l1=0.0),
         alignment=alignment or AlignmentConfig(enabled=False),
         optimizer=OptimizerConfig(name="adamw", lr=1e-3),
         **kwargs,

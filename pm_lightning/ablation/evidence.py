@@ -133,7 +133,7 @@ def gate_stats(checkpoint: str | Path) -> dict | None:
     hp = ckpt.get("hyper_parameters") or {}
     if not hp.get("adapter") or hp["adapter"].get("kind") != "masked":
         return None
-    cfg = AdapterConfig.from_dict(dict(hp["adapter"]))
+    cfg = AdapterConfig.from_checkpoint(dict(hp["adapter"]))
     seen, parts = set(), []
     for key in sorted(ckpt["state_dict"]):
         t = ckpt["state_dict"][key]

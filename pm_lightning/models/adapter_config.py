@@ -5,9 +5,9 @@ One LoRA (A: r x k, B: d x r, scale alpha / r) on each target Linear, injected b
 * ``lora``        delta W = B A (stock peft ``lora.Linear``).
 * ``asymmetric``  delta W_c = B_c A: shared A, one B per domain c (``AsymmetricLoraLinear``).
 * ``masked``      delta W_c = B diag(m_c) A (``MaskedLoraLinear``): the first g = round(rho * r) rank
-  rows carry a learnable gate per domain (``gates``: ``unbounded`` reals initialised to 1, or ``sigmoid`` gates in
-  (0, 1) initialised on; ``mask_l1`` weights the mean |gate| as a sparsity pull towards 0); the other r - g rows are
-  shared, fixed at 1 for every domain and are not parameters.
+  rows carry a learnable gate per domain (``gates``: ``sigmoid`` gates in (0, 1) initialised on, the default, or
+  ``unbounded`` reals initialised to 1; ``mask_l1`` weights the mean |gate| as a sparsity pull towards 0); the other
+  r - g rows are shared, fixed at 1 for every domain and are not parameters.
 
 `ADAPTER_KINDS` is the one list of kinds: name -> peft layer class (+ the layer's extra arguments). `AdapterConfig.kind`
 accepts its keys (the Literal is built from them) and `add_adapters` injects its layer; adding a kind is one layer
@@ -40,12 +40,15 @@ class AdapterConfig:
     """Linear names (relative to a block, e.g. "attn.to_q", or suffixes of full names); None -> every Linear of the blocks."""
     mask_fraction: Fraction = 0.3
     """rho: the fraction of rank rows with learnable per-domain gates (masked only); g = round(rho * r), at least 1 if rho > 0."""
-    mask_l1: NonNegativeFloat = 0.0
-    """Weight of the L1 pull of the gates towards 0 (applied by the training module to ``mask_l1()``)."""
-    gates: Literal[GATE_KINDS] = "unbounded"
-    """masked: how the gate parameters become gates. "unbounded": the parameters are the gates (real, initialised to 1;
-    the default, so existing configs and checkpoints keep their meaning); "sigmoid": gate = sigmoid(parameter), a mask
-    bounded in (0, 1), initialised on (sigmoid(3) = 0.95)."""
+    mask_l1: NonNegativeFloat = 0.03
+    """Weight of the L1 pull of the gates towards 0 (applied by the training module to ``mask_l1()``): the paper's
+    "sparse mask". 0.03 x the mean gate (0.95 at the start) is about a tenth of the tiny Flux's flow-matching loss
+    (docs/PARAMS.md, the masked gates' table)."""
+    gates: Literal[GATE_KINDS] = "sigmoid"
+    """masked: how the gate parameters become gates. "sigmoid" (the default): gate = sigmoid(parameter), a mask
+    bounded in (0, 1), initialised on (sigmoid(3) = 0.95); "unbounded": the parameters are the gates (real,
+    initialised to 1; the default before 2026-12-04, and what a checkpoint without a ``gates`` setting was trained
+    with: ``from_checkpoint``)."""
     unseen_mask: Literal[UNSEEN_MASKS] = "ones"
     """masked: the gates of an unseen domain. "ones": the mask removed (ProcessMaker, the default); "shared": the gated
     rows off, only the shared rows act; "mean": the mean of the trained domain gates (the masked analogue of
@@ -94,6 +97,16 @@ class AdapterConfig:
         if unknown:
             raise ValueError(f"unknown AdapterConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+    @classmethod
+    def from_checkpoint(cls, d: dict) -> AdapterConfig:
+        """Build from a checkpoint's saved adapter settings: a setting the checkpoint predates means what it meant
+        when it was written (``CHECKPOINT_DEFAULTS``), not today's default."""
+        return cls.from_dict({**CHECKPOINT_DEFAULTS, **d})
+
+
+CHECKPOINT_DEFAULTS = {"gates": "unbounded", "mask_l1": 0.0}
+"""Settings added after checkpoints were written, at the value those checkpoints were trained with."""
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def load_checkpoint_adapters(
     missing = [k for k in ("adapter", "domains", "base") if k not in hp and not (k == "base" and base)]
     if missing:
         raise ValueError(f"{ckpt_path}: hyper_parameters lacks {missing} (see pm_lightning.export's docstring)")
-    cfg = AdapterConfig.from_dict(dict(hp["adapter"]))
+    cfg = AdapterConfig.from_checkpoint(dict(hp["adapter"]))
     transformer = adapter_skeleton(base or hp["base"], cfg, adapter_tensors(ckpt["state_dict"]))
     return transformer, cfg, list(hp["domains"])
 

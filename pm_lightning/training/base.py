@@ -19,6 +19,7 @@ from pm_lightning.core.compat import ddp_ignore
 from pm_lightning.core.errors import BadInput
 from pm_lightning.core.validate import PositiveInt, Seed
 from pm_lightning.data.pixels import float_pixels_of
+from pm_lightning.models.adapter_config import CHECKPOINT_DEFAULTS
 from pm_lightning.models.backbone import FluxBackbone, image_ids, pack
 from pm_lightning.models.compile_blocks import compile_blocks
 from pm_lightning.models.quantize import check_mode, quantize_base
@@ -319,10 +320,14 @@ class FlowMatchingModule(L.LightningModule):
                 f"the checkpoint is a stage-{hp['stage']} checkpoint and this config trains stage {self.STAGE}"
             )
         mine = dict(self.hparams.get("adapter") or {})
-        theirs = hp.get("adapter") or {}
-        for key in ("kind", "rank", "num_domains"):
+        theirs = {**CHECKPOINT_DEFAULTS, **(hp.get("adapter") or {})} if hp.get("adapter") else {}
+        keys = ("kind", "rank", "num_domains") + (("gates",) if mine.get("kind") == "masked" else ())
+        for key in keys:
             if key in mine and key in theirs and mine[key] != theirs[key]:
-                raise BadInput(f"the checkpoint's adapter has {key}={theirs[key]!r}, this config's {key}={mine[key]!r}")
+                raise BadInput(
+                    f"the checkpoint's adapter has {key}={theirs[key]!r}, this config's {key}={mine[key]!r}: set "
+                    f"model.init_args.adapter.{key}: {theirs[key]} to resume it"
+                )
         keep = self.trainable_names()
         missing = sorted(keep - set(checkpoint.get("state_dict") or {}))
         if keep and missing:
