@@ -48,15 +48,39 @@ def commands_for(plan, out):
 
 
 def fake_metrics(row: str, seed: int) -> dict:
-    """Deterministic stand-in scores: masked_align clearly ahead on Align; full vs stage 1 on Even px +0.005, +0.006,
+    """Deterministic stand-in scores: masked_align clearly ahead on Align; full vs stage 1 on the Coh proxy +0.005, +0.006,
     +0.007 on seeds 0-2, consistent across seeds (paired) yet inside either row's seed spread (sd 0.01)."""
     base = {"base": 40.0, "lora": 50.0, "masked_align": 60.0, "full": 60.0}[row]
     noise = [0.0, 2.0, -2.0][seed]
     m = {"align": base + noise, "align/lego": base + noise + 1, "align/origami": base - 10, "unseen_align": base - 10,
-         "even_px": 0.5 + 0.01 * seed + (0.005 + 0.001 * seed if row == "full" else 0.0), "gt_sim": 0.7}  # fmt: skip
+         "coh_proxy": 0.5 + 0.01 * seed + (0.005 + 0.001 * seed if row == "full" else 0.0), "gt_sim": 0.7}  # fmt: skip
     if row == "full":
         m.update(truth_removal_found=0.2, inserted=0.5)
     return m
+
+
+INSERTED_RGB = (255, 0, 255)
+"""The colour of the frame a fake `full` sample's adaptive steps inserted (in its final frames, not in its grid)."""
+
+
+def write_fake_sample(folder: Path, seed: int, edited: bool) -> None:
+    """A sample folder as `generate` writes it: a 2 x 2 grid of four 64-px frames, frames/, report.json; `edited`:
+    the adaptive steps inserted one frame (INSERTED_RGB) into the final frames after the second."""
+    from PIL import Image
+
+    from pm_lightning.data.grid import frames_to_grid
+
+    frames = [Image.new("RGB", (64, 64), (40 * seed, 60 * k, 150)) for k in range(4)]
+    folder.mkdir(parents=True)
+    frames_to_grid(frames, 2, 2).save(folder / "grid.png")
+    final = [*frames[:2], Image.new("RGB", (64, 64), INSERTED_RGB), *frames[2:]] if edited else frames
+    (folder / "frames").mkdir()
+    for k, frame in enumerate(final):
+        frame.save(folder / "frames" / f"{k:02d}.png")
+    decisions = [{"action": "insert", "applied": True, "n": 1}] if edited else []
+    report = {"prompt": "a lego tower", "domain": "lego", "settings": {"rows": 2, "cols": 2},
+              "adaptive": {"rounds": [{"decisions": decisions}]} if edited else None}  # fmt: skip
+    (folder / "report.json").write_text(json.dumps(report))
 
 
 def write_fake_results(plan, out: Path) -> list[Job]:
@@ -66,10 +90,7 @@ def write_fake_results(plan, out: Path) -> list[Job]:
         if job.kind == "eval":
             job.out.mkdir(parents=True, exist_ok=True)
             samples = job.out / "samples" / "lego-00"
-            samples.mkdir(parents=True)
-            from PIL import Image
-
-            Image.new("RGB", (192, 192), (40 * job.seed, 100, 150)).save(samples / "grid.png")
+            write_fake_sample(samples, job.seed, edited=job.row == "full")
             record = {"row": job.row, "seed": job.seed, "metrics": fake_metrics(job.row, job.seed),
                       "samples": [{"sample": str(samples), "domain": "lego", "prompt": "a lego tower", "align": 50.0}]}  # fmt: skip
             (job.out / "metrics.json").write_text(json.dumps(record))

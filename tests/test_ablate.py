@@ -100,7 +100,7 @@ def test_selecting_rows_keeps_the_trainings_they_reuse():
 def test_follow_up_rows_run_only_when_named_or_with_all():
     plan = load_plan(PLAN)
     followups = [n for n, r in plan.rows.items() if r.followup]
-    assert followups and "masked_align_r4" in followups and "masked_align" not in followups
+    assert followups and "masked_align_r16" in followups and "masked_align" not in followups
     default = select(load_plan(PLAN))
     assert not set(default.active_rows) & set(followups) and "full" in default.active_rows
     assert all(not {c.a, c.b} & set(followups) for c in default.contrasts)
@@ -108,9 +108,9 @@ def test_follow_up_rows_run_only_when_named_or_with_all():
         c.name for c in plan.contrasts if not {c.a, c.b} & set(followups)
     }  # every contrast of the default rows is kept
     assert select(load_plan(PLAN), ["all"]).active_rows == list(plan.rows)
-    named = select(load_plan(PLAN), ["masked_align", "masked_align_r4"])
-    assert named.active_rows == ["masked_align", "masked_align_r4"]
-    assert [c.name for c in named.contrasts] == ["follow-up: rank 4 vs 16 (Align held out)"]
+    named = select(load_plan(PLAN), ["masked_align", "masked_align_r16"])
+    assert named.active_rows == ["masked_align", "masked_align_r16"]
+    assert [c.name for c in named.contrasts] == ["follow-up: rank 3 vs 16 (Align held out)"]
 
 
 # ---------------------------------------------------------------- jobs and commands

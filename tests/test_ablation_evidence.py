@@ -114,10 +114,10 @@ def test_every_value_is_in_long_form_and_the_figures_follow_from_it(tmp_path):
     assert check(doc) == []
 
     # one value changed: the summary of its row and the contrasts that read it no longer follow
-    rec = next(v for v in values if (v["row"], v["seed"], v["metric"], v["domain"]) == ("full", 0, "even_px", None))
+    rec = next(v for v in values if (v["row"], v["seed"], v["metric"], v["domain"]) == ("full", 0, "coh_proxy", None))
     rec["value"] += 0.5
     wrong = check(doc)
-    assert "rows.full.summary.even_px" in wrong and "contrasts.full vs stage 1 (Even px).mean" in wrong
+    assert "rows.full.summary.coh_proxy" in wrong and "contrasts.full vs stage 1 (Coh proxy).mean" in wrong
     assert not any("align" in w for w in wrong)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.ablation_fakes import (
+    INSERTED_RGB,
     three_seed_plan,
     write_fake_results,
 )
@@ -32,7 +33,7 @@ def test_collect_gives_rows_by_seeds_by_metrics_with_spread_and_contrasts(tmp_pa
     unseen = by_name["unseen: mask removed vs plain LoRA"]
     assert unseen["mean"] == pytest.approx(10.0) and unseen["beyond_spread"] is True
     assert unseen["p"] == 0.0 and unseen["verdict"] == "reproduced"  # +10 on every seed: no spread, p 0
-    even = by_name["full vs stage 1 (Even px)"]
+    even = by_name["full vs stage 1 (Coh proxy)"]
     assert even["mean"] == pytest.approx(0.006) and even["excludes_zero"] is True and even["beyond_spread"] is False
     # Paired, the interval excludes 0 although the rows' seed spreads overlap: resolved now (the old unpaired
     # "beyond the seed spread" rule called it unresolved; checked red by requiring beyond_spread again in `adjust`).
@@ -66,9 +67,9 @@ def test_the_report_has_the_tables_the_claims_and_the_figures(tmp_path):
     )
     head = "| contrast | metric | the paper | a − b (mean over seeds) | 95% t interval | seeds | p (paired t) | Holm p (family, m) | verdict |"  # fmt: skip
     assert head in text
-    even = next(line for line in text.splitlines() if line.startswith("| full vs stage 1 (Even px) |"))
+    even = next(line for line in text.splitlines() if line.startswith("| full vs stage 1 (Coh proxy) |"))
     cells = [c.strip() for c in even.strip("|").split("|")]
-    assert cells[1] == "Even px (paper: higher for a)" and "Coh 4.95 vs 4.65 (+0.30)" in cells[2]  # Table 3's figures
+    assert cells[1] == "Coh proxy (paper: higher for a)" and "Coh 4.95 vs 4.65 (+0.30)" in cells[2]  # Table 3's figures
     # full/seed-2 unfinished: 2 paired seeds, diffs 0.005 and 0.006, t = 11 at df 1: p = 1 - (2 / pi) atan(11)
     assert cells[3] == "+0.0055" and cells[5] == "2" and cells[10] == "no"
     assert (
@@ -79,7 +80,7 @@ def test_the_report_has_the_tables_the_claims_and_the_figures(tmp_path):
     reproduced, rest = claims.split("**The paper's direction, not resolved (Holm-adjusted p >= 0.05)**")
     assert reproduced.startswith("\n\n**Reproduced: the paper's direction, Holm-adjusted paired p < 0.05**")
     assert "- unseen: mask removed vs plain LoRA (" in reproduced and ": reproduced (Align (held out) +10" in reproduced
-    assert "- full vs stage 1 (Even px) (" in rest and "p 0.058, Holm p 0.058 (m = 2, claims)" in rest
+    assert "- full vs stage 1 (Coh proxy) (" in rest and "p 0.058, Holm p 0.058 (m = 2, claims)" in rest
     assert "Not finished (rerun the same command to resume): full/seed-2" in text
     saved = json.loads(js.read_text())
     assert set(saved["rows"]) == {"base", "lora", "masked_align", "full"}
@@ -93,6 +94,9 @@ def test_the_report_has_the_tables_the_claims_and_the_figures(tmp_path):
 
     with Image.open(pictures["lora"]) as im:
         assert im.width > 160 and im.height > 160
+        assert INSERTED_RGB not in {rgb for _, rgb in im.getcolors(1 << 20)}  # an unedited sample: its grid
+    with Image.open(pictures["full"]) as im:  # the edited sample: its final frames, the inserted one included
+        assert INSERTED_RGB in {rgb for _, rgb in im.getcolors(1 << 20)}
 
 
 def history_keys(records) -> set[str]:
@@ -152,7 +156,7 @@ def test_wandb_runs_read_back_with_the_group_the_row_and_the_table(tmp_path, mon
     data = json.loads(table.read_text())
     assert data["columns"] == ["contrast", "metric", "paper", "mean", "low", "high", "n", "p", "family", "holm_m",
                                "p_holm", "verdict", "beyond_spread"]  # fmt: skip
-    even = dict(zip(data["columns"], next(r for r in data["data"] if r[0] == "full vs stage 1 (Even px)")))
+    even = dict(zip(data["columns"], next(r for r in data["data"] if r[0] == "full vs stage 1 (Coh proxy)")))
     assert (even["p_holm"], even["family"], even["verdict"]) == (pytest.approx(even["p"]), "claims", "reproduced")
 
 

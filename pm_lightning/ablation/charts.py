@@ -3,8 +3,6 @@ per row holding its grids at the fixed prompts and seed (the same for every row)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PIL import Image, ImageDraw
 
 from pm_lightning.ablation.columns import column, format_value
@@ -59,8 +57,9 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def row_picture(label: str, samples: list[tuple[str, Path]], cell: int = 160, per_line: int = 9) -> Image.Image:
-    """One row's grids, `per_line` to a line (prompt id above each), its label as the title."""
+def row_picture(label: str, samples: list[tuple[str, Image.Image]], cell: int = 160, per_line: int = 9) -> Image.Image:
+    """One row's pictures (its samples' grids or final sequences), `per_line` to a line (caption above each), its
+    label as the title."""
     cols, lines = min(per_line, max(1, len(samples))), max(1, -(-len(samples) // per_line))
     img = Image.new("RGB", (cols * (cell + 8) + 8, 18 + lines * (cell + 18)), "white")
     draw = ImageDraw.Draw(img)
@@ -68,6 +67,5 @@ def row_picture(label: str, samples: list[tuple[str, Path]], cell: int = 160, pe
     for i, (pid, grid) in enumerate(samples):
         x, y = 8 + (i % per_line) * (cell + 8), 18 + (i // per_line) * (cell + 18)
         draw.text((x, y), pid, fill="black")
-        with Image.open(grid) as im:
-            img.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC), (x, y + 14))
+        img.paste(grid.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC), (x, y + 14))
     return img

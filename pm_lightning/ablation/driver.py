@@ -20,6 +20,7 @@ from pm_lightning.ablation.results import collect
 from pm_lightning.ablation.row_eval import evaluate_pair
 from pm_lightning.ablation.row_params import row_parameters
 from pm_lightning.ablation.runner import Outcome, PlanChanged, Runner
+from pm_lightning.ablation.train_corpus import ensure_train_corpus
 from pm_lightning.ablation.wandb_runs import log_eval_run, log_summary_run
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.run_layout import RunDir
@@ -41,6 +42,7 @@ def plan_from_record(record: dict) -> Plan:
 def differences(old: Plan, new: Plan) -> list[str]:
     """Settings that change results already in the folder (evaluation, parameter scale, shared rows)."""
     diffs = [k for k in ("eval", "params", "stage1", "stage2") if asdict(getattr(old, k)) != asdict(getattr(new, k))]
+    diffs += ["train_corpus"] if old.train_corpus != new.train_corpus else []
     diffs += [f"rows.{r}" for r in old.rows if r in new.rows and _results_of(old.rows[r]) != _results_of(new.rows[r])]
     return diffs
 
@@ -77,6 +79,7 @@ def run_ablation(plan: Plan, out: Path, parallel: int, threads: int, command: st
     summary; returns the outcome and the paths."""
     out = Path(out)
     runner = Runner(out, parallel, threads, print_fn, launcher)
+    ensure_train_corpus(plan, out, print_fn)
     jobs = build_jobs(plan, out)
     commands = {j.id: job_command(plan, out, j) + runner.launcher.extra_args(j) for j in jobs}
     outcome = runner.run(jobs, commands, run_fn)

@@ -4,6 +4,7 @@ evaluation per (row, seed), with their dependencies and where each writes.
     OUT/train/<row>/seed-<s>/            stage-1 run directory of a row with an overlay
     OUT/train/<row>+stage2/seed-<s>/     stage-2 run directory on that row's domain-free LoRA
     OUT/eval/<row>/seed-<s>/             samples/, metrics.json, wandb/
+    OUT/corpus/train/                    the shards of the plan's `train_corpus`, when it has one
     OUT/jobs/<job>.json                  the marker of a finished job (its command and wall time)
 """
 
@@ -51,6 +52,11 @@ def eval_dir(out: Path, row: str, seed: int) -> Path:
 def calibration_file(out: Path) -> Path:
     """The adaptive rows' calibration, computed once per output folder (`row_eval.adaptive_configs`)."""
     return Path(out) / "calibration.json"
+
+
+def train_corpus_dir(out: Path) -> Path:
+    """The shards of the plan's `train_corpus`, built once per output folder (`ablation/train_corpus.py`)."""
+    return Path(out) / "corpus" / "train"
 
 
 def fused_stage1(plan: Plan, out: Path, row: str, seed: int) -> Path:
@@ -122,6 +128,9 @@ def fit_command(plan: Plan, job: Job) -> list[str]:
         "--trainer.logger.init_args.job_type", f"train-{job.kind}",
         "--trainer.logger.init_args.tags", json.dumps(tags),
     ]  # fmt: skip
+    if plan.train_corpus is not None:  # before the plan's args, which may still override them
+        cmd += ["--data.train_shards", str(train_corpus_dir(job.out.parents[2]))]
+        cmd += ["--data.domains", json.dumps(list(plan.train_corpus.sizes))]
     args = {**stage.args, **(plan.rows[job.row].args if job.kind == "stage1" else {})}
     for key, value in args.items():
         cmd += [f"--{key}", cli_value(value)]

@@ -16,6 +16,7 @@ import yaml
 
 from pm_lightning.ablation.columns import is_metric
 from pm_lightning.core.paths import project_path
+from pm_lightning.data.synthetic_corpus import DOMAINS
 
 ADAPTIVE_ROWS = ("full", "without Delta_glob", "without Delta_loc", "without Delta_sem")  # eval/adaptive_truth.ROWS
 JUDGE_MODES = ("auto", "on", "off")
@@ -40,8 +41,26 @@ class CorpusPrompts:
 
     split_seed: int = 1  # the validation split of `make shards` (never trained on)
     per_domain: int = 2
+    held_out_per_domain: int | None = None  # prompts per held-out domain (`eval.held_out`); None: per_domain
     domains: list[str] | None = None  # None: every synthetic domain, held-out ones included
     size: int = 64  # px of the true frames
+
+    def count(self, domain: str, held_out: list[str]) -> int:
+        """The number of prompts of `domain`."""
+        if domain in held_out and self.held_out_per_domain is not None:
+            return self.held_out_per_domain
+        return self.per_domain
+
+
+@dataclass
+class TrainCorpus:
+    """The synthetic training corpus every training of the plan reads (stage 1 and stage 2) instead of its configs'
+    shards: `sizes[d]` sequences of each training domain d (corpus `seed`, `size`-px frames), built once into
+    OUT/corpus/train (`ablation/train_corpus.py`); the configs' `data.domains` become its domains."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    seed: int = 0  # the training split of `make shards`
+    size: int = 64
 
 
 @dataclass
@@ -148,6 +167,7 @@ class Plan:
     stage1: StageSpec = field(default_factory=StageSpec)
     stage2: StageSpec = field(default_factory=StageSpec)
     stage2_fuses: str = "unseen"  # the stage-1 file (lora/final/<name>.safetensors) stage 2 trains on
+    train_corpus: TrainCorpus | None = None  # None: the trainings read their configs' shards
     eval: EvalSpec = field(default_factory=EvalSpec)
     params: ParamsSpec = field(default_factory=ParamsSpec)
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
@@ -217,8 +237,13 @@ def parse_plan(data: dict, source: str, quick: bool = False) -> Plan:
         if key not in data:
             raise PlanError(f"{source}: missing key {key}")
     data["rows"] = {str(k): _build(RowSpec, v or {}, f"rows.{k}", source) for k, v in dict(data["rows"]).items()}
-    for key, cls in (("stage1", StageSpec), ("stage2", StageSpec), ("params", ParamsSpec)):
-        if key in data:
+    for key, cls in (
+        ("stage1", StageSpec),
+        ("stage2", StageSpec),
+        ("params", ParamsSpec),
+        ("train_corpus", TrainCorpus),
+    ):
+        if data.get(key) is not None:
             data[key] = _build(cls, data[key] or {}, key, source)
     if "eval" in data:
         ev = dict(data["eval"] or {})
@@ -286,6 +311,8 @@ def check_plan(plan: Plan) -> None:
         raise PlanError(f"{src}: eval.judge must be one of {JUDGE_MODES}, got {plan.eval.judge!r}")
     if plan.eval.prompts is None and plan.eval.corpus is None:
         raise PlanError(f"{src}: eval needs `corpus` (synthetic prompts with ground truth) or `prompts`")
+    if plan.train_corpus is not None:
+        check_train_corpus(plan)
     for i, p in enumerate(plan.eval.prompts or []):
         if not isinstance(p, dict) or not {"domain", "caption"} <= set(p) or set(p) - {"domain", "caption", "steps"}:
             raise PlanError(f"{src}: eval.prompts[{i}] needs domain and caption (and optionally steps), got {p}")
@@ -301,6 +328,28 @@ def check_plan(plan: Plan) -> None:
         bad = [r for r in t.rows if r not in plan.rows] + [c for c in t.columns if not is_metric(c)]
         if bad:
             raise PlanError(f"{src}: tables[{i}] ({t.title}): unknown rows or columns {bad}")
+
+
+def check_train_corpus(plan: Plan) -> None:
+    """The training corpus names known synthetic domains with counts >= 1, none of them held out, and every
+    evaluated domain is either trained or held out."""
+    src, sizes = plan.source, plan.train_corpus.sizes
+    if not isinstance(sizes, dict) or not sizes:
+        raise PlanError(f"{src}: train_corpus.sizes must map training domains to sequence counts, got {sizes!r}")
+    bad = {d: n for d, n in sizes.items() if d not in DOMAINS or not isinstance(n, int) or n < 1}
+    if bad:
+        raise PlanError(f"{src}: train_corpus.sizes: {bad}: each key one of {list(DOMAINS)}, each count >= 1")
+    both = sorted(set(sizes) & set(plan.eval.held_out))
+    if both:
+        raise PlanError(f"{src}: train_corpus.sizes trains on {both}, which eval.held_out holds out")
+    corpus = plan.eval.corpus
+    if plan.eval.prompts is None and corpus is not None:
+        neither = [d for d in corpus.domains or list(DOMAINS) if d not in sizes and d not in plan.eval.held_out]
+        if neither:
+            raise PlanError(
+                f"{src}: eval.corpus prompts of {neither}, neither in train_corpus.sizes nor in eval.held_out: "
+                "list them in one of the two, or leave them out of eval.corpus.domains"
+            )
 
 
 def load_plan(path: str | Path, quick: bool = False) -> Plan:

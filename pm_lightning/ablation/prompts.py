@@ -38,7 +38,7 @@ def plan_prompts(spec: EvalSpec, truth_root: Path | None = None) -> list[Prompt]
     c = spec.corpus
     out = []
     for domain in c.domains or list(DOMAINS):
-        for i in range(c.per_domain):
+        for i in range(c.count(domain, spec.held_out)):
             seq = generate_sequence(domain, sequence_seed(c.split_seed, domain, i), c.size)
             pid = f"{domain}-{i:02d}"
             truth = Path(truth_root) / pid if truth_root is not None else None

@@ -6,7 +6,10 @@ in direction and which do not, the figures), a bar chart per metric (charts/<met
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+from PIL import Image
 
 from pm_lightning.ablation.charts import bar_chart, row_picture
 from pm_lightning.ablation.columns import column, format_value
@@ -15,6 +18,7 @@ from pm_lightning.ablation.jobs import eval_dir
 from pm_lightning.ablation.plan import Plan
 from pm_lightning.core.atomic import atomic_path
 from pm_lightning.core.run_layout import RunDir
+from pm_lightning.eval.sample_table import find_samples, read_sample
 
 
 def cell(key: str, summary: dict | None) -> str:
@@ -109,6 +113,22 @@ def chart_metrics(plan: Plan) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def final_sequences(samples: Path) -> list[tuple[str, Image.Image]]:
+    """(caption, picture) of each sample folder, sorted: the stage-1 grid, or where the adaptive steps edited the
+    sample its final frames (every one, `Sample.scored_grids`' square grid) captioned with the edit counts. A folder
+    that cannot be read is named on stderr and left out."""
+    pictures = []
+    for folder in find_samples(samples) if samples.is_dir() else []:
+        try:
+            sample = read_sample(folder)
+        except ValueError as err:
+            print(f"warning: {err}; left out of the picture", file=sys.stderr)
+            continue
+        edits = f" +{sample.inserted} -{sample.deleted}" if sample.edited else ""
+        pictures.append((f"{folder.name}{edits}", sample.scored_grids()[1]))
+    return pictures
+
+
 def write_figures(plan: Plan, out: Path, results: dict) -> tuple[dict[str, Path], dict[str, Path]]:
     """charts/<metric>.png and pictures/<row>.png; returns both maps."""
     charts, pictures = {}, {}
@@ -122,8 +142,7 @@ def write_figures(plan: Plan, out: Path, results: dict) -> tuple[dict[str, Path]
             charts[metric] = path
     seed = plan.seeds[0]
     for row in plan.active_rows:
-        samples = RunDir(eval_dir(out, row, seed)).samples
-        grids = sorted((p.name, p / "grid.png") for p in samples.iterdir() if (p / "grid.png").is_file()) if samples.is_dir() else []  # fmt: skip
+        grids = final_sequences(RunDir(eval_dir(out, row, seed)).samples)
         if grids:
             path = out / "pictures" / f"{row}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

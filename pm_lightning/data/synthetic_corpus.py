@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,22 +160,26 @@ def write_sequence(seq: Sequence, folder: Path) -> None:
 
 def write_corpus(
     out: Path,
-    per_domain: int = 200,
+    per_domain: int | Mapping[str, int] = 200,
     size: int = 64,
     seed: int = 0,
     domains: Iterable[str] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write `per_domain` sequences of each domain under `out`; returns {domain: count}."""
-    names = list(domains) if domains is not None else list(DOMAINS)
-    for name in names:
+    """Write `per_domain` sequences of each domain under `out` (a mapping: that many of each domain it names, and
+    only those); returns {domain: count}. Sequence i of a domain is the same whatever the others' counts."""
+    if isinstance(per_domain, Mapping):
+        counts = dict(per_domain)
+    else:
+        counts = {name: per_domain for name in (list(domains) if domains is not None else list(DOMAINS))}
+    for name in counts:
         spec_for(name)
     out = Path(out)
-    jobs = [(name, i) for name in names for i in range(per_domain)]
+    jobs = [(name, i) for name, n in counts.items() for i in range(n)]
     for name, i in progress_bar(jobs, desc="synth", unit="seq", enabled=progress):
         seq = generate_sequence(name, sequence_seed(seed, name, i), size)
         write_sequence(seq, out / name / f"seq-{i:06d}")
-    return {name: per_domain for name in names}
+    return counts
 
 
 def contact_sheet(domains: Iterable[str] | None = None, per_row: int = 3, size: int = 64, seed: int = 0) -> Image.Image:
