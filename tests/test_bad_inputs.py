@@ -96,6 +96,8 @@ CASES = [
     ("style_lora", ["--domain", "lego", "--out", "s.safetensors", "--resolution", "50"], "--resolution"),
     ("tiny_base", ["--out", "out", "--steps", "0"], "--steps"),
     ("tiny_base", ["--out", "out", "--threads", "0"], "--threads"),
+    ("tiny_base", ["--out", "out", "--vae-only", "--vae-channels", "16,32"], "--vae-channels"),
+    ("tiny_base", ["--out", "out", "--vae-only", "--latent-channels", "0"], "--latent-channels"),
     ("tiny_eval", ["--out", "out", "--train-per-domain", "0"], "--train-per-domain"),
     ("tiny_eval", ["--out", "out", "--seed", "-5"], "--seed"),
     ("text_cache", ["--shards", "x", "--out", "out", "--batch-size", "0"], "--batch-size"),

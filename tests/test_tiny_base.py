@@ -149,3 +149,40 @@ def test_the_tiny_transformer_config_is_spelled_once():
     with torch.device("meta"):
         built = dict(transformer(TinyFluxConfig()).config)
     assert {k: built[k] for k in wanted} == {k: TINY_FLUX_TRANSFORMER[k] for k in wanted}
+
+
+@pytest.mark.slow
+def test_vae_only_trains_the_vae_a_full_build_would_with_the_configured_channels(tmp_path):
+    """`--vae-only` writes an AutoencoderKL folder with the configured latent channels and block widths, and its
+    weights equal the VAE of a full build with the same flags (same seed, initialisation and frames); the full
+    build's transformer reads 4x the latent channels."""
+    from diffusers import AutoencoderKL, FluxPipeline
+
+    from pm_lightning.tiny_base import main
+
+    common = ["--quick", "--vae-steps", "2", "--latent-channels", "32", "--vae-channels", "8,16,32,32"]
+    common += ["--threads", str(torch.get_num_threads())]
+    main(["--out", str(tmp_path / "vae"), "--vae-only", *common])
+    vae = AutoencoderKL.from_pretrained(str(tmp_path / "vae"))
+    assert vae.config.latent_channels == 32 and list(vae.config.block_out_channels) == [8, 16, 32, 32]
+    assert vae.config.scaling_factor != 1.0  # the latent statistics were stored
+    assert not (tmp_path / "vae" / "transformer").exists()
+    with torch.no_grad():
+        assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode().shape == (1, 32, 8, 8)
+    log = json.loads((tmp_path / "vae" / "training_log.json").read_text())
+    assert log["vae"]["params"] == sum(p.numel() for p in vae.parameters())
+
+    main(["--out", str(tmp_path / "full"), "--steps", "2", "--samples", "none", *common])
+    pipe = FluxPipeline.from_pretrained(str(tmp_path / "full"))
+    assert pipe.transformer.config.in_channels == 128
+    full = pipe.vae.state_dict()
+    assert all(torch.equal(t, full[k]) for k, t in vae.state_dict().items())
+    assert pipe.vae.config.scaling_factor == vae.config.scaling_factor
+
+
+def test_with_latents_sets_the_transformer_s_input_to_four_times_the_latent_channels():
+    from pm_lightning.tiny.flux_components import TinyFluxConfig, with_latents
+
+    cfg = with_latents(64, (32, 64, 128, 128), 2)
+    assert cfg.transformer["in_channels"] == 256 and cfg.vae_layers == 2 and cfg.vae_channels == (32, 64, 128, 128)
+    assert with_latents(16) == TinyFluxConfig()  # the committed base's config

@@ -47,23 +47,8 @@ def build(
         "t5_max_length": model_cfg.t5_max_length,
     }
 
-    starts = {size: 1000 * i for i, size in enumerate(sorted(cfg.pools))}  # disjoint sequences per size
-    frames = {s: corpus.frame_pool(s, n, start=starts[s], seed=cfg.seed) for s, n in cfg.pools.items()}
-    val_frames = {
-        s: corpus.frame_pool(s, cfg.val_per_domain, split_seed=corpus.VAL_SPLIT_SEED, final_caption_only=0)
-        for s in cfg.pools
-    }
-    log["frames"] = {str(s): len(p) for s, p in frames.items()}
-    log["val_frames"] = {str(s): len(p) for s, p in val_frames.items()}
-
-    log["vae"] = pretrain.train_vae(pipe.vae, frames, cfg)
-    shift, std = pretrain.latent_stats(pipe.vae, frames)
-    pipe.vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(1.0 / std, 4))
-    log["vae"].update(
-        shift_factor=round(shift, 4),
-        scaling_factor=round(1.0 / std, 4),
-        val_l1={str(s): round(pretrain.reconstruction_l1(pipe.vae, p), 4) for s, p in val_frames.items()},
-    )
+    frames, val_frames = _frame_pools(cfg, log)
+    log["vae"] = _train_vae(pipe.vae, frames, val_frames, cfg)
 
     pools = {s: pretrain.latent_pool(pipe, p) for s, p in frames.items()}
     val_pools = {s: pretrain.latent_pool(pipe, p) for s, p in val_frames.items()}
@@ -86,6 +71,60 @@ def build(
         log["samples_png"] = str(samples_png)
     (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     write_readme(out, log)
+    return log
+
+
+def build_vae(
+    out: Path, cfg: pretrain.PretrainConfig, model_cfg: components.TinyFluxConfig, threads: int, command: str
+) -> dict:
+    """Phases 1-2 of the recipe only: train the pipeline's VAE and its latent statistics, save it to `out`
+    (an AutoencoderKL folder) with `out/training_log.json`. The same seed, initialisation and frames as `build`
+    with the same configs, so the folder holds the VAE a full build would train (up to float summation order
+    across thread counts); the transformer is neither trained nor saved."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    vae = components.build_pipeline(model_cfg, corpus.tokenizer_texts()).vae  # the full build's initial draws
+    log = {
+        "command": command,
+        "seed": cfg.seed,
+        "threads": threads,
+        "config": _jsonable(cfg),
+        "vae_config": _jsonable(model_cfg),
+    }
+    frames, val_frames = _frame_pools(cfg, log)
+    log["vae"] = _train_vae(vae, frames, val_frames, cfg)
+    log["vae"]["params"] = components.count_params(vae)
+    log["total_seconds"] = round(time.time() - t0)
+    out.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out, safe_serialization=True)
+    (out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return log
+
+
+def _frame_pools(cfg: pretrain.PretrainConfig, log: dict) -> tuple[dict, dict]:
+    """(training, validation) frame pools per canvas size; their sizes go into `log`."""
+    starts = {size: 1000 * i for i, size in enumerate(sorted(cfg.pools))}  # disjoint sequences per size
+    frames = {s: corpus.frame_pool(s, n, start=starts[s], seed=cfg.seed) for s, n in cfg.pools.items()}
+    val_frames = {
+        s: corpus.frame_pool(s, cfg.val_per_domain, split_seed=corpus.VAL_SPLIT_SEED, final_caption_only=0)
+        for s in cfg.pools
+    }
+    log["frames"] = {str(s): len(p) for s, p in frames.items()}
+    log["val_frames"] = {str(s): len(p) for s, p in val_frames.items()}
+    return frames, val_frames
+
+
+def _train_vae(vae, frames: dict, val_frames: dict, cfg: pretrain.PretrainConfig) -> dict:
+    """Train the VAE, store Flux's shift/scale from its latent statistics in its config; the log entry."""
+    log = pretrain.train_vae(vae, frames, cfg)
+    shift, std = pretrain.latent_stats(vae, frames)
+    vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(1.0 / std, 4))
+    log.update(
+        shift_factor=round(shift, 4),
+        scaling_factor=round(1.0 / std, 4),
+        val_l1={str(s): round(pretrain.reconstruction_l1(vae, p), 4) for s, p in val_frames.items()},
+    )
     return log
 
 

@@ -43,9 +43,13 @@ class TinyFluxConfig:
         clip_max_length: CLIP slot `model_max_length` (77 as CLIP-L, what FluxPipeline pads to).
         t5_max_length: T5 slot `model_max_length` (the `max_sequence_length` to sample with).
         text_dim: hidden width of both text encoders (= joint_attention_dim = pooled_projection_dim).
-        vae_channels: AutoencoderKL block widths; four blocks = 8x downsampling, as Flux.
+        vae_channels: AutoencoderKL block widths; four blocks = 8x downsampling, as Flux; three = 4x
+            (FluxPipeline reads the factor from the block count; the rest of pm_lightning assumes 8x).
+        vae_layers: ResNet layers per VAE block (`layers_per_block`).
         vae_groups: GroupNorm groups in the VAE. With few channels per group, a flat-coloured
             region normalises to a few signs and its colour is lost; one group keeps it.
+        latent_channels: VAE latent channels; the transformer reads 4x as many per token (2x2 packing),
+            so `transformer["in_channels"]` must equal 4 * latent_channels (`with_latents` sets both).
         transformer: FluxTransformer2DModel kwargs.
     """
 
@@ -54,6 +58,7 @@ class TinyFluxConfig:
     text_dim: int = 64
     text_layers: int = 2
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
+    vae_layers: int = 1
     vae_groups: int = 1  # one group: more than 1 lets flat colours collapse in the output GroupNorm
     latent_channels: int = 16
     transformer: dict = field(  # the text widths come from text_dim (`transformer` below)
@@ -61,12 +66,24 @@ class TinyFluxConfig:
     )
 
     def __post_init__(self):
-        if len(self.vae_channels) != 4:
-            raise ValueError(f"vae_channels needs 4 blocks (8x downsampling like Flux), got {self.vae_channels}")
+        if len(self.vae_channels) not in (3, 4):
+            raise ValueError(f"vae_channels needs 4 blocks (8x, as Flux) or 3 (4x), got {self.vae_channels}")
         if self.transformer["in_channels"] != 4 * self.latent_channels:
             raise ValueError("transformer.in_channels must be 4 * latent_channels (2x2 packing)")
         if sum(self.transformer["axes_dims_rope"]) != self.transformer["attention_head_dim"]:
             raise ValueError("transformer.axes_dims_rope must sum to attention_head_dim")
+
+
+def with_latents(latent_channels: int, vae_channels: tuple[int, ...] | None = None, vae_layers: int = 1):
+    """A TinyFluxConfig with another VAE: `latent_channels` (the transformer's in_channels follow, 4x) and
+    optionally other block widths / layers per block; everything else as the committed base."""
+    default = TinyFluxConfig()
+    return TinyFluxConfig(
+        vae_channels=tuple(vae_channels or default.vae_channels),
+        vae_layers=vae_layers,
+        latent_channels=latent_channels,
+        transformer={**default.transformer, "in_channels": 4 * latent_channels},
+    )
 
 
 def train_tokenizer(texts: Iterable[str], model_max_length: int):
@@ -127,7 +144,7 @@ def text_encoders(cfg: TinyFluxConfig, vocab_size: int):
 
 
 def vae(cfg: TinyFluxConfig):
-    """A small AutoencoderKL with Flux's layout (16 latent channels, 8x, no quant convs)."""
+    """A small AutoencoderKL with Flux's layout (by default 16 latent channels, 8x, no quant convs)."""
     n = len(cfg.vae_channels)
     model = AutoencoderKL(
         in_channels=3,
@@ -136,7 +153,7 @@ def vae(cfg: TinyFluxConfig):
         down_block_types=("DownEncoderBlock2D",) * n,
         up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=cfg.vae_channels,
-        layers_per_block=1,
+        layers_per_block=cfg.vae_layers,
         norm_num_groups=cfg.vae_groups,
         sample_size=192,
         scaling_factor=1.0,
