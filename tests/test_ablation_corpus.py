@@ -126,6 +126,27 @@ def test_an_interrupted_build_is_redone(tmp_path):
     assert shard_domains(partial) == Counter(plan.train_corpus.sizes)
 
 
+def test_a_corpus_that_cannot_be_sharded_fails_naming_the_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    """Every sequence unreadable (frames cut off mid-write: a truncated PNG) -> the shard writer skips them all and
+    raises; the build says which folder, and neither the target nor a temporary folder is left to be reused.
+    Checked once by printing the error instead of raising: the test goes red."""
+    from pm_lightning.ablation import train_corpus
+
+    def write_truncated(raw, sizes, size, seed, progress=False):
+        write_corpus(raw, sizes, size, seed, progress=progress)
+        for png in Path(raw).rglob("*.png"):
+            png.write_bytes(png.read_bytes()[:40])
+
+    monkeypatch.setattr(train_corpus, "write_corpus", write_truncated)
+    data = plan_data()
+    data["train_corpus"]["sizes"] = {"lego": 1, "painting": 1, "sketch": 1, "fabric_toy": 1, "pixel_art": 1}
+    plan = parse_plan(data, str(PLAN))
+    with pytest.raises(train_corpus.CorpusBuildFailed, match=str(train_corpus_dir(tmp_path))):
+        ensure_train_corpus(plan, tmp_path, lambda s: None)
+    assert not train_corpus_dir(tmp_path).exists()
+    assert not [p for p in train_corpus_dir(tmp_path).parent.iterdir() if p.name.startswith(".")]
+
+
 def test_a_sequence_is_the_same_whatever_the_other_domains_counts(tmp_path):
     write_corpus(tmp_path / "a", {"lego": 2, "cake": 1}, size=32, progress=False)
     write_corpus(tmp_path / "b", 3, size=32, domains=["lego"], progress=False)

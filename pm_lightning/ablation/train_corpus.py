@@ -10,14 +10,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pm_lightning import shards
 from pm_lightning.ablation.jobs import train_corpus_dir
 from pm_lightning.ablation.plan import Plan
+from pm_lightning.data.importers import discover_folder
+from pm_lightning.data.shard_writer import ShardConfig, ShardError, write_shards
 from pm_lightning.data.synthetic_corpus import write_corpus
 
 
 class CorpusBuildFailed(RuntimeError):
-    """Sharding the plan's corpus wrote nothing (the message has the shards command's own error above it)."""
+    """Sharding the plan's corpus wrote nothing (the message ends with the shard writer's error)."""
 
 
 def ensure_train_corpus(plan: Plan, out: Path, print_fn=print) -> Path | None:
@@ -33,10 +34,11 @@ def ensure_train_corpus(plan: Plan, out: Path, print_fn=print) -> Path | None:
     shutil.rmtree(tmp, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".raw-") as raw:
         write_corpus(Path(raw), spec.sizes, spec.size, spec.seed, progress=False)
-        args = ["--src", raw, "--out", str(tmp), "--size", str(spec.size), "--workers", "1"]
-        if shards.main(args) != 0:
+        try:  # what `python -m pm_lightning.shards --src RAW --size SIZE` does, without the command
+            write_shards(discover_folder(raw), tmp, ShardConfig(size=spec.size))
+        except (ShardError, ValueError) as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CorpusBuildFailed(f"could not shard the plan's train_corpus into {target}")
+            raise CorpusBuildFailed(f"could not shard the plan's train_corpus into {target}: {err}") from err
     shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier build (no index.json)
     os.replace(tmp, target)
     print_fn(f"train corpus: {sum(spec.sizes.values())} sequences of {len(spec.sizes)} domains -> {target}")
