@@ -132,8 +132,8 @@ def test_a_corpus_that_cannot_be_sharded_fails_naming_the_folder_and_leaves_noth
     Checked once by printing the error instead of raising: the test goes red."""
     from pm_lightning.ablation import train_corpus
 
-    def write_truncated(raw, sizes, size, seed, progress=False):
-        write_corpus(raw, sizes, size, seed, progress=progress)
+    def write_truncated(raw, sizes, size, seed, progress=False, varied=False):
+        write_corpus(raw, sizes, size, seed, progress=progress, varied=varied)
         for png in Path(raw).rglob("*.png"):
             png.write_bytes(png.read_bytes()[:40])
 

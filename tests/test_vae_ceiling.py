@@ -57,3 +57,12 @@ def test_round_trip_is_the_backbone_s_encode_and_decode(vc, tiny_base):
     got = [np.asarray(im) for im in vc.round_trip(backbone.vae, frames, 64, batch=2)]
     assert len(got) == 3 and all((g == w).all() for g, w in zip(got, want))
     assert any((g != np.asarray(f.convert("RGB"))).any() for g, f in zip(got, frames))  # a lossy VAE, not identity
+
+
+def test_token_price_times_the_candidate_s_token_count_against_the_committed_factor(vc):
+    """A 4x VAE gives 4x the tokens of the committed 8x at every canvas size; the ratio is the two timings'."""
+    price = vc.token_price(4, 16, sizes=(32, 64), batch=1, reps=1)
+    assert {s: (r["tokens"], r["tokens_8x"]) for s, r in price.items()} == {32: (16, 4), 64: (64, 16)}
+    assert all(r["s"] > 0 and r["s_8x"] > 0 and abs(r["ratio"] - r["s"] / r["s_8x"]) < 0.01 for r in price.values())
+    same = vc.token_price(8, 64, sizes=(32,), batch=1, reps=1)[32]  # 8x, 64 channels: only in_channels differ
+    assert same["tokens"] == same["tokens_8x"] == 4

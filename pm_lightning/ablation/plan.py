@@ -56,11 +56,14 @@ class CorpusPrompts:
 class TrainCorpus:
     """The synthetic training corpus every training of the plan reads (stage 1 and stage 2) instead of its configs'
     shards: `sizes[d]` sequences of each training domain d (corpus `seed`, `size`-px frames), built once into
-    OUT/corpus/train (`ablation/train_corpus.py`); the configs' `data.domains` become its domains."""
+    OUT/corpus/train (`ablation/train_corpus.py`); the configs' `data.domains` become its domains. `varied_steps`:
+    processes of varying length shown as each domain's 9 or 4 frames (`generate_sequence(..., varied=True)`), so some
+    grids are jumpy and some redundant, as the adaptive steps expect."""
 
     sizes: dict[str, int] = field(default_factory=dict)
     seed: int = 0  # the training split of `make shards`
     size: int = 64
+    varied_steps: bool = False  # False: every step one frame, the corpus of `make shards`
 
 
 @dataclass
@@ -334,6 +337,10 @@ def check_train_corpus(plan: Plan) -> None:
     """The training corpus names known synthetic domains with counts >= 1, none of them held out, and every
     evaluated domain is either trained or held out."""
     src, sizes = plan.source, plan.train_corpus.sizes
+    if not isinstance(plan.train_corpus.varied_steps, bool):
+        raise PlanError(
+            f"{src}: train_corpus.varied_steps must be true or false, got {plan.train_corpus.varied_steps!r}"
+        )
     if not isinstance(sizes, dict) or not sizes:
         raise PlanError(f"{src}: train_corpus.sizes must map training domains to sequence counts, got {sizes!r}")
     bad = {d: n for d, n in sizes.items() if d not in DOMAINS or not isinstance(n, int) or n < 1}

@@ -33,7 +33,7 @@ def ensure_train_corpus(plan: Plan, out: Path, print_fn=print) -> Path | None:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".raw-") as raw:
-        write_corpus(Path(raw), spec.sizes, spec.size, spec.seed, progress=False)
+        write_corpus(Path(raw), spec.sizes, spec.size, spec.seed, progress=False, varied=spec.varied_steps)
         try:  # what `python -m pm_lightning.shards --src RAW --size SIZE` does, without the command
             write_shards(discover_folder(raw), tmp, ShardConfig(size=spec.size))
         except (ShardError, ValueError) as err:
@@ -41,5 +41,6 @@ def ensure_train_corpus(plan: Plan, out: Path, print_fn=print) -> Path | None:
             raise CorpusBuildFailed(f"could not shard the plan's train_corpus into {target}: {err}") from err
     shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier build (no index.json)
     os.replace(tmp, target)
-    print_fn(f"train corpus: {sum(spec.sizes.values())} sequences of {len(spec.sizes)} domains -> {target}")
+    kind = " (varied step counts)" if spec.varied_steps else ""
+    print_fn(f"train corpus: {sum(spec.sizes.values())} sequences of {len(spec.sizes)} domains{kind} -> {target}")
     return target

@@ -9,7 +9,7 @@ the ground-truth amount of change between frames (`Canvas.changes`).
 
 from __future__ import annotations
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 COLOURS = {
     "red": (215, 40, 40),
@@ -84,8 +84,8 @@ class Canvas:
         self._elements += 1
         self.draw.line(self.xy(points), fill=fill, width=self.w(width), joint="curve")
 
-    def hatch(self, points, fill, spacing=0.05, width=0.012):
-        """Diagonal hatching clipped to a polygon (pencil shading)."""
+    def hatch(self, points, fill, spacing=0.05, width=0.012, box=None):
+        """Diagonal hatching clipped to a polygon (pencil shading), and to the box (x0, y0, x1, y1) when given."""
         self._elements += 1
         layer = self.img.copy()
         d = ImageDraw.Draw(layer)
@@ -95,7 +95,24 @@ class Canvas:
             d.line(self.xy([(x, 1.0), (x + 1.0, 0.0)]), fill=fill, width=self.w(width))
         mask = Image.new("L", self.img.size, 0)
         ImageDraw.Draw(mask).polygon(self.xy(points), fill=255)
-        self.img.paste(layer, mask=mask)  # in place, so self.draw keeps drawing on it
+        self.img.paste(layer, mask=self._clip(mask, box))  # in place, so self.draw keeps drawing on it
+
+    def poly_in(self, points, fill, box):
+        """Filled polygon clipped to the box (x0, y0, x1, y1): one band of a large fill."""
+        self._elements += 1
+        mask = Image.new("L", self.img.size, 0)
+        ImageDraw.Draw(mask).polygon(self.xy(points), fill=255)
+        self.img.paste(fill, (0, 0, self.size, self.size), mask=self._clip(mask, box))
+
+    def _clip(self, mask: Image.Image, box) -> Image.Image:
+        """`mask` with everything outside the relative box (x0, y0, x1, y1; exclusive ends) cleared; None: as is."""
+        if box is None:
+            return mask
+        (a, b), (c, d) = self.xy([box[:2], box[2:]])
+        keep = Image.new("L", mask.size, 0)
+        if c > a and d > b:
+            ImageDraw.Draw(keep).rectangle([a, b, c - 1, d - 1], fill=255)
+        return ImageChops.darker(mask, keep)
 
     def step(self, text: str):
         """Record the current picture as the frame that follows `text`."""

@@ -2,7 +2,8 @@
 
 `generate_sequence(domain, seed, size)` renders one sequence (frames, caption, one caption
 per step); `write_corpus` writes many in the raw folder format
-`OUT/<domain>/seq-000012/{00.png, ..., meta.json}`. Seven training domains and two
+`OUT/<domain>/seq-000012/{00.png, ..., meta.json}`. By default every step of a domain is one frame; with
+`varied=True` the frames show a process of a varying number of steps (`data/synthetic_process.py`). Seven training domains and two
 held-out domains (for unseen-domain tests); both are written, training configs filter.
 Every domain has its own empty background so a tiny model can tell them apart at a glance.
 """
@@ -21,7 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pm_lightning.core.progress import progress_bar
 from pm_lightning.data import synthetic_held_out as held_out
 from pm_lightning.data import synthetic_renderers as sd
+from pm_lightning.data import synthetic_varied as sv
 from pm_lightning.data.synthetic_canvas import Canvas
+from pm_lightning.data.synthetic_process import covered_steps, frame_indices, render_process, step_spread
 
 # ---------------------------------------------------------------- backgrounds (empty frames)
 
@@ -104,19 +107,31 @@ DOMAINS: dict[str, int] = {name: spec.frames for name, spec in SPECS.items()}
 @dataclass
 class Sequence:
     """One procedural sequence: frame k shows the state after step k; the last is finished. `changes[k]`: the
-    elements (drawing primitives) step k added or painted over, the ground-truth amount of change."""
+    elements (drawing primitives) step k added or painted over, the ground-truth amount of change.
+
+    A varied sequence (`generate_sequence(..., varied=True)`) shows a process of S steps: frame k covers
+    `process_steps[k]` of them (the first frame: every step up to its state; 0: frame k repeats frame k - 1's state),
+    `changes[k]` is the elements of the steps it covers and `steps[k]` the text of the last of them. None: one step
+    per frame."""
 
     domain: str
     caption: str
     steps: list[str]
     frames: list[Image.Image]
     changes: list[int] = field(default_factory=list)
+    process_steps: list[int] | None = None
 
     def change_between(self, i: int, j: int) -> int:
         """Ground-truth amount of change from frame i to frame j > i: the elements of steps i+1 .. j."""
         if not 0 <= i < j < len(self.frames):
             raise ValueError(f"frames {i} -> {j}: need 0 <= i < j < {len(self.frames)}")
         return sum(self.changes[i + 1 : j + 1])
+
+    def steps_between(self, i: int, j: int) -> int:
+        """Process steps from frame i to frame j > i: j - i for one step per frame, else those frames i+1 .. j cover."""
+        if not 0 <= i < j < len(self.frames):
+            raise ValueError(f"frames {i} -> {j}: need 0 <= i < j < {len(self.frames)}")
+        return j - i if self.process_steps is None else sum(self.process_steps[i + 1 : j + 1])
 
 
 def spec_for(domain: str) -> DomainSpec:
@@ -133,8 +148,11 @@ def blank_frame(domain: str, size: int = 64) -> Image.Image:
     return canvas.img
 
 
-def generate_sequence(domain: str, seed: int, size: int = 64) -> Sequence:
-    """Render one sequence of `domain`; a pure function of (domain, seed, size)."""
+def generate_sequence(domain: str, seed: int, size: int = 64, varied: bool = False) -> Sequence:
+    """Render one sequence of `domain`; a pure function of (domain, seed, size, varied). Default: one step per frame;
+    `varied`: the frames of a process of S steps, S in the domain's `STEP_RANGES` (`varied_sequence`)."""
+    if varied:
+        return varied_sequence(domain, seed, size)
     spec = spec_for(domain)
     canvas = Canvas(size)
     spec.background(canvas)
@@ -142,6 +160,26 @@ def generate_sequence(domain: str, seed: int, size: int = 64) -> Sequence:
     if len(canvas.frames) != spec.frames:
         raise AssertionError(f"{domain} rendered {len(canvas.frames)} frames, expected {spec.frames}")
     return Sequence(domain, caption, canvas.steps, canvas.frames, canvas.changes)
+
+
+def varied_sequence(domain: str, seed: int, size: int = 64) -> Sequence:
+    """The domain's frame count of states of a process of S steps (`data/synthetic_process.py`), evenly spaced from
+    the first state to the last: some transitions skip steps when S > frames, some frames repeat when S < frames."""
+    spec = spec_for(domain)
+    proc = render_process(spec.background, sv.ATOMS[domain], sv.STEP_RANGES[domain], seed, size)
+    idx = frame_indices(len(proc.states), spec.frames)
+    firsts = [0] + [k + 1 for k in idx[:-1]]  # the first step each frame covers (past its last one: none)
+    changes = [sum(proc.changes[a : b + 1]) for a, b in zip(firsts, idx)]
+    frames = [proc.states[k] for k in idx]
+    return Sequence(domain, proc.caption, [proc.steps[k] for k in idx], frames, changes, covered_steps(idx))
+
+
+def process_spread(domain: str, seed: int) -> list[float]:
+    """The visual change of every step of the varied process of (domain, seed): the fraction of pixels that differ
+    between consecutive states at 64 px, the first step's from the blank background."""
+    spec = spec_for(domain)
+    proc = render_process(spec.background, sv.ATOMS[domain], sv.STEP_RANGES[domain], seed, 64)
+    return step_spread(blank_frame(domain, 64), proc.states)
 
 
 def sequence_seed(seed: int, domain: str, index: int) -> int:
@@ -155,6 +193,8 @@ def write_sequence(seq: Sequence, folder: Path) -> None:
     for k, frame in enumerate(seq.frames):
         frame.save(folder / f"{k:02d}.png")
     meta = {"caption": seq.caption, "steps": seq.steps}
+    if seq.process_steps is not None:  # varied: the ground truth a grid alone does not show
+        meta |= {"process_steps": seq.process_steps, "changes": seq.changes}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -165,9 +205,11 @@ def write_corpus(
     seed: int = 0,
     domains: Iterable[str] | None = None,
     progress: bool = True,
+    varied: bool = False,
 ) -> dict:
     """Write `per_domain` sequences of each domain under `out` (a mapping: that many of each domain it names, and
-    only those); returns {domain: count}. Sequence i of a domain is the same whatever the others' counts."""
+    only those); returns {domain: count}. Sequence i of a domain is the same whatever the others' counts. `varied`:
+    processes of varying length (`generate_sequence`)."""
     if isinstance(per_domain, Mapping):
         counts = dict(per_domain)
     else:
@@ -177,13 +219,15 @@ def write_corpus(
     out = Path(out)
     jobs = [(name, i) for name, n in counts.items() for i in range(n)]
     for name, i in progress_bar(jobs, desc="synth", unit="seq", enabled=progress):
-        seq = generate_sequence(name, sequence_seed(seed, name, i), size)
+        seq = generate_sequence(name, sequence_seed(seed, name, i), size, varied)
         write_sequence(seq, out / name / f"seq-{i:06d}")
     return counts
 
 
-def contact_sheet(domains: Iterable[str] | None = None, per_row: int = 3, size: int = 64, seed: int = 0) -> Image.Image:
-    """One row per domain: its name, then `per_row` sequences as serpentine grids."""
+def contact_sheet(
+    domains: Iterable[str] | None = None, per_row: int = 3, size: int = 64, seed: int = 0, varied: bool = False
+) -> Image.Image:
+    """One row per domain: its name, then `per_row` sequences (`varied`: of varying length) as serpentine grids."""
     # lazy: data/grid.py imports torch, 5 s the synth command never needs (docs/ARCHITECTURE.md, "Start-up")
     from pm_lightning.data.grid import frames_to_grid, layout_for
 
@@ -198,7 +242,7 @@ def contact_sheet(domains: Iterable[str] | None = None, per_row: int = 3, size: 
         tag = "\n(held out)" if name in HELDOUT_DOMAINS else ""
         draw.text((4, y + cell // 2 - 6), f"{name}{tag}\n{DOMAINS[name]} frames", fill=(0, 0, 0), font=font)
         for k in range(per_row):
-            seq = generate_sequence(name, sequence_seed(seed, name, k), size)
+            seq = generate_sequence(name, sequence_seed(seed, name, k), size, varied)
             grid = frames_to_grid(seq.frames, *layout_for(len(seq.frames)))
             off = (cell - grid.width) // 2
             sheet.paste(grid, (label + k * (cell + gap) + off, y + off))

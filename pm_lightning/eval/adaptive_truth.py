@@ -113,14 +113,16 @@ def oracle_terms(seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
 
 
 def step_oracle_terms(seqs, cases: list[Case]) -> list[dict[str, torch.Tensor]]:
-    """Every term set to the number of process steps between neighbours (j - i for frames i < j, 0 for a copy).
+    """Every term set to the number of process steps between neighbours (`Sequence.steps_between` for frames
+    i < j: j - i when every frame is one step, what the frames cover in a varied sequence; 0 for a copy).
 
     Known for the synthetic sequences by construction; unlike the element count it does not depend on how much a
-    step draws, so every true pair of a sequence has the same Delta (1)."""
+    step draws, so every true pair of a fixed-length sequence has the same Delta (1)."""
     out = []
     for c in cases:
-        idx = [k % len(seqs[c.seq].frames) for k in c.order]
-        steps = torch.tensor([float(b - a) if b > a else 0.0 for a, b in zip(idx, idx[1:])])
+        seq = seqs[c.seq]
+        idx = [k % len(seq.frames) for k in c.order]
+        steps = torch.tensor([float(seq.steps_between(a, b)) if b > a else 0.0 for a, b in zip(idx, idx[1:])])
         out.append({"glob": steps, "loc": steps, "sem": steps})
     return out
 
