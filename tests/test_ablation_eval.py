@@ -48,15 +48,15 @@ def test_a_row_can_change_its_training_and_its_parameter_count_follows(tmp_path)
     from pm_lightning.ablation.row_params import row_parameters
 
     data = plan_data()
-    data["rows"]["rank8"] = {"label": "masked + align, rank 8", "overlay": "experiments/ablations/masked_align.yaml",
-                             "args": {"model.init_args.adapter.rank": 8, "model.init_args.alignment.lambda0": 1.0}}  # fmt: skip
+    data["rows"]["rank2"] = {"label": "masked + align, rank 2", "overlay": "experiments/ablations/masked_align.yaml",
+                             "args": {"model.init_args.adapter.rank": 2, "model.init_args.alignment.lambda0": 1.0}}  # fmt: skip
     plan = parse_plan(data, str(PLAN))
-    job = next(j for j in build_jobs(plan, tmp_path) if j.id == "stage1/rank8/seed-0")
+    job = next(j for j in build_jobs(plan, tmp_path) if j.id == "stage1/rank2/seed-0")
     cmd = fit_command(plan, job)
-    assert cmd[cmd.index("--model.init_args.adapter.rank") + 1] == "8"
+    assert cmd[cmd.index("--model.init_args.adapter.rank") + 1] == "2"
     assert cmd[cmd.index("--model.init_args.alignment.lambda0") + 1] == "1.0"
-    small, big = row_parameters(plan, "rank8"), row_parameters(plan, "masked_align")
-    assert small["params_tiny"] < big["params_tiny"] and small["params_flux"] == big["params_flux"]  # rank 16 -> 8
+    small, big = row_parameters(plan, "rank2"), row_parameters(plan, "masked_align")
+    assert small["params_tiny"] < big["params_tiny"] and small["params_flux"] == big["params_flux"]  # rank 3 -> 2
     data["rows"]["base"]["args"] = {"trainer.max_steps": 5}
     with pytest.raises(PlanError, match="rows.base.args: only a row with an overlay trains"):
         parse_plan(data, str(PLAN))
