@@ -7,6 +7,7 @@ import re
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from pm_lightning.models.adapter_layers import DomainLoraLinear, MaskedLoraLinear
 from pm_lightning.models.adapter_routing import check_domain
@@ -15,9 +16,13 @@ from pm_lightning.models.adapters import adapter_parameters, domain_layers, name
 
 def mask_l1(transformer: nn.Module) -> torch.Tensor:
     """Mean |gate| over every learnable gate (the gate values, so sigmoid gates' in (0, 1); tied gates once; 0 for the
-    other kinds): the sparsity term the caller weights by ``AdapterConfig.mask_l1``."""
+    other kinds): the sparsity term the caller weights by ``AdapterConfig.mask_l1``.
+
+    Called outside the forward, so under FSDP2 the gates are sharded DTensors: each is gathered whole
+    (``full_tensor``, differentiable: its backward hands every rank the gradient of its own shard), so the term is a
+    plain tensor that adds to the plain loss, the same value on every rank as in one process."""
     gates = {
-        id(layer.lora_gate[a]): layer.gate_values(a)  # (C, g)
+        id(layer.lora_gate[a]): _whole(layer.gate_values(a))  # (C, g)
         for layer in domain_layers(transformer)
         if isinstance(layer, MaskedLoraLinear)
         for a in layer.lora_gate
@@ -27,6 +32,11 @@ def mask_l1(transformer: nn.Module) -> torch.Tensor:
         p = next(iter(adapter_parameters(transformer)), None)
         return torch.zeros((), device=p.device if p is not None else None)
     return sum(g.abs().sum() for g in gates.values()) / total
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered into a plain tensor (differentiably); any other tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def adapter_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
