@@ -243,6 +243,40 @@ def test_insert_between_and_recraft_shapes(dual):
         assert len(out) == frames and all(f.size == (CELL, CELL) for f in out)
 
 
+@pytest.fixture(scope="module")
+def base_4x(tmp_path_factory) -> str:
+    """A random tiny Flux whose VAE downsamples 4x (three blocks: `tiny_base --vae-channels 16,32,64`)."""
+    from pm_lightning.tiny.flux_components import build_pipeline, with_latents
+    from pm_lightning.tiny.frame_pools import tokenizer_texts
+
+    out = tmp_path_factory.mktemp("tiny-flux-4x")
+    torch.manual_seed(0)
+    build_pipeline(with_latents(16, (16, 32, 64)), tokenizer_texts(20)).save_pretrained(out)
+    return str(out)
+
+
+def test_a_base_with_a_4x_vae_trains_and_samples_stage_2_with_exact_references(base_4x, batch):
+    """Nothing assumes Flux's 8x: on a 4x base a token covers 8 px, the stage-2 loss masks exactly the reference
+    cells' tokens, and sampling writes back and decodes the references up to the VAE. (With the factor hard-coded
+    to 8 the sampler's noise had a quarter of the tokens and failed: checked.)"""
+    module = make_module(base_4x)
+    assert module.backbone.vae_scale_factor == 4
+    out = module.losses(batch, step=3)
+    tokens = (2 * CELL // 8) ** 2  # dual mode: 2x2 grids of CELL-px frames, 8 px per token
+    assert out["mask"].shape == (len(batch["pixels"]), tokens) and torch.isfinite(out["fm"]).all()
+    assert out["mask"].sum(1).tolist() == [tokens // 2] * len(batch["pixels"])  # 2 of 4 cells: the references
+    refs = {0: frame(-0.5), 3: frame(0.5)}
+    latents, x_ref, mask = sample_reference_latents(
+        module.backbone, ["a lego tower"], [refs], 2, 2, CELL, num_inference_steps=2, seeds=[0]
+    )
+    assert latents.shape[1] == (2 * CELL // 8) ** 2 and torch.equal(latents[mask], x_ref[mask].to(latents))
+    frames = sample_with_references(module.backbone, "a lego tower", refs, 2, 2, CELL, num_inference_steps=2)
+    assert len(frames) == 4 and all(f.size == (CELL, CELL) for f in frames)
+    for k, ref in refs.items():
+        round_trip = module.backbone.decode_latents(module.backbone.encode_images(to_tensor(ref, CELL)[None]))[0]
+        assert (to_tensor(frames[k], CELL) - round_trip).abs().max() <= 1 / 127.5 + 1e-4, k
+
+
 # ---------------------------------------------------------------- the CLI
 
 

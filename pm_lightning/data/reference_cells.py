@@ -23,7 +23,9 @@ from pm_lightning.data.grid import frame_index, tensor_grid_to_frames
 MODES = ("dual", "recraft")
 DUAL_LAYOUT = (2, 2)
 DUAL_REFERENCES = (0, 3)  # serpentine positions of f_a (top left) and f_d (bottom left)
-TOKEN_PX = 16  # one packed Flux token: VAE factor 8 x 2x2 packing
+TOKEN_PX = (
+    16  # one packed Flux token: VAE factor 8 x 2x2 packing (a 4x VAE's tokens are 8 px: 16 px is whole tokens too)
+)
 
 
 # ---------------------------------------------------------------- frame selection

@@ -54,10 +54,10 @@ def reference_latents(
             f"reference positions must be a non-empty subset of 0..{n - 1} for a {rows}x{cols} grid, got {sorted(references)}"
         )
     frames = torch.stack([to_tensor(references[k], cell) for k in sorted(references)])  # (k, 3, cell, cell)
-    encoded = backbone.encode_images(frames.to(backbone.device, backbone.dtype))  # (k, 16, c/8, c/8)
-    latents = encoded.new_zeros(n, *encoded.shape[1:])  # (n, 16, c/8, c/8)
+    encoded = backbone.encode_images(frames.to(backbone.device, backbone.dtype))  # (k, C, c/f, c/f), f the VAE factor
+    latents = encoded.new_zeros(n, *encoded.shape[1:])  # (n, C, c/f, c/f)
     latents[sorted(references)] = encoded
-    grid = tensor_frames_to_grid(latents, rows, cols)[None]  # (1, 16, h, w)
+    grid = tensor_frames_to_grid(latents, rows, cols)[None]  # (1, C, h, w)
     ids = image_ids(*grid.shape[-2:], device=grid.device)  # (N, 3)
     return pack(grid), cell_token_mask(ids, rows, cols, list(references))
 
@@ -88,7 +88,8 @@ def sample_reference_latents(
     refs = [reference_latents(backbone, r, rows, cols, cell) for r in references]
     x_ref = torch.cat([x for x, _ in refs])  # (B, N, 64)
     keep = torch.stack([m for _, m in refs]).to(x_ref.device)  # (B, N)
-    h, w = rows * cell // 8, cols * cell // 8
+    f = backbone.vae_scale_factor  # 8 for Flux; a tiny VAE may downsample less
+    h, w = rows * cell // f, cols * cell // f
     noise = torch.cat(
         [
             pack(torch.randn((1, backbone.latent_channels, h, w), generator=torch.Generator("cpu").manual_seed(s)))
@@ -125,8 +126,9 @@ def decode_cells(backbone, latents: torch.Tensor, rows: int, cols: int, cell: in
     exactly vae-decode(vae-encode(frame)): the VAE's GroupNorm and mid-block attention never mix cells.
     """
     out = []
-    for grid in unpack(latents, rows * cell // 8, cols * cell // 8):  # (16, h, w) each
-        cells = tensor_grid_to_frames(grid, rows, cols)  # (n, 16, c/8, c/8) in temporal order
+    f = backbone.vae_scale_factor
+    for grid in unpack(latents, rows * cell // f, cols * cell // f):  # (C, h, w) each
+        cells = tensor_grid_to_frames(grid, rows, cols)  # (n, C, c/f, c/f) in temporal order
         out.append([to_pil(f) for f in backbone.decode_latents(cells)])
     return out
 
