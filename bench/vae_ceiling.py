@@ -63,11 +63,55 @@ def round_trip(vae, images, cell: int, batch: int = 32) -> list:
     return out
 
 
+@torch.no_grad()
+def _tokens(side: int) -> torch.Tensor:
+    """(side^2, 3) Flux image position ids (0, row, col) of a side x side token grid."""
+    r = torch.arange(side, dtype=torch.float32)
+    return torch.stack([torch.zeros(side * side), r.repeat_interleave(side), r.repeat(side)], dim=1)
+
+
+def token_price(factor: int, latent_channels: int, sizes=(64, 128, 192), batch: int = 4, reps: int = 3) -> dict:
+    """The transformer's price of a VAE: seconds of one forward + backward of the committed tiny transformer's
+    architecture (random weights, `in_channels` = 4 x the VAE's latent channels) on a batch of square canvases of
+    each size, at the token count this VAE's factor gives (side / factor / 2 tokens per side, 2x2 packing) and at
+    the committed VAE's (factor 8), measured side by side: {size: {"tokens", "tokens_8x", "s", "s_8x", "ratio"}}."""
+    from diffusers import FluxTransformer2DModel
+
+    cfg = dict(FluxTransformer2DModel.load_config(str(REPO / "data" / "tiny-flux" / "transformer")))
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+    def step_seconds(in_channels: int, side: int) -> float:
+        torch.manual_seed(0)
+        tf = FluxTransformer2DModel(**{**cfg, "in_channels": in_channels, "out_channels": None})
+        x = torch.randn(batch, side * side, in_channels)
+        txt = torch.randn(batch, 32, cfg["joint_attention_dim"])
+        kw = dict(pooled_projections=torch.randn(batch, cfg["pooled_projection_dim"]), timestep=torch.rand(batch))
+        kw.update(img_ids=_tokens(side), txt_ids=torch.zeros(32, 3), encoder_hidden_states=txt, return_dict=False)
+        if cfg.get("guidance_embeds"):
+            kw["guidance"] = torch.ones(batch)
+        times = []
+        for _ in range(reps + 1):  # the first call warms up
+            t0 = time.perf_counter()
+            tf(hidden_states=x, **kw)[0].mean().backward()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times[1:]))
+
+    out = {}
+    for size in sizes:
+        side, side8 = size // factor // 2, size // 16
+        s, s8 = step_seconds(4 * latent_channels, side), step_seconds(cfg["in_channels"], side8)
+        out[size] = {"tokens": side * side, "tokens_8x": side8 * side8, "s": round(s, 4), "s_8x": round(s8, 4)}
+        out[size]["ratio"] = round(s / s8, 2)
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vae", type=Path, default=DEFAULT_VAE, help="an AutoencoderKL folder (config.json + weights)")
     p.add_argument("--per-domain", type=int, default=8, help="sequences per domain (split seed 1)")
     p.add_argument("--json", type=Path, default=None, help="also write the group means here")
+    p.add_argument("--price", action="store_true", help="also time the transformer at this VAE's token counts")
+    p.add_argument("--cell", type=int, default=None, help="frame size in px (default: the stage-2 config's cell)")
     return p.parse_args(argv)
 
 
@@ -80,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     from pm_lightning.models.encoders import Encoders
 
     t0 = time.perf_counter()
-    cell = stage_cell()
+    cell = args.cell or stage_cell()
     domains = {"training domains": list(TRAIN_DOMAINS), "held-out domains": list(HELDOUT_DOMAINS)}
     samples = collect(domains, args.per_domain, cell)
     vae = AutoencoderKL.from_pretrained(str(args.vae)).eval()
@@ -106,6 +150,12 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\n### {group} ({len(sub)} insertions)\n\n{per_method}\n\nCeiling {line}.")
         result[group] = {m: {k: float(v.mean()) for k, v in res.items()} for m, res in sc.items()}
         result[group]["shortfalls"] = miss
+    if args.price:
+        result["price"] = token_price(factor, c.latent_channels)
+        rows = [f"| {size} px | {r['tokens']} | {r['tokens_8x']} | {r['s']} | {r['s_8x']} | {r['ratio']}x |"
+                for size, r in result["price"].items()]  # fmt: skip
+        head = "| canvas | tokens | tokens (8x) | fwd+bwd s | fwd+bwd s (8x) | ratio |\n|---|---:|---:|---:|---:|---:|"
+        print(f"\n### The transformer's price (batch 4, one thread)\n\n{head}\n" + "\n".join(rows))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"\n{result['seconds']} s")
     if args.json is not None:
