@@ -58,23 +58,30 @@ MOSAIC_PATTERNS = {
 }
 
 
-def render_mosaic(rng: random.Random, c: Canvas) -> str:
-    """A 6x6 tile mosaic set in nine 2x2 blocks, block order serpentine like the grid."""
+def mosaic_tiles(rng: random.Random) -> tuple[str, list[tuple[int, tuple, tuple]]]:
+    """(caption, tiles): a 6x6 mosaic's draws, in this order (both the fixed-length renderer and the varied one,
+    `data/synthetic_varied.py`, draw them here); tiles as (block k, box (x0, y0, x1, y1), rgb) in setting order, nine
+    2x2 blocks, block order serpentine like the grid, each tile jittered."""
     a, b = rng.sample(["red", "orange", "yellow", "green", "blue", "purple", "white", "black"], 2)
     pattern = rng.choice(sorted(MOSAIC_PATTERNS))
     pitch = 0.88 / 6
+    tiles = []
     for k in range(9):
         r = k // 3
         q = k % 3 if r % 2 == 0 else 2 - k % 3
         for j in (2 * r, 2 * r + 1):
             for i in (2 * q, 2 * q + 1):
                 x, y = 0.06 + i * pitch + rng.uniform(-0.01, 0.01), 0.06 + j * pitch + rng.uniform(-0.01, 0.01)
-                c.rect(
-                    x + 0.012,
-                    y + 0.012,
-                    x + pitch - 0.012,
-                    y + pitch - 0.012,
-                    COLOURS[(a, b)[MOSAIC_PATTERNS[pattern](i, j)]],
-                )
-        c.step(f"set the {ORDINALS[k]} block of tiles")
-    return f"a mosaic of {a} and {b} tiles in {pattern}"
+                box = (x + 0.012, y + 0.012, x + pitch - 0.012, y + pitch - 0.012)
+                tiles.append((k, box, COLOURS[(a, b)[MOSAIC_PATTERNS[pattern](i, j)]]))
+    return f"a mosaic of {a} and {b} tiles in {pattern}", tiles
+
+
+def render_mosaic(rng: random.Random, c: Canvas) -> str:
+    """A 6x6 tile mosaic set in nine 2x2 blocks, block order serpentine like the grid."""
+    caption, tiles = mosaic_tiles(rng)
+    for n, (k, box, rgb) in enumerate(tiles):
+        c.rect(*box, rgb)
+        if n % 4 == 3:  # the block's fourth tile
+            c.step(f"set the {ORDINALS[k]} block of tiles")
+    return caption

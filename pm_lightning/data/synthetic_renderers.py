@@ -27,14 +27,22 @@ def lego_brick(c: Canvas, x: float, row: int, rgb: tuple):
     c.rect(x, y1 - 0.14, x + 0.2, y1, rgb, shade(rgb, 0.6), 0.015)
 
 
-def render_lego(rng: random.Random, c: Canvas) -> str:
-    """Baseplate, then eight bricks bottom-up into a tower, wall, pyramid or staircase."""
+def lego_choices(rng: random.Random) -> tuple[str, str, str, float]:
+    """(plate colour, brick colour, shape, horizontal shift): a lego build's draws, in this order (both the
+    fixed-length renderer and the varied one, `data/synthetic_varied.py`, draw them here)."""
     plate = rng.choice(["green", "gray", "blue"])
     brick = rng.choice([k for k in ("red", "yellow", "blue", "orange", "green", "purple") if k != plate])
     shape = rng.choice(sorted(LEGO_SHAPES))
     cells = LEGO_SHAPES[shape]
     lo, hi = min(x for x, _ in cells), max(x for x, _ in cells) + 0.2
     dx = rng.choice([v for v in (-0.1, 0.0, 0.1) if lo + v >= 0.05 and hi + v <= 0.95])
+    return plate, brick, shape, dx
+
+
+def render_lego(rng: random.Random, c: Canvas) -> str:
+    """Baseplate, then eight bricks bottom-up into a tower, wall, pyramid or staircase."""
+    plate, brick, shape, dx = lego_choices(rng)
+    cells = LEGO_SHAPES[shape]
     prgb = COLOURS[plate]
     c.rect(0.05, 0.84, 0.95, 0.93, prgb, shade(prgb, 0.6), 0.01)
     for k in range(9):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pm_lightning.data.synthetic_canvas import COLOURS, ORDINALS, Canvas, a, count, shade
-from pm_lightning.data.synthetic_held_out import MOSAIC_PATTERNS, ORIGAMI
+from pm_lightning.data.synthetic_held_out import ORIGAMI, mosaic_tiles
 from pm_lightning.data.synthetic_process import Atom
 from pm_lightning.data.synthetic_renderers import (
     CAKE_COLOURS,
@@ -26,6 +26,7 @@ from pm_lightning.data.synthetic_renderers import (
     PENCILS,
     SKETCHES,
     SKIES,
+    lego_choices,
     sprite_mask,
 )
 
@@ -70,12 +71,8 @@ def banded(text: str, points, fill, n: int, x_bands: bool = False, outline=None)
 
 def atoms_lego(rng: random.Random) -> tuple[str, list[Atom]]:
     """Baseplate in three segments, then eight bricks bottom-up, each set as a left and a right half."""
-    plate = rng.choice(["green", "gray", "blue"])
-    brick = rng.choice([k for k in ("red", "yellow", "blue", "orange", "green", "purple") if k != plate])
-    shape = rng.choice(sorted(LEGO_SHAPES))
+    plate, brick, shape, dx = lego_choices(rng)
     cells = LEGO_SHAPES[shape]
-    lo, hi = min(x for x, _ in cells), max(x for x, _ in cells) + 0.2
-    dx = rng.choice([v for v in (-0.1, 0.0, 0.1) if lo + v >= 0.05 and hi + v <= 0.95])
     prgb, rgb = COLOURS[plate], COLOURS[brick]
 
     def segment(c: Canvas, x0: float):
@@ -356,22 +353,12 @@ def polygon_area(pts) -> float:
 
 def atoms_mosaic(rng: random.Random) -> tuple[str, list[Atom]]:
     """The 36 tiles one by one, in nine 2x2 blocks, block order serpentine like the grid."""
-    a_, b_ = rng.sample(["red", "orange", "yellow", "green", "blue", "purple", "white", "black"], 2)
-    pattern = rng.choice(sorted(MOSAIC_PATTERNS))
-    pitch = 0.88 / 6
-    atoms: list[Atom] = []
-    for k in range(9):
-        r = k // 3
-        q = k % 3 if r % 2 == 0 else 2 - k % 3
-        for j in (2 * r, 2 * r + 1):
-            for i in (2 * q, 2 * q + 1):
-                x, y = 0.06 + i * pitch + rng.uniform(-0.01, 0.01), 0.06 + j * pitch + rng.uniform(-0.01, 0.01)
-                rgb = COLOURS[(a_, b_)[MOSAIC_PATTERNS[pattern](i, j)]]
-                tile = lambda c, x=x, y=y, rgb=rgb: c.rect(
-                    x + 0.012, y + 0.012, x + pitch - 0.012, y + pitch - 0.012, rgb
-                )
-                atoms.append((f"set the {ORDINALS[k]} block of tiles", tile))
-    return f"a mosaic of {a_} and {b_} tiles in {pattern}", atoms
+    caption, tiles = mosaic_tiles(rng)
+    atoms: list[Atom] = [
+        (f"set the {ORDINALS[k]} block of tiles", lambda c, box=box, rgb=rgb: c.rect(*box, rgb))
+        for k, box, rgb in tiles
+    ]
+    return caption, atoms
 
 
 ATOMS = {
