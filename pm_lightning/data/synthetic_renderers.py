@@ -92,6 +92,16 @@ def render_painting(rng: random.Random, c: Canvas) -> str:
     return f"an oil painting of {count(trees, 'tree')} on {ground} fields under {a(sky)} sky"
 
 
+def plush_details(c: Canvas, cx: float, rgb: tuple, dark: tuple, eye: str) -> None:
+    """A plush animal's last touches: the belly patch, its stitching, button eyes and nose."""
+    c.ellipse(cx, 0.7, 0.1, 0.12, shade(rgb, 1.4))
+    for k in range(4):
+        c.line([(cx, 0.6 + k * 0.055), (cx, 0.63 + k * 0.055)], dark, 0.015)
+    for s in (-1, 1):
+        c.ellipse(cx + s * 0.065, 0.3, 0.032, 0.032, COLOURS[eye])
+    c.ellipse(cx, 0.38, 0.025, 0.02, (60, 30, 30))
+
+
 def render_fabric_toy(rng: random.Random, c: Canvas) -> str:
     """A plush animal sewn body, head and ears, limbs, then eyes and stitching."""
     colour = rng.choice(["brown", "white", "gray", "pink", "yellow", "purple"])
@@ -115,12 +125,7 @@ def render_fabric_toy(rng: random.Random, c: Canvas) -> str:
         c.ellipse(cx + s * 0.22, 0.6, 0.07, 0.1, rgb, dark, 0.015)
         c.ellipse(cx + s * 0.12, 0.88, 0.08, 0.06, rgb, dark, 0.015)
     c.step("sew on the arms and legs")
-    c.ellipse(cx, 0.7, 0.1, 0.12, shade(rgb, 1.4))
-    for k in range(4):
-        c.line([(cx, 0.6 + k * 0.055), (cx, 0.63 + k * 0.055)], dark, 0.015)
-    for s in (-1, 1):
-        c.ellipse(cx + s * 0.065, 0.3, 0.032, 0.032, COLOURS[eye])
-    c.ellipse(cx, 0.38, 0.025, 0.02, (60, 30, 30))
+    plush_details(c, cx, rgb, dark, eye)
     c.step(f"add {eye} button eyes and stitching")
     return f"a {colour} plush {animal} with {eye} button eyes"
 

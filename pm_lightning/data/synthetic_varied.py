@@ -27,6 +27,7 @@ from pm_lightning.data.synthetic_renderers import (
     SKETCHES,
     SKIES,
     lego_choices,
+    plush_details,
     sprite_mask,
 )
 
@@ -151,15 +152,7 @@ def atoms_fabric_toy(rng: random.Random) -> tuple[str, list[Atom]]:
         ]
         atoms.append((f"sew on the {name}", limbs))
 
-    def details(c: Canvas):
-        c.ellipse(cx, 0.7, 0.1, 0.12, shade(rgb, 1.4))
-        for k in range(4):
-            c.line([(cx, 0.6 + k * 0.055), (cx, 0.63 + k * 0.055)], dark, 0.015)
-        for s in (-1, 1):
-            c.ellipse(cx + s * 0.065, 0.3, 0.032, 0.032, COLOURS[eye])
-        c.ellipse(cx, 0.38, 0.025, 0.02, (60, 30, 30))
-
-    atoms.append((f"add {eye} button eyes and stitching", details))
+    atoms.append((f"add {eye} button eyes and stitching", lambda c: plush_details(c, cx, rgb, dark, eye)))
     return f"a {colour} plush {animal} with {eye} button eyes", atoms
 
 
