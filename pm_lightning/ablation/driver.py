@@ -127,6 +127,10 @@ def copy_to_docs(out: Path, docs: Path) -> Path:
             shutil.copytree(out / sub, target)
     (docs / "ablation").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "results.json", docs / "ablation" / "results.json")
-    text = (out / "RESULTS.md").read_text().replace("](charts/", "](ablation/charts/")
-    (docs / "RESULTS.md").write_text(text.replace("](pictures/", "](ablation/pictures/"))
+    (docs / "RESULTS.md").write_text(docs_links((out / "RESULTS.md").read_text()))
     return docs / "RESULTS.md"
+
+
+def docs_links(report: str) -> str:
+    """A run's RESULTS.md as docs/RESULTS.md: its links to charts/ and pictures/ point into docs/ablation/."""
+    return report.replace("](charts/", "](ablation/charts/").replace("](pictures/", "](ablation/pictures/")
