@@ -176,3 +176,16 @@ def test_the_committed_results_name_no_absolute_path():
     """docs/RESULTS.md is committed: a path of the machine it ran on means nothing elsewhere."""
     text = (REPO / "docs" / "RESULTS.md").read_text()
     assert not re.search(r"`/[^`]*`|\]\(/", text) and "/work/" not in text
+
+
+def test_the_committed_report_is_what_its_committed_results_json_renders():
+    """docs/RESULTS.md is the render of docs/ablation/results.json alone, with its links pointing into docs/ablation/
+    (`--write-docs`, driver.copy_to_docs): a hand edit of a cell, or a results.json of another run, fails here.
+    Checked red once by changing one mean in docs/RESULTS.md."""
+    from pm_lightning.ablation.driver import docs_links
+    from pm_lightning.ablation.report import render
+
+    doc = json.loads((REPO / "docs" / "ablation" / "results.json").read_text())
+    assert (REPO / "docs" / "RESULTS.md").read_text() == docs_links(render(doc))
+    for picture in re.findall(r"\]\((ablation/[^)]+)\)", (REPO / "docs" / "RESULTS.md").read_text()):
+        assert (REPO / "docs" / picture).is_file(), picture
