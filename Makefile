@@ -87,8 +87,8 @@ train-recraft: shards
 	test -f runs/tiny/lora/final/unseen.safetensors || $(MAKE) train-stage1
 	$(BIN)/python -m pm_lightning.fit --config experiments/tiny_recraft.yaml $(call resume,runs/tiny_recraft) $(ARGS)
 
-# The ablations side by side (docs/ABLATIONS.md): ProcessMaker Table 3, MakeAnything's ablation, unseen domains, 3 seeds,
-# about an hour on 2 cores; QUICK=1: 2 steps per row, 1 seed (under 5 minutes); ROWS=, SEEDS=, JOBS=, OUT= select.
+# The ablations side by side (docs/ABLATIONS.md): ProcessMaker Table 3, MakeAnything's ablation, unseen domains, 5 seeds,
+# 1 h 43 min on 2 cores (measured); QUICK=1: 2 steps per row, 1 seed (under 5 minutes); ROWS=, SEEDS=, JOBS=, OUT= select.
 # Resumable: rerun to continue. W&B offline without credentials: `wandb sync` the offline-run folders it names.
 ablation: shards
 	OMP_NUM_THREADS=1 $(BIN)/python -m pm_lightning.ablate $(if $(QUICK),--quick) $(if $(ROWS),--rows $(ROWS)) \
